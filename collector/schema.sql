@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS latest_metrics (
     PRIMARY KEY (run_uuid, key)
 );
 
--- Column chunks of metric points. steps: int64 LE; vals: float64 LE; ts: int64 LE ms.
+-- Column chunks of metric points, native-endian arrays: steps int64 ("q"), vals float64 ("d"),
+-- ts float64 epoch seconds ("d"; shown to users as integer milliseconds).
 CREATE TABLE IF NOT EXISTS metric_chunks (
     chunk_id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_uuid TEXT NOT NULL REFERENCES runs(run_uuid),
