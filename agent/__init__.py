@@ -1,0 +1,1 @@
+"""The in-process background side: queue, shipping thread, spool, system sampler."""

@@ -1,0 +1,1 @@
+"""The collector daemon: ingest, stores, REST API and UI."""

@@ -1,0 +1,1 @@
+"""flightlog: the MLflow Tracking API on an asynchronous logging agent."""
