@@ -1,0 +1,5 @@
+import sys
+
+from flightlog.collector.main import main
+
+sys.exit(main())

@@ -1,0 +1,284 @@
+"""MlflowClient: the explicit-id tier of the API.
+
+Writes go through the process's agent (queued, batched, acknowledged after commit);
+reads flush that agent first, so a read sees everything this process logged before
+it, as with MLflow's synchronous client.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import random
+import sys
+import time
+import uuid
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+from flightlog import validation as v
+from flightlog.context import TrackingContext, get_context
+from flightlog.entities import (
+    Experiment,
+    Metric,
+    Param,
+    Run,
+    RunData,
+    RunInfo,
+    RunStatus,
+    RunTag,
+)
+from flightlog.exceptions import (
+    INVALID_PARAMETER_VALUE,
+    INVALID_STATE,
+    MlflowException,
+)
+
+_ADJECTIVES = ("able", "bold", "brave", "bright", "calm", "clever", "crisp", "eager", "fair",
+               "gentle", "glad", "grand", "keen", "kind", "lively", "loud", "merry", "neat",
+               "proud", "quick", "quiet", "rare", "sharp", "shy", "smart", "swift", "tidy",
+               "vast", "warm", "wise")
+_NOUNS = ("ant", "bass", "bat", "bear", "bee", "carp", "cat", "colt", "crab", "crow", "deer",
+          "doe", "dove", "duck", "eel", "elk", "finch", "fox", "frog", "goat", "gull", "hare",
+          "hawk", "lark", "lynx", "mole", "moth", "owl", "ram", "seal", "snail", "swan", "toad",
+          "wolf", "wren", "yak")
+
+
+def generate_run_name() -> str:
+    """A readable random run name, like MLflow's ("bright-fox-417")."""
+    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randrange(1000)}"
+
+
+def _user() -> str:
+    try:
+        return os.environ.get("FLIGHTLOG_USER") or getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+class MlflowClient:
+    """Explicit client: every call names its run or experiment.
+
+    ``MlflowClient(tracking_uri)`` talks to that URI; with none, to the tracking URI
+    in force (``flightlog.set_tracking_uri`` / ``FLIGHTLOG_TRACKING_URI`` / ./flightlog).
+    """
+
+    def __init__(self, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
+        self._uri = tracking_uri
+        self._ctx: TrackingContext | None = None
+
+    @property
+    def ctx(self) -> TrackingContext:
+        """The connection for this client's tracking URI (started on first use)."""
+        if self._ctx is None:
+            self._ctx = get_context(self._uri)
+        return self._ctx
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.ctx.uri
+
+    def _call(self, method: str, **args: Any) -> Any:
+        return self.ctx.client.call(method, **args)
+
+    def _read(self, method: str, **args: Any) -> Any:
+        # Reads see everything this process logged before them.
+        self.ctx.agent.flush()
+        return self._call(method, **args)
+
+    # -- experiments ----------------------------------------------------------------------
+
+    def create_experiment(self, name: str, artifact_location: str | None = None,
+                          tags: dict[str, Any] | None = None) -> str:
+        """Create an experiment and return its id."""
+        v.validate_experiment_name(name)
+        clean = {v.validate_key("tag", k): v.tag_value(k, val) for k, val in (tags or {}).items()}
+        reply = self._call("create_experiment", name=name, artifact_location=artifact_location,
+                           tags=clean)
+        return str(reply["experiment_id"])
+
+    def get_experiment(self, experiment_id: str) -> Experiment:
+        """An experiment by id; raises RESOURCE_DOES_NOT_EXIST if there is none."""
+        exp = Experiment.from_dict(self._call("get_experiment", experiment_id=str(experiment_id)))
+        self.ctx.experiments[exp.experiment_id] = exp
+        return exp
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        """An experiment by name, or None."""
+        d = self._call("get_experiment_by_name", name=name)
+        if d is None:
+            return None
+        exp = Experiment.from_dict(d)
+        self.ctx.experiments[exp.experiment_id] = exp
+        return exp
+
+    def delete_experiment(self, experiment_id: str) -> None:
+        """Mark an experiment and its runs deleted."""
+        self.ctx.agent.flush()
+        self._call("delete_experiment", experiment_id=str(experiment_id))
+        self.ctx.experiments.pop(str(experiment_id), None)
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        """Restore a deleted experiment and its runs."""
+        self._call("restore_experiment", experiment_id=str(experiment_id))
+
+    def rename_experiment(self, experiment_id: str, new_name: str) -> None:
+        """Rename an experiment."""
+        v.validate_experiment_name(new_name)
+        self._call("rename_experiment", experiment_id=str(experiment_id), new_name=new_name)
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: Any) -> None:
+        """Set a tag on an experiment."""
+        v.validate_key("tag", key)
+        self._call("set_experiment_tag", experiment_id=str(experiment_id), key=key,
+                   value=v.tag_value(key, value))
+
+    def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
+        """Delete a tag of an experiment."""
+        self._call("delete_experiment_tag", experiment_id=str(experiment_id), key=key)
+
+    def _active_experiment(self, experiment_id: str) -> Experiment:
+        exp = self.ctx.experiments.get(str(experiment_id))
+        if exp is None:
+            exp = self.get_experiment(str(experiment_id))
+        if exp.lifecycle_stage != "active":
+            raise MlflowException(
+                f"The experiment {experiment_id} must be in the 'active' state. "
+                f"Current state is {exp.lifecycle_stage}.", INVALID_STATE)
+        return exp
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def create_run(self, experiment_id: str, start_time: int | None = None,
+                   tags: dict[str, Any] | None = None, run_name: str | None = None) -> Run:
+        """Create a RUNNING run; the id is made here, so this does not wait for the collector."""
+        exp = self._active_experiment(str(experiment_id))
+        clean = {v.validate_key("tag", k): v.tag_value(k, val) for k, val in (tags or {}).items()}
+        if run_name is None:
+            run_name = clean.get("mlflow.runName") or generate_run_name()
+        if len(run_name) > v.MAX_RUN_NAME_LENGTH:
+            raise MlflowException(f"Run name is {len(run_name)} characters long; the limit is "
+                                  f"{v.MAX_RUN_NAME_LENGTH}.", INVALID_PARAMETER_VALUE)
+        clean["mlflow.runName"] = run_name
+        user = _user()
+        clean.setdefault("mlflow.user", user)
+        clean.setdefault("mlflow.source.name", os.path.basename(sys.argv[0]) if sys.argv and
+                         sys.argv[0] else "<console>")
+        clean.setdefault("mlflow.source.type", "LOCAL")
+        run_id = uuid.uuid4().hex
+        start = int(start_time if start_time is not None else time.time() * 1000)
+        self.ctx.agent.submit_op("create_run", {
+            "run_id": run_id, "experiment_id": exp.experiment_id, "run_name": run_name,
+            "user_id": user, "start_time": start, "tags": clean})
+        info = RunInfo(run_id=run_id, experiment_id=exp.experiment_id, run_name=run_name,
+                       user_id=user, status=RunStatus.RUNNING, start_time=start, end_time=None,
+                       artifact_uri=f"{exp.artifact_location}/{run_id}/artifacts")
+        return Run(info=info, data=RunData(tags=dict(clean)))
+
+    def get_run(self, run_id: str) -> Run:
+        """A run with its params, tags and the latest value of each metric."""
+        return Run.from_dict(self._read("get_run", run_id=run_id))
+
+    def update_run(self, run_id: str, status: str | None = None, name: str | None = None) -> None:
+        """Change a run's status and/or name."""
+        if status is not None and status not in RunStatus.ALL:
+            raise MlflowException(f"Invalid run status {status!r}; use one of "
+                                  f"{', '.join(RunStatus.ALL)}", INVALID_PARAMETER_VALUE)
+        self.ctx.agent.submit_op("update_run", {"run_id": run_id, "status": status,
+                                                "run_name": name})
+
+    def set_terminated(self, run_id: str, status: str | None = None,
+                       end_time: int | None = None) -> None:
+        """End a run (FINISHED unless told otherwise) and wait until that is stored."""
+        status = status or RunStatus.FINISHED
+        if status not in RunStatus.ALL:
+            raise MlflowException(f"Invalid run status {status!r}", INVALID_PARAMETER_VALUE)
+        self.ctx.agent.submit_op("update_run", {
+            "run_id": run_id, "status": status,
+            "end_time": int(end_time if end_time is not None else time.time() * 1000)})
+        self.ctx.agent.flush()
+
+    def delete_run(self, run_id: str) -> None:
+        """Mark a run deleted."""
+        self.ctx.agent.flush()
+        self._call("delete_run", run_id=run_id)
+
+    def restore_run(self, run_id: str) -> None:
+        """Restore a deleted run."""
+        self._call("restore_run", run_id=run_id)
+
+    # -- logging ---------------------------------------------------------------------------
+
+    def log_metric(self, run_id: str, key: str, value: float, timestamp: int | None = None,
+                   step: int | None = None, synchronous: bool | None = None) -> None:
+        """Log one metric point (queued; durable after flush/end of run)."""
+        v.validate_metric_key(key)
+        value = v.metric_value(key, value)
+        s = 0 if step is None else v.metric_step(key, step)
+        ts = time.time() if timestamp is None else v.metric_timestamp(key, timestamp)
+        self.ctx.agent.submit_metric((run_id, key, value, s, ts))
+        if synchronous:
+            self.ctx.agent.flush()
+
+    def log_param(self, run_id: str, key: str, value: Any, synchronous: bool | None = None) -> Any:
+        """Log a param; a different value for a param already logged is an error."""
+        self.log_batch(run_id, params=[Param(key, value)], synchronous=synchronous)
+        return value
+
+    def set_tag(self, run_id: str, key: str, value: Any, synchronous: bool | None = None) -> None:
+        """Set (upsert) a run tag."""
+        self.log_batch(run_id, tags=[RunTag(key, value)], synchronous=synchronous)
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Delete a run tag; a missing tag is reported as RESOURCE_DOES_NOT_EXIST."""
+        self.ctx.agent.submit_op("delete_tag", {"run_id": run_id, "key": key})
+        self.ctx.agent.flush()
+
+    def log_batch(self, run_id: str, metrics: Sequence[Metric] = (),
+                  params: Sequence[Param] = (), tags: Sequence[RunTag] = (),
+                  synchronous: bool | None = None) -> None:
+        """Log metrics, params and tags together."""
+        if params:
+            clean = {v.validate_key("param", p.key): v.param_value(p.key, p.value)
+                     for p in params}
+            self._check_params(run_id, clean)
+            self.ctx.agent.submit_op("log_params", {"run_id": run_id, "params": clean})
+        if tags:
+            self.ctx.agent.submit_op("set_tags", {
+                "run_id": run_id,
+                "tags": {v.validate_key("tag", t.key): v.tag_value(t.key, t.value) for t in tags}})
+        for m in metrics:
+            self.log_metric(run_id, m.key, m.value, m.timestamp, m.step)
+        if synchronous:
+            self.ctx.agent.flush()
+
+    def _check_params(self, run_id: str, params: dict[str, str]) -> None:
+        # The SDK knows what this process logged, so a changed value fails at the call
+        # site; values logged by other processes are checked by the collector.
+        seen = self.ctx.params.setdefault(run_id, {})
+        for k, val in params.items():
+            old = seen.get(k)
+            if old is not None and old != val:
+                raise MlflowException(
+                    f"Changing param values is not allowed. Param with key={k!r} was already "
+                    f"logged with value={old!r} for run ID={run_id!r}. Attempted logging new "
+                    f"value {val!r}.", INVALID_PARAMETER_VALUE)
+        seen.update(params)
+
+    # -- metric history -------------------------------------------------------------------
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        """Every point of a metric, in the order logged."""
+        reply = self._read("get_metric_history", run_id=run_id, key=key)
+        steps, vals, ts = array("q"), array("d"), array("d")
+        for s, val, t in reply["chunks"]:
+            steps.frombytes(s)
+            vals.frombytes(val)
+            ts.frombytes(t)
+        return [Metric(key, x, int(round(t * 1000)), s, run_id)
+                for s, x, t in zip(steps, vals, ts)]
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything this process logged is durable."""
+        self.ctx.agent.flush(timeout)

@@ -1,0 +1,101 @@
+"""Tracking URI resolution and the per-URI connection (collector client + agent).
+
+Settings: explicit argument > ``set_tracking_uri()`` > ``FLIGHTLOG_TRACKING_URI`` >
+``MLFLOW_TRACKING_URI`` (so existing MLflow setups keep pointing where they did) >
+``./flightlog``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from pathlib import Path
+
+from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, Agent, _env_float
+from flightlog.embedded import ensure_collector
+from flightlog.entities import Experiment
+from flightlog.transport import CollectorClient
+from flightlog.uris import LocalStore, is_collector_uri, local_store
+
+DEFAULT_TRACKING_URI = "./flightlog"
+_tracking_uri: str | None = None
+_lock = threading.Lock()
+_contexts: dict[str, TrackingContext] = {}
+
+
+def set_tracking_uri(uri: str | os.PathLike[str]) -> None:
+    """Set where runs are recorded: ``http://host:port`` or a local store path/URI."""
+    global _tracking_uri
+    _tracking_uri = os.fspath(uri)
+
+
+def get_tracking_uri() -> str:
+    """The tracking URI in force."""
+    return (_tracking_uri or os.environ.get("FLIGHTLOG_TRACKING_URI")
+            or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+
+
+def _key(uri: str) -> str:
+    if is_collector_uri(uri):
+        return uri.rstrip("/")
+    return str(local_store(uri).directory)
+
+
+class TrackingContext:
+    """Everything one process holds for one tracking URI."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.local: LocalStore | None = None
+        if is_collector_uri(uri):
+            base = uri
+        else:
+            self.local = local_store(uri)
+            base = ensure_collector(self.local)
+        self.client = CollectorClient(base)
+        if self.local is not None:
+            # A node-local collector that went idle or died is started again on demand.
+            self.client.rediscover = self._rediscover
+        self.agent = Agent(self.client)
+        # Experiments this process has looked up (id -> Experiment), so start_run needs no
+        # round trip after the first, and params it logged (run -> key -> value).
+        self.experiments: dict[str, Experiment] = {}
+        self.params: dict[str, dict[str, str]] = {}
+
+    def _rediscover(self) -> str:
+        assert self.local is not None
+        return ensure_collector(self.local)
+
+    @property
+    def store_path(self) -> Path | None:
+        """The local store directory, when the URI names one."""
+        return self.local.directory if self.local else None
+
+
+def get_context(uri: str | None = None) -> TrackingContext:
+    """The (cached) context for a tracking URI, started on first use."""
+    uri = uri or get_tracking_uri()
+    k = _key(uri)
+    ctx = _contexts.get(k)
+    if ctx is None:
+        with _lock:
+            ctx = _contexts.get(k)
+            if ctx is None:
+                ctx = _contexts[k] = TrackingContext(uri)
+    return ctx
+
+
+def flush_all(timeout: float | None = None) -> None:
+    """Flush every agent of this process."""
+    for ctx in list(_contexts.values()):
+        ctx.agent.flush(timeout)
+
+
+def _at_exit() -> None:
+    timeout = _env_float("FLIGHTLOG_EXIT_FLUSH_TIMEOUT", DEFAULT_EXIT_FLUSH_TIMEOUT)
+    for ctx in list(_contexts.values()):
+        ctx.agent.close(timeout)
+
+
+atexit.register(_at_exit)

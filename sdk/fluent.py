@@ -1,0 +1,366 @@
+"""The fluent API: module functions that act on the active run.
+
+The active-run stack is thread-local, as in MLflow: a run started in one thread is
+the active run of that thread. A thread with no run of its own (a data-loader or
+callback thread) logs into the run most recently started in the process, rather than
+silently starting a new one.
+
+``log_metric`` is the hot path: a thread-local lookup, a set lookup for the key, a
+clock read and a deque append. Everything else happens in the agent's thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from flightlog import validation as v
+from flightlog.client import MlflowClient
+from flightlog.context import flush_all, get_context
+from flightlog.entities import Experiment, Metric, Param, Run, RunStatus, RunTag
+from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+_tls = threading.local()  # .stack: list[ActiveRun]; .top: (run_id, agent) of the stack top
+_process_top: list[ActiveRun] = []  # runs started in any thread, newest last
+_state_lock = threading.Lock()
+_active_experiment_id: str | None = None
+_last_active_run_id: str | None = None
+_seen_keys = v._seen_metric_keys
+_time = time.time
+
+
+class ActiveRun(Run):
+    """The run start_run() returns; a context manager that ends the run on exit.
+
+    Leaving the block normally ends it FINISHED; an exception ends it FAILED and
+    propagates (KeyboardInterrupt ends it KILLED).
+    """
+
+    def __init__(self, run: Run, client: MlflowClient) -> None:
+        super().__init__(run.info, run.data, run.inputs)
+        self._client = client
+        self._samplers: list[Any] = []
+
+    def __enter__(self) -> ActiveRun:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            status = RunStatus.FINISHED
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = RunStatus.KILLED
+        else:
+            status = RunStatus.FAILED
+        if exc_type is None:
+            end_run(status, _run=self)
+        else:
+            # Do not let a reporting error hide the user's exception.
+            try:
+                end_run(status, _run=self)
+            except MlflowException:
+                pass
+
+
+def _stack() -> list[ActiveRun]:
+    stack: list[ActiveRun] | None = getattr(_tls, "stack", None)
+    if stack is None:
+        stack = _tls.stack = []
+    return stack
+
+
+def _sync_top() -> None:
+    stack = _stack()
+    if stack:
+        top = stack[-1]
+        _tls.top = (top.info.run_id, top._client.ctx.agent)
+    elif hasattr(_tls, "top"):
+        del _tls.top
+
+
+def _current() -> ActiveRun | None:
+    stack = _stack()
+    if stack:
+        return stack[-1]
+    with _state_lock:
+        return _process_top[-1] if _process_top else None
+
+
+def _top_or_autostart() -> tuple[str, Any]:
+    run = _current()
+    if run is None:
+        run = start_run()
+    return run.info.run_id, run._client.ctx.agent
+
+
+# -- experiments -------------------------------------------------------------------------
+
+
+def create_experiment(name: str, artifact_location: str | None = None,
+                      tags: dict[str, Any] | None = None) -> str:
+    """Create an experiment and return its id."""
+    return MlflowClient().create_experiment(name, artifact_location, tags)
+
+
+def set_experiment(experiment_name: str | None = None,
+                   experiment_id: str | None = None) -> Experiment:
+    """Make an experiment active, creating it by name if it does not exist."""
+    global _active_experiment_id
+    if (experiment_name is None) == (experiment_id is None):
+        raise MlflowException("Pass exactly one of experiment_name and experiment_id.",
+                              INVALID_PARAMETER_VALUE)
+    client = MlflowClient()
+    if experiment_id is not None:
+        exp = client.get_experiment(str(experiment_id))
+    else:
+        assert experiment_name is not None
+        found = client.get_experiment_by_name(experiment_name)
+        if found is None:
+            try:
+                client.create_experiment(experiment_name)
+            except MlflowException as e:  # another process created it meanwhile
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            found = client.get_experiment_by_name(experiment_name)
+            assert found is not None
+        exp = found
+    if exp.lifecycle_stage != "active":
+        raise MlflowException(
+            f"Cannot set a deleted experiment {exp.name!r} as the active experiment. "
+            "Restore it with restore_experiment() or use another name.", "INVALID_PARAMETER_VALUE")
+    _active_experiment_id = exp.experiment_id
+    return exp
+
+
+def get_experiment(experiment_id: str) -> Experiment:
+    """An experiment by id."""
+    return MlflowClient().get_experiment(experiment_id)
+
+
+def get_experiment_by_name(name: str) -> Experiment | None:
+    """An experiment by name, or None."""
+    return MlflowClient().get_experiment_by_name(name)
+
+
+def delete_experiment(experiment_id: str) -> None:
+    """Mark an experiment deleted."""
+    MlflowClient().delete_experiment(experiment_id)
+
+
+def _resolve_experiment_id(client: MlflowClient) -> str:
+    if _active_experiment_id is not None:
+        return _active_experiment_id
+    name = os.environ.get("FLIGHTLOG_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if name:
+        return set_experiment(name).experiment_id
+    return (os.environ.get("FLIGHTLOG_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID")
+            or "0")
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+def start_run(run_id: str | None = None, experiment_id: str | None = None,
+              run_name: str | None = None, nested: bool = False,
+              parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
+              description: str | None = None,
+              log_system_metrics: bool | None = None) -> ActiveRun:
+    """Start a run (or resume ``run_id``) and make it this thread's active run.
+
+    Use as a context manager: the run ends FINISHED, or FAILED if the block raises.
+    With an active run, pass ``nested=True`` to start a child run; it records the
+    parent in the ``mlflow.parentRunId`` tag.
+    """
+    global _last_active_run_id
+    stack = _stack()
+    if stack and not nested:
+        raise MlflowException(
+            f"Run with UUID {stack[-1].info.run_id} is already active. To start a nested run, "
+            "call start_run with nested=True", INVALID_PARAMETER_VALUE)
+    client = MlflowClient()
+    parent = parent_run_id or (stack[-1].info.run_id if stack and nested else None)
+    if run_id is not None:
+        v.validate_run_id(run_id)
+        run = client.get_run(run_id)
+        if run.info.lifecycle_stage != "active":
+            raise MlflowException(f"Cannot start run with ID {run_id} because it is in the "
+                                  "deleted state.", INVALID_PARAMETER_VALUE)
+        client.update_run(run_id, RunStatus.RUNNING, run_name)
+        if tags:
+            client.log_batch(run_id, tags=[RunTag(k, val) for k, val in tags.items()])
+        run.info.status = RunStatus.RUNNING
+    else:
+        exp_id = str(experiment_id) if experiment_id is not None else \
+            _resolve_experiment_id(client)
+        all_tags = dict(tags or {})
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        if description:
+            all_tags["mlflow.note.content"] = description
+        run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
+    active = ActiveRun(run, client)
+    stack.append(active)
+    with _state_lock:
+        _process_top.append(active)
+    _sync_top()
+    _last_active_run_id = active.info.run_id
+    _start_system_metrics(active, log_system_metrics)
+    return active
+
+
+def _start_system_metrics(run: ActiveRun, wanted: bool | None) -> None:
+    try:
+        from flightlog.agent import system
+    except ImportError:
+        return
+    starter = getattr(system, "start_for_run", None)
+    if starter is None:
+        return
+    sampler = starter(run.info.run_id, run._client.ctx.agent, wanted)
+    if sampler is not None:
+        run._samplers.append(sampler)
+
+
+def end_run(status: str = RunStatus.FINISHED, *, _run: ActiveRun | None = None) -> None:
+    """End the active run (or the given one) and wait until all it logged is durable."""
+    stack = _stack()
+    run = _run or (stack[-1] if stack else None)
+    if run is None:
+        return
+    if run in stack:
+        # Children left open end with their parent.
+        while stack and stack[-1] is not run:
+            end_run(status, _run=stack[-1])
+        stack.pop()
+    with _state_lock:
+        if run in _process_top:
+            _process_top.remove(run)
+    _sync_top()
+    for sampler in run._samplers:
+        sampler.stop()
+    run._samplers.clear()
+    run._client.set_terminated(run.info.run_id, status)
+
+
+def active_run() -> ActiveRun | None:
+    """This thread's active run, or None."""
+    stack = _stack()
+    return stack[-1] if stack else None
+
+
+def last_active_run() -> Run | None:
+    """The active run, or else the run most recently started in this process."""
+    run = active_run()
+    if run is not None:
+        return MlflowClient().get_run(run.info.run_id)
+    if _last_active_run_id is None:
+        return None
+    return MlflowClient().get_run(_last_active_run_id)
+
+
+def get_run(run_id: str) -> Run:
+    """A run by id, with params, tags and latest metrics."""
+    return MlflowClient().get_run(run_id)
+
+
+def delete_run(run_id: str) -> None:
+    """Mark a run deleted."""
+    MlflowClient().delete_run(run_id)
+
+
+# -- logging -----------------------------------------------------------------------------
+
+
+def log_metric(key: str, value: float, step: int | None = None, timestamp: int | None = None,
+               run_id: str | None = None, synchronous: bool | None = None) -> None:
+    """Log a metric point to the active run (or ``run_id``). Returns after a queue append."""
+    try:
+        rid, agent = _tls.top
+    except AttributeError:
+        rid, agent = _top_or_autostart()
+    if run_id is not None:
+        rid = run_id
+    if key not in _seen_keys:
+        v.validate_metric_key(key)
+    if value.__class__ is not float:
+        value = v.metric_value(key, value)
+    if step is None:
+        step = 0
+    elif step.__class__ is not int:
+        step = v.metric_step(key, step)
+    q = agent.queue
+    q.append((rid, key, value, step,
+              _time() if timestamp is None else v.metric_timestamp(key, timestamp)))
+    if len(q) >= agent.batch_points:
+        agent.on_pressure()
+    if synchronous:
+        agent.flush()
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None,
+                synchronous: bool | None = None, run_id: str | None = None,
+                timestamp: int | None = None) -> None:
+    """Log several metrics at one step and time."""
+    ts = _time() * 1000 if timestamp is None else timestamp
+    for key, value in metrics.items():
+        log_metric(key, value, step, ts, run_id)
+    if synchronous:
+        flush()
+
+
+def _run_id_for_write(run_id: str | None) -> tuple[str, MlflowClient]:
+    if run_id is not None:
+        return run_id, MlflowClient()
+    run = _current()
+    if run is None:
+        run = start_run()
+    return run.info.run_id, run._client
+
+
+def log_param(key: str, value: Any, synchronous: bool | None = None) -> Any:
+    """Log a param of the active run; params cannot change once logged."""
+    rid, client = _run_id_for_write(None)
+    return client.log_param(rid, key, value, synchronous)
+
+
+def log_params(params: dict[str, Any], synchronous: bool | None = None,
+               run_id: str | None = None) -> None:
+    """Log several params of the active run."""
+    rid, client = _run_id_for_write(run_id)
+    client.log_batch(rid, params=[Param(k, val) for k, val in params.items()],
+                     synchronous=synchronous)
+
+
+def set_tag(key: str, value: Any, synchronous: bool | None = None) -> None:
+    """Set a tag on the active run."""
+    rid, client = _run_id_for_write(None)
+    client.set_tag(rid, key, value, synchronous)
+
+
+def set_tags(tags: dict[str, Any], synchronous: bool | None = None) -> None:
+    """Set several tags on the active run."""
+    rid, client = _run_id_for_write(None)
+    client.log_batch(rid, tags=[RunTag(k, val) for k, val in tags.items()],
+                     synchronous=synchronous)
+
+
+def delete_tag(key: str) -> None:
+    """Delete a tag of the active run."""
+    rid, client = _run_id_for_write(None)
+    client.delete_tag(rid, key)
+
+
+def flush(timeout: float | None = None) -> None:
+    """Wait until everything this process logged is durable (acknowledged after commit)."""
+    flush_all(timeout)
+
+
+flush_async_logging = flush
+
+
+def get_metric_history(run_id: str, key: str) -> list[Metric]:
+    """Every point of one metric of a run."""
+    return MlflowClient().get_metric_history(run_id, key)

@@ -1,0 +1,5 @@
+"""``flightlog.tracking``: where MLflow code looks for ``MlflowClient``."""
+
+from flightlog.client import MlflowClient
+
+__all__ = ["MlflowClient"]

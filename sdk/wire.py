@@ -1,0 +1,172 @@
+"""The ingest wire format shared by the agent (encoder) and the collector (decoder).
+
+A batch is one msgpack map::
+
+    {"v": 1, "batch_id": str, "agent_id": str,
+     "ops": [[name, {args}], ...],                   # ordered: create_run, log_params, ...
+     "m": {"runs": [run_id, ...], "keys": [key, ...], # dictionaries of the columns below
+           "ri": bytes | None, "ki": bytes | None,     # uint32 indexes; None: all index 0
+           "steps": bytes, "vals": bytes, "ts": bytes}}  # int64, float64, float64 seconds
+
+Metric points travel as columns so that both ends convert them with C-level array
+operations instead of a Python loop per point. Arrays are little-endian on the wire.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from flightlog.exceptions import BAD_REQUEST, MlflowException
+
+WIRE_VERSION = 1
+_SWAP = sys.byteorder != "little"
+
+MetricTuple = tuple[str, str, float, int, float]  # run_id, key, value, step, ts (seconds)
+Series = tuple[str, str, "array[int]", "array[float]", "array[float]"]
+
+
+class WireError(MlflowException):
+    """A batch that does not follow the wire format."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"Malformed ingest batch: {message}", BAD_REQUEST)
+
+
+def _le(a: array[Any]) -> bytes:
+    if _SWAP:
+        a.byteswap()
+    return a.tobytes()
+
+
+def _dictionary(column: Sequence[str]) -> tuple[list[str], bytes | None]:
+    values = list(dict.fromkeys(column))
+    if len(values) == 1:
+        return values, None
+    index = {v: i for i, v in enumerate(values)}
+    return values, _le(array("I", map(index.__getitem__, column)))
+
+
+def encode_batch(batch_id: str, agent_id: str, ops: list[list[Any]],
+                 metrics: Sequence[MetricTuple]) -> bytes:
+    """Pack ops and metric tuples into one msgpack batch."""
+    body: dict[str, Any] = {"v": WIRE_VERSION, "batch_id": batch_id, "agent_id": agent_id,
+                            "ops": ops}
+    if metrics:
+        run_ids, keys, vals, steps, ts = zip(*metrics)
+        runs, ri = _dictionary(run_ids)
+        key_names, ki = _dictionary(keys)
+        body["m"] = {
+            "runs": runs, "keys": key_names, "ri": ri, "ki": ki,
+            "steps": _le(array("q", steps)), "vals": _le(array("d", vals)),
+            "ts": _le(array("d", ts)),
+        }
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _array(typecode: str, raw: Any, name: str) -> array[Any]:
+    if not isinstance(raw, bytes):
+        raise WireError(f"'{name}' must be bytes")
+    a = array(typecode)
+    if len(raw) % a.itemsize:
+        raise WireError(f"'{name}' is {len(raw)} bytes, not a multiple of {a.itemsize}")
+    a.frombytes(raw)
+    if _SWAP:
+        a.byteswap()
+    return a
+
+
+def _str_list(raw: Any, name: str) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw) or not raw:
+        raise WireError(f"'{name}' must be a non-empty list of strings")
+    return raw
+
+
+def decode_batch(data: bytes, *, max_ops: int = 100_000) -> tuple[str | None, str,
+                                                                   list[tuple[str, dict[str, Any]]],
+                                                                   list[Series]]:
+    """Unpack and check a batch: (batch_id, agent_id, ops, series grouped by run and key)."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=1 << 30)
+    except Exception as e:  # msgpack raises a handful of types for bad frames
+        raise WireError(f"not valid msgpack ({type(e).__name__}: {e})") from None
+    if not isinstance(body, dict):
+        raise WireError("the top level must be a map")
+    if body.get("v") != WIRE_VERSION:
+        raise WireError(f"unsupported version {body.get('v')!r} (this collector speaks 1)")
+    batch_id = body.get("batch_id")
+    if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64):
+        raise WireError("'batch_id' must be a string of 1 to 64 characters")
+    agent_id = body.get("agent_id") or ""
+    if not isinstance(agent_id, str):
+        raise WireError("'agent_id' must be a string")
+    raw_ops = body.get("ops") or []
+    if not isinstance(raw_ops, list) or len(raw_ops) > max_ops:
+        raise WireError(f"'ops' must be a list of at most {max_ops} items")
+    ops: list[tuple[str, dict[str, Any]]] = []
+    for i, op in enumerate(raw_ops):
+        if (not isinstance(op, list) or len(op) != 2 or not isinstance(op[0], str)
+                or not isinstance(op[1], dict)):
+            raise WireError(f"op {i} must be [name, {{args}}]")
+        ops.append((op[0], op[1]))
+    series: list[Series] = []
+    m = body.get("m")
+    if m is not None:
+        if not isinstance(m, dict):
+            raise WireError("'m' must be a map")
+        runs = _str_list(m.get("runs"), "m.runs")
+        keys = _str_list(m.get("keys"), "m.keys")
+        steps = _array("q", m.get("steps"), "m.steps")
+        vals = _array("d", m.get("vals"), "m.vals")
+        ts = _array("d", m.get("ts"), "m.ts")
+        n = len(steps)
+        if len(vals) != n or len(ts) != n:
+            raise WireError("m.steps, m.vals and m.ts differ in length")
+        ri = None if m.get("ri") is None else _array("I", m.get("ri"), "m.ri")
+        ki = None if m.get("ki") is None else _array("I", m.get("ki"), "m.ki")
+        for idx, names, label in ((ri, runs, "m.ri"), (ki, keys, "m.ki")):
+            if idx is None:
+                if len(names) != 1:
+                    raise WireError(f"{label} is missing but there are {len(names)} names")
+            elif len(idx) != n or (n and max(idx) >= len(names)):
+                raise WireError(f"{label} has the wrong length or an index out of range")
+        series = _group(runs, keys, ri, ki, steps, vals, ts)
+    return batch_id, agent_id, ops, series
+
+
+def _group(runs: list[str], keys: list[str], ri: array[int] | None, ki: array[int] | None,
+           steps: array[int], vals: array[float], ts: array[float]) -> list[Series]:
+    if ri is None and ki is None:
+        return [(runs[0], keys[0], steps, vals, ts)]
+    # One combined code per point, then one index list per series.
+    width = len(keys)
+    if ri is None:
+        codes: Sequence[int] = ki  # type: ignore[assignment]
+    elif ki is None:
+        codes = array("Q", (r * width for r in ri))
+    else:
+        codes = array("Q", (r * width + k for r, k in zip(ri, ki)))
+    where: defaultdict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(codes):
+        where[c].append(i)
+    out: list[Series] = []
+    for c, idx in where.items():
+        get_s, get_v, get_t = steps.__getitem__, vals.__getitem__, ts.__getitem__
+        out.append((runs[c // width], keys[c % width], array("q", map(get_s, idx)),
+                    array("d", map(get_v, idx)), array("d", map(get_t, idx))))
+    return out
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack with binary types, for RPC bodies."""
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    """The inverse of pack()."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
