@@ -99,3 +99,12 @@ def _at_exit() -> None:
 
 
 atexit.register(_at_exit)
+
+
+def reset_for_tests() -> None:
+    """Close every agent and forget all per-process state (tests only)."""
+    global _tracking_uri
+    for ctx in list(_contexts.values()):
+        ctx.agent.close(10.0)
+    _contexts.clear()
+    _tracking_uri = None

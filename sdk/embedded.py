@@ -9,6 +9,7 @@ without requests; the SDK starts a fresh one when it next needs it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -56,7 +57,7 @@ def ensure_collector(store: LocalStore) -> str:
 
 def _spawn(store: LocalStore) -> str:
     idle = os.environ.get("FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT", str(DEFAULT_IDLE_TIMEOUT))
-    with __import__("contextlib").suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError):
         store.collector_file.unlink()
     log_path = store.directory / "collector.log"
     cmd = [sys.executable, "-m", "flightlog.collector", "--store", str(store.directory),
@@ -65,8 +66,12 @@ def _spawn(store: LocalStore) -> str:
         cmd[4] = f"sqlite:///{store.db_path}"
     with open(log_path, "ab") as log:
         # A session of its own: the collector outlives this process and its signals.
+        # cwd is the store directory: ``-m`` puts the cwd first on sys.path, and a
+        # directory named like the package there (the default ./flightlog store) must
+        # not shadow it.
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True,
+                                cwd=str(store.directory))
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -30,6 +30,7 @@ _active_experiment_id: str | None = None
 _last_active_run_id: str | None = None
 _seen_keys = v._seen_metric_keys
 _time = time.time
+START_RUN_SYNC_TIMEOUT = 10.0
 
 
 class ActiveRun(Run):
@@ -201,6 +202,12 @@ def start_run(run_id: str | None = None, experiment_id: str | None = None,
         if description:
             all_tags["mlflow.note.content"] = description
         run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
+        # As with MLflow, the run exists in the store when start_run returns (a forked
+        # worker or another process may log to it at once), unless the collector is away,
+        # in which case the create waits in the queue with everything else.
+        agent = client.ctx.agent
+        if agent.reachable:
+            agent.flush(START_RUN_SYNC_TIMEOUT)
     active = ActiveRun(run, client)
     stack.append(active)
     with _state_lock:
@@ -364,3 +371,13 @@ flush_async_logging = flush
 def get_metric_history(run_id: str, key: str) -> list[Metric]:
     """Every point of one metric of a run."""
     return MlflowClient().get_metric_history(run_id, key)
+
+
+def _reset_for_tests() -> None:
+    """Forget active runs and the active experiment (tests only)."""
+    global _active_experiment_id, _last_active_run_id
+    _tls.__dict__.clear()
+    with _state_lock:
+        _process_top.clear()
+    _active_experiment_id = None
+    _last_active_run_id = None

@@ -1,0 +1,68 @@
+"""Artifact path safety: the one check every artifact entry point runs first.
+
+Artifact paths come from users (``log_artifact(..., artifact_path=...)``) and from the
+network (the collector's upload and download endpoints), and are joined onto a run's
+artifact root, a local directory or an object-store prefix. This module turns such a
+path into a canonical relative form or refuses it, without touching any file system,
+so the SDK can call it for an early error and the collector before any I/O. The local
+repository adds a ``realpath`` check on top for symlinks (see ``artifacts.py``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+__all__ = ["safe_relative_path"]
+
+# "C:", "c:foo": a Windows drive prefix, absolute or drive-relative; either would leave
+# the root if the path ever met a Windows file system.
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _refuse(path: object, why: str) -> MlflowException:
+    return MlflowException(f"Invalid artifact path {path!r}: {why}", INVALID_PARAMETER_VALUE)
+
+
+def safe_relative_path(path: str, *, allow_root: bool = False) -> str:
+    """Return ``path`` as a canonical path relative to an artifact root, or refuse it.
+
+    Backslashes count as separators (a Windows path, or a trick to smuggle ``..\\``
+    past a check that only splits on ``/``); empty and ``.`` segments are dropped and
+    ``..`` is resolved lexically, so ``a//b/./c`` becomes ``a/b/c`` and ``a/../b``
+    becomes ``b``.
+
+    :param path: A relative artifact path such as ``"models/model.pkl"``.
+    :param allow_root: Accept a path that names the root itself (``""``, ``"."``,
+        ``"a/.."``) and return ``""`` for it; listing accepts the root, writing a file
+        does not.
+    :return: The path with forward slashes, no empty, ``.`` or ``..`` segments, and no
+        leading or trailing slash.
+    :raises MlflowException: ``INVALID_PARAMETER_VALUE``, naming the path, when it is not
+        a string, holds a NUL byte, is absolute (``/x``, ``\\\\server\\share``), starts
+        with a drive letter (``C:``), climbs above the root (``..``, ``a/../../b``), or
+        names the root while ``allow_root`` is false.
+    """
+    if not isinstance(path, str):
+        raise _refuse(path, "must be a string")
+    if "\x00" in path:
+        raise _refuse(path, "contains a NUL byte")
+    normalised = path.replace("\\", "/")
+    if normalised.startswith("/"):
+        raise _refuse(path, "must be relative, not absolute")
+    if _DRIVE.match(normalised):
+        raise _refuse(path, "must not start with a drive letter")
+    parts: list[str] = []
+    for segment in normalised.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not parts:
+                raise _refuse(path, "escapes the artifact root with '..'")
+            parts.pop()
+            continue
+        parts.append(segment)
+    if not parts and not allow_root:
+        raise _refuse(path, "names no file (empty path)")
+    return "/".join(parts)

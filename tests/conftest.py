@@ -1,0 +1,99 @@
+"""Shared fixtures: a real collector process on 127.0.0.1 with a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import flightlog
+from flightlog import context, fluent
+from flightlog.embedded import stop_collector
+
+
+@dataclass
+class CollectorProcess:
+    """A collector started by a test: its URL, store directory and process."""
+
+    url: str
+    store: Path
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def db(self) -> Path:
+        return self.store / "flightlog.db"
+
+    def stop(self, sig: int = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_collector(store: Path, port: int | None = None, *extra: str,
+                    env: dict[str, str] | None = None) -> CollectorProcess:
+    """Start ``python -m flightlog.collector`` and wait until it answers /health."""
+    port = port or free_port()
+    port_file = store / "test-collector.json"
+    store.mkdir(parents=True, exist_ok=True)
+    if port_file.exists():
+        port_file.unlink()
+    log = open(store / "test-collector.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flightlog.collector", "--store", str(store), "--port", str(port),
+         "--port-file", str(port_file), *extra],
+        stdout=log, stderr=log, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"collector exited: {(store / 'test-collector.log').read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("collector did not start")
+        time.sleep(0.02)
+    info = json.loads(port_file.read_text())
+    return CollectorProcess(f"http://127.0.0.1:{info['port']}", store, proc, int(info["port"]))
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[CollectorProcess]:
+    """A real collector process on loopback serving a fresh store."""
+    c = start_collector(tmp_path / "store")
+    yield c
+    c.stop()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no tracking URI, no active run and its own working directory."""
+    for var in ("FLIGHTLOG_TRACKING_URI", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME",
+                "MLFLOW_EXPERIMENT_ID", "FLIGHTLOG_EXPERIMENT_NAME", "FLIGHTLOG_EXPERIMENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    yield
+    context.reset_for_tests()
+    fluent._reset_for_tests()
+    stop_collector(work / "flightlog")
+
+
+@pytest.fixture
+def tracking(collector: CollectorProcess) -> CollectorProcess:
+    """flightlog pointed at a real collector process."""
+    flightlog.set_tracking_uri(collector.url)
+    return collector
