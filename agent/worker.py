@@ -76,15 +76,30 @@ class Op:
 class Agent:
     """One process's logging agent for one collector."""
 
-    def __init__(self, client: CollectorClient, *, flush_interval: float | None = None,
-                 batch_points: int | None = None, max_queue: int | None = None) -> None:
+    def __init__(
+        self,
+        client: CollectorClient,
+        *,
+        flush_interval: float | None = None,
+        batch_points: int | None = None,
+        max_queue: int | None = None,
+    ) -> None:
         self.client = client
-        self.flush_interval = (flush_interval if flush_interval is not None
-                               else _env_float("FLIGHTLOG_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL))
-        self.batch_points = int(batch_points if batch_points is not None
-                                else _env_float("FLIGHTLOG_BATCH_POINTS", DEFAULT_BATCH_POINTS))
-        self.max_queue = int(max_queue if max_queue is not None
-                             else _env_float("FLIGHTLOG_MAX_QUEUE", DEFAULT_MAX_QUEUE))
+        self.flush_interval = (
+            flush_interval
+            if flush_interval is not None
+            else _env_float("FLIGHTLOG_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL)
+        )
+        self.batch_points = int(
+            batch_points
+            if batch_points is not None
+            else _env_float("FLIGHTLOG_BATCH_POINTS", DEFAULT_BATCH_POINTS)
+        )
+        self.max_queue = int(
+            max_queue
+            if max_queue is not None
+            else _env_float("FLIGHTLOG_MAX_QUEUE", DEFAULT_MAX_QUEUE)
+        )
         self.agent_id = uuid.uuid4().hex
         self.dropped: dict[str, int] = {}
         self.shipped_points = 0
@@ -175,8 +190,9 @@ class Agent:
         if errors:
             first = errors[0]
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise MlflowException(f"{first['message']}{more}", first.get("error_code",
-                                                                          "INTERNAL_ERROR"))
+            raise MlflowException(
+                f"{first['message']}{more}", first.get("error_code", "INTERNAL_ERROR")
+            )
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush, then stop the thread. Idempotent."""
@@ -273,8 +289,13 @@ class Agent:
                         message = str(reply.get("message", message))
                     except Exception:
                         pass
-                    return [{"op": "batch", "error_code": "BAD_REQUEST",
-                             "message": f"Collector rejected a batch: {message}"}]
+                    return [
+                        {
+                            "op": "batch",
+                            "error_code": "BAD_REQUEST",
+                            "message": f"Collector rejected a batch: {message}",
+                        }
+                    ]
             # Capped exponential backoff with jitter, interruptible by close().
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)

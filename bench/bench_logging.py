@@ -17,11 +17,9 @@ import argparse
 import json
 import os
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 CHILD = r"""
 import json, os, sys, time, resource
@@ -96,8 +94,13 @@ def run_shape(shape: str, n: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="flightlog-bench-") as d:
         store = os.path.join(d, "store")
         env = dict(os.environ, FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT="60")
-        proc = subprocess.run([sys.executable, "-c", CHILD, shape, str(n), store],
-                              capture_output=True, text=True, env=env, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, shape, str(n), store],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         if proc.returncode != 0:
             raise SystemExit(f"{shape} failed:\n{proc.stderr}")
         out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -105,8 +108,9 @@ def run_shape(shape: str, n: int) -> dict[str, float]:
         out["collector_peak_rss_mb"] = _peak_rss_mb(pid)
         if shape != "latency":
             db = sqlite3.connect(os.path.join(store, "flightlog.db"))
-            stored = db.execute("SELECT COALESCE(SUM(n), 0) FROM metric_chunks WHERE run_uuid = ?",
-                                (out["run_id"],)).fetchone()[0]
+            stored = db.execute(
+                "SELECT COALESCE(SUM(n), 0) FROM metric_chunks WHERE run_uuid = ?", (out["run_id"],)
+            ).fetchone()[0]
             out["stored_points"] = stored
             db.close()
         os.kill(pid, 15)
@@ -118,20 +122,28 @@ def main() -> None:
     p.add_argument("--points", type=int, default=10_000_000)
     args = p.parse_args()
     lat = run_shape("latency", 0)
-    print(f"(a) log_metric per call, blocks of 1000 calls: median {lat['median_ns']:.0f} ns, "
-          f"p99 {lat['p99_ns']:.0f} ns")
-    print(f"    single calls (clock cost subtracted):        median {lat['single_median_ns']:.0f} ns,"
-          f" p99 {lat['single_p99_ns']:.0f} ns")
+    print(
+        f"(a) log_metric per call, blocks of 1000 calls: median {lat['median_ns']:.0f} ns, "
+        f"p99 {lat['p99_ns']:.0f} ns"
+    )
+    print(
+        f"    single calls (clock cost subtracted):        median {lat['single_median_ns']:.0f} ns,"
+        f" p99 {lat['single_p99_ns']:.0f} ns"
+    )
     for shape, label in (("narrow", "1 metric x %d steps"), ("wide", "100 metrics x %d steps")):
         r = run_shape(shape, args.points)
         steps = args.points if shape == "narrow" else args.points // 100
         rate = r["points"] / r["total_s"]
-        print(f"(b) {label % steps}: {r['points']:,} points, calls {r['calls_s']:.2f} s, durable "
-              f"after {r['total_s']:.2f} s -> {rate:,.0f} points/s; stored "
-              f"{r['stored_points']:,} ({'all' if r['stored_points'] == r['points'] else 'MISSING'})"
-              f"; dropped {r['agent_dropped'] or 0}")
-        print(f"(c)   peak RSS: training process {r['train_peak_rss_mb']:.0f} MB, "
-              f"collector {r['collector_peak_rss_mb']:.0f} MB")
+        print(
+            f"(b) {label % steps}: {r['points']:,} points, calls {r['calls_s']:.2f} s, durable "
+            f"after {r['total_s']:.2f} s -> {rate:,.0f} points/s; stored "
+            f"{r['stored_points']:,} ({'all' if r['stored_points'] == r['points'] else 'MISSING'})"
+            f"; dropped {r['agent_dropped'] or 0}"
+        )
+        print(
+            f"(c)   peak RSS: training process {r['train_peak_rss_mb']:.0f} MB, "
+            f"collector {r['collector_peak_rss_mb']:.0f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -82,9 +82,10 @@ def _error_response(status: int, code: str, message: str, request: web.Request) 
 
 
 @web.middleware
-async def error_middleware(request: web.Request,
-                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                           ) -> web.StreamResponse:
+async def error_middleware(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
     """Map every failure to a JSON/msgpack error body; the collector never dies of a request."""
     collector = request.app[COLLECTOR]
     collector.last_activity = time.monotonic()
@@ -92,8 +93,12 @@ async def error_middleware(request: web.Request,
     if token and request.path != "/health":
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return _error_response(401, UNAUTHENTICATED, "Missing or wrong token: send "
-                                   "'Authorization: Bearer <token>'.", request)
+            return _error_response(
+                401,
+                UNAUTHENTICATED,
+                "Missing or wrong token: send 'Authorization: Bearer <token>'.",
+                request,
+            )
     try:
         return await handler(request)
     except MlflowException as e:
@@ -110,8 +115,10 @@ async def error_middleware(request: web.Request,
 async def health(request: web.Request) -> web.Response:
     """Liveness, and which store this collector serves (the SDK checks it)."""
     c = request.app[COLLECTOR]
-    return web.json_response({"status": "OK", "version": __version__, "pid": os.getpid(),
-                              "store": c.config.store_uri}, dumps=lambda o: orjson.dumps(o).decode())
+    return web.json_response(
+        {"status": "OK", "version": __version__, "pid": os.getpid(), "store": c.config.store_uri},
+        dumps=lambda o: orjson.dumps(o).decode(),
+    )
 
 
 async def ingest(request: web.Request) -> web.Response:
@@ -122,8 +129,9 @@ async def ingest(request: web.Request) -> web.Response:
     duplicate, errors = await c.write(c.store.apply_batch, batch_id, ops, series)
     if not duplicate:
         c.ingested_points += sum(len(s[2]) for s in series)
-    return web.Response(body=pack({"ok": True, "duplicate": duplicate, "errors": errors}),
-                        content_type=MSGPACK)
+    return web.Response(
+        body=pack({"ok": True, "duplicate": duplicate, "errors": errors}), content_type=MSGPACK
+    )
 
 
 RpcHandler = Callable[[Collector, dict[str, Any]], Awaitable[Any]]
@@ -145,15 +153,18 @@ def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...] = str) -
         raise MlflowException(f"Missing argument {name!r}", INVALID_PARAMETER_VALUE)
     value = args[name]
     if not isinstance(value, kind):
-        raise MlflowException(f"Argument {name!r} has the wrong type ({type(value).__name__})",
-                              INVALID_PARAMETER_VALUE)
+        raise MlflowException(
+            f"Argument {name!r} has the wrong type ({type(value).__name__})",
+            INVALID_PARAMETER_VALUE,
+        )
     return value
 
 
 @rpc("create_experiment")
 async def _create_experiment(c: Collector, a: dict[str, Any]) -> Any:
-    eid = await c.write(c.store.create_experiment, _arg(a, "name"), a.get("artifact_location"),
-                        a.get("tags") or {})
+    eid = await c.write(
+        c.store.create_experiment, _arg(a, "name"), a.get("artifact_location"), a.get("tags") or {}
+    )
     return {"experiment_id": eid}
 
 
@@ -179,20 +190,26 @@ async def _restore_experiment(c: Collector, a: dict[str, Any]) -> Any:
 
 @rpc("rename_experiment")
 async def _rename_experiment(c: Collector, a: dict[str, Any]) -> Any:
-    await c.write(c.store.rename_experiment, str(_arg(a, "experiment_id", (str, int))),
-                  _arg(a, "new_name"))
+    await c.write(
+        c.store.rename_experiment, str(_arg(a, "experiment_id", (str, int))), _arg(a, "new_name")
+    )
 
 
 @rpc("set_experiment_tag")
 async def _set_experiment_tag(c: Collector, a: dict[str, Any]) -> Any:
-    await c.write(c.store.set_experiment_tag, str(_arg(a, "experiment_id", (str, int))),
-                  _arg(a, "key"), _arg(a, "value"))
+    await c.write(
+        c.store.set_experiment_tag,
+        str(_arg(a, "experiment_id", (str, int))),
+        _arg(a, "key"),
+        _arg(a, "value"),
+    )
 
 
 @rpc("delete_experiment_tag")
 async def _delete_experiment_tag(c: Collector, a: dict[str, Any]) -> Any:
-    await c.write(c.store.delete_experiment_tag, str(_arg(a, "experiment_id", (str, int))),
-                  _arg(a, "key"))
+    await c.write(
+        c.store.delete_experiment_tag, str(_arg(a, "experiment_id", (str, int))), _arg(a, "key")
+    )
 
 
 @rpc("get_run")

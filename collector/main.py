@@ -24,32 +24,55 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The collector's command-line options."""
-    p.add_argument("--store", default=os.environ.get("FLIGHTLOG_STORE", "./flightlog"),
-                   help="store URI: a directory, file: or sqlite:/// URI (default ./flightlog)")
-    p.add_argument("--artifacts", default=None,
-                   help="default artifact root for new experiments (default: <store>/artifacts)")
+    p.add_argument(
+        "--store",
+        default=os.environ.get("FLIGHTLOG_STORE", "./flightlog"),
+        help="store URI: a directory, file: or sqlite:/// URI (default ./flightlog)",
+    )
+    p.add_argument(
+        "--artifacts",
+        default=None,
+        help="default artifact root for new experiments (default: <store>/artifacts)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5055, help="port (0 picks a free one)")
-    p.add_argument("--token", default=os.environ.get("FLIGHTLOG_TOKEN"),
-                   help="bearer token required on every endpoint but /health "
-                        "(env FLIGHTLOG_TOKEN); required when binding a non-loopback address")
-    p.add_argument("--idle-timeout", type=float, default=None,
-                   help="exit after this many seconds without requests")
-    p.add_argument("--port-file", default=None,
-                   help="write {pid, host, port, store} as JSON here once listening")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("FLIGHTLOG_TOKEN"),
+        help="bearer token required on every endpoint but /health "
+        "(env FLIGHTLOG_TOKEN); required when binding a non-loopback address",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="exit after this many seconds without requests",
+    )
+    p.add_argument(
+        "--port-file",
+        default=None,
+        help="write {pid, host, port, store} as JSON here once listening",
+    )
     p.add_argument("--upstream", default=None, help="forward to a central collector (reserved)")
 
 
 def config_from_args(args: argparse.Namespace) -> CollectorConfig:
     """Validate options into a CollectorConfig."""
     if args.host not in LOOPBACK and not args.token:
-        raise SystemExit(f"flightlog collector: binding {args.host} exposes the store beyond this "
-                         "machine; pass --token or set FLIGHTLOG_TOKEN.")
+        raise SystemExit(
+            f"flightlog collector: binding {args.host} exposes the store beyond this "
+            "machine; pass --token or set FLIGHTLOG_TOKEN."
+        )
     store = local_store(args.store, args.artifacts)
-    return CollectorConfig(store_uri=str(store.directory), artifact_root=store.artifact_root,
-                           host=args.host, port=args.port, token=args.token,
-                           idle_timeout=args.idle_timeout,
-                           extra={"db_path": str(store.db_path), "port_file": args.port_file})
+    return CollectorConfig(
+        store_uri=str(store.directory),
+        artifact_root=store.artifact_root,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        idle_timeout=args.idle_timeout,
+        extra={"db_path": str(store.db_path), "port_file": args.port_file},
+    )
 
 
 def _write_port_file(path: str, payload: dict[str, object]) -> None:
@@ -79,11 +102,16 @@ async def serve(config: CollectorConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
     port_file = config.extra.get("port_file")
     if port_file:
-        _write_port_file(port_file, {"pid": os.getpid(), "host": config.host, "port": port,
-                                     "store": config.store_uri})
+        _write_port_file(
+            port_file,
+            {"pid": os.getpid(), "host": config.host, "port": port, "store": config.store_uri},
+        )
     log.info("flightlog collector serving %s on http://%s:%s", config.store_uri, config.host, port)
-    print(f"flightlog collector: serving {config.store_uri} on http://{config.host}:{port}",
-          file=sys.stderr, flush=True)
+    print(
+        f"flightlog collector: serving {config.store_uri} on http://{config.host}:{port}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         await stop.wait()
     finally:
@@ -100,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flightlog collector", description=__doc__)
     add_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     asyncio.run(serve(config_from_args(args)))
     return 0

@@ -83,12 +83,15 @@ class SqliteStore:
     # -- connections -----------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
-                               timeout=30.0)
+        conn = sqlite3.connect(
+            self.db_path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a crash of the collector process (the
         # failure we guard against); FULL would also survive power loss at a cost per commit.
-        conn.execute(f"PRAGMA synchronous={os.environ.get('FLIGHTLOG_SQLITE_SYNCHRONOUS', 'NORMAL')}")
+        conn.execute(
+            f"PRAGMA synchronous={os.environ.get('FLIGHTLOG_SQLITE_SYNCHRONOUS', 'NORMAL')}"
+        )
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA cache_size=-65536")
         conn.row_factory = sqlite3.Row
@@ -136,12 +139,18 @@ class SqliteStore:
             self._writer.execute(
                 "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage,"
                 " creation_time, last_update_time) VALUES (?, ?, ?, 'active', ?, ?)",
-                (DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME,
-                 f"{self.artifact_root}/{DEFAULT_EXPERIMENT_ID}", t, t),
+                (
+                    DEFAULT_EXPERIMENT_ID,
+                    DEFAULT_EXPERIMENT_NAME,
+                    f"{self.artifact_root}/{DEFAULT_EXPERIMENT_ID}",
+                    t,
+                    t,
+                ),
             )
 
-    def create_experiment(self, name: str, artifact_location: str | None = None,
-                          tags: dict[str, str] | None = None) -> str:
+    def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags: dict[str, str] | None = None
+    ) -> str:
         """Create an experiment; its name must be unused (deleted ones included, as MLflow)."""
         with self._write_lock:
             conn = self._writer
@@ -158,10 +167,15 @@ class SqliteStore:
                     (name, t, t),
                 )
                 exp_id = int(cur.lastrowid or 0)
-                location = (artifact_location.rstrip("/") if artifact_location
-                            else f"{self.artifact_root}/{exp_id}")
-                conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-                             (location, exp_id))
+                location = (
+                    artifact_location.rstrip("/")
+                    if artifact_location
+                    else f"{self.artifact_root}/{exp_id}"
+                )
+                conn.execute(
+                    "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                    (location, exp_id),
+                )
                 for k, v in (tags or {}).items():
                     conn.execute(
                         "INSERT OR REPLACE INTO experiment_tags VALUES (?, ?, ?)", (exp_id, k, v)
@@ -212,25 +226,34 @@ class SqliteStore:
         eid = _int_id(experiment_id)
         with self._write_lock:
             conn = self._writer
-            row = conn.execute("SELECT lifecycle_stage FROM experiments WHERE experiment_id = ?",
-                               (eid,)).fetchone()
+            row = conn.execute(
+                "SELECT lifecycle_stage FROM experiments WHERE experiment_id = ?", (eid,)
+            ).fetchone()
             if row is None:
                 raise _missing(f"No Experiment with id={experiment_id} exists")
             if stage == "deleted" and eid == DEFAULT_EXPERIMENT_ID:
-                raise MlflowException("Cannot delete the default experiment '0'.",
-                                      INVALID_PARAMETER_VALUE)
+                raise MlflowException(
+                    "Cannot delete the default experiment '0'.", INVALID_PARAMETER_VALUE
+                )
             want_from = "active" if stage == "deleted" else "deleted"
             if row["lifecycle_stage"] != want_from:
                 raise MlflowException(
                     f"Cannot {'delete' if stage == 'deleted' else 'restore'} experiment "
-                    f"{experiment_id}: it is {row['lifecycle_stage']}.", INVALID_STATE)
+                    f"{experiment_id}: it is {row['lifecycle_stage']}.",
+                    INVALID_STATE,
+                )
             t = now_ms()
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("UPDATE experiments SET lifecycle_stage = ?, last_update_time = ? "
-                         "WHERE experiment_id = ?", (stage, t, eid))
+            conn.execute(
+                "UPDATE experiments SET lifecycle_stage = ?, last_update_time = ? "
+                "WHERE experiment_id = ?",
+                (stage, t, eid),
+            )
             # Runs follow their experiment, as in MLflow.
-            conn.execute("UPDATE runs SET lifecycle_stage = ?, deleted_time = ? "
-                         "WHERE experiment_id = ?", (stage, t if stage == "deleted" else None, eid))
+            conn.execute(
+                "UPDATE runs SET lifecycle_stage = ?, deleted_time = ? WHERE experiment_id = ?",
+                (stage, t if stage == "deleted" else None, eid),
+            )
             conn.execute("COMMIT")
 
     def delete_experiment(self, experiment_id: str) -> None:
@@ -246,12 +269,16 @@ class SqliteStore:
         eid = _int_id(experiment_id)
         with self._write_lock:
             conn = self._writer
-            if conn.execute("SELECT 1 FROM experiments WHERE name = ? AND experiment_id != ?",
-                            (new_name, eid)).fetchone():
-                raise MlflowException(f"Experiment(name={new_name}) already exists.",
-                                      RESOURCE_ALREADY_EXISTS)
-            cur = conn.execute("UPDATE experiments SET name = ?, last_update_time = ? "
-                               "WHERE experiment_id = ?", (new_name, now_ms(), eid))
+            if conn.execute(
+                "SELECT 1 FROM experiments WHERE name = ? AND experiment_id != ?", (new_name, eid)
+            ).fetchone():
+                raise MlflowException(
+                    f"Experiment(name={new_name}) already exists.", RESOURCE_ALREADY_EXISTS
+                )
+            cur = conn.execute(
+                "UPDATE experiments SET name = ?, last_update_time = ? WHERE experiment_id = ?",
+                (new_name, now_ms(), eid),
+            )
             if cur.rowcount == 0:
                 raise _missing(f"No Experiment with id={experiment_id} exists")
 
@@ -260,26 +287,32 @@ class SqliteStore:
         eid = _int_id(experiment_id)
         with self._write_lock:
             conn = self._writer
-            if not conn.execute("SELECT 1 FROM experiments WHERE experiment_id = ?",
-                                (eid,)).fetchone():
+            if not conn.execute(
+                "SELECT 1 FROM experiments WHERE experiment_id = ?", (eid,)
+            ).fetchone():
                 raise _missing(f"No Experiment with id={experiment_id} exists")
-            conn.execute("INSERT OR REPLACE INTO experiment_tags VALUES (?, ?, ?)",
-                         (eid, key, value))
+            conn.execute(
+                "INSERT OR REPLACE INTO experiment_tags VALUES (?, ?, ?)", (eid, key, value)
+            )
 
     def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
         """Delete an experiment tag; a missing tag is an error, as in MLflow."""
         with self._write_lock:
             cur = self._writer.execute(
                 "DELETE FROM experiment_tags WHERE experiment_id = ? AND key = ?",
-                (_int_id(experiment_id), key))
+                (_int_id(experiment_id), key),
+            )
             if cur.rowcount == 0:
                 raise _missing(f"No tag with name: {key} in experiment {experiment_id}")
 
     # -- writes from ingest --------------------------------------------------------------
 
-    def apply_batch(self, batch_id: str | None, ops: Sequence[tuple[str, dict[str, Any]]],
-                    series: Sequence[tuple[str, str, array[int], array[float], array[float]]],
-                    ) -> tuple[bool, list[dict[str, str]]]:
+    def apply_batch(
+        self,
+        batch_id: str | None,
+        ops: Sequence[tuple[str, dict[str, Any]]],
+        series: Sequence[tuple[str, str, array[int], array[float], array[float]]],
+    ) -> tuple[bool, list[dict[str, str]]]:
         """Apply one ingest batch in one transaction.
 
         ``ops`` are (name, args) records applied in order; ``series`` are
@@ -294,8 +327,9 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if batch_id is not None:
-                    cur = conn.execute("INSERT OR IGNORE INTO batches VALUES (?, ?)",
-                                       (batch_id, now_ms()))
+                    cur = conn.execute(
+                        "INSERT OR IGNORE INTO batches VALUES (?, ?)", (batch_id, now_ms())
+                    )
                     if cur.rowcount == 0:
                         conn.execute("ROLLBACK")
                         return True, []
@@ -304,13 +338,19 @@ class SqliteStore:
                     try:
                         self._apply_op(conn, name, args, known_runs)
                     except MlflowException as e:
-                        errors.append({"op": name, "error_code": e.error_code,
-                                       "message": e.message})
+                        errors.append(
+                            {"op": name, "error_code": e.error_code, "message": e.message}
+                        )
                 for run_id, key, steps, vals, ts in series:
                     if not self._run_exists(conn, run_id, known_runs):
-                        errors.append({"op": "log_metric", "error_code": RESOURCE_DOES_NOT_EXIST,
-                                       "message": f"Run '{run_id}' not found; "
-                                                  f"{len(steps)} points of {key!r} dropped"})
+                        errors.append(
+                            {
+                                "op": "log_metric",
+                                "error_code": RESOURCE_DOES_NOT_EXIST,
+                                "message": f"Run '{run_id}' not found; "
+                                f"{len(steps)} points of {key!r} dropped",
+                            }
+                        )
                         continue
                     self._insert_series(conn, run_id, key, steps, vals, ts)
                 conn.execute("COMMIT")
@@ -322,27 +362,42 @@ class SqliteStore:
     def _run_exists(self, conn: sqlite3.Connection, run_id: str, cache: dict[str, bool]) -> bool:
         hit = cache.get(run_id)
         if hit is None:
-            hit = conn.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() \
+            hit = (
+                conn.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
                 is not None
+            )
             cache[run_id] = hit
         return hit
 
-    def _insert_series(self, conn: sqlite3.Connection, run_id: str, key: str, steps: array[int],
-                       vals: array[float], ts: array[float]) -> None:
+    def _insert_series(
+        self,
+        conn: sqlite3.Connection,
+        run_id: str,
+        key: str,
+        steps: array[int],
+        vals: array[float],
+        ts: array[float],
+    ) -> None:
         n = len(steps)
         if n == 0:
             return
         conn.execute(
             "INSERT INTO metric_chunks (run_uuid, key, n, min_step, max_step, steps, vals, ts)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, key, n, min(steps), max(steps), steps.tobytes(), vals.tobytes(),
-             ts.tobytes()),
+            (run_id, key, n, min(steps), max(steps), steps.tobytes(), vals.tobytes(), ts.tobytes()),
         )
         i = latest_index(steps, ts)
-        self._upsert_latest(conn, run_id, key, vals[i], int(round(ts[i] * 1000)), steps[i])
+        self._upsert_latest(conn, run_id, key, vals[i], round(ts[i] * 1000), steps[i])
 
-    def _upsert_latest(self, conn: sqlite3.Connection, run_id: str, key: str, value: float,
-                       timestamp: int, step: int) -> None:
+    def _upsert_latest(
+        self,
+        conn: sqlite3.Connection,
+        run_id: str,
+        key: str,
+        value: float,
+        timestamp: int,
+        step: int,
+    ) -> None:
         is_nan = math.isnan(value)
         conn.execute(
             "INSERT INTO latest_metrics (run_uuid, key, value, timestamp, step, is_nan)"
@@ -354,8 +409,9 @@ class SqliteStore:
             (run_id, key, None if is_nan else value, timestamp, step, int(is_nan)),
         )
 
-    def _apply_op(self, conn: sqlite3.Connection, name: str, a: dict[str, Any],
-                  known_runs: dict[str, bool]) -> None:
+    def _apply_op(
+        self, conn: sqlite3.Connection, name: str, a: dict[str, Any], known_runs: dict[str, bool]
+    ) -> None:
         if name == "create_run":
             self._create_run(conn, a)
             known_runs[a["run_id"]] = True
@@ -367,32 +423,41 @@ class SqliteStore:
             for k, v in a["params"].items():
                 cur = conn.execute("INSERT OR IGNORE INTO params VALUES (?, ?, ?)", (run_id, k, v))
                 if cur.rowcount == 0:
-                    old = conn.execute("SELECT value FROM params WHERE run_uuid = ? AND key = ?",
-                                       (run_id, k)).fetchone()[0]
+                    old = conn.execute(
+                        "SELECT value FROM params WHERE run_uuid = ? AND key = ?", (run_id, k)
+                    ).fetchone()[0]
                     if old != v:
                         raise MlflowException(
                             f"Changing param values is not allowed. Param with key={k!r} was "
                             f"already logged with value={old!r} for run ID={run_id!r}. "
-                            f"Attempted logging new value {v!r}.", INVALID_PARAMETER_VALUE)
+                            f"Attempted logging new value {v!r}.",
+                            INVALID_PARAMETER_VALUE,
+                        )
         elif name == "set_tags":
             for k, v in a["tags"].items():
                 conn.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (run_id, k, v))
                 if k == "mlflow.runName":
                     conn.execute("UPDATE runs SET run_name = ? WHERE run_uuid = ?", (v, run_id))
         elif name == "delete_tag":
-            cur = conn.execute("DELETE FROM tags WHERE run_uuid = ? AND key = ?",
-                               (run_id, a["key"]))
+            cur = conn.execute(
+                "DELETE FROM tags WHERE run_uuid = ? AND key = ?", (run_id, a["key"])
+            )
             if cur.rowcount == 0:
                 raise _missing(f"No tag with name: {a['key']} in run with id {run_id}")
         elif name == "update_run":
             self._update_run(conn, run_id, a)
         elif name == "log_metric":
             # A single point from a client that does not send column chunks (REST API).
-            steps, vals, ts = array("q", [a["step"]]), array("d", [a["value"]]), \
-                array("d", [a["timestamp"] / 1000.0])
+            steps, vals, ts = (
+                array("q", [a["step"]]),
+                array("d", [a["value"]]),
+                array("d", [a["timestamp"] / 1000.0]),
+            )
             self._insert_series(conn, run_id, a["key"], steps, vals, ts)
         elif name == "heartbeat":
-            conn.execute("UPDATE runs SET last_heartbeat = ? WHERE run_uuid = ?", (now_ms(), run_id))
+            conn.execute(
+                "UPDATE runs SET last_heartbeat = ? WHERE run_uuid = ?", (now_ms(), run_id)
+            )
         else:
             raise MlflowException(f"Unknown operation {name!r}", INVALID_PARAMETER_VALUE)
 
@@ -401,22 +466,32 @@ class SqliteStore:
         if conn.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone():
             return  # a retried create is harmless
         eid = _int_id(a["experiment_id"])
-        exp = conn.execute("SELECT artifact_location, lifecycle_stage FROM experiments "
-                           "WHERE experiment_id = ?", (eid,)).fetchone()
+        exp = conn.execute(
+            "SELECT artifact_location, lifecycle_stage FROM experiments WHERE experiment_id = ?",
+            (eid,),
+        ).fetchone()
         if exp is None:
             raise _missing(f"No Experiment with id={a['experiment_id']} exists")
         if exp["lifecycle_stage"] != "active":
             raise MlflowException(
-                f"The experiment {a['experiment_id']} must be in the 'active' state.",
-                INVALID_STATE)
+                f"The experiment {a['experiment_id']} must be in the 'active' state.", INVALID_STATE
+            )
         artifact_uri = f"{exp['artifact_location']}/{run_id}/artifacts"
         t = now_ms()
         conn.execute(
             "INSERT INTO runs (run_uuid, experiment_id, run_name, user_id, status, start_time,"
             " end_time, artifact_uri, lifecycle_stage, last_heartbeat)"
             " VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 'active', ?)",
-            (run_id, eid, a.get("run_name") or "", a.get("user_id") or "",
-             a.get("status") or "RUNNING", int(a.get("start_time") or t), artifact_uri, t),
+            (
+                run_id,
+                eid,
+                a.get("run_name") or "",
+                a.get("user_id") or "",
+                a.get("status") or "RUNNING",
+                int(a.get("start_time") or t),
+                artifact_uri,
+                t,
+            ),
         )
         for k, v in (a.get("tags") or {}).items():
             conn.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (run_id, k, v))
@@ -429,12 +504,16 @@ class SqliteStore:
             end_time = a.get("end_time")
             if status in ("FINISHED", "FAILED", "KILLED") and end_time is None:
                 end_time = now_ms()
-            conn.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
-                         (status, end_time if status != "RUNNING" else None, run_id))
+            conn.execute(
+                "UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
+                (status, end_time if status != "RUNNING" else None, run_id),
+            )
         if a.get("run_name"):
             conn.execute("UPDATE runs SET run_name = ? WHERE run_uuid = ?", (a["run_name"], run_id))
-            conn.execute("INSERT OR REPLACE INTO tags VALUES (?, 'mlflow.runName', ?)",
-                         (run_id, a["run_name"]))
+            conn.execute(
+                "INSERT OR REPLACE INTO tags VALUES (?, 'mlflow.runName', ?)",
+                (run_id, a["run_name"]),
+            )
 
     # -- runs: reads and lifecycle ---------------------------------------------------------
 
@@ -452,27 +531,34 @@ class SqliteStore:
             return []
         out: dict[str, Row] = {}
         for start in range(0, len(run_ids), 500):
-            part = list(run_ids[start:start + 500])
+            part = list(run_ids[start : start + 500])
             marks = ",".join("?" * len(part))
             for r in conn.execute(f"SELECT * FROM runs WHERE run_uuid IN ({marks})", part):
                 out[r["run_uuid"]] = {
                     "info": {
-                        "run_id": r["run_uuid"], "run_uuid": r["run_uuid"],
-                        "experiment_id": str(r["experiment_id"]), "run_name": r["run_name"],
-                        "user_id": r["user_id"], "status": r["status"],
-                        "start_time": r["start_time"], "end_time": r["end_time"],
-                        "artifact_uri": r["artifact_uri"], "lifecycle_stage": r["lifecycle_stage"],
+                        "run_id": r["run_uuid"],
+                        "run_uuid": r["run_uuid"],
+                        "experiment_id": str(r["experiment_id"]),
+                        "run_name": r["run_name"],
+                        "user_id": r["user_id"],
+                        "status": r["status"],
+                        "start_time": r["start_time"],
+                        "end_time": r["end_time"],
+                        "artifact_uri": r["artifact_uri"],
+                        "lifecycle_stage": r["lifecycle_stage"],
                     },
                     "data": {"metrics": {}, "params": {}, "tags": {}},
                 }
             for table, field in (("params", "params"), ("tags", "tags")):
                 for r in conn.execute(
-                        f"SELECT run_uuid, key, value FROM {table} WHERE run_uuid IN ({marks})",
-                        part):
+                    f"SELECT run_uuid, key, value FROM {table} WHERE run_uuid IN ({marks})", part
+                ):
                     out[r[0]]["data"][field][r[1]] = r[2]
             for r in conn.execute(
-                    "SELECT run_uuid, key, value, is_nan FROM latest_metrics "
-                    f"WHERE run_uuid IN ({marks})", part):
+                "SELECT run_uuid, key, value, is_nan FROM latest_metrics "
+                f"WHERE run_uuid IN ({marks})",
+                part,
+            ):
                 out[r[0]]["data"]["metrics"][r[1]] = math.nan if r[3] else r[2]
         return [out[i] for i in run_ids if i in out]
 
@@ -480,7 +566,8 @@ class SqliteStore:
         with self._write_lock:
             cur = self._writer.execute(
                 "UPDATE runs SET lifecycle_stage = ?, deleted_time = ? WHERE run_uuid = ?",
-                (stage, now_ms() if stage == "deleted" else None, run_id))
+                (stage, now_ms() if stage == "deleted" else None, run_id),
+            )
             if cur.rowcount == 0:
                 raise _missing(f"Run '{run_id}' not found")
 
@@ -494,8 +581,11 @@ class SqliteStore:
 
     def run_experiment_artifact_uri(self, run_id: str) -> str:
         """A run's artifact URI."""
-        row = self.reader().execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?",
-                                    (run_id,)).fetchone()
+        row = (
+            self.reader()
+            .execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,))
+            .fetchone()
+        )
         if row is None:
             raise _missing(f"Run '{run_id}' not found")
         return str(row[0])
@@ -507,11 +597,18 @@ class SqliteStore:
         conn = self.reader()
         if conn.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() is None:
             raise _missing(f"Run '{run_id}' not found")
-        return [(r[0], r[1], r[2]) for r in conn.execute(
-            "SELECT steps, vals, ts FROM metric_chunks WHERE run_uuid = ? AND key = ?"
-            " ORDER BY chunk_id", (run_id, key))]
+        return [
+            (r[0], r[1], r[2])
+            for r in conn.execute(
+                "SELECT steps, vals, ts FROM metric_chunks WHERE run_uuid = ? AND key = ?"
+                " ORDER BY chunk_id",
+                (run_id, key),
+            )
+        ]
 
-    def metric_history(self, run_id: str, key: str) -> tuple[array[int], array[float], array[float]]:
+    def metric_history(
+        self, run_id: str, key: str
+    ) -> tuple[array[int], array[float], array[float]]:
         """A whole series as (steps, values, timestamps in seconds) arrays."""
         steps, vals, ts = array("q"), array("d"), array("d")
         for s, v, t in self.metric_chunks(run_id, key):
@@ -522,9 +619,14 @@ class SqliteStore:
 
     def find_stale_runs(self, older_than_ms: int) -> list[str]:
         """RUNNING runs whose last heartbeat is older than the given time."""
-        rows = self.reader().execute(
-            "SELECT run_uuid FROM runs WHERE status = 'RUNNING' AND last_heartbeat < ?",
-            (older_than_ms,)).fetchall()
+        rows = (
+            self.reader()
+            .execute(
+                "SELECT run_uuid FROM runs WHERE status = 'RUNNING' AND last_heartbeat < ?",
+                (older_than_ms,),
+            )
+            .fetchall()
+        )
         return [r[0] for r in rows]
 
 
@@ -532,5 +634,7 @@ def _int_id(experiment_id: Any) -> int:
     try:
         return int(experiment_id)
     except (TypeError, ValueError):
-        raise MlflowException(f"Invalid experiment id {experiment_id!r}: expected an integer id.",
-                              INVALID_PARAMETER_VALUE) from None
+        raise MlflowException(
+            f"Invalid experiment id {experiment_id!r}: expected an integer id.",
+            INVALID_PARAMETER_VALUE,
+        ) from None

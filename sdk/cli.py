@@ -20,8 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         import logging
         import os
 
-        logging.basicConfig(level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.basicConfig(
+            level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
         asyncio.run(collector_main.serve(collector_main.config_from_args(args)))
         return 0
     parser.error(f"unknown command {args.command}")

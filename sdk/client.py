@@ -35,14 +35,76 @@ from flightlog.exceptions import (
     MlflowException,
 )
 
-_ADJECTIVES = ("able", "bold", "brave", "bright", "calm", "clever", "crisp", "eager", "fair",
-               "gentle", "glad", "grand", "keen", "kind", "lively", "loud", "merry", "neat",
-               "proud", "quick", "quiet", "rare", "sharp", "shy", "smart", "swift", "tidy",
-               "vast", "warm", "wise")
-_NOUNS = ("ant", "bass", "bat", "bear", "bee", "carp", "cat", "colt", "crab", "crow", "deer",
-          "doe", "dove", "duck", "eel", "elk", "finch", "fox", "frog", "goat", "gull", "hare",
-          "hawk", "lark", "lynx", "mole", "moth", "owl", "ram", "seal", "snail", "swan", "toad",
-          "wolf", "wren", "yak")
+_ADJECTIVES = (
+    "able",
+    "bold",
+    "brave",
+    "bright",
+    "calm",
+    "clever",
+    "crisp",
+    "eager",
+    "fair",
+    "gentle",
+    "glad",
+    "grand",
+    "keen",
+    "kind",
+    "lively",
+    "loud",
+    "merry",
+    "neat",
+    "proud",
+    "quick",
+    "quiet",
+    "rare",
+    "sharp",
+    "shy",
+    "smart",
+    "swift",
+    "tidy",
+    "vast",
+    "warm",
+    "wise",
+)
+_NOUNS = (
+    "ant",
+    "bass",
+    "bat",
+    "bear",
+    "bee",
+    "carp",
+    "cat",
+    "colt",
+    "crab",
+    "crow",
+    "deer",
+    "doe",
+    "dove",
+    "duck",
+    "eel",
+    "elk",
+    "finch",
+    "fox",
+    "frog",
+    "goat",
+    "gull",
+    "hare",
+    "hawk",
+    "lark",
+    "lynx",
+    "mole",
+    "moth",
+    "owl",
+    "ram",
+    "seal",
+    "snail",
+    "swan",
+    "toad",
+    "wolf",
+    "wren",
+    "yak",
+)
 
 
 def generate_run_name() -> str:
@@ -89,13 +151,15 @@ class MlflowClient:
 
     # -- experiments ----------------------------------------------------------------------
 
-    def create_experiment(self, name: str, artifact_location: str | None = None,
-                          tags: dict[str, Any] | None = None) -> str:
+    def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags: dict[str, Any] | None = None
+    ) -> str:
         """Create an experiment and return its id."""
         v.validate_experiment_name(name)
         clean = {v.validate_key("tag", k): v.tag_value(k, val) for k, val in (tags or {}).items()}
-        reply = self._call("create_experiment", name=name, artifact_location=artifact_location,
-                           tags=clean)
+        reply = self._call(
+            "create_experiment", name=name, artifact_location=artifact_location, tags=clean
+        )
         return str(reply["experiment_id"])
 
     def get_experiment(self, experiment_id: str) -> Experiment:
@@ -131,8 +195,12 @@ class MlflowClient:
     def set_experiment_tag(self, experiment_id: str, key: str, value: Any) -> None:
         """Set a tag on an experiment."""
         v.validate_key("tag", key)
-        self._call("set_experiment_tag", experiment_id=str(experiment_id), key=key,
-                   value=v.tag_value(key, value))
+        self._call(
+            "set_experiment_tag",
+            experiment_id=str(experiment_id),
+            key=key,
+            value=v.tag_value(key, value),
+        )
 
     def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
         """Delete a tag of an experiment."""
@@ -145,35 +213,62 @@ class MlflowClient:
         if exp.lifecycle_stage != "active":
             raise MlflowException(
                 f"The experiment {experiment_id} must be in the 'active' state. "
-                f"Current state is {exp.lifecycle_stage}.", INVALID_STATE)
+                f"Current state is {exp.lifecycle_stage}.",
+                INVALID_STATE,
+            )
         return exp
 
     # -- runs -----------------------------------------------------------------------------
 
-    def create_run(self, experiment_id: str, start_time: int | None = None,
-                   tags: dict[str, Any] | None = None, run_name: str | None = None) -> Run:
+    def create_run(
+        self,
+        experiment_id: str,
+        start_time: int | None = None,
+        tags: dict[str, Any] | None = None,
+        run_name: str | None = None,
+    ) -> Run:
         """Create a RUNNING run; the id is made here, so this does not wait for the collector."""
         exp = self._active_experiment(str(experiment_id))
         clean = {v.validate_key("tag", k): v.tag_value(k, val) for k, val in (tags or {}).items()}
         if run_name is None:
             run_name = clean.get("mlflow.runName") or generate_run_name()
         if len(run_name) > v.MAX_RUN_NAME_LENGTH:
-            raise MlflowException(f"Run name is {len(run_name)} characters long; the limit is "
-                                  f"{v.MAX_RUN_NAME_LENGTH}.", INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                f"Run name is {len(run_name)} characters long; the limit is "
+                f"{v.MAX_RUN_NAME_LENGTH}.",
+                INVALID_PARAMETER_VALUE,
+            )
         clean["mlflow.runName"] = run_name
         user = _user()
         clean.setdefault("mlflow.user", user)
-        clean.setdefault("mlflow.source.name", os.path.basename(sys.argv[0]) if sys.argv and
-                         sys.argv[0] else "<console>")
+        clean.setdefault(
+            "mlflow.source.name",
+            os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "<console>",
+        )
         clean.setdefault("mlflow.source.type", "LOCAL")
         run_id = uuid.uuid4().hex
         start = int(start_time if start_time is not None else time.time() * 1000)
-        self.ctx.agent.submit_op("create_run", {
-            "run_id": run_id, "experiment_id": exp.experiment_id, "run_name": run_name,
-            "user_id": user, "start_time": start, "tags": clean})
-        info = RunInfo(run_id=run_id, experiment_id=exp.experiment_id, run_name=run_name,
-                       user_id=user, status=RunStatus.RUNNING, start_time=start, end_time=None,
-                       artifact_uri=f"{exp.artifact_location}/{run_id}/artifacts")
+        self.ctx.agent.submit_op(
+            "create_run",
+            {
+                "run_id": run_id,
+                "experiment_id": exp.experiment_id,
+                "run_name": run_name,
+                "user_id": user,
+                "start_time": start,
+                "tags": clean,
+            },
+        )
+        info = RunInfo(
+            run_id=run_id,
+            experiment_id=exp.experiment_id,
+            run_name=run_name,
+            user_id=user,
+            status=RunStatus.RUNNING,
+            start_time=start,
+            end_time=None,
+            artifact_uri=f"{exp.artifact_location}/{run_id}/artifacts",
+        )
         return Run(info=info, data=RunData(tags=dict(clean)))
 
     def get_run(self, run_id: str) -> Run:
@@ -183,20 +278,29 @@ class MlflowClient:
     def update_run(self, run_id: str, status: str | None = None, name: str | None = None) -> None:
         """Change a run's status and/or name."""
         if status is not None and status not in RunStatus.ALL:
-            raise MlflowException(f"Invalid run status {status!r}; use one of "
-                                  f"{', '.join(RunStatus.ALL)}", INVALID_PARAMETER_VALUE)
-        self.ctx.agent.submit_op("update_run", {"run_id": run_id, "status": status,
-                                                "run_name": name})
+            raise MlflowException(
+                f"Invalid run status {status!r}; use one of {', '.join(RunStatus.ALL)}",
+                INVALID_PARAMETER_VALUE,
+            )
+        self.ctx.agent.submit_op(
+            "update_run", {"run_id": run_id, "status": status, "run_name": name}
+        )
 
-    def set_terminated(self, run_id: str, status: str | None = None,
-                       end_time: int | None = None) -> None:
+    def set_terminated(
+        self, run_id: str, status: str | None = None, end_time: int | None = None
+    ) -> None:
         """End a run (FINISHED unless told otherwise) and wait until that is stored."""
         status = status or RunStatus.FINISHED
         if status not in RunStatus.ALL:
             raise MlflowException(f"Invalid run status {status!r}", INVALID_PARAMETER_VALUE)
-        self.ctx.agent.submit_op("update_run", {
-            "run_id": run_id, "status": status,
-            "end_time": int(end_time if end_time is not None else time.time() * 1000)})
+        self.ctx.agent.submit_op(
+            "update_run",
+            {
+                "run_id": run_id,
+                "status": status,
+                "end_time": int(end_time if end_time is not None else time.time() * 1000),
+            },
+        )
         self.ctx.agent.flush()
 
     def delete_run(self, run_id: str) -> None:
@@ -210,8 +314,15 @@ class MlflowClient:
 
     # -- logging ---------------------------------------------------------------------------
 
-    def log_metric(self, run_id: str, key: str, value: float, timestamp: int | None = None,
-                   step: int | None = None, synchronous: bool | None = None) -> None:
+    def log_metric(
+        self,
+        run_id: str,
+        key: str,
+        value: float,
+        timestamp: int | None = None,
+        step: int | None = None,
+        synchronous: bool | None = None,
+    ) -> None:
         """Log one metric point (queued; durable after flush/end of run)."""
         v.validate_metric_key(key)
         value = v.metric_value(key, value)
@@ -235,19 +346,29 @@ class MlflowClient:
         self.ctx.agent.submit_op("delete_tag", {"run_id": run_id, "key": key})
         self.ctx.agent.flush()
 
-    def log_batch(self, run_id: str, metrics: Sequence[Metric] = (),
-                  params: Sequence[Param] = (), tags: Sequence[RunTag] = (),
-                  synchronous: bool | None = None) -> None:
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Sequence[Metric] = (),
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+        synchronous: bool | None = None,
+    ) -> None:
         """Log metrics, params and tags together."""
         if params:
-            clean = {v.validate_key("param", p.key): v.param_value(p.key, p.value)
-                     for p in params}
+            clean = {v.validate_key("param", p.key): v.param_value(p.key, p.value) for p in params}
             self._check_params(run_id, clean)
             self.ctx.agent.submit_op("log_params", {"run_id": run_id, "params": clean})
         if tags:
-            self.ctx.agent.submit_op("set_tags", {
-                "run_id": run_id,
-                "tags": {v.validate_key("tag", t.key): v.tag_value(t.key, t.value) for t in tags}})
+            self.ctx.agent.submit_op(
+                "set_tags",
+                {
+                    "run_id": run_id,
+                    "tags": {
+                        v.validate_key("tag", t.key): v.tag_value(t.key, t.value) for t in tags
+                    },
+                },
+            )
         for m in metrics:
             self.log_metric(run_id, m.key, m.value, m.timestamp, m.step)
         if synchronous:
@@ -263,7 +384,9 @@ class MlflowClient:
                 raise MlflowException(
                     f"Changing param values is not allowed. Param with key={k!r} was already "
                     f"logged with value={old!r} for run ID={run_id!r}. Attempted logging new "
-                    f"value {val!r}.", INVALID_PARAMETER_VALUE)
+                    f"value {val!r}.",
+                    INVALID_PARAMETER_VALUE,
+                )
         seen.update(params)
 
     # -- metric history -------------------------------------------------------------------
@@ -276,8 +399,10 @@ class MlflowClient:
             steps.frombytes(s)
             vals.frombytes(val)
             ts.frombytes(t)
-        return [Metric(key, x, int(round(t * 1000)), s, run_id)
-                for s, x, t in zip(steps, vals, ts)]
+        return [
+            Metric(key, x, round(t * 1000), s, run_id)
+            for s, x, t in zip(steps, vals, ts, strict=True)
+        ]
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything this process logged is durable."""

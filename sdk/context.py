@@ -32,8 +32,12 @@ def set_tracking_uri(uri: str | os.PathLike[str]) -> None:
 
 def get_tracking_uri() -> str:
     """The tracking URI in force."""
-    return (_tracking_uri or os.environ.get("FLIGHTLOG_TRACKING_URI")
-            or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    return (
+        _tracking_uri
+        or os.environ.get("FLIGHTLOG_TRACKING_URI")
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or DEFAULT_TRACKING_URI
+    )
 
 
 def _key(uri: str) -> str:

@@ -60,8 +60,19 @@ def _spawn(store: LocalStore) -> str:
     with contextlib.suppress(FileNotFoundError):
         store.collector_file.unlink()
     log_path = store.directory / "collector.log"
-    cmd = [sys.executable, "-m", "flightlog.collector", "--store", str(store.directory),
-           "--port", "0", "--idle-timeout", idle, "--port-file", str(store.collector_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flightlog.collector",
+        "--store",
+        str(store.directory),
+        "--port",
+        "0",
+        "--idle-timeout",
+        idle,
+        "--port-file",
+        str(store.collector_file),
+    ]
     if store.db_path != store.directory / "flightlog.db":
         cmd[4] = f"sqlite:///{store.db_path}"
     with open(log_path, "ab") as log:
@@ -69,9 +80,15 @@ def _spawn(store: LocalStore) -> str:
         # cwd is the store directory: ``-m`` puts the cwd first on sys.path, and a
         # directory named like the package there (the default ./flightlog store) must
         # not shadow it.
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True,
-                                cwd=str(store.directory))
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+            cwd=str(store.directory),
+        )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -79,14 +96,18 @@ def _spawn(store: LocalStore) -> str:
             raise MlflowException(
                 f"The embedded flightlog collector for {store.directory} exited with code "
                 f"{proc.returncode} at start. Its log ({log_path}) ends with:\n{tail}",
-                INTERNAL_ERROR)
+                INTERNAL_ERROR,
+            )
         url = _running_collector(store)
         if url is not None:
             return url
         time.sleep(0.02)  # waiting on another process's file: nothing to wait on but time
     proc.kill()
-    raise MlflowException(f"The embedded flightlog collector for {store.directory} did not "
-                          f"start within {START_TIMEOUT:.0f}s; see {log_path}", INTERNAL_ERROR)
+    raise MlflowException(
+        f"The embedded flightlog collector for {store.directory} did not "
+        f"start within {START_TIMEOUT:.0f}s; see {log_path}",
+        INTERNAL_ERROR,
+    )
 
 
 def stop_collector(store_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:

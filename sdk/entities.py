@@ -65,8 +65,9 @@ class Metric:
 
     __slots__ = ("key", "run_id", "step", "timestamp", "value")
 
-    def __init__(self, key: str, value: float, timestamp: int, step: int,
-                 run_id: str | None = None) -> None:
+    def __init__(
+        self, key: str, value: float, timestamp: int, step: int, run_id: str | None = None
+    ) -> None:
         self.key = key
         self.value = value
         self.timestamp = timestamp
@@ -87,8 +88,10 @@ class Metric:
         return hash((self.key, self.timestamp, self.step, self.run_id))
 
     def __repr__(self) -> str:
-        return (f"Metric(key={self.key!r}, value={self.value!r}, timestamp={self.timestamp!r}, "
-                f"step={self.step!r})")
+        return (
+            f"Metric(key={self.key!r}, value={self.value!r}, timestamp={self.timestamp!r}, "
+            f"step={self.step!r})"
+        )
 
 
 @dataclass(frozen=True)

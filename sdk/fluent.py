@@ -11,7 +11,9 @@ clock read and a deque append. Everything else happens in the agent's thread.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 import threading
 import time
 from types import TracebackType
@@ -19,7 +21,7 @@ from typing import Any
 
 from flightlog import validation as v
 from flightlog.client import MlflowClient
-from flightlog.context import flush_all, get_context
+from flightlog.context import flush_all
 from flightlog.entities import Experiment, Metric, Param, Run, RunStatus, RunTag
 from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
@@ -48,8 +50,12 @@ class ActiveRun(Run):
     def __enter__(self) -> ActiveRun:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             status = RunStatus.FINISHED
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -100,19 +106,22 @@ def _top_or_autostart() -> tuple[str, Any]:
 # -- experiments -------------------------------------------------------------------------
 
 
-def create_experiment(name: str, artifact_location: str | None = None,
-                      tags: dict[str, Any] | None = None) -> str:
+def create_experiment(
+    name: str, artifact_location: str | None = None, tags: dict[str, Any] | None = None
+) -> str:
     """Create an experiment and return its id."""
     return MlflowClient().create_experiment(name, artifact_location, tags)
 
 
-def set_experiment(experiment_name: str | None = None,
-                   experiment_id: str | None = None) -> Experiment:
+def set_experiment(
+    experiment_name: str | None = None, experiment_id: str | None = None
+) -> Experiment:
     """Make an experiment active, creating it by name if it does not exist."""
     global _active_experiment_id
     if (experiment_name is None) == (experiment_id is None):
-        raise MlflowException("Pass exactly one of experiment_name and experiment_id.",
-                              INVALID_PARAMETER_VALUE)
+        raise MlflowException(
+            "Pass exactly one of experiment_name and experiment_id.", INVALID_PARAMETER_VALUE
+        )
     client = MlflowClient()
     if experiment_id is not None:
         exp = client.get_experiment(str(experiment_id))
@@ -131,7 +140,9 @@ def set_experiment(experiment_name: str | None = None,
     if exp.lifecycle_stage != "active":
         raise MlflowException(
             f"Cannot set a deleted experiment {exp.name!r} as the active experiment. "
-            "Restore it with restore_experiment() or use another name.", "INVALID_PARAMETER_VALUE")
+            "Restore it with restore_experiment() or use another name.",
+            "INVALID_PARAMETER_VALUE",
+        )
     _active_experiment_id = exp.experiment_id
     return exp
 
@@ -157,18 +168,24 @@ def _resolve_experiment_id(client: MlflowClient) -> str:
     name = os.environ.get("FLIGHTLOG_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     if name:
         return set_experiment(name).experiment_id
-    return (os.environ.get("FLIGHTLOG_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID")
-            or "0")
+    return (
+        os.environ.get("FLIGHTLOG_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID") or "0"
+    )
 
 
 # -- runs --------------------------------------------------------------------------------
 
 
-def start_run(run_id: str | None = None, experiment_id: str | None = None,
-              run_name: str | None = None, nested: bool = False,
-              parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
-              description: str | None = None,
-              log_system_metrics: bool | None = None) -> ActiveRun:
+def start_run(
+    run_id: str | None = None,
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+    parent_run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+    description: str | None = None,
+    log_system_metrics: bool | None = None,
+) -> ActiveRun:
     """Start a run (or resume ``run_id``) and make it this thread's active run.
 
     Use as a context manager: the run ends FINISHED, or FAILED if the block raises.
@@ -180,22 +197,25 @@ def start_run(run_id: str | None = None, experiment_id: str | None = None,
     if stack and not nested:
         raise MlflowException(
             f"Run with UUID {stack[-1].info.run_id} is already active. To start a nested run, "
-            "call start_run with nested=True", INVALID_PARAMETER_VALUE)
+            "call start_run with nested=True",
+            INVALID_PARAMETER_VALUE,
+        )
     client = MlflowClient()
     parent = parent_run_id or (stack[-1].info.run_id if stack and nested else None)
     if run_id is not None:
         v.validate_run_id(run_id)
         run = client.get_run(run_id)
         if run.info.lifecycle_stage != "active":
-            raise MlflowException(f"Cannot start run with ID {run_id} because it is in the "
-                                  "deleted state.", INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                f"Cannot start run with ID {run_id} because it is in the deleted state.",
+                INVALID_PARAMETER_VALUE,
+            )
         client.update_run(run_id, RunStatus.RUNNING, run_name)
         if tags:
             client.log_batch(run_id, tags=[RunTag(k, val) for k, val in tags.items()])
         run.info.status = RunStatus.RUNNING
     else:
-        exp_id = str(experiment_id) if experiment_id is not None else \
-            _resolve_experiment_id(client)
+        exp_id = str(experiment_id) if experiment_id is not None else _resolve_experiment_id(client)
         all_tags = dict(tags or {})
         if parent:
             all_tags["mlflow.parentRunId"] = parent
@@ -281,8 +301,14 @@ def delete_run(run_id: str) -> None:
 # -- logging -----------------------------------------------------------------------------
 
 
-def log_metric(key: str, value: float, step: int | None = None, timestamp: int | None = None,
-               run_id: str | None = None, synchronous: bool | None = None) -> None:
+def log_metric(
+    key: str,
+    value: float,
+    step: int | None = None,
+    timestamp: int | None = None,
+    run_id: str | None = None,
+    synchronous: bool | None = None,
+) -> None:
     """Log a metric point to the active run (or ``run_id``). Returns after a queue append."""
     try:
         rid, agent = _tls.top
@@ -299,19 +325,30 @@ def log_metric(key: str, value: float, step: int | None = None, timestamp: int |
     elif step.__class__ is not int:
         step = v.metric_step(key, step)
     q = agent.queue
-    q.append((rid, key, value, step,
-              _time() if timestamp is None else v.metric_timestamp(key, timestamp)))
+    q.append(
+        (
+            rid,
+            key,
+            value,
+            step,
+            _time() if timestamp is None else v.metric_timestamp(key, timestamp),
+        )
+    )
     if len(q) >= agent.batch_points:
         agent.on_pressure()
     if synchronous:
         agent.flush()
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None,
-                synchronous: bool | None = None, run_id: str | None = None,
-                timestamp: int | None = None) -> None:
+def log_metrics(
+    metrics: dict[str, float],
+    step: int | None = None,
+    synchronous: bool | None = None,
+    run_id: str | None = None,
+    timestamp: int | None = None,
+) -> None:
     """Log several metrics at one step and time."""
-    ts = _time() * 1000 if timestamp is None else timestamp
+    ts = int(_time() * 1000) if timestamp is None else timestamp
     for key, value in metrics.items():
         log_metric(key, value, step, ts, run_id)
     if synchronous:
@@ -333,12 +370,14 @@ def log_param(key: str, value: Any, synchronous: bool | None = None) -> Any:
     return client.log_param(rid, key, value, synchronous)
 
 
-def log_params(params: dict[str, Any], synchronous: bool | None = None,
-               run_id: str | None = None) -> None:
+def log_params(
+    params: dict[str, Any], synchronous: bool | None = None, run_id: str | None = None
+) -> None:
     """Log several params of the active run."""
     rid, client = _run_id_for_write(run_id)
-    client.log_batch(rid, params=[Param(k, val) for k, val in params.items()],
-                     synchronous=synchronous)
+    client.log_batch(
+        rid, params=[Param(k, val) for k, val in params.items()], synchronous=synchronous
+    )
 
 
 def set_tag(key: str, value: Any, synchronous: bool | None = None) -> None:
@@ -350,8 +389,7 @@ def set_tag(key: str, value: Any, synchronous: bool | None = None) -> None:
 def set_tags(tags: dict[str, Any], synchronous: bool | None = None) -> None:
     """Set several tags on the active run."""
     rid, client = _run_id_for_write(None)
-    client.log_batch(rid, tags=[RunTag(k, val) for k, val in tags.items()],
-                     synchronous=synchronous)
+    client.log_batch(rid, tags=[RunTag(k, val) for k, val in tags.items()], synchronous=synchronous)
 
 
 def delete_tag(key: str) -> None:
@@ -371,6 +409,52 @@ flush_async_logging = flush
 def get_metric_history(run_id: str, key: str) -> list[Metric]:
     """Every point of one metric of a run."""
     return MlflowClient().get_metric_history(run_id, key)
+
+
+def _end_runs_at_exit(status: str) -> None:
+    """End every run still active in the process, newest first."""
+    with _state_lock:
+        runs = list(reversed(_process_top))
+    for run in runs:
+        try:
+            end_run(status, _run=run)
+        except Exception as e:  # exiting: report, never raise
+            print(f"flightlog: could not end run {run.info.run_id}: {e}", file=sys.stderr)
+
+
+_uncaught = False
+_previous_excepthook = sys.excepthook
+
+
+def _excepthook(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    # An uncaught exception ends open runs FAILED (KILLED for Ctrl-C), then the
+    # program's own hook reports it as usual.
+    global _uncaught
+    _uncaught = True
+    _end_runs_at_exit(
+        RunStatus.KILLED if issubclass(exc_type, KeyboardInterrupt) else RunStatus.FAILED
+    )
+    _previous_excepthook(exc_type, exc, tb)
+
+
+def _at_exit() -> None:
+    if _uncaught:
+        return
+    # A program that replaced sys.excepthook after importing flightlog still leaves the
+    # uncaught exception in sys.last_value.
+    last = getattr(sys, "last_value", None)
+    if last is None:
+        _end_runs_at_exit(RunStatus.FINISHED)
+    else:
+        _end_runs_at_exit(
+            RunStatus.KILLED if isinstance(last, KeyboardInterrupt) else RunStatus.FAILED
+        )
+
+
+sys.excepthook = _excepthook
+atexit.register(_at_exit)  # registered after context's, so it runs before agents close
 
 
 def _reset_for_tests() -> None:

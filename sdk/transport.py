@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -58,15 +57,24 @@ class CollectorClient:
     def _conn(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None:
-            cls = (http.client.HTTPSConnection if self.scheme == "https"
-                   else http.client.HTTPConnection)
+            cls = (
+                http.client.HTTPSConnection
+                if self.scheme == "https"
+                else http.client.HTTPConnection
+            )
             conn = cls(self.host, self.port, timeout=self.timeout)
             self._local.conn = conn
         return conn
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                content_type: str = MSGPACK, timeout: float | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = MSGPACK,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         """One HTTP exchange; raises CollectorUnavailable when no answer came back."""
         hdrs = {"Content-Type": content_type, **(headers or {})}
         if self.token:
@@ -85,18 +93,23 @@ class CollectorClient:
                 conn.close()
                 self._local.conn = None
                 # A keep-alive connection the server closed meanwhile: retry once on a new one.
-                stale = isinstance(e, (http.client.RemoteDisconnected, BrokenPipeError,
-                                       ConnectionResetError))
+                stale = isinstance(
+                    e, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+                )
                 if attempt == 0 and stale:
                     continue
-                if attempt == 0 and self.rediscover is not None and isinstance(
-                        e, ConnectionRefusedError):
+                if (
+                    attempt == 0
+                    and self.rediscover is not None
+                    and isinstance(e, ConnectionRefusedError)
+                ):
                     try:
                         self._retarget(self.rediscover())
                     except Exception as re:
                         raise CollectorUnavailable(
                             f"collector at {self.base_url} unreachable: {e}; "
-                            f"restarting it failed: {re}") from e
+                            f"restarting it failed: {re}"
+                        ) from e
                     continue
                 raise CollectorUnavailable(f"collector at {self.base_url} unreachable: {e}") from e
         raise AssertionError("unreachable")
@@ -104,8 +117,9 @@ class CollectorClient:
     def call(self, method: str, timeout: float | None = None, **args: Any) -> Any:
         """Call an RPC method of the collector; raise its error as RestException."""
         try:
-            status, _, data = self.request("POST", f"/api/flightlog/rpc/{method}", pack(args),
-                                           timeout=timeout)
+            status, _, data = self.request(
+                "POST", f"/api/flightlog/rpc/{method}", pack(args), timeout=timeout
+            )
         except CollectorUnavailable as e:
             raise RestException(str(e), INTERNAL_ERROR, 503) from e
         return decode_reply(status, data)
@@ -114,7 +128,7 @@ class CollectorClient:
         """The collector's /health answer, or None when it does not answer."""
         try:
             status, _, data = self.request("GET", "/health", timeout=timeout)
-        except (CollectorUnavailable, socket.timeout):
+        except (TimeoutError, CollectorUnavailable):
             return None
         if status != 200:
             return None
@@ -134,12 +148,14 @@ def decode_reply(status: int, data: bytes) -> Any:
     except Exception:
         body = None
         if status < 400:
-            raise RestException(f"Collector sent an unreadable answer ({len(data)} bytes)",
-                                INTERNAL_ERROR, status) from None
+            raise RestException(
+                f"Collector sent an unreadable answer ({len(data)} bytes)", INTERNAL_ERROR, status
+            ) from None
     if status >= 400:
         if isinstance(body, dict) and "message" in body:
-            raise RestException(str(body["message"]), str(body.get("error_code", INTERNAL_ERROR)),
-                                status)
+            raise RestException(
+                str(body["message"]), str(body.get("error_code", INTERNAL_ERROR)), status
+            )
         text = data[:300].decode("utf-8", "replace") if data else ""
         raise RestException(f"Collector answered HTTP {status}: {text}", INTERNAL_ERROR, status)
     return body

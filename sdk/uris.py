@@ -37,7 +37,7 @@ def local_store(uri: str | os.PathLike[str], artifact_root: str | None = None) -
     """
     text = os.fspath(uri)
     if text.startswith("sqlite:"):
-        path = text[len("sqlite:"):]
+        path = text[len("sqlite:") :]
         # sqlite:///rel.db is relative, sqlite:////abs.db absolute, as SQLAlchemy reads them.
         path = path[3:] if path.startswith("///") else path.lstrip("/")
         if not path:

@@ -32,7 +32,9 @@ def _bad(message: str) -> MlflowException:
 def validate_key(kind: str, key: Any) -> str:
     """Check a metric, param or tag key; return it."""
     if not isinstance(key, str):
-        raise _bad(f"Invalid {kind} name: {key!r}. Names must be strings, got {type(key).__name__}.")
+        raise _bad(
+            f"Invalid {kind} name: {key!r}. Names must be strings, got {type(key).__name__}."
+        )
     if key == "":
         raise _bad(f"Invalid {kind} name: ''. Names may not be empty.")
     if len(key) > MAX_ENTITY_KEY_LENGTH:
@@ -54,11 +56,11 @@ def validate_key(kind: str, key: Any) -> str:
 def validate_metric_key(key: Any) -> str:
     """Check a metric key, remembering keys already seen so the next check is a set lookup."""
     if key in _seen_metric_keys:
-        return key  # type: ignore[no-any-return]
+        return str(key)
     validate_key("metric", key)
     if len(_seen_metric_keys) < _SEEN_CAP:
         _seen_metric_keys.add(key)
-    return key  # type: ignore[no-any-return]
+    return str(key)
 
 
 def metric_value(key: str, value: Any) -> float:
@@ -142,6 +144,7 @@ def validate_experiment_name(name: Any) -> str:
 def validate_run_id(run_id: Any) -> str:
     """Run ids are 32 lowercase hex characters (MLflow's uuid4().hex); others are refused."""
     if not isinstance(run_id, str) or not re.fullmatch(r"[0-9a-f]{32}", run_id):
-        raise MlflowException(f"Invalid run id {run_id!r}: expected 32 hex characters.",
-                              INVALID_PARAMETER_VALUE)
+        raise MlflowException(
+            f"Invalid run id {run_id!r}: expected 32 hex characters.", INVALID_PARAMETER_VALUE
+        )
     return run_id

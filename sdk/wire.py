@@ -52,23 +52,32 @@ def _dictionary(column: Sequence[str]) -> tuple[list[str], bytes | None]:
     return values, _le(array("I", map(index.__getitem__, column)))
 
 
-def encode_batch(batch_id: str, agent_id: str, ops: list[list[Any]],
-                 metrics: Sequence[MetricTuple]) -> bytes:
+def encode_batch(
+    batch_id: str, agent_id: str, ops: list[list[Any]], metrics: Sequence[MetricTuple]
+) -> bytes:
     """Pack ops and metric tuples into one msgpack batch."""
-    body: dict[str, Any] = {"v": WIRE_VERSION, "batch_id": batch_id, "agent_id": agent_id,
-                            "ops": ops}
+    body: dict[str, Any] = {
+        "v": WIRE_VERSION,
+        "batch_id": batch_id,
+        "agent_id": agent_id,
+        "ops": ops,
+    }
     if metrics:
         # One list comprehension per column: measured here at about half the cost of
         # zip(*metrics) for batches of 100k tuples.
         runs, ri = _dictionary([x[0] for x in metrics])
         key_names, ki = _dictionary([x[1] for x in metrics])
         body["m"] = {
-            "runs": runs, "keys": key_names, "ri": ri, "ki": ki,
+            "runs": runs,
+            "keys": key_names,
+            "ri": ri,
+            "ki": ki,
             "vals": _le(array("d", [x[2] for x in metrics])),
             "steps": _le(array("q", [x[3] for x in metrics])),
             "ts": _le(array("d", [x[4] for x in metrics])),
         }
-    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 def _array(typecode: str, raw: Any, name: str) -> array[Any]:
@@ -89,9 +98,9 @@ def _str_list(raw: Any, name: str) -> list[str]:
     return raw
 
 
-def decode_batch(data: bytes, *, max_ops: int = 100_000) -> tuple[str | None, str,
-                                                                   list[tuple[str, dict[str, Any]]],
-                                                                   list[Series]]:
+def decode_batch(
+    data: bytes, *, max_ops: int = 100_000
+) -> tuple[str | None, str, list[tuple[str, dict[str, Any]]], list[Series]]:
     """Unpack and check a batch: (batch_id, agent_id, ops, series grouped by run and key)."""
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=1 << 30)
@@ -112,8 +121,12 @@ def decode_batch(data: bytes, *, max_ops: int = 100_000) -> tuple[str | None, st
         raise WireError(f"'ops' must be a list of at most {max_ops} items")
     ops: list[tuple[str, dict[str, Any]]] = []
     for i, op in enumerate(raw_ops):
-        if (not isinstance(op, list) or len(op) != 2 or not isinstance(op[0], str)
-                or not isinstance(op[1], dict)):
+        if (
+            not isinstance(op, list)
+            or len(op) != 2
+            or not isinstance(op[0], str)
+            or not isinstance(op[1], dict)
+        ):
             raise WireError(f"op {i} must be [name, {{args}}]")
         ops.append((op[0], op[1]))
     series: list[Series] = []
@@ -141,8 +154,15 @@ def decode_batch(data: bytes, *, max_ops: int = 100_000) -> tuple[str | None, st
     return batch_id, agent_id, ops, series
 
 
-def _group(runs: list[str], keys: list[str], ri: array[int] | None, ki: array[int] | None,
-           steps: array[int], vals: array[float], ts: array[float]) -> list[Series]:
+def _group(
+    runs: list[str],
+    keys: list[str],
+    ri: array[int] | None,
+    ki: array[int] | None,
+    steps: array[int],
+    vals: array[float],
+    ts: array[float],
+) -> list[Series]:
     if ri is None and ki is None:
         return [(runs[0], keys[0], steps, vals, ts)]
     # One combined code per point, then one index list per series.
@@ -152,21 +172,29 @@ def _group(runs: list[str], keys: list[str], ri: array[int] | None, ki: array[in
     elif ki is None:
         codes = array("Q", (r * width for r in ri))
     else:
-        codes = array("Q", (r * width + k for r, k in zip(ri, ki)))
+        codes = array("Q", (r * width + k for r, k in zip(ri, ki, strict=True)))
     where: defaultdict[int, list[int]] = defaultdict(list)
     for i, c in enumerate(codes):
         where[c].append(i)
     out: list[Series] = []
     for c, idx in where.items():
         get_s, get_v, get_t = steps.__getitem__, vals.__getitem__, ts.__getitem__
-        out.append((runs[c // width], keys[c % width], array("q", map(get_s, idx)),
-                    array("d", map(get_v, idx)), array("d", map(get_t, idx))))
+        out.append(
+            (
+                runs[c // width],
+                keys[c % width],
+                array("q", map(get_s, idx)),
+                array("d", map(get_v, idx)),
+                array("d", map(get_t, idx)),
+            )
+        )
     return out
 
 
 def pack(obj: Any) -> bytes:
     """msgpack with binary types, for RPC bodies."""
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes) -> Any:

@@ -44,8 +44,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_collector(store: Path, port: int | None = None, *extra: str,
-                    env: dict[str, str] | None = None) -> CollectorProcess:
+def start_collector(
+    store: Path, port: int | None = None, *extra: str, env: dict[str, str] | None = None
+) -> CollectorProcess:
     """Start ``python -m flightlog.collector`` and wait until it answers /health."""
     port = port or free_port()
     port_file = store / "test-collector.json"
@@ -54,9 +55,22 @@ def start_collector(store: Path, port: int | None = None, *extra: str,
         port_file.unlink()
     log = open(store / "test-collector.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flightlog.collector", "--store", str(store), "--port", str(port),
-         "--port-file", str(port_file), *extra],
-        stdout=log, stderr=log, env={**os.environ, **(env or {})})
+        [
+            sys.executable,
+            "-m",
+            "flightlog.collector",
+            "--store",
+            str(store),
+            "--port",
+            str(port),
+            "--port-file",
+            str(port_file),
+            *extra,
+        ],
+        stdout=log,
+        stderr=log,
+        env={**os.environ, **(env or {})},
+    )
     deadline = time.monotonic() + 30
     while not port_file.exists():
         if proc.poll() is not None:
@@ -80,8 +94,14 @@ def collector(tmp_path: Path) -> Iterator[CollectorProcess]:
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts with no tracking URI, no active run and its own working directory."""
-    for var in ("FLIGHTLOG_TRACKING_URI", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME",
-                "MLFLOW_EXPERIMENT_ID", "FLIGHTLOG_EXPERIMENT_NAME", "FLIGHTLOG_EXPERIMENT_ID"):
+    for var in (
+        "FLIGHTLOG_TRACKING_URI",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_EXPERIMENT_ID",
+        "FLIGHTLOG_EXPERIMENT_NAME",
+        "FLIGHTLOG_EXPERIMENT_ID",
+    ):
         monkeypatch.delenv(var, raising=False)
     work = tmp_path / "work"
     work.mkdir()

@@ -10,9 +10,15 @@ import textwrap
 from pathlib import Path
 
 
-def run_script(tmp_path: Path, code: str, *, env: dict[str, str] | None = None,
-               cwd: Path | None = None, timeout: float = 120,
-               check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_script(
+    tmp_path: Path,
+    code: str,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` as a script file in a fresh interpreter.
 
     The script lives in its own directory so that sys.path[0] is not a working
@@ -22,9 +28,15 @@ def run_script(tmp_path: Path, code: str, *, env: dict[str, str] | None = None,
     d.mkdir(exist_ok=True)
     path = d / f"s{len(list(d.iterdir()))}.py"
     path.write_text(textwrap.dedent(code))
-    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=str(cwd or tmp_path),
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=str(cwd or tmp_path),
+        timeout=timeout,
+        check=False,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"script failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -48,7 +60,8 @@ def run_status(db: Path, run_id: str) -> str:
     """A run's status, read straight from the SQLite file."""
     conn = sqlite3.connect(db)
     try:
-        return str(conn.execute("SELECT status FROM runs WHERE run_uuid = ?",
-                                (run_id,)).fetchone()[0])
+        return str(
+            conn.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()[0]
+        )
     finally:
         conn.close()

@@ -31,8 +31,12 @@ def test_params_metrics_tags_read_back(tracking: CollectorProcess) -> None:
     assert got.info.lifecycle_stage == "active"
     assert got.info.artifact_uri.endswith(f"/{run.info.run_id}/artifacts")
     assert got.info.user_id
-    assert got.data.params == {"learning_rate": "0.01", "batch_size": "32", "epochs": "100",
-                               "optimizer": "adam"}
+    assert got.data.params == {
+        "learning_rate": "0.01",
+        "batch_size": "32",
+        "epochs": "100",
+        "optimizer": "adam",
+    }
     assert got.data.metrics == {"train_loss": 0.01, "accuracy": 0.95, "f1_score": 0.94}
     assert got.data.tags["model_type"] == "RandomForest"
     assert got.data.tags["team"] == "data-science"
@@ -89,8 +93,10 @@ def test_nested_runs_record_parent(tracking: CollectorProcess) -> None:
 
 def test_second_run_without_nested_is_an_error(tracking: CollectorProcess) -> None:
     with mlflow.start_run() as run:
-        with pytest.raises(MlflowException, match=f"Run with UUID {run.info.run_id} is already "
-                                                  "active. To start a nested run"):
+        with pytest.raises(
+            MlflowException,
+            match=f"Run with UUID {run.info.run_id} is already active. To start a nested run",
+        ):
             mlflow.start_run()
 
 
@@ -125,16 +131,21 @@ def test_log_metric_without_run_starts_one(tracking: CollectorProcess) -> None:
 
 def test_experiments_with_hierarchical_names(tracking: CollectorProcess) -> None:
     exp_id = mlflow.create_experiment(
-        name="my-experiment", artifact_location="s3://my-bucket/experiments",
-        tags={"project": "customer-churn", "team": "data-science"})
+        name="my-experiment",
+        artifact_location="s3://my-bucket/experiments",
+        tags={"project": "customer-churn", "team": "data-science"},
+    )
     exp = mlflow.get_experiment(exp_id)
     assert exp.name == "my-experiment" and exp.artifact_location == "s3://my-bucket/experiments"
     assert exp.tags == {"project": "customer-churn", "team": "data-science"}
     with pytest.raises(MlflowException, match="already exists") as e:
         mlflow.create_experiment("my-experiment")
     assert e.value.error_code == "RESOURCE_ALREADY_EXISTS"
-    names = ["customer-churn/prediction/v1", "image-classification/resnet/experiment-1",
-             "nlp/sentiment-analysis/production"]
+    names = [
+        "customer-churn/prediction/v1",
+        "image-classification/resnet/experiment-1",
+        "nlp/sentiment-analysis/production",
+    ]
     for name in names:
         got = mlflow.set_experiment(name)
         assert got.name == name
@@ -142,8 +153,10 @@ def test_experiments_with_hierarchical_names(tracking: CollectorProcess) -> None
             mlflow.log_metric("x", 1.0)
         assert mlflow.get_run(run.info.run_id).info.experiment_id == got.experiment_id
     # set_experiment on an existing name reuses it.
-    assert mlflow.set_experiment(names[0]).experiment_id == \
-        mlflow.get_experiment_by_name(names[0]).experiment_id  # type: ignore[union-attr]
+    assert (
+        mlflow.set_experiment(names[0]).experiment_id
+        == mlflow.get_experiment_by_name(names[0]).experiment_id
+    )  # type: ignore[union-attr]
     assert mlflow.get_experiment_by_name("nope") is None
     with mlflow.start_run(experiment_id=exp_id) as run:
         pass
@@ -173,26 +186,35 @@ def test_tags_upsert_and_delete(tracking: CollectorProcess) -> None:
     assert tags["stage"] == "b" and "gone" not in tags
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: mlflow.log_metric("bad key!", 1.0), "Invalid metric name: 'bad key!'"),
-    (lambda: mlflow.log_metric("", 1.0), "Invalid metric name: ''"),
-    (lambda: mlflow.log_metric("x" * 251, 1.0), "the limit is 250"),
-    (lambda: mlflow.log_metric("../up", 1.0), "may not be absolute or contain '..'"),
-    (lambda: mlflow.log_metric("loss", "high"), "Invalid value 'high' for metric 'loss'"),
-    (lambda: mlflow.log_metric("loss", None), "Invalid value None for metric 'loss'"),
-    (lambda: mlflow.log_metric("loss", 1.0, step=1.5), "Invalid step 1.5 for metric 'loss'"),
-    (lambda: mlflow.log_metric("loss", 1.0, timestamp="now"), "Invalid timestamp 'now'"),
-    (lambda: mlflow.log_param("p" * 300, 1), "Invalid param name"),
-    (lambda: mlflow.log_param("big", "v" * 6001), "Param value for 'big' is 6001 characters"),
-    (lambda: mlflow.set_tag("t", "v" * 8001), "Tag value for 't' is 8001 characters"),
-    (lambda: mlflow.set_tag("bad\nkey", "v"), "Invalid tag name"),
-    (lambda: mlflow.create_experiment(""), "Invalid experiment name"),
-])
-def test_validation_errors_at_call_site(tracking: CollectorProcess, call: object,
-                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: mlflow.log_metric("bad key!", 1.0), "Invalid metric name: 'bad key!'"),
+        (lambda: mlflow.log_metric("", 1.0), "Invalid metric name: ''"),
+        (lambda: mlflow.log_metric("x" * 251, 1.0), "the limit is 250"),
+        (lambda: mlflow.log_metric("../up", 1.0), "may not be absolute or contain '..'"),
+        (lambda: mlflow.log_metric("loss", "high"), "Invalid value 'high' for metric 'loss'"),
+        (lambda: mlflow.log_metric("loss", None), "Invalid value None for metric 'loss'"),
+        (lambda: mlflow.log_metric("loss", 1.0, step=1.5), "Invalid step 1.5 for metric 'loss'"),
+        (lambda: mlflow.log_metric("loss", 1.0, timestamp="now"), "Invalid timestamp 'now'"),
+        (lambda: mlflow.log_param("p" * 300, 1), "Invalid param name"),
+        (lambda: mlflow.log_param("big", "v" * 6001), "Param value for 'big' is 6001 characters"),
+        (lambda: mlflow.set_tag("t", "v" * 8001), "Tag value for 't' is 8001 characters"),
+        (lambda: mlflow.set_tag("bad\nkey", "v"), "Invalid tag name"),
+        (lambda: mlflow.create_experiment(""), "Invalid experiment name"),
+    ],
+)
+def test_validation_errors_at_call_site(
+    tracking: CollectorProcess, call: object, message: str
+) -> None:
     with mlflow.start_run() as run:
-        with pytest.raises(MlflowException, match=message.replace("(", r"\(").replace(
-                ")", r"\)").replace(".", r"\.").replace("*", r"\*")) as e:
+        with pytest.raises(
+            MlflowException,
+            match=message.replace("(", r"\(")
+            .replace(")", r"\)")
+            .replace(".", r"\.")
+            .replace("*", r"\*"),
+        ) as e:
             call()  # type: ignore[operator]
         assert e.value.error_code == "INVALID_PARAMETER_VALUE"
         mlflow.log_metric("ok", 1.0)  # the run and agent keep working
@@ -254,8 +276,9 @@ def test_many_keys_interleaved_and_explicit_client(tracking: CollectorProcess) -
     assert got.data.metrics == {k: 499.0 for k in keys}
     assert got.data.tags["k"] == "v" and got.data.tags["t"] == "x"
     for k in keys:
-        assert [m.value for m in client.get_metric_history(run.info.run_id, k)] == \
-            [float(s) for s in range(500)]
+        assert [m.value for m in client.get_metric_history(run.info.run_id, k)] == [
+            float(s) for s in range(500)
+        ]
     with pytest.raises(MlflowException, match="not found") as e:
         client.get_run("0" * 32)
     assert e.value.error_code == "RESOURCE_DOES_NOT_EXIST"
@@ -319,8 +342,22 @@ def test_collector_refuses_non_loopback_without_token(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "flightlog.collector", "--store",
-                           str(tmp_path / "s"), "--host", "0.0.0.0", "--port", "0"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flightlog.collector",
+            "--store",
+            str(tmp_path / "s"),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "pass --token or set FLIGHTLOG_TOKEN" in proc.stderr
