@@ -94,9 +94,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import psutil
+
 from flightlog.agent.gpu import GpuReader, load_gpu_reader
 
 try:  # POSIX only; elsewhere the election falls back to LOCAL_RANK
@@ -110,6 +111,7 @@ __all__ = [
     "INTERVAL_ENV",
     "MIN_SAMPLING_INTERVAL",
     "NODE_ENV",
+    "MetricSink",
     "NodeSamplerLock",
     "SubmitMetrics",
     "SystemSampler",
@@ -117,6 +119,7 @@ __all__ = [
     "enable_system_metrics_logging",
     "set_system_metrics_node_name",
     "set_system_metrics_sampling_interval",
+    "start_for_run",
     "system_metrics_enabled",
     "system_metrics_node_name",
     "system_metrics_sampling_interval",
@@ -906,3 +909,43 @@ class SystemSampler:
         owned, self._gpu_owned = self._gpu_owned, None
         if owned is not None:
             owned.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The SDK's entry point.
+# ---------------------------------------------------------------------------------------
+
+
+class MetricSink(Protocol):
+    """The part of the agent a sampler feeds: one point per call, appended, never sent."""
+
+    def submit_metric(self, item: tuple[str, str, float, int, float]) -> None:
+        """Append ``(run_id, key, value, step, timestamp_seconds)`` to the queue."""
+        ...
+
+
+def start_for_run(run_id: str, sink: MetricSink, wanted: bool | None) -> SystemSampler | None:
+    """Start sampling system metrics for a run, if they are on for it; the SDK's hook.
+
+    ``start_run(log_system_metrics=wanted)`` calls this; ``end_run`` calls ``stop()`` on
+    what it returns. ``wanted=None`` follows ``system_metrics_enabled()``. Points go to
+    ``sink.submit_metric`` (the agent's queue) with the sample's wall-clock time.
+
+    Never raises into ``start_run``: a malformed settings variable is reported as a
+    warning naming it, and the run goes on without system metrics.
+    """
+    try:
+        if not (system_metrics_enabled() if wanted is None else wanted):
+            return None
+
+        def submit(run: str, metrics: dict[str, float], step: int) -> None:
+            now = time.time()
+            for key, value in metrics.items():
+                sink.submit_metric((run, key, value, step, now))
+
+        sampler = SystemSampler(run_id, submit)
+        sampler.start()
+    except Exception as exc:
+        logger.warning("flightlog: system metrics are off for run %s: %s", run_id, exc)
+        return None
+    return sampler

@@ -23,6 +23,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+
 from flightlog.agent import gpu as gpu_module
 from flightlog.agent import system
 from flightlog.agent.gpu import load_gpu_reader, parse_cuda_visible_devices
@@ -645,6 +646,53 @@ def test_explicit_node_labels_and_their_validation(tmp_path: Path) -> None:
     sampler = SystemSampler("r", _discard, node="", environ={"WORLD_SIZE": "16"})
     assert sampler.node is None
     assert SystemSampler("r", _discard, environ={}).node == "n9"
+
+
+# --------------------------------------------------------------------------------------
+# The SDK's hook
+# --------------------------------------------------------------------------------------
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, float, int, float]] = []
+
+    def submit_metric(self, item: tuple[str, str, float, int, float]) -> None:
+        self.items.append(item)
+
+
+def test_start_for_run_follows_the_switches_and_feeds_the_agent_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    sink = ListSink()
+    run_id = f"hook-{os.getpid()}-{time.monotonic_ns()}"
+    assert system.start_for_run(run_id, sink, None) is None  # off by default
+    assert system.start_for_run(run_id, sink, False) is None
+    system.enable_system_metrics_logging()
+    assert system.start_for_run(run_id, sink, False) is None  # the run's own choice wins
+
+    before = time.time()
+    sampler = system.start_for_run(run_id, sink, None)
+    assert sampler is not None and sampler.is_alive
+    assert sampler.interval == 10.0
+    assert sampler.stop() is True
+
+    keys = {key for _, key, _, _, _ in sink.items}
+    assert "system/system_memory_usage_percentage" in keys
+    for rid, _key, value, step, ts in sink.items:
+        assert (rid, step) == (run_id, 0)
+        assert isinstance(value, float)
+        assert before <= ts <= time.time()
+
+
+def test_start_for_run_turns_a_bad_setting_into_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(system.INTERVAL_ENV, "0.001")
+    caplog.set_level(logging.WARNING, logger="flightlog.system")
+    assert system.start_for_run("r", ListSink(), True) is None
+    assert system.INTERVAL_ENV in caplog.text
 
 
 # --------------------------------------------------------------------------------------
