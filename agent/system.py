@@ -86,6 +86,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -490,11 +491,18 @@ def _share_directory(path: Path) -> None:
 
 
 def _open_lock_file(path: Path) -> int:
+    # The directory is world-writable: never follow a symlink planted under our name
+    # (write_state truncates the file), and lock only a regular file.
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | nofollow, 0o666)
     except PermissionError:
         # Another user's file: flock works on a read-only descriptor too.
-        return os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | nofollow)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file")
+    return fd
 
 
 # ---------------------------------------------------------------------------------------

@@ -802,6 +802,19 @@ def test_node_lock_is_exclusive_per_run_and_node(tmp_path: Path) -> None:
     assert b.try_acquire()
 
 
+def test_a_symlink_planted_as_the_lock_file_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    lock = NodeSamplerLock("run-link", "n", directory=tmp_path / "locks", environ={})
+    lock.path.parent.mkdir()
+    lock.path.symlink_to(victim)
+
+    lock.try_acquire()  # falls back to LOCAL_RANK rather than open the link
+    lock.write_state({"pid": 1})
+
+    assert victim.read_text() == "precious"
+
+
 def test_a_forked_child_does_not_keep_the_parents_lock(tmp_path: Path) -> None:
     holder = NodeSamplerLock("run-fork", "n", directory=tmp_path)
     assert holder.try_acquire()
