@@ -6,6 +6,12 @@ stores them (SQLite by default, in ./flightlog).
 """
 
 from flightlog import tracking
+from flightlog.agent.system import (
+    disable_system_metrics_logging,
+    enable_system_metrics_logging,
+    set_system_metrics_node_name,
+    set_system_metrics_sampling_interval,
+)
 from flightlog.client import MlflowClient
 from flightlog.context import get_tracking_uri, set_tracking_uri
 from flightlog.entities import (
@@ -67,6 +73,8 @@ __all__ = [
     "delete_experiment",
     "delete_run",
     "delete_tag",
+    "disable_system_metrics_logging",
+    "enable_system_metrics_logging",
     "end_run",
     "flush",
     "flush_async_logging",
@@ -82,6 +90,8 @@ __all__ = [
     "log_params",
     "set_experiment",
     "set_tag",
+    "set_system_metrics_node_name",
+    "set_system_metrics_sampling_interval",
     "set_tags",
     "set_tracking_uri",
     "start_run",

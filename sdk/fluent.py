@@ -324,17 +324,11 @@ def log_metric(
         step = 0
     elif step.__class__ is not int:
         step = v.metric_step(key, step)
+    ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
     q = agent.queue
-    q.append(
-        (
-            rid,
-            key,
-            value,
-            step,
-            _time() if timestamp is None else v.metric_timestamp(key, timestamp),
-        )
-    )
-    if len(q) >= agent.batch_points:
+    # One atomic list extend of a 5-slot record (see flightlog.agent.worker).
+    q += (rid, key, value, step, ts)
+    if len(q) >= agent.wake_len:
         agent.on_pressure()
     if synchronous:
         agent.flush()

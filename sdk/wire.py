@@ -53,28 +53,27 @@ def _dictionary(column: Sequence[str]) -> tuple[list[str], bytes | None]:
 
 
 def encode_batch(
-    batch_id: str, agent_id: str, ops: list[list[Any]], metrics: Sequence[MetricTuple]
+    batch_id: str, agent_id: str, ops: list[list[Any]], columns: Sequence[Sequence[Any]]
 ) -> bytes:
-    """Pack ops and metric tuples into one msgpack batch."""
+    """Pack ops and metric columns (run_ids, keys, values, steps, ts_seconds) into a batch."""
     body: dict[str, Any] = {
         "v": WIRE_VERSION,
         "batch_id": batch_id,
         "agent_id": agent_id,
         "ops": ops,
     }
-    if metrics:
-        # One list comprehension per column: measured here at about half the cost of
-        # zip(*metrics) for batches of 100k tuples.
-        runs, ri = _dictionary([x[0] for x in metrics])
-        key_names, ki = _dictionary([x[1] for x in metrics])
+    if columns and len(columns[0]):
+        run_ids, keys, vals, steps, ts = columns
+        runs, ri = _dictionary(run_ids)
+        key_names, ki = _dictionary(keys)
         body["m"] = {
             "runs": runs,
             "keys": key_names,
             "ri": ri,
             "ki": ki,
-            "vals": _le(array("d", [x[2] for x in metrics])),
-            "steps": _le(array("q", [x[3] for x in metrics])),
-            "ts": _le(array("d", [x[4] for x in metrics])),
+            "vals": _le(array("d", vals)),
+            "steps": _le(array("q", steps)),
+            "ts": _le(array("d", ts)),
         }
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
