@@ -293,9 +293,16 @@ def create_app(config: CollectorConfig, store: SqliteStore) -> web.Application:
     app.router.add_post("/api/flightlog/rpc/{method}", rpc_handler)
     app.cleanup_ctx.append(_executors)
     app.cleanup_ctx.append(_idle_watch)
+    _load_features()
     for extend in _EXTENSIONS:
         extend(app)
     return app
+
+
+def _load_features() -> None:
+    # Feature modules register their routes with @extension when imported; they import
+    # this module, so they are imported here rather than at the top.
+    import flightlog.collector.artifact_api  # noqa: F401
 
 
 # Feature modules (search, artifacts, REST API) add their routes here at import time.

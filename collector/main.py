@@ -53,7 +53,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="write {pid, host, port, store} as JSON here once listening",
     )
-    p.add_argument("--upstream", default=None, help="forward to a central collector (reserved)")
+    p.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("FLIGHTLOG_S3_ENDPOINT_URL")
+        or os.environ.get("MLFLOW_S3_ENDPOINT_URL"),
+        help="S3-compatible endpoint for s3:// artifact locations "
+        "(env FLIGHTLOG_S3_ENDPOINT_URL or MLFLOW_S3_ENDPOINT_URL; credentials from the "
+        "usual AWS_* variables)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> CollectorConfig:
@@ -71,7 +78,11 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         port=args.port,
         token=args.token,
         idle_timeout=args.idle_timeout,
-        extra={"db_path": str(store.db_path), "port_file": args.port_file},
+        extra={
+            "db_path": str(store.db_path),
+            "port_file": args.port_file,
+            "s3_endpoint_url": args.s3_endpoint_url,
+        },
     )
 
 

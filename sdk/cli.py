@@ -1,33 +1,106 @@
-"""The ``flightlog`` command line: ``flightlog collector ...`` and friends."""
+"""The ``flightlog`` command line.
+
+flightlog collector [--store URI] [--host H] [--port P] ...   run a collector
+flightlog artifacts list --run-id ID [--path DIR]             list a run's artifacts
+flightlog artifacts download --run-id ID [--path P] [--dst DIR]
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Dispatch a subcommand."""
+def _collector(args: argparse.Namespace) -> int:
+    from flightlog.collector import main as collector_main
+
+    logging.basicConfig(
+        level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    asyncio.run(collector_main.serve(collector_main.config_from_args(args)))
+    return 0
+
+
+def _client(args: argparse.Namespace) -> object:
+    from flightlog.client import MlflowClient
+
+    return MlflowClient(args.tracking_uri)
+
+
+def _artifacts_list(args: argparse.Namespace) -> int:
+    from flightlog.client import MlflowClient
+
+    client = _client(args)
+    assert isinstance(client, MlflowClient)
+    for f in client.list_artifacts(args.run_id, args.path):
+        size = "-" if f.is_dir else str(f.file_size)
+        print(f"{'dir ' if f.is_dir else 'file'} {size:>12}  {f.path}{'/' if f.is_dir else ''}")
+    return 0
+
+
+def _artifacts_download(args: argparse.Namespace) -> int:
+    from flightlog import artifacts
+    from flightlog.client import MlflowClient
+
+    client = _client(args)
+    assert isinstance(client, MlflowClient)
+    client.ctx.agent.flush()
+    bar = artifacts.ProgressBar() if not args.quiet else None
+    path = artifacts.download(client.ctx.client, args.run_id, args.path, args.dst, bar)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for every subcommand."""
+    from flightlog.collector import main as collector_main
+
     parser = argparse.ArgumentParser(prog="flightlog", description="flightlog experiment tracker")
     sub = parser.add_subparsers(dest="command", required=True)
-    from flightlog.collector import main as collector_main
 
     p = sub.add_parser("collector", help="run a collector (sidecar, embedded or central server)")
     collector_main.add_arguments(p)
-    args = parser.parse_args(argv)
-    if args.command == "collector":
-        import asyncio
-        import logging
-        import os
+    p.set_defaults(func=_collector)
 
-        logging.basicConfig(
-            level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    art = sub.add_parser("artifacts", help="list and download a run's artifacts")
+    art_sub = art.add_subparsers(dest="artifacts_command", required=True)
+    for name, func, helptext in (
+        ("list", _artifacts_list, "list the direct children of a directory"),
+        ("download", _artifacts_download, "download a file or directory"),
+    ):
+        a = art_sub.add_parser(name, help=helptext)
+        a.add_argument("--run-id", required=True)
+        a.add_argument(
+            "--path",
+            default="" if name == "download" else None,
+            help="artifact path (default: the run's artifact root)",
         )
-        asyncio.run(collector_main.serve(collector_main.config_from_args(args)))
-        return 0
-    parser.error(f"unknown command {args.command}")
-    return 2
+        a.add_argument(
+            "--tracking-uri",
+            default=None,
+            help="collector URL or local store (default: the tracking URI in force)",
+        )
+        if name == "download":
+            a.add_argument("--dst", default=".", help="local directory (default: .)")
+            a.add_argument("--quiet", action="store_true", help="no progress bar")
+        a.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; errors print one line and exit 1."""
+    from flightlog.exceptions import MlflowException
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MlflowException as e:
+        print(f"flightlog: error: {e.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

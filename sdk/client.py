@@ -8,19 +8,24 @@ it, as with MLflow's synchronous client.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import random
 import sys
+import tempfile
 import time
 import uuid
 from array import array
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from flightlog import artifacts
 from flightlog import validation as v
 from flightlog.context import TrackingContext, get_context
 from flightlog.entities import (
     Experiment,
+    FileInfo,
     Metric,
     Param,
     Run,
@@ -407,3 +412,119 @@ class MlflowClient:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything this process logged is durable."""
         self.ctx.agent.flush(timeout)
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    def log_artifact(
+        self, run_id: str, local_path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """Upload one local file into the run's artifacts (under ``artifact_path``)."""
+        local = Path(local_path)
+        if not local.is_file():
+            raise MlflowException(
+                f"No such file to log as an artifact: {local}", INVALID_PARAMETER_VALUE
+            )
+        rel = artifacts.join_artifact_path(artifact_path, local.name)
+        self.ctx.agent.flush()  # the run must exist at the collector
+        artifacts.upload_file(self.ctx.client, run_id, local, rel)
+
+    def log_artifacts(
+        self, run_id: str, local_dir: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """Upload a directory tree into the run's artifacts (under ``artifact_path``)."""
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise MlflowException(
+                f"No such directory to log as artifacts: {root}", INVALID_PARAMETER_VALUE
+            )
+        files = artifacts.files_to_upload(root)  # refuses escaping symlinks before any upload
+        planned = [(p, artifacts.join_artifact_path(artifact_path, rel)) for p, rel in files]
+        self.ctx.agent.flush()
+        for p, rel in planned:
+            artifacts.upload_file(self.ctx.client, run_id, p, rel)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Store ``text`` as the artifact file ``artifact_file`` (UTF-8)."""
+        self._log_bytes(run_id, text.encode("utf-8"), artifact_file)
+
+    def log_dict(self, run_id: str, dictionary: Any, artifact_file: str) -> None:
+        """Store a dict as JSON, or as YAML when ``artifact_file`` ends in .yml/.yaml."""
+        if artifact_file.endswith((".yml", ".yaml")):
+            try:
+                import yaml
+            except ImportError:
+                raise MlflowException(
+                    "log_dict to a .yaml file needs PyYAML: pip install 'flightlog[yaml]'"
+                ) from None
+            text = yaml.safe_dump(dictionary, default_flow_style=False, sort_keys=False)
+        else:
+            text = json.dumps(dictionary, indent=2, default=str)
+        self.log_text(run_id, text, artifact_file)
+
+    def log_figure(
+        self,
+        run_id: str,
+        figure: Any,
+        artifact_file: str,
+        *,
+        save_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """Store a matplotlib (or plotly, via write_image) figure as an image file."""
+        suffix = Path(artifact_file).suffix or ".png"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"figure{suffix}"
+            if hasattr(figure, "savefig"):
+                figure.savefig(path, **(save_kwargs or {}))
+            elif hasattr(figure, "write_image"):
+                figure.write_image(str(path), **(save_kwargs or {}))
+            else:
+                raise MlflowException(
+                    f"Unsupported figure type {type(figure).__name__}: "
+                    "expected a matplotlib or plotly figure",
+                    INVALID_PARAMETER_VALUE,
+                )
+            self._log_file_as(run_id, path, artifact_file)
+
+    def log_image(self, run_id: str, image: Any, artifact_file: str) -> None:
+        """Store a numpy array (HxW, HxWx3, HxWx4; uint8 or floats in [0, 1]) or PIL image."""
+        try:
+            from PIL import Image
+        except ImportError:
+            raise MlflowException("log_image needs Pillow: pip install pillow") from None
+        if not isinstance(image, Image.Image):
+            import numpy as np
+
+            arr = np.asarray(image)
+            if arr.dtype != np.uint8:
+                if arr.min() < 0 or arr.max() > 1:
+                    raise MlflowException(
+                        "Float images must have values in [0, 1]", INVALID_PARAMETER_VALUE
+                    )
+                arr = (arr * 255).round().astype(np.uint8)
+            image = Image.fromarray(arr)
+        suffix = Path(artifact_file).suffix or ".png"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"image{suffix}"
+            image.save(path)
+            self._log_file_as(run_id, path, artifact_file)
+
+    def _log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "data"
+            path.write_bytes(data)
+            self._log_file_as(run_id, path, artifact_file)
+
+    def _log_file_as(self, run_id: str, path: Path, artifact_file: str) -> None:
+        rel = artifacts.join_artifact_path(None, artifact_file)
+        self.ctx.agent.flush()
+        artifacts.upload_file(self.ctx.client, run_id, path, rel)
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[FileInfo]:
+        """The direct children of ``path`` (the root when None) in a run's artifacts."""
+        self.ctx.agent.flush()
+        return artifacts.list_artifacts(self.ctx.client, run_id, path)
+
+    def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str:
+        """Download a file or directory of a run's artifacts; return its local path."""
+        self.ctx.agent.flush()
+        return artifacts.download(self.ctx.client, run_id, path, dst_path)

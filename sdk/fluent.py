@@ -459,3 +459,65 @@ def _reset_for_tests() -> None:
         _process_top.clear()
     _active_experiment_id = None
     _last_active_run_id = None
+
+
+# -- artifacts ---------------------------------------------------------------------------
+
+
+def log_artifact(
+    local_path: str | os.PathLike[str], artifact_path: str | None = None, run_id: str | None = None
+) -> None:
+    """Upload a local file into the active run's artifacts."""
+    rid, client = _run_id_for_write(run_id)
+    client.log_artifact(rid, local_path, artifact_path)
+
+
+def log_artifacts(
+    local_dir: str | os.PathLike[str], artifact_path: str | None = None, run_id: str | None = None
+) -> None:
+    """Upload a local directory tree into the active run's artifacts."""
+    rid, client = _run_id_for_write(run_id)
+    client.log_artifacts(rid, local_dir, artifact_path)
+
+
+def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
+    """Store text as an artifact file of the active run."""
+    rid, client = _run_id_for_write(run_id)
+    client.log_text(rid, text, artifact_file)
+
+
+def log_dict(dictionary: Any, artifact_file: str, run_id: str | None = None) -> None:
+    """Store a dict as a JSON (or .yml/.yaml YAML) artifact file of the active run."""
+    rid, client = _run_id_for_write(run_id)
+    client.log_dict(rid, dictionary, artifact_file)
+
+
+def log_figure(
+    figure: Any,
+    artifact_file: str,
+    *,
+    save_kwargs: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> None:
+    """Store a matplotlib or plotly figure as an image artifact of the active run."""
+    rid, client = _run_id_for_write(run_id)
+    client.log_figure(rid, figure, artifact_file, save_kwargs=save_kwargs)
+
+
+def log_image(image: Any, artifact_file: str, run_id: str | None = None) -> None:
+    """Store a numpy array or PIL image as an image artifact of the active run."""
+    rid, client = _run_id_for_write(run_id)
+    client.log_image(rid, image, artifact_file)
+
+
+def get_artifact_uri(artifact_path: str | None = None) -> str:
+    """The active run's artifact URI, or the URI of ``artifact_path`` under it."""
+    run = _current()
+    if run is None:
+        run = start_run()
+    uri = run.info.artifact_uri
+    if artifact_path:
+        from flightlog.collector.artifact_paths import safe_relative_path
+
+        uri = f"{uri}/{safe_relative_path(artifact_path)}"
+    return uri

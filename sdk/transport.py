@@ -12,12 +12,13 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from flightlog.exceptions import INTERNAL_ERROR, RestException
 from flightlog.wire import pack, unpack
 
 MSGPACK = "application/msgpack"
+STREAM_BLOCK = 1 << 20
 
 
 class CollectorUnavailable(ConnectionError):
@@ -62,7 +63,8 @@ class CollectorClient:
                 if self.scheme == "https"
                 else http.client.HTTPConnection
             )
-            conn = cls(self.host, self.port, timeout=self.timeout)
+            # 1 MiB blocks: file bodies (artifact uploads) stream in bounded memory.
+            conn = cls(self.host, self.port, timeout=self.timeout, blocksize=STREAM_BLOCK)
             self._local.conn = conn
         return conn
 
@@ -70,25 +72,41 @@ class CollectorClient:
         self,
         method: str,
         path: str,
-        body: bytes | None = None,
+        body: bytes | BinaryIO | None = None,
         content_type: str = MSGPACK,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        sink: Callable[[bytes], object] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        """One HTTP exchange; raises CollectorUnavailable when no answer came back."""
+        """One HTTP exchange; raises CollectorUnavailable when no answer came back.
+
+        ``body`` may be an open binary file (sent in 1 MiB blocks; give Content-Length in
+        ``headers``). With ``sink``, a 200 answer's body is passed to it block by block
+        instead of being returned, so large downloads use bounded memory.
+        """
         hdrs = {"Content-Type": content_type, **(headers or {})}
         if self.token:
             hdrs["Authorization"] = f"Bearer {self.token}"
+        start = body.tell() if body is not None and not isinstance(body, bytes) else 0
+        sunk = False  # once part of a body went to the sink, a retry would duplicate it
         for attempt in range(2):
             conn = self._conn()
             conn.timeout = timeout if timeout is not None else self.timeout
             try:
                 if conn.sock is not None:
                     conn.sock.settimeout(conn.timeout)
+                if body is not None and not isinstance(body, bytes):
+                    body.seek(start)  # a retry resends the file from its start
                 conn.request(method, self.prefix + path, body=body, headers=hdrs)
                 resp = conn.getresponse()
+                resp_headers = {k.lower(): v for k, v in resp.getheaders()}
+                if sink is not None and resp.status == 200:
+                    while block := resp.read(STREAM_BLOCK):
+                        sunk = True
+                        sink(block)
+                    return resp.status, resp_headers, b""
                 data = resp.read()
-                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+                return resp.status, resp_headers, data
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
                 self._local.conn = None
@@ -96,7 +114,7 @@ class CollectorClient:
                 stale = isinstance(
                     e, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
                 )
-                if attempt == 0 and stale:
+                if attempt == 0 and stale and not sunk:
                     continue
                 if (
                     attempt == 0

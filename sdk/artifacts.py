@@ -1,0 +1,194 @@
+"""Artifact uploads and downloads through the collector.
+
+The training process never talks to the artifact store itself: files stream over HTTP
+to the collector, which writes them into the run's artifact location (a directory or
+``s3://``). Uploads are synchronous, as in MLflow: ``log_artifact`` returns once the
+file is stored, so the caller may change or delete it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from flightlog.collector.artifact_paths import safe_relative_path
+from flightlog.entities import FileInfo
+from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.transport import CollectorClient, CollectorUnavailable, decode_reply
+
+
+def _quote(path: str) -> str:
+    return urllib.parse.quote(path, safe="/")
+
+
+def join_artifact_path(artifact_path: str | None, name: str) -> str:
+    """``artifact_path/name``, checked to stay inside the run's artifact root."""
+    rel = name if not artifact_path else f"{artifact_path.rstrip('/')}/{name}"
+    return safe_relative_path(rel)
+
+
+def upload_file(client: CollectorClient, run_id: str, local: Path, rel: str) -> int:
+    """Stream one local file to ``rel`` under the run's artifact root; return its size."""
+    rel = safe_relative_path(rel)
+    size = local.stat().st_size
+    with open(local, "rb") as f:
+        try:
+            status, _, data = client.request(
+                "PUT",
+                f"/api/flightlog/artifacts/{run_id}/{_quote(rel)}",
+                body=f,
+                content_type="application/octet-stream",
+                headers={"Content-Length": str(size)},
+                timeout=max(60.0, size / 20e6),
+            )
+        except CollectorUnavailable as e:
+            raise MlflowException(f"Could not upload {local}: {e}") from e
+    decode_reply(status, data)
+    return size
+
+
+def files_to_upload(local_dir: Path) -> list[tuple[Path, str]]:
+    """Every file under ``local_dir`` with its path relative to it.
+
+    Symlinks are followed only while they stay inside ``local_dir``; one that points
+    out of it is refused, naming the link, so a logged directory cannot leak files
+    from elsewhere on the machine.
+    """
+    root = local_dir.resolve()
+    out: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(local_dir, followlinks=False):
+        here = Path(dirpath)
+        for name in list(dirnames):
+            link = here / name
+            if link.is_symlink():
+                target = link.resolve()
+                if not target.is_relative_to(root):
+                    raise MlflowException(
+                        f"Refusing to log {link}: it is a symlink to {target}, outside {local_dir}",
+                        INVALID_PARAMETER_VALUE,
+                    )
+                # Inside the tree: its files are reached through the real directory, or
+                # walked here when the link is the only way in.
+                for sub, rel in files_to_upload(link):
+                    out.append((sub, f"{link.relative_to(local_dir).as_posix()}/{rel}"))
+        for name in filenames:
+            path = here / name
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    raise MlflowException(
+                        f"Refusing to log {path}: it is a symlink to {target}, outside {local_dir}",
+                        INVALID_PARAMETER_VALUE,
+                    )
+            out.append((path, path.relative_to(local_dir).as_posix()))
+    return out
+
+
+def list_artifacts(client: CollectorClient, run_id: str, path: str | None) -> list[FileInfo]:
+    """Direct children of ``path`` (the root when None) in a run's artifacts."""
+    rel = safe_relative_path(path or "", allow_root=True)
+    query = urllib.parse.urlencode({"path": rel})
+    try:
+        status, _, data = client.request("GET", f"/api/flightlog/artifact-list/{run_id}?{query}")
+    except CollectorUnavailable as e:
+        raise MlflowException(str(e)) from e
+    return [FileInfo(p, bool(d), s) for p, d, s in decode_reply(status, data)]
+
+
+Progress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
+
+
+def download_file(
+    client: CollectorClient, run_id: str, rel: str, dest: Path, progress: Progress | None = None
+) -> None:
+    """Stream one artifact to ``dest`` (written to a temporary name, then renamed)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    done = 0
+    total = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+
+            def sink(block: bytes) -> None:
+                nonlocal done
+                out.write(block)
+                done += len(block)
+                if progress is not None:
+                    progress(rel, done, total)
+
+            status, headers, data = client.request(
+                "GET",
+                f"/api/flightlog/artifacts/{run_id}/{_quote(rel)}",
+                sink=sink,
+                timeout=300.0,
+            )
+            total = int(headers.get("content-length", done) or done)
+            decode_reply(status, data)
+        if done != total:
+            raise MlflowException(f"Download of {rel!r} ended after {done} of {total} bytes")
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def download(
+    client: CollectorClient,
+    run_id: str,
+    path: str,
+    dst_path: str | None,
+    progress: Progress | None = None,
+) -> str:
+    """Download a file or a directory tree of a run's artifacts; return the local path."""
+    rel = safe_relative_path(path or "", allow_root=True)
+    base = Path(dst_path) if dst_path else Path(tempfile.mkdtemp(prefix="flightlog-artifacts-"))
+    # Is it a directory? Listing a file's path answers with nothing or an error.
+    parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+    siblings = {f.path: f for f in list_artifacts(client, run_id, parent)} if rel else {}
+    entry = siblings.get(rel)
+    if rel and entry is None:
+        raise MlflowException(f"No artifact {rel!r} in run {run_id}", "RESOURCE_DOES_NOT_EXIST")
+    if entry is not None and not entry.is_dir:
+        dest = base / rel
+        download_file(client, run_id, rel, dest, progress)
+        return str(dest)
+    stack = [rel]
+    while stack:
+        d = stack.pop()
+        for f in list_artifacts(client, run_id, d or None):
+            if f.is_dir:
+                stack.append(f.path)
+            else:
+                download_file(client, run_id, f.path, base / f.path, progress)
+    (base / rel).mkdir(parents=True, exist_ok=True)
+    return str(base / rel) if rel else str(base)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr for long transfers (quiet when not a terminal)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.last = 0.0
+
+    def __call__(self, path: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.1 and done != total:
+            return
+        self.last = now
+        pct = 100.0 * done / total if total else 100.0
+        width = 30
+        filled = int(width * pct / 100)
+        line = (
+            f"\r{path[-40:]:40} [{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}% "
+            f"{done / 1e6:9.1f}/{total / 1e6:.1f} MB"
+        )
+        print(line, end="" if done < total else "\n", file=self.stream, flush=True)
