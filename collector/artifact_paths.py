@@ -14,7 +14,11 @@ import re
 
 from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
-__all__ = ["safe_relative_path"]
+__all__ = ["TEMP_PREFIX", "safe_relative_path"]
+
+#: Name prefix of the local repository's in-progress uploads. Listings hide such files,
+#: so no artifact may carry the name: it would be stored but never listed.
+TEMP_PREFIX = ".flightlog-upload-"
 
 # "C:", "c:foo": a Windows drive prefix, absolute or drive-relative; either would leave
 # the root if the path ever met a Windows file system.
@@ -40,7 +44,8 @@ def safe_relative_path(path: str, *, allow_root: bool = False) -> str:
     :return: The path with forward slashes, no empty, ``.`` or ``..`` segments, and no
         leading or trailing slash.
     :raises MlflowException: ``INVALID_PARAMETER_VALUE``, naming the path, when it is not
-        a string, holds a NUL byte, is absolute (``/x``, ``\\\\server\\share``), starts
+        a string, holds a NUL byte, has a name reserved for uploads in progress
+        (:data:`TEMP_PREFIX`), is absolute (``/x``, ``\\\\server\\share``), starts
         with a drive letter (``C:``), climbs above the root (``..``, ``a/../../b``), or
         names the root while ``allow_root`` is false.
     """
@@ -62,6 +67,8 @@ def safe_relative_path(path: str, *, allow_root: bool = False) -> str:
                 raise _refuse(path, "escapes the artifact root with '..'")
             parts.pop()
             continue
+        if segment.startswith(TEMP_PREFIX):
+            raise _refuse(path, f"names starting with {TEMP_PREFIX!r} are reserved")
         parts.append(segment)
     if not parts and not allow_root:
         raise _refuse(path, "names no file (empty path)")

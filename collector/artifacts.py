@@ -12,7 +12,7 @@ A repository is rooted at one run's artifact URI (``<experiment artifact_locatio
 
 Both are async (the collector is aiohttp) and push every blocking call to a worker
 thread. Both stream: an upload holds at most a write buffer (local, 1 MiB) or two parts
-in memory (S3, 8 MiB each by default), a download one chunk, whatever the file's size.
+(S3, 8 MiB each by default) in memory, a download one chunk, whatever the file's size.
 
 Every path is checked by :func:`flightlog.collector.artifact_paths.safe_relative_path`
 before any I/O, and the local repository also refuses paths whose real location (after
@@ -34,13 +34,14 @@ import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from flightlog.collector.artifact_paths import safe_relative_path
+from flightlog.collector.artifact_paths import TEMP_PREFIX, safe_relative_path
 from flightlog.entities import FileInfo
 from flightlog.exceptions import (
     INTERNAL_ERROR,
@@ -52,6 +53,7 @@ from flightlog.exceptions import (
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_PART_SIZE",
+    "MIN_PART_SIZE",
     "TEMP_PREFIX",
     "ArtifactReader",
     "ArtifactRepository",
@@ -68,8 +70,6 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 #: Bytes per S3 multipart part. S3 wants at least 5 MiB for every part but the last.
 DEFAULT_PART_SIZE = 8 << 20
 MIN_PART_SIZE = 5 << 20
-#: Name prefix of in-progress local uploads; listings hide these files.
-TEMP_PREFIX = ".flightlog-upload-"
 
 # A local upload gathers small network chunks into writes of this size, so a 64 KiB
 # chunk does not cost a thread hop each.
@@ -142,12 +142,18 @@ class ArtifactRepository(Protocol):
         """The root's URI, as MLflow's ``root_uri``."""
         ...
 
-    async def put(self, rel_path: str, chunks: AsyncIterator[bytes]) -> int:
+    async def put(
+        self, rel_path: str, chunks: AsyncIterator[bytes], *, expected_size: int | None = None
+    ) -> int:
         """Store the bytes ``chunks`` yields at ``rel_path``, replacing any file there.
 
         Nothing appears at ``rel_path`` before the last chunk is stored; if ``chunks``
         raises or the call is cancelled, the old file (if any) stays and no part of the
         new one is visible. Returns the number of bytes stored.
+
+        :param expected_size: The size the sender announced (an HTTP Content-Length):
+            a stream that ends short of it, or runs past it, is refused with
+            ``INVALID_PARAMETER_VALUE`` before anything becomes visible.
         """
         ...
 
@@ -187,8 +193,31 @@ def _is_a_directory(rel: str) -> MlflowException:
     )
 
 
+def _check_size(rel: str, total: int, expected: int | None, *, ended: bool) -> None:
+    """Refuse an upload whose length disagrees with the size its sender announced."""
+    if expected is None:
+        return
+    if total > expected or (ended and total != expected):
+        raise MlflowException(
+            f"Upload of {rel!r} sent {total} bytes{'' if ended else ' so far'} but announced "
+            f"{expected}; nothing was stored",
+            INVALID_PARAMETER_VALUE,
+        )
+
+
 def _child_path(rel_dir: str, name: str) -> str:
     return f"{rel_dir}/{name}" if rel_dir else name
+
+
+@dataclass
+class _LocalUpload:
+    """A local upload in progress."""
+
+    rel: str
+    target: str
+    temp: str
+    file: BinaryIO
+    created: list[str]
 
 
 class LocalArtifactRepository:
@@ -225,63 +254,94 @@ class LocalArtifactRepository:
             )
         return target
 
-    def _open_temp(self, rel: str) -> tuple[str, str, BinaryIO]:
+    def _open_temp(self, rel: str) -> _LocalUpload:
         target = self._resolve(rel)
         parent = os.path.dirname(target)
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise MlflowException(
-                f"Invalid artifact path {rel!r}: a parent of it is a file", INVALID_PARAMETER_VALUE
-            ) from exc
+        # Directories this upload creates, deepest first, so a failed upload can remove
+        # them again and leave no trace in listings.
+        created: list[str] = []
+        directory = parent
+        while len(directory) > len(self.root_dir) and not os.path.isdir(directory):
+            created.append(directory)
+            directory = os.path.dirname(directory)
         if os.path.isdir(target) and not os.path.islink(target):
             raise _is_a_directory(rel)
-        temp = os.path.join(parent, TEMP_PREFIX + uuid.uuid4().hex)
-        # O_EXCL: never reuse a file someone else created; 0o666 lets the umask decide
-        # the final mode, as for any file the collector writes.
-        fd = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
-        )
-        return target, temp, os.fdopen(fd, "wb")
+        for attempt in range(3):
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as exc:
+                raise MlflowException(
+                    f"Invalid artifact path {rel!r}: a parent of it is a file",
+                    INVALID_PARAMETER_VALUE,
+                ) from exc
+            temp = os.path.join(parent, TEMP_PREFIX + uuid.uuid4().hex)
+            try:
+                # O_EXCL: never reuse a file someone else created; 0o666 lets the umask
+                # decide the final mode, as for any file the collector writes.
+                fd = os.open(
+                    temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
+                )
+            except FileNotFoundError:
+                # A failed upload beside this one removed the directory it had created
+                # between our makedirs and open; create it again.
+                if attempt == 2:
+                    raise
+                continue
+            return _LocalUpload(rel, target, temp, os.fdopen(fd, "wb"), created)
+        raise AssertionError("unreachable")
 
     @staticmethod
-    def _commit(rel: str, file: BinaryIO, temp: str, target: str) -> None:
-        file.flush()
-        os.fsync(file.fileno())
-        file.close()
+    def _commit(upload: _LocalUpload) -> None:
+        upload.file.flush()
+        os.fsync(upload.file.fileno())
+        upload.file.close()
         try:
-            os.replace(temp, target)
+            os.replace(upload.temp, upload.target)
         except IsADirectoryError as exc:  # a directory appeared there meanwhile
-            raise _is_a_directory(rel) from exc
-        _fsync_dir(os.path.dirname(target))
+            raise _is_a_directory(upload.rel) from exc
+        _fsync_dir(os.path.dirname(upload.target))
 
-    async def put(self, rel_path: str, chunks: AsyncIterator[bytes]) -> int:
+    @staticmethod
+    def _discard(upload: _LocalUpload) -> None:
+        # Unlink first: a write still running in a worker thread (the caller was
+        # cancelled) holds the file's lock, and the name must go whatever that write does.
+        _remove_quietly(upload.temp)
+        upload.file.close()
+        for directory in upload.created:
+            try:
+                os.rmdir(directory)
+            except OSError:
+                break  # not empty: another upload is using it, and so its parents
+
+    async def put(
+        self, rel_path: str, chunks: AsyncIterator[bytes], *, expected_size: int | None = None
+    ) -> int:
         """Store the bytes ``chunks`` yields at ``rel_path``; see :class:`ArtifactRepository`.
 
         Bytes go to a temporary file beside the target, which is fsynced and renamed over
         the target only after the last chunk, so a crash at any point leaves either the
-        old file or the new one (plus, after a hard crash, a hidden temporary file).
+        old file or the new one (plus, after a hard crash, a hidden temporary file). A
+        failed upload also removes the directories it created.
         """
         rel = safe_relative_path(rel_path)
-        target, temp, file = await asyncio.to_thread(self._open_temp, rel)
+        upload = await asyncio.to_thread(self._open_temp, rel)
         total = 0
         buffer = bytearray()
         try:
             async for chunk in chunks:
                 buffer += chunk
                 total += len(chunk)
+                _check_size(rel, total, expected_size, ended=False)
                 if len(buffer) >= _WRITE_BUFFER:
-                    await asyncio.to_thread(file.write, buffer)
+                    await asyncio.to_thread(upload.file.write, buffer)
                     buffer = bytearray()
+            _check_size(rel, total, expected_size, ended=True)
             if buffer:
-                await asyncio.to_thread(file.write, buffer)
-            await asyncio.to_thread(self._commit, rel, file, temp, target)
+                await asyncio.to_thread(upload.file.write, buffer)
+            await asyncio.to_thread(self._commit, upload)
         except BaseException:
             # Inline, not in a thread: this must also run when the task is cancelled.
-            # Unlink first: a write still running in a worker thread holds the file's
-            # lock, and the name must go whatever happens to that write.
-            _remove_quietly(temp)
-            file.close()
+            self._discard(upload)
             raise
         return total
 
@@ -491,8 +551,9 @@ class S3ArtifactRepository:
     :param bucket: Bucket name; the bucket must exist.
     :param prefix: Key prefix of the root, without leading or trailing slash.
     :param endpoint_url: S3 endpoint, e.g. ``http://127.0.0.1:8333``.
-    :param part_size: Bytes per multipart part (at least 5 MiB); an upload holds up to
-        two parts in memory.
+    :param part_size: Bytes per multipart part (at least 5 MiB; a part ends at the first
+        chunk boundary past it); an upload holds two parts in memory, the one being sent
+        and the one being received.
     :raises MlflowException: When boto3 is not installed (``pip install flightlog[s3]``).
     """
 
@@ -588,7 +649,9 @@ class S3ArtifactRepository:
         except Exception as exc:
             raise self._error(exc, action, rel) from exc
 
-    async def put(self, rel_path: str, chunks: AsyncIterator[bytes]) -> int:
+    async def put(
+        self, rel_path: str, chunks: AsyncIterator[bytes], *, expected_size: int | None = None
+    ) -> int:
         """Store the bytes ``chunks`` yields at ``rel_path``; see :class:`ArtifactRepository`.
 
         Files smaller than one part go up in one PutObject; larger ones as a multipart
@@ -603,7 +666,7 @@ class S3ArtifactRepository:
         buffer = bytearray()
         total = 0
 
-        async def send_part(body: bytes) -> None:
+        async def send_part(body: bytearray) -> None:
             nonlocal upload_id, in_flight
             if upload_id is None:
                 created = await self._call(
@@ -615,21 +678,29 @@ class S3ArtifactRepository:
             number = len(parts) + 1
             in_flight = asyncio.ensure_future(self._upload_part(rel, key, upload_id, number, body))
 
+        def part_threshold() -> int:
+            # S3 allows 10,000 parts: growing parts by part_size every 1,000 parts lifts
+            # the limit from 80 GB to 440 GB (8 MiB parts), and costs memory only there.
+            return self.part_size * (1 + len(parts) // 1000)
+
         try:
             async for chunk in chunks:
                 buffer += chunk
                 total += len(chunk)
-                while len(buffer) >= self.part_size:
-                    body = bytes(buffer[: self.part_size])
-                    del buffer[: self.part_size]
-                    await send_part(body)
+                _check_size(rel, total, expected_size, ended=False)
+                # Parts need not be equal, so a part ends at the first chunk boundary past
+                # the threshold and the buffer is handed over whole, without a copy.
+                if len(buffer) >= part_threshold():
+                    await send_part(buffer)
+                    buffer = bytearray()
+            _check_size(rel, total, expected_size, ended=True)
             if upload_id is None:
                 await self._call(
-                    "upload", rel, "put_object", Bucket=self.bucket, Key=key, Body=bytes(buffer)
+                    "upload", rel, "put_object", Bucket=self.bucket, Key=key, Body=buffer
                 )
                 return total
             if buffer:
-                await send_part(bytes(buffer))
+                await send_part(buffer)
                 buffer = bytearray()
             assert in_flight is not None  # at least one part was sent
             parts.append(await in_flight)
@@ -650,7 +721,7 @@ class S3ArtifactRepository:
         return total
 
     async def _upload_part(
-        self, rel: str, key: str, upload_id: str, number: int, body: bytes
+        self, rel: str, key: str, upload_id: str, number: int, body: bytearray
     ) -> dict[str, Any]:
         answer = await self._call(
             "upload",
@@ -720,7 +791,16 @@ class S3ArtifactRepository:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
                 name = common["Prefix"][len(prefix) :].rstrip("/")
-                if name not in ("", ".", ".."):  # keys written by other tools may hold "//"
+                if name in ("", ".", ".."):  # keys written by other tools may hold "//"
+                    continue
+                # Filer-backed servers (SeaweedFS) derive common prefixes from real
+                # directories, which outlive their last object until a background
+                # cleanup; AWS lists a prefix only while it holds an object. One small
+                # request per directory keeps deleted directories out of the listing.
+                probe = self._client().list_objects_v2(
+                    Bucket=self.bucket, Prefix=common["Prefix"], MaxKeys=1
+                )
+                if probe.get("Contents"):
                     infos.append(FileInfo(_child_path(rel, name), True, None))
             for obj in page.get("Contents", []):
                 name = obj["Key"][len(prefix) :]
