@@ -302,7 +302,8 @@ def create_app(config: CollectorConfig, store: SqliteStore) -> web.Application:
 def _load_features() -> None:
     # Feature modules register their routes with @extension when imported; they import
     # this module, so they are imported here rather than at the top.
-    import flightlog.collector.artifact_api  # noqa: F401
+    import flightlog.collector.artifact_api
+    import flightlog.collector.rest  # noqa: F401
 
 
 # Feature modules (search, artifacts, REST API) add their routes here at import time.

@@ -78,6 +78,7 @@ class SqliteStore:
         with self._write_lock:
             self._writer.executescript(_schema_sql("schema.sql"))
             self._run_optional_sql("search_indexes.sql")
+            self._run_optional_sql("inputs_schema.sql")
             self._ensure_default_experiment()
 
     # -- connections -----------------------------------------------------------------
@@ -589,6 +590,66 @@ class SqliteStore:
         if row is None:
             raise _missing(f"Run '{run_id}' not found")
         return str(row[0])
+
+    # -- synchronous writes for the REST API (collector/rest.py) ---------------------------
+
+    def _require_active_run(self, conn: sqlite3.Connection, run_id: str) -> None:
+        row = conn.execute(
+            "SELECT lifecycle_stage FROM runs WHERE run_uuid = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise _missing(f"Run with id={run_id} not found")
+        if row[0] != "active":
+            raise MlflowException(
+                f"The run {run_id} must be in the 'active' state. Current state is {row[0]}.",
+                INVALID_PARAMETER_VALUE,
+            )
+
+    def write_run(
+        self,
+        run_id: str,
+        ops: Sequence[tuple[str, dict[str, Any]]],
+        series: Sequence[tuple[str, array[int], array[float], array[float]]] = (),
+    ) -> None:
+        """Apply ops and (key, steps, values, timestamps) series to one active run, atomically.
+
+        Unlike :meth:`apply_batch`, which stores what it can and reports the rest, the first
+        failure raises and nothing is stored: a REST client gets one answer for its request.
+        """
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._require_active_run(conn, run_id)
+                known_runs = {run_id: True}
+                for name, args in ops:
+                    self._apply_op(conn, name, {**args, "run_id": run_id}, known_runs)
+                for key, steps, vals, ts in series:
+                    self._insert_series(conn, run_id, key, steps, vals, ts)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def log_inputs(self, run_id: str, inputs: Sequence[tuple[str, str, str, str]]) -> None:
+        """Record (name, digest, dataset JSON, tags JSON) dataset inputs of an active run.
+
+        A dataset (name and digest) already logged to the run is left as it is, as in MLflow.
+        """
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._require_active_run(conn, run_id)
+                conn.executemany(
+                    "INSERT OR IGNORE INTO run_inputs (run_uuid, dataset_name, dataset_digest,"
+                    " dataset_json, tags_json) VALUES (?, ?, ?, ?, ?)",
+                    [(run_id, *i) for i in inputs],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     # -- metric history ----------------------------------------------------------------------
 
