@@ -303,7 +303,8 @@ def _load_features() -> None:
     # Feature modules register their routes with @extension when imported; they import
     # this module, so they are imported here rather than at the top.
     import flightlog.collector.artifact_api
-    import flightlog.collector.rest  # noqa: F401
+    import flightlog.collector.rest
+    import flightlog.collector.search_api  # noqa: F401
 
 
 # Feature modules (search, artifacts, REST API) add their routes here at import time.

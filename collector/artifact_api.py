@@ -20,7 +20,6 @@ from aiohttp import web
 from flightlog.collector.app import COLLECTOR, MSGPACK, Collector, extension
 from flightlog.collector.artifact_paths import safe_relative_path
 from flightlog.collector.artifacts import ArtifactRepository, repository_for
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from flightlog.validation import validate_run_id
 from flightlog.wire import pack
 
@@ -44,12 +43,8 @@ async def upload(request: web.Request) -> web.Response:
     c = request.app[COLLECTOR]
     rel = safe_relative_path(request.match_info["path"])
     repo = await run_repository(c, request.match_info["run_id"])
-    size = await repo.put(rel, _body_chunks(request))
-    expected = request.content_length
-    if expected is not None and size != expected:
-        raise MlflowException(
-            f"Upload of {rel!r} ended after {size} of {expected} bytes", INVALID_PARAMETER_VALUE
-        )
+    # expected_size: a body that ends early is refused before anything becomes visible.
+    size = await repo.put(rel, _body_chunks(request), expected_size=request.content_length)
     return web.Response(body=pack({"path": rel, "file_size": size}), content_type=MSGPACK)
 
 

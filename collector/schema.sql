@@ -77,7 +77,10 @@ CREATE TABLE IF NOT EXISTS metric_chunks (
     max_step INTEGER NOT NULL,
     steps    BLOB NOT NULL,
     vals     BLOB NOT NULL,
-    ts       BLOB NOT NULL
+    ts       BLOB NOT NULL,
+    -- Per block of 256 points: 10 float64 (min v/step/ts, max v/step/ts, last v/step/ts,
+    -- point count), so a chart read of a long series touches blocks, not points.
+    summary  BLOB
 );
 CREATE INDEX IF NOT EXISTS metric_chunks_series ON metric_chunks (run_uuid, key, chunk_id);
 

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from flightlog.collector.downsample import block_summary
 from flightlog.exceptions import (
     INVALID_PARAMETER_VALUE,
     INVALID_STATE,
@@ -100,14 +101,10 @@ class SqliteStore:
         return conn
 
     def _prepare_connection(self, conn: sqlite3.Connection) -> None:
-        """Hook for per-connection SQL functions (search registers its own)."""
-        try:
-            from flightlog.collector import search
-        except ImportError:
-            return
-        prepare = getattr(search, "prepare_connection", None)
-        if prepare is not None:
-            prepare(conn)
+        """Register the SQL functions compiled search filters call (ILIKE's lowering)."""
+        from flightlog.collector.filters import register_sql_functions
+
+        register_sql_functions(conn)
 
     def _run_optional_sql(self, name: str) -> None:
         try:
@@ -383,9 +380,19 @@ class SqliteStore:
         if n == 0:
             return
         conn.execute(
-            "INSERT INTO metric_chunks (run_uuid, key, n, min_step, max_step, steps, vals, ts)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, key, n, min(steps), max(steps), steps.tobytes(), vals.tobytes(), ts.tobytes()),
+            "INSERT INTO metric_chunks (run_uuid, key, n, min_step, max_step, steps, vals, ts,"
+            " summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                key,
+                n,
+                min(steps),
+                max(steps),
+                steps.tobytes(),
+                vals.tobytes(),
+                ts.tobytes(),
+                block_summary(steps, vals, ts).tobytes(),
+            ),
         )
         i = latest_index(steps, ts)
         self._upsert_latest(conn, run_id, key, vals[i], round(ts[i] * 1000), steps[i])
@@ -677,6 +684,47 @@ class SqliteStore:
             vals.frombytes(v)
             ts.frombytes(t)
         return steps, vals, ts
+
+    # -- search -------------------------------------------------------------------------------
+
+    def search_runs(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str | None,
+        run_view_type: int,
+        max_results: int,
+        order_by: Sequence[str] | None,
+        page_token: str | None,
+    ) -> tuple[list[Row], str | None]:
+        """One page of runs matching a filter, in order, and the next page's token."""
+        from flightlog.collector.search import search_run_ids
+
+        ids, token = search_run_ids(
+            self.reader(),
+            experiment_ids,
+            filter_string,
+            run_view_type,
+            max_results,
+            order_by,
+            page_token,
+        )
+        return self.get_runs(ids), token
+
+    def search_experiments(
+        self,
+        view_type: int,
+        max_results: int,
+        filter_string: str | None,
+        order_by: Sequence[str] | None,
+        page_token: str | None,
+    ) -> tuple[list[Row], str | None]:
+        """One page of experiments matching a filter, in order, and the next page's token."""
+        from flightlog.collector.search import search_experiment_ids
+
+        ids, token = search_experiment_ids(
+            self.reader(), view_type, max_results, filter_string, order_by, page_token
+        )
+        return self.list_experiments(ids), token
 
     def find_stale_runs(self, older_than_ms: int) -> list[str]:
         """RUNNING runs whose last heartbeat is older than the given time."""

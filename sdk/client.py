@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flightlog import artifacts
+from flightlog import artifacts, search
 from flightlog import validation as v
 from flightlog.context import TrackingContext, get_context
 from flightlog.entities import (
@@ -33,6 +33,7 @@ from flightlog.entities import (
     RunInfo,
     RunStatus,
     RunTag,
+    ViewType,
 )
 from flightlog.exceptions import (
     INVALID_PARAMETER_VALUE,
@@ -122,6 +123,17 @@ def _user() -> str:
         return os.environ.get("FLIGHTLOG_USER") or getpass.getuser()
     except Exception:  # no passwd entry in some containers
         return "unknown"
+
+
+def _metrics(run_id: str, key: str, chunks: Sequence[Sequence[bytes]]) -> list[Metric]:
+    steps, vals, ts = array("q"), array("d"), array("d")
+    for s, val, t in chunks:
+        steps.frombytes(s)
+        vals.frombytes(val)
+        ts.frombytes(t)
+    return [
+        Metric(key, x, round(t * 1000), s, run_id) for s, x, t in zip(steps, vals, ts, strict=True)
+    ]
 
 
 class MlflowClient:
@@ -396,18 +408,19 @@ class MlflowClient:
 
     # -- metric history -------------------------------------------------------------------
 
-    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
-        """Every point of a metric, in the order logged."""
+    def get_metric_history(
+        self, run_id: str, key: str, max_points: int | None = None
+    ) -> list[Metric]:
+        """Every point of a metric, in the order logged.
+
+        With ``max_points``, a chart-sized read instead: at most that many points, keeping
+        each step bucket's min, max and last value (see ``get_metric_histories``).
+        """
+        if max_points is not None:
+            series = self.get_metric_histories([run_id], [key], max_points)
+            return series.get(run_id, {}).get(key, [])
         reply = self._read("get_metric_history", run_id=run_id, key=key)
-        steps, vals, ts = array("q"), array("d"), array("d")
-        for s, val, t in reply["chunks"]:
-            steps.frombytes(s)
-            vals.frombytes(val)
-            ts.frombytes(t)
-        return [
-            Metric(key, x, round(t * 1000), s, run_id)
-            for s, x, t in zip(steps, vals, ts, strict=True)
-        ]
+        return _metrics(run_id, key, reply["chunks"])
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything this process logged is durable."""
@@ -528,3 +541,61 @@ class MlflowClient:
         """Download a file or directory of a run's artifacts; return its local path."""
         self.ctx.agent.flush()
         return artifacts.download(self.ctx.client, run_id, path, dst_path)
+
+    # -- search ---------------------------------------------------------------------------
+
+    def search_runs(
+        self,
+        experiment_ids: list[str] | str,
+        filter_string: str = "",
+        run_view_type: int | str = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        order_by: list[str] | None = None,
+        page_token: str | None = None,
+    ) -> search.PagedList[Run]:
+        """One page of runs matching ``filter_string``; ``.token`` fetches the next page."""
+        ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
+        reply = self._read(
+            "search_runs",
+            experiment_ids=[str(i) for i in ids],
+            filter_string=filter_string or "",
+            run_view_type=search.view(run_view_type),
+            max_results=max_results,
+            order_by=list(order_by or []),
+            page_token=page_token,
+        )
+        return search.PagedList([Run.from_dict(r) for r in reply["runs"]], reply["next_page_token"])
+
+    def search_experiments(
+        self,
+        view_type: int | str = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        filter_string: str | None = None,
+        order_by: list[str] | None = None,
+        page_token: str | None = None,
+    ) -> search.PagedList[Experiment]:
+        """One page of experiments matching ``filter_string``; ``.token`` for the next."""
+        reply = self._call(
+            "search_experiments",
+            view_type=search.view(view_type),
+            max_results=max_results,
+            filter_string=filter_string or "",
+            order_by=list(order_by or []),
+            page_token=page_token,
+        )
+        return search.PagedList(
+            [Experiment.from_dict(e) for e in reply["experiments"]], reply["next_page_token"]
+        )
+
+    def get_metric_histories(
+        self, run_ids: Sequence[str], keys: Sequence[str], max_points: int
+    ) -> dict[str, dict[str, list[Metric]]]:
+        """Downsampled histories for charts: for every run and key, at most ``max_points``
+        points that keep each bucket's min, max and last value (so spikes survive)."""
+        reply = self._read(
+            "get_metric_histories", run_ids=list(run_ids), keys=list(keys), max_points=max_points
+        )
+        out: dict[str, dict[str, list[Metric]]] = {}
+        for run_id, key, s, val, t in reply["series"]:
+            out.setdefault(run_id, {})[key] = _metrics(run_id, key, [(s, val, t)])
+        return out

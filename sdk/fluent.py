@@ -19,10 +19,11 @@ import time
 from types import TracebackType
 from typing import Any
 
+from flightlog import search
 from flightlog import validation as v
 from flightlog.client import MlflowClient
 from flightlog.context import flush_all
-from flightlog.entities import Experiment, Metric, Param, Run, RunStatus, RunTag
+from flightlog.entities import Experiment, Metric, Param, Run, RunStatus, RunTag, ViewType
 from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 _tls = threading.local()  # .stack: list[ActiveRun]; .top: (run_id, agent) of the stack top
@@ -521,3 +522,60 @@ def get_artifact_uri(artifact_path: str | None = None) -> str:
 
         uri = f"{uri}/{safe_relative_path(artifact_path)}"
     return uri
+
+
+# -- search ------------------------------------------------------------------------------
+
+
+def search_runs(
+    experiment_ids: list[str] | None = None,
+    filter_string: str = "",
+    run_view_type: int | str = ViewType.ACTIVE_ONLY,
+    max_results: int = 100_000,
+    order_by: list[str] | None = None,
+    output_format: str = "pandas",
+    search_all_experiments: bool = False,
+    experiment_names: list[str] | None = None,
+) -> Any:
+    """Runs matching ``filter_string``, as a pandas DataFrame (or Run objects with
+    ``output_format="list"``).
+
+    With neither ``experiment_ids`` nor ``experiment_names``, searches the active
+    experiment, or every experiment with ``search_all_experiments=True``. The filter
+    language is MLflow's plus OR and parentheses.
+    """
+    if output_format not in ("pandas", "list"):
+        raise MlflowException(
+            f"Unsupported output_format {output_format!r}: use 'pandas' or 'list'",
+            INVALID_PARAMETER_VALUE,
+        )
+    client = MlflowClient()
+    ids = [str(i) for i in experiment_ids or []]
+    for name in experiment_names or []:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            ids.append(exp.experiment_id)
+    if not experiment_ids and not experiment_names:
+        if search_all_experiments:
+            ids = [
+                e.experiment_id
+                for e in search.all_experiments(client, ViewType.ALL, None, None, None)
+            ]
+        else:
+            ids = [_resolve_experiment_id(client)]
+    runs = search.all_runs(
+        client, ids, filter_string, search.view(run_view_type), max_results, order_by
+    )
+    return runs if output_format == "list" else search.runs_to_pandas(runs)
+
+
+def search_experiments(
+    view_type: int | str = ViewType.ACTIVE_ONLY,
+    max_results: int | None = None,
+    filter_string: str | None = None,
+    order_by: list[str] | None = None,
+) -> list[Experiment]:
+    """Experiments matching ``filter_string`` (name, attributes, ``tags.<key>``)."""
+    return search.all_experiments(
+        MlflowClient(), search.view(view_type), max_results, filter_string, order_by
+    )
