@@ -23,6 +23,19 @@ Grammar (keywords are case-insensitive)::
 Inside quotes, a doubled quote character stands for itself (``'it''s'``). In LIKE and
 ILIKE patterns ``%`` matches any run of characters, ``_`` one character, and a backslash
 makes the next character literal (PostgreSQL's default), so ``'100\\%'`` matches "100%".
+LIKE is case-sensitive; ILIKE compares Python-lower-cased text (Unicode-aware, so
+``'École' ILIKE 'é%'`` holds, where SQLite's ASCII-only folding would say no).
+
+How LIKE reaches SQLite: a LIKE pattern is translated to an equivalent GLOB pattern
+(:func:`like_to_glob`) and bound as a parameter. GLOB is built in, case-sensitive and
+unaffected by ``PRAGMA case_sensitive_like``, which would instead change every LIKE on the
+shared connection; a Python callback per row would be slower. ILIKE is the same GLOB over
+``flightlog_lower(value)``, a one-line deterministic SQL function that must be registered
+on the connection (:func:`register_sql_functions`), because SQLite's ``lower()`` folds
+ASCII only.
+
+Limits: at most :data:`MAX_CONDITIONS` conditions and :data:`MAX_NESTING` levels of
+parentheses, so that no filter can exhaust recursion or SQLite's expression depth.
 
 Types: metrics and the time attributes are numbers; params, tags and the other
 attributes are strings. A number key takes ``= != < <= > >= IN NOT IN``, a string key
@@ -44,6 +57,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -54,6 +68,8 @@ from flightlog.exceptions import FilterError
 
 __all__ = [
     "EXPERIMENT_ATTRIBUTES",
+    "MAX_CONDITIONS",
+    "MAX_NESTING",
     "RUN_ATTRIBUTES",
     "And",
     "Compare",
@@ -143,6 +159,12 @@ _COMPARE_OPS: dict[str, CompareOp] = {
     ">": ">",
     ">=": ">=",
 }
+# Bounds that keep a hostile or generated filter from exhausting the parser's recursion or
+# SQLite's expression depth (1000 by default; a chain of ORs nests one level per term).
+MAX_NESTING = 50
+MAX_CONDITIONS = 250
+# Longer IN lists are bound as one JSON array: SQLite caps bound parameters per statement.
+_INLINE_IN_VALUES = 50
 _OPERATOR_HELP = "use one of = != < <= > >= LIKE ILIKE IN NOT IN IS NULL IS NOT NULL"
 
 
@@ -478,6 +500,8 @@ class _Parser:
         self.target = target
         self.tokens = _tokenize(text)
         self.pos = 0
+        self.depth = 0
+        self.conditions = 0
 
     def peek(self) -> _Token:
         return self.tokens[self.pos]
@@ -527,8 +551,12 @@ class _Parser:
     def parse_primary(self) -> Expr:
         tok = self.peek()
         if tok.kind is _Kind.LPAREN:
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise self.error(f"Too deeply nested: more than {MAX_NESTING} levels of '('", tok)
             self.advance()
             expr = self.parse_or()
+            self.depth -= 1
             close = self.peek()
             if close.kind is not _Kind.RPAREN:
                 if close.kind is _Kind.EOF:
@@ -552,6 +580,14 @@ class _Parser:
         )
 
     def parse_condition(self, key: Key) -> Condition:
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise FilterError(
+                f"Too many conditions: a filter holds at most {MAX_CONDITIONS}; "
+                "use IN (...) to test one key against many values",
+                key.position,
+                self.text,
+            )
         tok = self.advance()
         if tok.kind is _Kind.OP:
             op = _COMPARE_OPS[tok.text]
@@ -865,8 +901,12 @@ def _value_condition(cond: Condition, column: str, params: list[SqlValue], is_me
         params.append(like_to_glob(cond.pattern.lower()))
         return f"flightlog_lower({column}) GLOB ?"
     if isinstance(cond, InList):
-        params.extend(cond.values)
-        marks = ", ".join("?" * len(cond.values))
+        if len(cond.values) > _INLINE_IN_VALUES:
+            params.append(json.dumps(cond.values))
+            marks = "SELECT value FROM json_each(?)"
+        else:
+            params.extend(cond.values)
+            marks = ", ".join("?" * len(cond.values))
         if cond.negated:
             if is_metric:
                 return f"(x.is_nan = 1 OR {column} NOT IN ({marks}))"

@@ -17,8 +17,10 @@ hash of the search's arguments (without max_results): a token used with another
 filter, order, experiment list or view type is refused rather than misread. Clients
 must treat the token as opaque.
 
-The SQL needs the indexes in ``search_indexes.sql`` to be fast, and the
-``flightlog_lower`` function, which these functions register on the connection.
+The SQL needs the indexes in ``search_indexes.sql`` to be fast, and ILIKE needs the
+``flightlog_lower`` SQL function: :func:`prepare_connection` registers it (the store
+calls it on every connection it opens); a search on an unprepared connection registers
+it itself when the filter uses ILIKE.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "ALL",
     "DELETED_ONLY",
     "MAX_RESULTS_LIMIT",
+    "prepare_connection",
     "search_experiment_ids",
     "search_run_ids",
 ]
@@ -74,6 +77,20 @@ class _OrderPlan:
     joins: str
     join_params: list[SqlValue]
     columns: list[_SortColumn]
+
+
+def prepare_connection(conn: sqlite3.Connection) -> None:
+    """Register the SQL functions search needs; the store calls this on each connection."""
+    register_sql_functions(conn)
+
+
+def _ensure_sql_functions(conn: sqlite3.Connection) -> None:
+    # For connections the store did not prepare (tests, tools). Registering only when
+    # missing matters: redefining a function fails while a statement is running on conn.
+    try:
+        conn.execute("SELECT flightlog_lower('')").fetchall()
+    except sqlite3.OperationalError:
+        register_sql_functions(conn)
 
 
 def _lifecycle_condition(alias: str, view_type: int, what: str) -> str:
@@ -222,9 +239,10 @@ def _search_page(
     page_token: str | None,
     fingerprint: str,
 ) -> tuple[list[str], str | None]:
-    register_sql_functions(conn)
     expr = parse_filter(filter_string, target)
     fragment = compile_filter(expr, target)
+    if "flightlog_lower" in fragment.sql:
+        _ensure_sql_functions(conn)
     where = [*base_where, fragment.sql]
     params: list[SqlValue] = [*plan.join_params, *base_params, *fragment.params]
     if page_token:
@@ -239,7 +257,8 @@ def _search_page(
         f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
     )
     params.append(max_results + 1)  # one extra row says whether another page exists
-    rows = conn.execute(sql, params).fetchall()
+    # tuple(): the store's connections return sqlite3.Row objects.
+    rows = [tuple(row) for row in conn.execute(sql, params).fetchall()]
     ids = [str(row[0]) for row in rows[:max_results]]
     next_token = None
     if len(rows) > max_results:
@@ -272,6 +291,8 @@ def search_run_ids(
     """
     _check_max_results(max_results)
     lifecycle = _lifecycle_condition("r", run_view_type, "run_view_type")
+    if isinstance(experiment_ids, str):  # a lone id, not its characters
+        experiment_ids = [experiment_ids]
     exp_ids: list[int] = []
     for exp_id in experiment_ids:
         try:
