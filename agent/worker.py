@@ -1,14 +1,35 @@
-"""Agent: the bounded queue and the background thread that batches and ships it.
+"""Agent: the bounded queue, and the threads that batch it, ship it and spool it.
 
-Contract (after sentry-python's worker): the training thread only extends
-``queue``; the thread drains it in order, packs metric points as columns and other
-operations as records, POSTs each batch to the collector and waits for the
-acknowledgement, which the collector sends after commit. ``flush()`` puts a marker in
-the queue and waits until the batch holding it is acknowledged, so "everything logged
-before flush() returned is durable" holds by construction.
+Contract (after sentry-python's worker): the training thread only extends ``queue``
+and never waits on the network or the disk. Three threads do the rest:
 
-The thread sleeps on ``Event.wait(flush_interval)`` and is woken early when the queue
-passes ``batch_points`` or a flush is asked for: no polling.
+- the packer (``flightlog-agent``) cuts the queue into batches, in order, encodes each
+  once (metric points as columns, other operations as records) and adds it to the
+  outbox. It sleeps on ``Event.wait(flush_interval)`` and is woken early when the
+  queue passes ``batch_points`` or a flush is asked for: no polling.
+- the sender (``flightlog-sender``) POSTs the outbox's oldest batch and drops it once
+  the collector acknowledges it, which the collector does after commit. It also sends
+  the heartbeats of the runs this process has open.
+- the adopter (``flightlog-adopter``, only when needed) sends the spools that processes
+  which died left behind for the same collector.
+
+The outbox holds encoded batches in order. They stay in memory while the collector
+keeps up; once a send fails (collector unreachable, refusing, or answering 429/503),
+or the in-memory part passes its byte budget, they go to the disk spool
+(``flightlog.agent.spool``), and everything in memory follows, so the order is kept
+and memory stays bounded for as long as the outage lasts. Delivery is at-least-once:
+a batch is resent until acknowledged, and the collector stores a batch id once.
+
+``flush()`` puts a marker in the queue and waits until every batch before it is
+acknowledged, so "everything logged before flush() returned is durable" holds by
+construction. During an outage it returns False once the batches are in the outbox
+rather than stall training for as long as the outage lasts (see ``flush``).
+
+When the queue passes half of ``max_queue`` points (the packer is starved of CPU or
+stuck on a slow disk), the logging call itself packs one batch (a bounded, rare
+spill); at ``max_queue`` new points are dropped. What is dropped is counted per reason
+and per run, logged once per interval, and recorded on the run as the tags
+``flightlog.dropped.<reason>``.
 """
 
 from __future__ import annotations
@@ -16,17 +37,29 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from itertools import compress
+from pathlib import Path
 from typing import Any
 
+from flightlog.agent.spool import (
+    DEFAULT_SPOOL_MAX_BYTES,
+    ClaimedSpool,
+    Segment,
+    Spool,
+    SpoolFull,
+    claim_orphans,
+    default_spool_root,
+)
 from flightlog.exceptions import MlflowException
 from flightlog.transport import CollectorClient, CollectorUnavailable
-from flightlog.wire import MetricTuple, encode_batch, unpack
+from flightlog.wire import MetricTuple, encode_batch, pack, unpack
 
 log = logging.getLogger("flightlog.agent")
 
@@ -35,10 +68,34 @@ log = logging.getLogger("flightlog.agent")
 DEFAULT_FLUSH_INTERVAL = 1.0
 # FLIGHTLOG_BATCH_POINTS: queue items per batch; also the early-wake threshold (default 50000).
 DEFAULT_BATCH_POINTS = 50_000
-# FLIGHTLOG_MAX_QUEUE: queue items held in memory at most (default 4000000, ~0.5 GB at worst).
-DEFAULT_MAX_QUEUE = 4_000_000
-# FLIGHTLOG_EXIT_FLUSH_TIMEOUT: seconds the interpreter's exit waits for the queue (default 30).
+# FLIGHTLOG_MAX_QUEUE: points held in the in-memory queue at most (default 1000000, about
+# 120 MB); past half of it the logging call spills a batch itself, at the cap points drop.
+DEFAULT_MAX_QUEUE = 1_000_000
+# FLIGHTLOG_MAX_PENDING_BYTES: encoded bytes kept in memory awaiting acknowledgement
+# before further batches go to the disk spool (default 32 MiB).
+DEFAULT_MAX_PENDING_BYTES = 32 * 1024**2
+# FLIGHTLOG_EXIT_FLUSH_TIMEOUT: seconds the interpreter's exit waits for the collector to
+# acknowledge what is left (default 30); the rest stays in the spool.
 DEFAULT_EXIT_FLUSH_TIMEOUT = 30.0
+# FLIGHTLOG_HEARTBEAT_INTERVAL: seconds between heartbeats of each open run (default 10).
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+# (FLIGHTLOG_SPOOL_DIR and FLIGHTLOG_SPOOL_MAX_BYTES are described in flightlog.agent.spool.)
+
+BACKOFF_START = 0.05  # seconds before the first retry
+BACKOFF_MAX = 5.0  # the cap of the exponential backoff
+RETRY_AFTER_MAX = 60.0  # the longest Retry-After we honour
+HEARTBEAT_TIMEOUT = 5.0  # a heartbeat is not worth a long wait; the next one follows
+DROP_REPORT_INTERVAL = 30.0  # at most one drop warning (and tag update) per interval
+MAX_KEPT_ERRORS = 1000
+TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
+DROP_REASONS = {
+    "queue_full": "the in-memory queue was full: FLIGHTLOG_MAX_QUEUE",
+    "spool_full": "the collector was not taking batches and the spool was full or "
+    "unwritable: FLIGHTLOG_SPOOL_MAX_BYTES",
+    "invalid_point": "points the wire format cannot carry",
+    "closed": "logged after the agent was closed",
+}
+INGEST = "/api/flightlog/ingest"
 
 
 def _env_float(name: str, default: float) -> float:
@@ -54,14 +111,60 @@ def _env_float(name: str, default: float) -> float:
     return value
 
 
+def _setting(value: float | None, env: str, default: float) -> float:
+    return value if value is not None else _env_float(env, default)
+
+
+# -- the exit budget -----------------------------------------------------------------------
+
+_exit_deadline: float | None = None
+
+
+def begin_exit(budget: float) -> None:
+    """Start the process's exit: from now on every flush shares one time budget.
+
+    The excepthook, atexit and signal paths call this, so that ending runs and closing
+    agents can never hang the exit, whatever state the collector is in.
+    """
+    global _exit_deadline
+    deadline = time.monotonic() + budget
+    if _exit_deadline is None or deadline < _exit_deadline:
+        _exit_deadline = deadline
+
+
+def _bounded(timeout: float | None) -> float | None:
+    if _exit_deadline is None:
+        return timeout
+    left = max(0.0, _exit_deadline - time.monotonic())
+    return left if timeout is None else min(timeout, left)
+
+
+def _reset_exit_for_tests() -> None:
+    global _exit_deadline
+    _exit_deadline = None
+
+
+# -- queue items ---------------------------------------------------------------------------
+
+
 class FlushMarker:
-    """A queue item that marks a flush() point; its event fires once it is acknowledged."""
+    """A queue item that marks a flush() point; ``done`` fires when it is settled.
 
-    __slots__ = ("done", "errors")
+    ``acked`` tells whether everything before it was acknowledged. A marker that is not
+    ``strict`` also settles (unacknowledged) once the collector is found unreachable and
+    everything before it is in the outbox.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("acked", "done", "strict")
+
+    def __init__(self, *, strict: bool = False) -> None:
         self.done = threading.Event()
-        self.errors: list[dict[str, str]] = []
+        self.acked = False
+        self.strict = strict
+
+    def settle(self, acked: bool) -> None:
+        self.acked = acked
+        self.done.set()
 
 
 class Op:
@@ -77,11 +180,165 @@ class Op:
 # The queue is one flat list of 5-slot records: (run_id, key, value, step, ts_seconds)
 # for a metric point, (OP, Op | FlushMarker, None, None, None) for anything else. A
 # producer adds a record with one ``list += tuple``, which is atomic under the GIL, so
-# records never interleave; the thread then cuts columns with C-level slices
+# records never interleave; the packer then cuts columns with C-level slices
 # (``items[2::5]``) instead of a Python loop per point, and no per-point tuple outlives
 # the call (so it never reaches the garbage collector's generations).
 RECORD = 5
 OP = object()
+
+
+# -- the outbox ------------------------------------------------------------------------------
+
+
+class Entry:
+    """One encoded batch waiting for acknowledgement: in memory or in the spool."""
+
+    __slots__ = ("body", "length", "offset", "points", "segment", "seq")
+
+    def __init__(self, seq: int, points: int, body: bytes | None) -> None:
+        self.seq = seq
+        self.points = points
+        self.body = body
+        self.segment: Segment | None = None
+        self.offset = 0
+        self.length = 0 if body is None else len(body)
+
+
+class Outbox:
+    """Encoded batches in order, from the packer to the sender.
+
+    The batch sequence number orders everything: a flush marker waits for the last
+    batch packed before it, and ``acked_seq`` says that every batch up to it is done.
+    """
+
+    def __init__(self, spool: Spool, max_memory: int) -> None:
+        self.lock = threading.Lock()
+        self.spool = spool
+        self.max_memory = max_memory
+        self.entries: deque[Entry] = deque()
+        self.memory = 0  # bytes of the bodies held in memory
+        self.outage = False  # did the last send fail?
+        self.last_seq = 0
+        self.acked_seq = 0
+        self.markers: deque[tuple[int, FlushMarker]] = deque()
+        self.closed = False  # set at close(): the sender changes nothing any more
+
+    def add(self, points: int, body: bytes, *, must_keep: bool = False) -> int:
+        """Append a batch; return its seq. Raises SpoolFull when it cannot be kept,
+        unless ``must_keep``: then it stays in memory past the budget (small op batches
+        that must not be lost, such as a run's creation)."""
+        with self.lock:
+            if self.closed:
+                raise SpoolFull("the agent is closed")
+            seq = self.last_seq + 1
+            entry = Entry(seq, points, body)
+            if self.outage or self.memory + len(body) > self.max_memory:
+                try:
+                    entry.segment, entry.offset = self.spool.append(seq, points, body)
+                    entry.body = None
+                except SpoolFull:
+                    if not must_keep:
+                        raise
+            if entry.body is not None:
+                self.memory += len(body)
+            self.entries.append(entry)
+            self.last_seq = seq
+            return seq
+
+    def head(self) -> Entry | None:
+        with self.lock:
+            return self.entries[0] if self.entries else None
+
+    def body(self, entry: Entry) -> bytes:
+        with self.lock:
+            if self.closed:
+                raise OSError("the outbox is closed")
+            if entry.body is not None:
+                return entry.body
+            assert entry.segment is not None
+            return self.spool.read(entry.segment, entry.offset, entry.length)
+
+    def ack(self, entry: Entry) -> list[FlushMarker]:
+        """The head batch was acknowledged (or given up): drop it, settle its markers."""
+        with self.lock:
+            if self.closed or not self.entries or self.entries[0] is not entry:
+                return []
+            self.entries.popleft()
+            if entry.body is not None:
+                self.memory -= len(entry.body)
+            elif entry.segment is not None:
+                self.spool.release(entry.segment)
+            self.acked_seq = entry.seq
+            fired: list[FlushMarker] = []
+            while self.markers and self.markers[0][0] <= self.acked_seq:
+                fired.append(self.markers.popleft()[1])
+            return fired
+
+    def add_marker(self, marker: FlushMarker) -> bool:
+        """Register a marker after the last batch packed; True if it is settled already."""
+        with self.lock:
+            seq = self.last_seq
+            if seq <= self.acked_seq:
+                marker.settle(True)
+                return True
+            if self.outage and not marker.strict:
+                self.spool.sync()
+                marker.settle(False)
+                return True
+            self.markers.append((seq, marker))
+            return False
+
+    def _spill(self) -> tuple[int, int]:
+        """Move in-memory batches to the spool, in place; return what stayed in memory."""
+        kept_batches = kept_points = 0
+        for entry in self.entries:
+            if entry.body is None:
+                continue
+            try:
+                entry.segment, entry.offset = self.spool.append(entry.seq, entry.points, entry.body)
+            except SpoolFull:
+                kept_batches += 1
+                kept_points += entry.points
+                continue
+            self.memory -= len(entry.body)
+            entry.body = None
+        self.spool.sync()
+        return kept_batches, kept_points
+
+    def enter_outage(self) -> list[FlushMarker]:
+        """A send failed: spool what is in memory and settle the non-strict markers."""
+        with self.lock:
+            if self.closed:
+                return []
+            first = not self.outage
+            self.outage = True
+            if first:
+                self._spill()
+            else:
+                self.spool.sync()
+            fired = [m for _, m in self.markers if not m.strict]
+            if fired:
+                self.markers = deque((s, m) for s, m in self.markers if m.strict)
+            return fired
+
+    def leave_outage(self) -> None:
+        if self.outage:
+            with self.lock:
+                self.outage = False
+
+    def close(self) -> tuple[int, int, int, int]:
+        """Stop all changes, spool what is in memory; return (batches, points) left
+        over in total and (batches, points) of those that only memory held."""
+        with self.lock:
+            self.closed = True
+            kept_batches, kept_points = self._spill() if self.entries else (0, 0)
+            batches = len(self.entries)
+            points = sum(e.points for e in self.entries)
+            self.spool.close()
+            return batches, points, kept_batches, kept_points
+
+
+# -- the agent ---------------------------------------------------------------------------------
 
 
 class Agent:
@@ -94,52 +351,100 @@ class Agent:
         flush_interval: float | None = None,
         batch_points: int | None = None,
         max_queue: int | None = None,
+        max_pending_bytes: int | None = None,
+        heartbeat_interval: float | None = None,
+        spool_root: Path | None = None,
+        spool_max_bytes: int | None = None,
+        tracking_uri: str | None = None,
     ) -> None:
         self.client = client
-        self.flush_interval = (
-            flush_interval
-            if flush_interval is not None
-            else _env_float("FLIGHTLOG_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL)
+        self.flush_interval = _setting(
+            flush_interval, "FLIGHTLOG_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL
         )
         self.batch_points = int(
-            batch_points
-            if batch_points is not None
-            else _env_float("FLIGHTLOG_BATCH_POINTS", DEFAULT_BATCH_POINTS)
+            _setting(batch_points, "FLIGHTLOG_BATCH_POINTS", DEFAULT_BATCH_POINTS)
         )
-        self.max_queue = int(
-            max_queue
-            if max_queue is not None
-            else _env_float("FLIGHTLOG_MAX_QUEUE", DEFAULT_MAX_QUEUE)
+        self.max_queue = int(_setting(max_queue, "FLIGHTLOG_MAX_QUEUE", DEFAULT_MAX_QUEUE))
+        self.max_pending_bytes = int(
+            _setting(max_pending_bytes, "FLIGHTLOG_MAX_PENDING_BYTES", DEFAULT_MAX_PENDING_BYTES)
         )
-        self.wake_len = self.batch_points * RECORD  # queue slots that wake the thread early
-        self.agent_id = uuid.uuid4().hex
-        self.dropped: dict[str, int] = {}
+        self.heartbeat_interval = _setting(
+            heartbeat_interval, "FLIGHTLOG_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL
+        )
+        self.spool_max_bytes = int(
+            _setting(spool_max_bytes, "FLIGHTLOG_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)
+        )
+        self.tracking_uri = tracking_uri or client.base_url
+        self.spool_root = spool_root or default_spool_root(client.base_url, None)
+        self.wake_len = self.batch_points * RECORD  # queue slots that wake the packer early
+        # Past this many slots the logging call packs a batch itself; past the cap it drops.
+        self._cap_len = max(self.max_queue, 2 * self.batch_points) * RECORD
+        self._spill_len = self._cap_len // 2
+        self.dropped: dict[str, int] = {}  # points (or batches) dropped, per reason
         self.shipped_points = 0
         self.reachable = True  # did the last exchange with the collector succeed?
+        # run id -> None: the runs this process has open, which get heartbeats.
+        self.open_runs: dict[str, None] = {}
         self._errors: list[dict[str, str]] = []
+        self._error_notes: set[str] = set()  # one-off errors already reported
         self._hooks: list[Callable[[], None]] = []
-        self._init_state()
+        self._init_state(adopt=True)
         _live_agents.add(self)
 
-    def _init_state(self) -> None:
-        # Producers only extend the end; the thread takes records from the front with one
+    def _init_state(self, *, adopt: bool) -> None:
+        # Producers only extend the end; the packer takes records from the front with one
         # slice and one slice deletion, so nothing appended in between is lost.
         self.queue: list[Any] = []
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
+        self.agent_id = uuid.uuid4().hex
+        self._pid = os.getpid()
+        self._wake = threading.Event()  # wakes the packer
+        self._send_wake = threading.Event()  # wakes an idle sender
+        self._kick = threading.Event()  # cuts a sender's backoff short (close)
+        self._stop = threading.Event()  # every thread: stop now
+        self._packer_done = threading.Event()
+        # Reentrant: a signal handler may run on a thread that holds it (see signals).
+        self._lock = threading.RLock()
+        self._pack_lock = threading.Lock()  # one packer at a time keeps batches in order
+        self._closing = False
         self._closed = False
         self._ops_submitted = 0  # ops and flush markers appended (under _lock)
-        self._ops_taken = 0  # ... and taken by the thread
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="flightlog-agent", daemon=True)
-        self._thread.start()
+        self._ops_taken = 0  # ... and taken by a packer (under _pack_lock)
+        self._drops: dict[tuple[str, str], int] = {}  # (run, reason) -> points, cumulative
+        self._drops_reported: dict[tuple[str, str], int] = {}
+        self._drops_warned: dict[str, int] = {}
+        self._last_drop_report = -DROP_REPORT_INTERVAL
+        self._last_drop_warning = -DROP_REPORT_INTERVAL
+        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        spool = Spool(
+            self.spool_root,
+            owner=self.agent_id,
+            tracking_uri=self.tracking_uri,
+            max_bytes=self.spool_max_bytes,
+        )
+        self.outbox = Outbox(spool, self.max_pending_bytes)
+        self._packer = threading.Thread(target=self._pack_loop, name="flightlog-agent", daemon=True)
+        self._sender = threading.Thread(
+            target=self._send_loop, name="flightlog-sender", daemon=True
+        )
+        self._packer.start()
+        self._sender.start()
+        self._adopter: threading.Thread | None = None
+        self._claims: list[ClaimedSpool] = []
+        if adopt and self.spool_root.is_dir():
+            self._adopter = threading.Thread(
+                target=self._adopt_loop, name="flightlog-adopter", daemon=True
+            )
+            self._adopter.start()
 
     def _after_fork_in_child(self) -> None:
-        # The parent's queue items belong to the parent; the child starts empty with its
-        # own thread and connection (the parent's socket must not be shared).
+        # The parent's queue, outbox and spool belong to the parent; the child starts
+        # empty with its own threads, connection and spool directory (the parent's
+        # socket and lock must not be shared). The parent's open runs stay its own.
         self.client.reset()
+        self.outbox.spool.forget_after_fork()
         self._errors = []
-        self._init_state()
+        self.open_runs = {}
+        self._init_state(adopt=False)
         for hook in self._hooks:
             hook()
 
@@ -150,10 +455,25 @@ class Agent:
         if not self._wake.is_set():
             self._wake.set()
         q = self.queue
-        if len(q) > self.max_queue * RECORD and q[-RECORD] is not OP:
+        if len(q) <= self._spill_len:
+            return
+        if len(q) > self._cap_len or self._closed:
             # Over the bound: give up the newest point rather than block the caller.
-            del q[-RECORD:]
-            self.dropped["queue_full"] = self.dropped.get("queue_full", 0) + 1
+            if q[-RECORD] is not OP:
+                key = (q[-RECORD], "queue_full")
+                del q[-RECORD:]
+                self._drops[key] = self._drops.get(key, 0) + 1
+                self.dropped["queue_full"] = self.dropped.get("queue_full", 0) + 1
+            return
+        # The packer is behind (starved of CPU, or on a slow disk): pack one batch here.
+        # Never wait for the packer: if it holds the lock it is making progress anyway.
+        if self._pack_lock.acquire(blocking=False):
+            try:
+                self._pack_front()
+            except Exception:  # never raise into the training loop
+                log.exception("flightlog agent: packing a batch failed")
+            finally:
+                self._pack_lock.release()
 
     def submit_metric(self, item: MetricTuple) -> None:
         """Queue one (run_id, key, value, step, ts_seconds) point."""
@@ -164,30 +484,73 @@ class Agent:
 
     def submit_op(self, name: str, args: dict[str, Any]) -> None:
         """Queue a non-metric operation; it is shipped in order with the metrics."""
+        if name == "create_run" or name == "update_run":
+            args = self._track_run(name, args)
         self._count_op()
         q = self.queue
         q += (OP, Op(name, args), None, None, None)
         if len(q) >= self.wake_len:
             self.on_pressure()
 
-    def flush(self, timeout: float | None = None, *, raise_errors: bool = True) -> bool:
-        """Block until everything submitted before this call is acknowledged.
+    def _track_run(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        # Runs this process creates or resumes get heartbeats until they end; the flag
+        # tells the collector to watch them (runs created by other clients, which send
+        # no heartbeats, are never timed out).
+        run_id = args.get("run_id")
+        if not isinstance(run_id, str):
+            return args
+        status = args.get("status")
+        if name == "create_run" or status == "RUNNING":
+            self.open_runs[run_id] = None
+            return {**args, "heartbeat": True}
+        if status in TERMINAL_STATUSES:
+            self.open_runs.pop(run_id, None)
+        return args
 
-        Returns False if the timeout passed first. Errors the collector reported for
-        earlier operations (a changed param, an unknown run) are raised here as one
-        MlflowException when ``raise_errors`` is set.
+    def flush(
+        self,
+        timeout: float | None = None,
+        *,
+        raise_errors: bool = True,
+        through_outage: bool = False,
+    ) -> bool:
+        """Block until everything submitted before this call is acknowledged (True).
+
+        Returns False if ``timeout`` passes first, or, unless ``through_outage`` is set,
+        as soon as the collector is found unreachable (or refusing) and everything
+        before this call is in the outbox, on disk where the spool has room: waiting
+        would stall training for as long as the outage lasts, and the agent delivers
+        the spooled batches when the collector is back (or, if this process ends
+        first, the next agent on the node or ``flightlog sync`` does). During the
+        process's exit every wait is also bounded by the exit budget.
+
+        Errors the collector reported for earlier operations (a changed param, an
+        unknown run) are raised here as one MlflowException when ``raise_errors`` is set.
         """
         if self._pid != os.getpid():
             self._after_fork_in_child()
-        marker = FlushMarker()
+        ok = self._wait_marker(FlushMarker(strict=through_outage), _bounded(timeout))
+        if raise_errors:
+            self.raise_errors()
+        return ok
+
+    def _wait_marker(self, marker: FlushMarker, timeout: float | None) -> bool:
+        if self._stop.is_set():
+            return False  # closed: nothing will settle it
+        self._enqueue_marker(marker)
+        return marker.done.wait(timeout) and marker.acked
+
+    def _enqueue_marker(self, marker: FlushMarker) -> None:
         self._count_op()
         q = self.queue
         q += (OP, marker, None, None, None)
         self._wake.set()
-        ok = marker.done.wait(timeout)
-        if raise_errors:
-            self.raise_errors()
-        return ok
+
+    def _count_op(self) -> None:
+        # Counted before the append, so that once a packer has taken a slice, every
+        # op in it is already counted (see _split).
+        with self._lock:
+            self._ops_submitted += 1
 
     def raise_errors(self) -> None:
         """Raise (and forget) the errors the collector reported since the last call."""
@@ -201,44 +564,103 @@ class Agent:
             )
 
     def close(self, timeout: float | None = None) -> bool:
-        """Flush, then stop the thread. Idempotent."""
+        """Deliver what is queued within ``timeout``, then stop. Idempotent.
+
+        What the collector has not acknowledged by then is left in the spool, synced
+        to disk, for the next agent on the node or ``flightlog sync``, and said so on
+        stderr. Returns whether everything was acknowledged.
+        """
         if self._closed:
             return True
-        ok = self.flush(timeout, raise_errors=False)
+        if self._pid != os.getpid():
+            self._after_fork_in_child()
         self._closed = True
+        timeout = _bounded(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        marker = FlushMarker(strict=True)
+        self._enqueue_marker(marker)
+        # Only after the marker is queued: the packer stops once it sees this and an
+        # empty queue, so the marker is packed first.
+        self._closing = True
+        self._kick.set()  # one immediate retry if the sender is backing off
+        ok = marker.done.wait(timeout) and marker.acked
+        if ok and self._adopter is not None:
+            # Spools of dead processes: exit waits for them within the same budget.
+            self._adopter.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._stop.set()
+        self._kick.set()
+        self._send_wake.set()
         self._wake.set()
-        self._thread.join(timeout=1.0)
+        batches, points, memory_batches, memory_points = self.outbox.close()
+        for claim in self._claims:
+            claim.finish()
+        if batches:
+            where = self.outbox.spool.directory
+            msg = (
+                f"flightlog: the collector at {self.client.base_url} did not acknowledge "
+                f"{batches} batch(es) ({points} points) in time; "
+            )
+            if memory_batches < batches:
+                msg += (
+                    f"they are kept in {where} and will be sent by the next flightlog "
+                    f"process for this collector on this node, or by `flightlog sync`."
+                )
+            if memory_batches:
+                msg += (
+                    f" {memory_batches} batch(es) ({memory_points} points) could not be "
+                    "written to the spool (full or unwritable) and are lost."
+                )
+                self._count_drop("exit_spool_full", memory_points)
+            print(msg, file=sys.stderr, flush=True)
+        self._packer.join(timeout=1.0)
+        self._sender.join(timeout=1.0)
         return ok
 
-    # -- the thread ---------------------------------------------------------------------
+    # -- the packer ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
+    def _pack_loop(self) -> None:
+        while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
-                self._drain()
+                while self.queue and not self._stop.is_set():
+                    with self._pack_lock:
+                        self._pack_front()
             except Exception:  # the thread must outlive any one failure
-                log.exception("flightlog agent: unexpected error while shipping; will retry")
-            if self._closed and not self.queue:
+                log.exception("flightlog agent: unexpected error while packing; will retry")
+            if self._closing and not self.queue:
+                self._packer_done.set()
+                self._send_wake.set()
                 return
 
-    def _drain(self) -> None:
+    def _pack_front(self) -> None:
+        """Take one batch from the queue's front, encode it, hand it to the outbox.
+
+        Called with ``_pack_lock`` held, so batches enter the outbox in queue order.
+        """
         q = self.queue
-        while q:
-            n = min(len(q), self.wake_len)
-            n -= n % RECORD
-            items = q[:n]
-            del q[:n]
-            self._ship(items)
+        n = min(len(q), self.wake_len)
+        n -= n % RECORD
+        if n == 0:
+            return
+        items = q[:n]
+        del q[:n]
+        columns, ops, markers = self._split(items)
+        try:
+            self._add_batch(columns, ops, bool(markers))
+        except Exception as e:
+            self._count_drop("agent_error", len(columns[0]) or 1)
+            self._note_error("agent_error", f"a batch was lost to an agent error: {e!r}")
+            raise
+        finally:
+            # Markers wait for the batches packed before them, even if this one was lost.
+            for m in markers:
+                if not self.outbox.add_marker(m):
+                    self._send_wake.set()
 
-    def _count_op(self) -> None:
-        # Counted before the append, so that once the thread has taken a slice, every
-        # op in it is already counted (see _ship).
-        with self._lock:
-            self._ops_submitted += 1
-
-    def _ship(self, items: list[Any]) -> None:
+    def _split(
+        self, items: list[Any]
+    ) -> tuple[list[list[Any]], list[list[Any]], list[FlushMarker]]:
         ops: list[list[Any]] = []
         markers: list[FlushMarker] = []
         columns = [items[i::RECORD] for i in range(RECORD)]
@@ -250,65 +672,334 @@ class Agent:
             markers = [o for o in objs if o.__class__ is FlushMarker]
             self._ops_taken += len(objs)
             columns = [list(compress(c, mask)) for c in columns]
-        points = len(columns[0])
-        if points or ops:
-            body = encode_batch(uuid.uuid4().hex, self.agent_id, ops, columns)
-            errors = self._send(body)
-            if errors:
-                with self._lock:
-                    # Bounded: a stream of failing ops must not grow memory without end.
-                    self._errors.extend(errors[: max(0, 1000 - len(self._errors))])
-            self.shipped_points += points
-        for m in markers:
-            m.done.set()
+        return columns, ops, markers
 
-    def _send(self, body: bytes) -> list[dict[str, str]]:
-        """POST one batch until it is acknowledged; return the errors it reported."""
-        delay = 0.05
-        while True:
-            try:
-                status, headers, data = self.client.request("POST", "/api/flightlog/ingest", body)
-            except CollectorUnavailable as e:
-                self.reachable = False
-                if self._closed:
-                    self._count_drop("collector_unreachable_at_exit")
-                    log.warning("flightlog: dropped a batch at exit: %s", e)
-                    return []
-                log.debug("flightlog agent: %s; retrying in %.2fs", e, delay)
-            else:
-                self.reachable = True
-                if status == 200:
-                    reply = unpack(data) if data else {}
-                    return list(reply.get("errors") or []) if isinstance(reply, dict) else []
-                if status in (429, 503) or status >= 500:
-                    retry_after = headers.get("retry-after")
-                    if retry_after:
-                        try:
-                            delay = max(delay, float(retry_after))
-                        except ValueError:
-                            pass
-                else:
-                    # 4xx: resending the same bytes cannot succeed. Count it and report it.
-                    self._count_drop(f"rejected_http_{status}")
-                    message = data[:500].decode("utf-8", "replace")
-                    try:
-                        reply = unpack(data)
-                        message = str(reply.get("message", message))
-                    except Exception:
-                        pass
-                    return [
-                        {
-                            "op": "batch",
-                            "error_code": "BAD_REQUEST",
-                            "message": f"Collector rejected a batch: {message}",
-                        }
-                    ]
-            # Capped exponential backoff with jitter, interruptible by close().
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 5.0)
+    def _encode(self, ops: list[list[Any]], columns: Sequence[Sequence[Any]]) -> bytes:
+        try:
+            return encode_batch(uuid.uuid4().hex, self.agent_id, ops, columns)
+        except Exception as e:
+            # Only a point that slipped past the call-site checks gets here (a run id
+            # that is not a string, a value that is not a number): drop those points,
+            # keep the rest, report it at the next flush.
+            clean, bad = _clean_points(columns)
+            if not bad:
+                raise
+            self._count_drop("invalid_point", bad)
+            self._note_error(
+                "invalid_point",
+                f"{bad} metric point(s) with an invalid run id, key, value, step or "
+                f"timestamp were dropped ({type(e).__name__}: {e})",
+            )
+            return encode_batch(uuid.uuid4().hex, self.agent_id, ops, clean)
+
+    def _add_batch(self, columns: list[list[Any]], ops: list[list[Any]], flushing: bool) -> None:
+        points = len(columns[0])
+        ops = ops + self._drop_tag_ops(force=flushing)
+        if not points and not ops:
+            return
+        body = self._encode(ops, columns)
+        try:
+            self.outbox.add(points, body, must_keep=not points)
+            self.shipped_points += points
+        except SpoolFull:
+            if self.outbox.closed:
+                self._count_points_dropped(columns[0], "closed")
+                return
+            # The spool is full too: drop the points, keep the operations (a run's
+            # creation or end must not be lost for want of room for its points).
+            self._count_points_dropped(columns[0], "spool_full")
+            ops = ops + self._drop_tag_ops(force=True)
+            if ops:
+                try:
+                    self.outbox.add(0, self._encode(ops, []), must_keep=True)
+                except SpoolFull:  # closed meanwhile
+                    self._count_drop("closed", len(ops))
+        finally:
+            if self.dropped != self._drops_warned:
+                self._warn_drops()
+            self._send_wake.set()
+
+    # -- drops: counted per reason and run, warned once per interval, tagged on the run --
 
     def _count_drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def _count_points_dropped(self, run_ids: Sequence[Any], reason: str) -> None:
+        for run_id, n in Counter(run_ids).items():
+            if isinstance(run_id, str):
+                key = (run_id, reason)
+                self._drops[key] = self._drops.get(key, 0) + n
+        self._count_drop(reason, len(run_ids))
+
+    def _warn_drops(self) -> None:
+        """Log what was dropped since the last warning, at most once per interval."""
+        now = time.monotonic()
+        if now - self._last_drop_warning < DROP_REPORT_INTERVAL:
+            return
+        counts = dict(self.dropped)
+        new = {r: n - self._drops_warned.get(r, 0) for r, n in counts.items()}
+        new = {r: n for r, n in new.items() if n}
+        self._drops_warned = counts
+        if not new:
+            return
+        self._last_drop_warning = now
+        log.warning(
+            "flightlog: dropped %s since the last warning (%s); counts are recorded on the "
+            "run as flightlog.dropped.<reason> tags",
+            ", ".join(f"{n} ({r})" for r, n in sorted(new.items())),
+            "; ".join(DROP_REASONS.get(r, r) for r in sorted(new)),
+        )
+
+    def _drop_tag_ops(self, *, force: bool) -> list[list[Any]]:
+        """set_tags ops recording each run's drop counts, when they changed."""
+        if not self._drops:
+            return []
+        now = time.monotonic()
+        if not force and now - self._last_drop_report < DROP_REPORT_INTERVAL:
+            return []
+        counts = self._drops.copy()  # the hot path may add to it meanwhile
+        changed: dict[str, dict[str, str]] = {}
+        for (run_id, reason), n in counts.items():
+            if self._drops_reported.get((run_id, reason)) != n:
+                changed.setdefault(run_id, {})[f"flightlog.dropped.{reason}"] = str(n)
+        if not changed:
+            return []
+        self._drops_reported = counts
+        self._last_drop_report = now
+        return [["set_tags", {"run_id": r, "tags": tags}] for r, tags in changed.items()]
+
+    # -- the sender -------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        delay = BACKOFF_START
+        while not self._stop.is_set():
+            try:
+                self._heartbeat_if_due()
+                entry = self.outbox.head()
+                if entry is None:
+                    if self._packer_done.is_set():
+                        return
+                    self._send_wake.wait(self._until_heartbeat())
+                    self._send_wake.clear()
+                    continue
+                try:
+                    body = self.outbox.body(entry)
+                except OSError as e:
+                    if self._stop.is_set():
+                        return
+                    log.error("flightlog agent: a spooled batch is unreadable, dropped: %s", e)
+                    self._count_drop("spool_unreadable", entry.points)
+                    self._settle(self.outbox.ack(entry), True)
+                    continue
+                outcome, errors, retry_after = self._post(body)
+                if outcome == "retry":
+                    self.reachable = False
+                    self._settle(self.outbox.enter_outage(), False)
+                    self._backoff(max(delay * (0.5 + random.random()), retry_after))
+                    delay = min(delay * 2, BACKOFF_MAX)
+                    continue
+                delay = BACKOFF_START
+                self.reachable = True
+                self.outbox.leave_outage()
+                if errors:
+                    self._record_errors(errors)
+                self._settle(self.outbox.ack(entry), True)
+            except Exception:  # the thread must outlive any one failure
+                log.exception("flightlog agent: unexpected error while sending; will retry")
+                self._backoff(BACKOFF_MAX)
+
+    @staticmethod
+    def _settle(markers: list[FlushMarker], acked: bool) -> None:
+        for m in markers:
+            m.settle(acked)
+
+    def _backoff(self, seconds: float) -> None:
+        """Wait before a retry; close() cuts it short, heartbeats go on meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._kick.wait(min(left, self._until_heartbeat())):
+                self._kick.clear()
+                return
+            self._heartbeat_if_due()
+
+    def _post(
+        self, body: bytes, timeout: float | None = None
+    ) -> tuple[str, list[dict[str, str]], float]:
+        """One attempt at POSTing a batch: ("ok" | "rejected" | "retry", errors, retry_after)."""
+        try:
+            status, headers, data = self.client.request("POST", INGEST, body, timeout=timeout)
+        except CollectorUnavailable as e:
+            log.debug("flightlog agent: %s", e)
+            return "retry", [], 0.0
+        if status == 200:
+            try:
+                reply = unpack(data) if data else {}
+            except Exception:
+                reply = {}
+            errors = reply.get("errors") if isinstance(reply, dict) else None
+            return "ok", list(errors) if isinstance(errors, list) else [], 0.0
+        message = _reply_message(data)
+        if status in (401, 403):
+            # A wrong or missing token: keep the batches (a fixed token delivers them).
+            self._note_error(
+                f"auth{status}",
+                f"The collector at {self.client.base_url} refused this client (HTTP "
+                f"{status}: {message}); set FLIGHTLOG_TOKEN. Batches are kept in the spool.",
+                "UNAUTHENTICATED",
+            )
+            return "retry", [], BACKOFF_MAX
+        if status in (408, 429) or status >= 500:
+            return "retry", [], _retry_after(headers.get("retry-after"))
+        # Any other 4xx: resending the same bytes cannot succeed. Count it and report it.
+        self._count_drop(f"rejected_http_{status}")
+        return (
+            "rejected",
+            [
+                {
+                    "op": "batch",
+                    "error_code": "BAD_REQUEST",
+                    "message": f"Collector rejected a batch (HTTP {status}): {message}",
+                }
+            ],
+            0.0,
+        )
+
+    def _record_errors(self, errors: list[dict[str, Any]]) -> None:
+        clean = [
+            {
+                "op": str(e.get("op", "")),
+                "error_code": str(e.get("error_code", "INTERNAL_ERROR")),
+                "message": str(e.get("message", "")),
+            }
+            for e in errors
+            if isinstance(e, dict)
+        ]
+        with self._lock:
+            # Bounded: a stream of failing ops must not grow memory without end.
+            self._errors.extend(clean[: max(0, MAX_KEPT_ERRORS - len(self._errors))])
+
+    def _note_error(self, kind: str, message: str, code: str = "INVALID_PARAMETER_VALUE") -> None:
+        """Report a condition once (until the next time it clears) at the next flush."""
+        with self._lock:
+            if kind in self._error_notes:
+                return
+            self._error_notes.add(kind)
+        self._record_errors([{"op": kind, "error_code": code, "message": message}])
+        log.warning("flightlog: %s", message)
+
+    # -- heartbeats ---------------------------------------------------------------------------
+
+    def _until_heartbeat(self) -> float:
+        return max(0.01, self._next_heartbeat - time.monotonic())
+
+    def _heartbeat_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.heartbeat_interval
+        runs = list(self.open_runs)  # one C-level copy: safe beside other threads
+        if not runs:
+            return
+        # Heartbeats travel on their own, ahead of any backlog, so a run whose data is
+        # still in the spool is not taken for dead. They carry no batch id: applying one
+        # twice is harmless, and they must not fill the collector's table of batch ids.
+        body = pack(
+            {
+                "v": 1,
+                "agent_id": self.agent_id,
+                "ops": [["heartbeat", {"run_id": r}] for r in runs],
+            }
+        )
+        outcome, _, _ = self._post(body, timeout=HEARTBEAT_TIMEOUT)
+        # A run the collector does not know yet (its creation is still queued) answers
+        # with an error; that is expected and not the user's concern.
+        log.debug("flightlog agent: heartbeat for %d run(s): %s", len(runs), outcome)
+
+    # -- the adopter ------------------------------------------------------------------------
+
+    def _adopt_loop(self) -> None:
+        """Send the spools of dead processes for the same collector, oldest first."""
+        try:
+            self._claims = claim_orphans(self.spool_root, exclude=self.outbox.spool.directory)
+            for claim in self._claims:
+                self._send_claim(claim)
+                if self._stop.is_set():
+                    return
+                claim.finish()
+        except Exception:
+            log.exception("flightlog agent: sending a dead process's spool failed")
+
+    def _send_claim(self, claim: ClaimedSpool) -> None:
+        log.info(
+            "flightlog: sending %d batch(es) (%d points) left in %s by a process that ended",
+            len(claim.records),
+            claim.points,
+            claim.directory,
+        )
+        delay = BACKOFF_START
+        for ref in list(claim.records):
+            body = claim.read(ref)
+            if body is None:
+                self._count_drop("spool_damaged", ref.points)
+                log.error("flightlog: a damaged record in %s was skipped", ref.path)
+                claim.done(ref)
+                continue
+            while True:
+                if self._stop.is_set():
+                    return
+                outcome, errors, retry_after = self._post(body)
+                if outcome != "retry":
+                    if errors:
+                        log.warning(
+                            "flightlog: the collector reported %d error(s) for a spooled "
+                            "batch of an ended process, e.g. %s",
+                            len(errors),
+                            errors[0].get("message"),
+                        )
+                    claim.done(ref)
+                    delay = BACKOFF_START
+                    break
+                self._stop.wait(max(delay * (0.5 + random.random()), retry_after))
+                delay = min(delay * 2, BACKOFF_MAX)
+
+
+def _retry_after(raw: str | None) -> float:
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        return 0.0  # an HTTP date: rare from our collector; the backoff still applies
+    return min(max(value, 0.0), RETRY_AFTER_MAX)
+
+
+def _reply_message(data: bytes) -> str:
+    try:
+        reply = unpack(data)
+        if isinstance(reply, dict) and "message" in reply:
+            return str(reply["message"])
+    except Exception:
+        pass
+    return data[:500].decode("utf-8", "replace")
+
+
+def _clean_points(columns: Sequence[Sequence[Any]]) -> tuple[list[list[Any]], int]:
+    """The points of ``columns`` that the wire format can carry, and how many were not."""
+    keep: list[bool] = []
+    for rid, key, value, step, ts in zip(*columns, strict=True):
+        keep.append(
+            isinstance(rid, str)
+            and isinstance(key, str)
+            and isinstance(value, (float, int))
+            and isinstance(step, int)
+            and -(2**63) <= step < 2**63
+            and isinstance(ts, (float, int))
+        )
+    clean = [list(compress(c, keep)) for c in columns]
+    return clean, len(keep) - sum(keep)
 
 
 _live_agents: weakref.WeakSet[Agent] = weakref.WeakSet()

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
+from flightlog.collector import limits
+from flightlog.collector.batch_checks import check_batch
 from flightlog.collector.store import SqliteStore
 from flightlog.exceptions import (
     BAD_REQUEST,
@@ -48,6 +50,12 @@ class CollectorConfig:
     token: str | None = None
     idle_timeout: float | None = None  # seconds without requests before exiting
     max_body_bytes: int = 256 * 1024 * 1024
+    # Seconds without a heartbeat before a RUNNING run is marked FAILED; 0: never
+    # (flightlog.collector.liveness).
+    run_timeout: float = 60.0
+    # The largest ingest batch, and ingest bytes in flight at once (collector.limits).
+    ingest_max_body_bytes: int = limits.DEFAULT_MAX_BODY_BYTES
+    ingest_max_pending_bytes: int = limits.DEFAULT_MAX_PENDING_BYTES
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,6 +69,10 @@ class Collector:
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="flightlog-reader")
         self.last_activity = time.monotonic()
         self.ingested_points = 0
+        self.limits = limits.IngestLimits(
+            max_body_bytes=config.ingest_max_body_bytes,
+            max_pending_bytes=config.ingest_max_pending_bytes,
+        )
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store write on the writer thread."""
@@ -76,7 +88,8 @@ COLLECTOR = web.AppKey("collector", Collector)
 
 def _error_response(status: int, code: str, message: str, request: web.Request) -> web.Response:
     body = {"error_code": code, "message": message}
-    if request.content_type == MSGPACK or request.path.startswith("/api/flightlog/"):
+    # msgpack for the SDK (it sends msgpack), JSON for everyone else (curl, browsers).
+    if request.content_type == MSGPACK or MSGPACK in request.headers.get("Accept", ""):
         return web.Response(status=status, body=pack(body), content_type=MSGPACK)
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
@@ -92,7 +105,10 @@ async def error_middleware(
     token = collector.config.token
     if token and request.path != "/health":
         given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        # surrogateescape: a header that is not UTF-8 is a wrong token, not a crash.
+        if not hmac.compare_digest(
+            given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()
+        ):
             return _error_response(
                 401,
                 UNAUTHENTICATED,
@@ -122,15 +138,34 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ingest(request: web.Request) -> web.Response:
-    """Store one msgpack batch; answer only after it is committed."""
+    """Store one msgpack batch; answer only after it is committed.
+
+    Bounded (collector.limits): 413 for a body over the limit, 503 with Retry-After
+    while the writer is behind. Ops and series that fail the checks (collector.
+    batch_checks) are reported in ``errors`` and the rest is stored.
+    """
     c = request.app[COLLECTOR]
-    data = await request.read()
-    batch_id, _agent_id, ops, series = decode_batch(data)
-    duplicate, errors = await c.write(c.store.apply_batch, batch_id, ops, series)
+    try:
+        reservation = c.limits.reserve(request.content_length)
+    except limits.Overloaded as e:
+        response = _error_response(503, "TEMPORARILY_UNAVAILABLE", str(e), request)
+        response.headers["Retry-After"] = str(e.retry_after)
+        return response
+    written = False
+    try:
+        data = await request.read()
+        reservation.resize(len(data))
+        batch_id, _agent_id, ops, series = decode_batch(data)
+        ops, series, problems = check_batch(ops, series)
+        duplicate, errors = await c.write(c.store.apply_batch, batch_id, ops, series)
+        written = True
+    finally:
+        reservation.release(written=written)
     if not duplicate:
         c.ingested_points += sum(len(s[2]) for s in series)
     return web.Response(
-        body=pack({"ok": True, "duplicate": duplicate, "errors": errors}), content_type=MSGPACK
+        body=pack({"ok": True, "duplicate": duplicate, "errors": problems + errors}),
+        content_type=MSGPACK,
     )
 
 
@@ -303,6 +338,7 @@ def _load_features() -> None:
     # Feature modules register their routes with @extension when imported; they import
     # this module, so they are imported here rather than at the top.
     import flightlog.collector.artifact_api
+    import flightlog.collector.liveness
     import flightlog.collector.rest
     import flightlog.collector.search_api  # noqa: F401
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from aiohttp import web
 
 from flightlog.collector.app import STOP, CollectorConfig, create_app
+from flightlog.collector.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PENDING_BYTES
+from flightlog.collector.liveness import DEFAULT_RUN_TIMEOUT
 from flightlog.collector.store import SqliteStore
 from flightlog.uris import local_store
 
@@ -54,6 +56,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write {pid, host, port, store} as JSON here once listening",
     )
     p.add_argument(
+        "--run-timeout",
+        type=float,
+        default=float(os.environ.get("FLIGHTLOG_RUN_TIMEOUT") or DEFAULT_RUN_TIMEOUT),
+        help="seconds without a heartbeat before a RUNNING run is marked FAILED; 0: never "
+        f"(env FLIGHTLOG_RUN_TIMEOUT, default {DEFAULT_RUN_TIMEOUT:.0f})",
+    )
+    p.add_argument(
+        "--ingest-max-body-bytes",
+        type=int,
+        default=int(os.environ.get("FLIGHTLOG_INGEST_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
+        help="largest ingest batch; larger ones get 413 (env FLIGHTLOG_INGEST_MAX_BODY_BYTES)",
+    )
+    p.add_argument(
+        "--ingest-max-pending-bytes",
+        type=int,
+        default=int(
+            os.environ.get("FLIGHTLOG_INGEST_MAX_PENDING_BYTES") or DEFAULT_MAX_PENDING_BYTES
+        ),
+        help="ingest bytes in flight at once; beyond, 503 with Retry-After "
+        "(env FLIGHTLOG_INGEST_MAX_PENDING_BYTES)",
+    )
+    p.add_argument(
         "--s3-endpoint-url",
         default=os.environ.get("FLIGHTLOG_S3_ENDPOINT_URL")
         or os.environ.get("MLFLOW_S3_ENDPOINT_URL"),
@@ -78,6 +102,9 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         port=args.port,
         token=args.token,
         idle_timeout=args.idle_timeout,
+        run_timeout=args.run_timeout,
+        ingest_max_body_bytes=args.ingest_max_body_bytes,
+        ingest_max_pending_bytes=args.ingest_max_pending_bytes,
         extra={
             "db_path": str(store.db_path),
             "port_file": args.port_file,

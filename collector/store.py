@@ -333,12 +333,20 @@ class SqliteStore:
                         return True, []
                 known_runs: dict[str, bool] = {}
                 for name, args in ops:
+                    # A savepoint per op: a failing op leaves nothing half-applied.
+                    conn.execute("SAVEPOINT op")
                     try:
                         self._apply_op(conn, name, args, known_runs)
                     except MlflowException as e:
+                        conn.execute("ROLLBACK TO op")
                         errors.append(
                             {"op": name, "error_code": e.error_code, "message": e.message}
                         )
+                    except _MALFORMED as e:
+                        # Arguments of the wrong shape: that op's fault, not the store's.
+                        conn.execute("ROLLBACK TO op")
+                        errors.append(_malformed(name, e))
+                    conn.execute("RELEASE op")
                 for run_id, key, steps, vals, ts in series:
                     if not self._run_exists(conn, run_id, known_runs):
                         errors.append(
@@ -350,7 +358,13 @@ class SqliteStore:
                             }
                         )
                         continue
-                    self._insert_series(conn, run_id, key, steps, vals, ts)
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        self._insert_series(conn, run_id, key, steps, vals, ts)
+                    except _MALFORMED as e:
+                        conn.execute("ROLLBACK TO op")
+                        errors.append(_malformed("log_metric", e))
+                    conn.execute("RELEASE op")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -466,6 +480,14 @@ class SqliteStore:
             conn.execute(
                 "UPDATE runs SET last_heartbeat = ? WHERE run_uuid = ?", (now_ms(), run_id)
             )
+            # A run failed for want of heartbeats whose agent was only cut off (collector
+            # overloaded, network down) is heard again: it is running after all.
+            if _clear_timeout_reason(conn, run_id):
+                conn.execute(
+                    "UPDATE runs SET status = 'RUNNING', end_time = NULL"
+                    " WHERE run_uuid = ? AND status = 'FAILED'",
+                    (run_id,),
+                )
         else:
             raise MlflowException(f"Unknown operation {name!r}", INVALID_PARAMETER_VALUE)
 
@@ -498,7 +520,8 @@ class SqliteStore:
                 a.get("status") or "RUNNING",
                 int(a.get("start_time") or t),
                 artifact_uri,
-                t,
+                # Only agents, which send heartbeats, ask to be watched (liveness.py).
+                t if a.get("heartbeat") else None,
             ),
         )
         for k, v in (a.get("tags") or {}).items():
@@ -516,6 +539,12 @@ class SqliteStore:
                 "UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
                 (status, end_time if status != "RUNNING" else None, run_id),
             )
+            # The client's word on its run's status overrides the heartbeat watch's.
+            _clear_timeout_reason(conn, run_id)
+            if status == "RUNNING" and a.get("heartbeat"):
+                conn.execute(
+                    "UPDATE runs SET last_heartbeat = ? WHERE run_uuid = ?", (now_ms(), run_id)
+                )
         if a.get("run_name"):
             conn.execute("UPDATE runs SET run_name = ? WHERE run_uuid = ?", (a["run_name"], run_id))
             conn.execute(
@@ -726,6 +755,41 @@ class SqliteStore:
         )
         return self.list_experiments(ids), token
 
+    def fail_stale_runs(self, older_than_ms: int) -> list[str]:
+        """Mark FAILED the RUNNING runs whose last heartbeat is older than the given time.
+
+        Sets their end time and the tag ``flightlog.endReason=heartbeat_timeout``;
+        returns their ids. Runs without a heartbeat time (not made by an agent) are
+        never touched.
+        """
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT run_uuid FROM runs WHERE status = 'RUNNING'"
+                        " AND last_heartbeat IS NOT NULL AND last_heartbeat < ?",
+                        (older_than_ms,),
+                    )
+                ]
+                t = now_ms()
+                for run_id in ids:
+                    conn.execute(
+                        "UPDATE runs SET status = 'FAILED', end_time = ? WHERE run_uuid = ?",
+                        (t, run_id),
+                    )
+                    conn.execute(
+                        "INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
+                        (run_id, END_REASON_TAG, HEARTBEAT_TIMEOUT),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return ids
+
     def find_stale_runs(self, older_than_ms: int) -> list[str]:
         """RUNNING runs whose last heartbeat is older than the given time."""
         rows = (
@@ -737,6 +801,40 @@ class SqliteStore:
             .fetchall()
         )
         return [r[0] for r in rows]
+
+
+END_REASON_TAG = "flightlog.endReason"
+HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+# Errors of an op's arguments (a wrong type, a missing field): the op is refused, the
+# batch goes on. sqlite3.OperationalError (locked, disk full) is not among them: it is
+# the store's trouble, answered 500, and the client retries.
+_MALFORMED = (
+    KeyError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    OverflowError,
+    sqlite3.InterfaceError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+)
+
+
+def _malformed(op: str, e: Exception) -> dict[str, str]:
+    return {
+        "op": op,
+        "error_code": INVALID_PARAMETER_VALUE,
+        "message": f"Malformed {op!r} operation: {type(e).__name__}: {str(e)[:200]}",
+    }
+
+
+def _clear_timeout_reason(conn: sqlite3.Connection, run_id: str) -> bool:
+    """Forget that the heartbeat watch failed this run; True if it had."""
+    cur = conn.execute(
+        "DELETE FROM tags WHERE run_uuid = ? AND key = ? AND value = ?",
+        (run_id, END_REASON_TAG, HEARTBEAT_TIMEOUT),
+    )
+    return cur.rowcount > 0
 
 
 def _int_id(experiment_id: Any) -> int:

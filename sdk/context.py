@@ -12,6 +12,7 @@ import os
 import threading
 from pathlib import Path
 
+from flightlog.agent.spool import default_spool_root
 from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, Agent, _env_float
 from flightlog.embedded import ensure_collector
 from flightlog.entities import Experiment
@@ -61,11 +62,25 @@ class TrackingContext:
         if self.local is not None:
             # A node-local collector that went idle or died is started again on demand.
             self.client.rediscover = self._rediscover
-        self.agent = Agent(self.client)
+        # Batches the collector cannot take yet wait in a spool kept per destination
+        # (a local store's lives inside the store), where a later process finds them.
+        self.agent = Agent(
+            self.client,
+            spool_root=default_spool_root(uri, self.local.directory if self.local else None),
+            tracking_uri=self._destination(),
+        )
         # Experiments this process has looked up (id -> Experiment), so start_run needs no
         # round trip after the first, and params it logged (run -> key -> value).
         self.experiments: dict[str, Experiment] = {}
         self.params: dict[str, dict[str, str]] = {}
+
+    def _destination(self) -> str:
+        """The tracking URI in absolute form, so that ``flightlog sync`` finds it later."""
+        if self.local is None:
+            return self.uri
+        if self.local.db_path == self.local.directory / "flightlog.db":
+            return str(self.local.directory)
+        return f"sqlite:///{self.local.db_path}"
 
     def _rediscover(self) -> str:
         assert self.local is not None
