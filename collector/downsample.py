@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_left
+from collections.abc import Sequence
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 BLOCK = 256
 _FIELDS = 10  # min v, min step, min ts, max v, max step, max ts, last v, last step, last ts, n
 # Below this many points a series is bucketed from its raw points.
-RAW_LIMIT = 200_000
+RAW_LIMIT = 100_000
 
 
 def block_summary(steps: array[int], vals: array[float], ts: array[float]) -> array[float]:
@@ -105,11 +108,70 @@ def bucketed(
     )
 
 
+def bucketed_sorted(
+    order: Sequence[float],
+    lo_v: Sequence[float],
+    lo_s: Sequence[float],
+    lo_t: Sequence[float],
+    hi_v: Sequence[float],
+    hi_s: Sequence[float],
+    hi_t: Sequence[float],
+    la_v: Sequence[float],
+    la_s: Sequence[float],
+    la_t: Sequence[float],
+    lo: int,
+    hi: int,
+    buckets: int,
+) -> Points | None:
+    """Bucket units (points or blocks) whose ``order`` (last step) never decreases.
+
+    Each unit offers a min point, a max point and a last point. Bucket edges are found
+    by bisection and each bucket's min and max by C-level ``min``/``max`` over slices,
+    so the Python work is per bucket, not per point. Returns None when a bucket holds
+    NaN or infinities (the caller falls back to :func:`bucketed`).
+    """
+    width = max(1, (hi - lo + buckets) // buckets)
+    out_s: list[int] = []
+    out_v: list[float] = []
+    out_t: list[float] = []
+    start = 0
+    n = len(order)
+    edge = lo + width
+    while start < n:
+        end = bisect_left(order, edge, start)
+        if end == start:  # an empty bucket: jump to the one holding the next unit
+            edge = lo + ((int(order[start]) - lo) // width + 1) * width
+            continue
+        mins = lo_v[start:end]
+        maxs = hi_v[start:end]
+        if not (math.isfinite(math.fsum(mins)) and math.isfinite(math.fsum(maxs))):
+            return None
+        i_lo = start + mins.index(min(mins))
+        i_hi = start + maxs.index(max(maxs))
+        i_la = end - 1
+        picked = {
+            (lo_s[i_lo], lo_t[i_lo], lo_v[i_lo]),
+            (hi_s[i_hi], hi_t[i_hi], hi_v[i_hi]),
+            (la_s[i_la], la_t[i_la], la_v[i_la]),
+        }
+        for st, t, v in sorted(picked):
+            out_s.append(int(st))
+            out_v.append(v)
+            out_t.append(t)
+        start = end
+        edge += width
+    return array("q", out_s), array("d", out_v), array("d", out_t)
+
+
+def _non_decreasing(values: Sequence[float]) -> bool:
+    return all(a <= b for a, b in pairwise(values))
+
+
 def sampled_series(store: SqliteStore, run_id: str, key: str, max_points: int) -> Points:
     """At most ``max_points`` points of one series (all of them when it is short enough)."""
     conn = store.reader()
     row = conn.execute(
-        "SELECT COALESCE(SUM(n), 0), MIN(min_step), MAX(max_step) FROM metric_chunks"
+        "SELECT COALESCE(SUM(n), 0), MIN(min_step), MAX(max_step), COUNT(*) FROM metric_chunks"
         " WHERE run_uuid = ? AND key = ?",
         (run_id, key),
     ).fetchone()
@@ -117,20 +179,30 @@ def sampled_series(store: SqliteStore, run_id: str, key: str, max_points: int) -
     if total <= max_points:
         return store.metric_history(run_id, key)
     buckets = max(1, max_points // 3)
-    if total <= RAW_LIMIT:
+    # Blocks resolve buckets well once there are several blocks per bucket.
+    if total <= 4 * BLOCK * buckets or total <= RAW_LIMIT:
         steps, vals, ts = store.metric_history(run_id, key)
+        if _non_decreasing(steps):
+            fast = bucketed_sorted(
+                steps, vals, steps, ts, vals, steps, ts, vals, steps, ts, lo, hi, buckets
+            )
+            if fast is not None:
+                return fast
         return bucketed(steps, vals, ts, lo, hi, buckets)
-    cand_s: list[int] = []
-    cand_v: list[float] = []
-    cand_t: list[float] = []
+    summary = array("d")
     for (blob,) in conn.execute(
         "SELECT summary FROM metric_chunks WHERE run_uuid = ? AND key = ? ORDER BY chunk_id",
         (run_id, key),
     ):
-        summary = array("d")
         summary.frombytes(blob)
-        for f in (0, 3, 6):
-            cand_v.extend(summary[f::_FIELDS])
-            cand_s.extend(int(x) for x in summary[f + 1 :: _FIELDS])
-            cand_t.extend(summary[f + 2 :: _FIELDS])
+    f = [summary[i::_FIELDS] for i in range(_FIELDS)]
+    if _non_decreasing(f[7]):
+        fast = bucketed_sorted(
+            f[7], f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], lo, hi, buckets
+        )
+        if fast is not None:
+            return fast
+    cand_s = [int(x) for x in (*f[1], *f[4], *f[7])]
+    cand_v = [*f[0], *f[3], *f[6]]
+    cand_t = [*f[2], *f[5], *f[8]]
     return bucketed(cand_s, cand_v, cand_t, lo, hi, buckets)

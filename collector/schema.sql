@@ -75,12 +75,14 @@ CREATE TABLE IF NOT EXISTS metric_chunks (
     n        INTEGER NOT NULL,
     min_step INTEGER NOT NULL,
     max_step INTEGER NOT NULL,
+    -- Per block of 256 points: 10 float64 (min v/step/ts, max v/step/ts, last v/step/ts,
+    -- point count), so a chart read of a long series touches blocks, not points. It comes
+    -- before the point arrays: SQLite reads a row's columns in order through its overflow
+    -- pages, so a column after megabytes of arrays would cost reading past them.
+    summary  BLOB,
     steps    BLOB NOT NULL,
     vals     BLOB NOT NULL,
-    ts       BLOB NOT NULL,
-    -- Per block of 256 points: 10 float64 (min v/step/ts, max v/step/ts, last v/step/ts,
-    -- point count), so a chart read of a long series touches blocks, not points.
-    summary  BLOB
+    ts       BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metric_chunks_series ON metric_chunks (run_uuid, key, chunk_id);
 

@@ -7,6 +7,7 @@ it, as with MLflow's synchronous client.
 
 from __future__ import annotations
 
+import gc
 import getpass
 import json
 import os
@@ -131,9 +132,18 @@ def _metrics(run_id: str, key: str, chunks: Sequence[Sequence[bytes]]) -> list[M
         steps.frombytes(s)
         vals.frombytes(val)
         ts.frombytes(t)
-    return [
-        Metric(key, x, round(t * 1000), s, run_id) for s, x, t in zip(steps, vals, ts, strict=True)
-    ]
+    # Building a million objects triggers the cyclic collector over and over for objects
+    # that cannot form cycles; pausing it makes a 1M-point read ~3x faster here.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return [
+            Metric(key, x, round(t * 1000), s, run_id)
+            for s, x, t in zip(steps, vals, ts, strict=True)
+        ]
+    finally:
+        if paused:
+            gc.enable()
 
 
 class MlflowClient:
