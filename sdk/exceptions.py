@@ -66,7 +66,8 @@ class FilterError(MlflowException):
     def __init__(self, message: str, position: int | None = None, text: str | None = None) -> None:
         where = f" at position {position}" if position is not None else ""
         shown = message + where
-        if text is not None and position is not None:
-            shown += f": {text!r}\n{' ' * (position + 1)}^"
+        if text is not None and position is not None and "\n" not in text:
+            # The text on a line of its own, so the caret lines up under the position.
+            shown += f":\n  {text}\n  {' ' * position}^"
         super().__init__(shown, INVALID_PARAMETER_VALUE)
         self.position = position
