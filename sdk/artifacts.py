@@ -59,34 +59,30 @@ def files_to_upload(local_dir: Path) -> list[tuple[Path, str]]:
 
     Symlinks are followed only while they stay inside ``local_dir``; one that points
     out of it is refused, naming the link, so a logged directory cannot leak files
-    from elsewhere on the machine.
+    from elsewhere on the machine. A directory link that stays inside is not walked
+    again: its files are logged once, under their real path (and a link to an
+    ancestor cannot loop).
     """
     root = local_dir.resolve()
+
+    def check(link: Path) -> None:
+        target = link.resolve()
+        if not target.is_relative_to(root):
+            raise MlflowException(
+                f"Refusing to log {link}: it is a symlink to {target}, outside {local_dir}",
+                INVALID_PARAMETER_VALUE,
+            )
+
     out: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(local_dir, followlinks=False):
         here = Path(dirpath)
-        for name in list(dirnames):
-            link = here / name
-            if link.is_symlink():
-                target = link.resolve()
-                if not target.is_relative_to(root):
-                    raise MlflowException(
-                        f"Refusing to log {link}: it is a symlink to {target}, outside {local_dir}",
-                        INVALID_PARAMETER_VALUE,
-                    )
-                # Inside the tree: its files are reached through the real directory, or
-                # walked here when the link is the only way in.
-                for sub, rel in files_to_upload(link):
-                    out.append((sub, f"{link.relative_to(local_dir).as_posix()}/{rel}"))
+        for name in dirnames:
+            if (here / name).is_symlink():
+                check(here / name)
         for name in filenames:
             path = here / name
             if path.is_symlink():
-                target = path.resolve()
-                if not target.is_relative_to(root):
-                    raise MlflowException(
-                        f"Refusing to log {path}: it is a symlink to {target}, outside {local_dir}",
-                        INVALID_PARAMETER_VALUE,
-                    )
+                check(path)
             out.append((path, path.relative_to(local_dir).as_posix()))
     return out
 
