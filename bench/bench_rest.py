@@ -1,0 +1,220 @@
+"""The official MLflow client against flightlog, ``mlflow server`` and FastTrackML.
+
+Each server runs on 127.0.0.1 with a SQLite store in a temporary directory, started and
+stopped by this script, one after the other on the same machine. The same client code
+times, against each:
+
+- ``log_metric``: one synchronous ``MlflowClient.log_metric`` round trip (median, p95);
+- ``log_batch``: one ``MlflowClient.log_batch`` of 1,000 metrics;
+- ``search_runs``: over an experiment of 10,000 runs (5 params, 5 metrics, 3 tags each),
+  a filtered and ordered search returning up to 1,000 runs, and a listing of all
+  10,000 runs in pages of 1,000.
+
+FastTrackML is the ``fml`` binary of the ``fasttrackml`` PyPI package. It pins an old
+mlflow, so it lives in a virtualenv of its own: pass ``--fml PATH`` or set
+``FASTTRACKML_BIN``; otherwise this script makes one under ``~/.cache/flightlog-bench``
+with ``pip install --no-deps fasttrackml``.
+
+    python bench/bench_rest.py [--runs 10000] [--metric-calls 300] [--skip fasttrackml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.mlflow_server import (
+    ServerProcess,
+    quiet_mlflow,
+    start_fasttrackml,
+    start_flightlog_collector,
+    start_mlflow_server,
+)
+
+quiet_mlflow()
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+SERVERS = ("flightlog", "mlflow server", "FastTrackML")
+
+
+def fasttrackml_binary(given: str | None) -> str:
+    """The ``fml`` binary: given, from FASTTRACKML_BIN, or installed into a cached venv."""
+    if given:
+        return given
+    if os.environ.get("FASTTRACKML_BIN"):
+        return os.environ["FASTTRACKML_BIN"]
+    venv = Path.home() / ".cache" / "flightlog-bench" / "fasttrackml-venv"
+    fml = venv / "bin" / "fml"
+    if not fml.exists():
+        print(f"installing fasttrackml into {venv} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", "fasttrackml"],
+            check=True,
+        )
+    return str(fml)
+
+
+def timed(fn: Callable[[], object], repeat: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of ``repeat`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def p95(xs: list[float]) -> float:
+    return sorted(xs)[max(0, round(len(xs) * 0.95) - 1)]
+
+
+def populate(client: MlflowClient, experiment_id: str, runs: int, threads: int) -> float:
+    """``runs`` runs with 5 params, 5 metrics and 3 tags each; returns seconds taken."""
+    rng = random.Random(7)
+    specs = [
+        (
+            i,
+            [Param(f"p{j}", rng.choice("abcd")) for j in range(5)],
+            [Metric(f"m{j}", rng.random(), 1_700_000_000_000 + i, 0) for j in range(5)],
+            [RunTag("team", rng.choice(["ml", "ds"])), RunTag("i", str(i)), RunTag("k", "v")],
+        )
+        for i in range(runs)
+    ]
+
+    def one(spec: tuple[int, list[Param], list[Metric], list[RunTag]]) -> None:
+        i, params, metrics, tags = spec
+        run = client.create_run(experiment_id, start_time=1_700_000_000_000 + i, run_name=f"r{i}")
+        client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, specs))
+    return time.perf_counter() - t0
+
+
+def bench_server(server: ServerProcess, args: argparse.Namespace) -> dict[str, float]:
+    client = MlflowClient(server.url)
+    exp = client.create_experiment(f"bench-{time.time_ns()}")
+    run_id = client.create_run(exp, run_name="latency").info.run_id
+    step = iter(range(10**9))
+    results: dict[str, float] = {}
+
+    metric_ms = timed(
+        lambda: client.log_metric(run_id, "loss", random.random(), step=next(step)),
+        args.metric_calls,
+        warmup=20,
+    )
+    results["log_metric median"] = statistics.median(metric_ms)
+    results["log_metric p95"] = p95(metric_ms)
+
+    now = int(time.time() * 1000)
+
+    def batch() -> None:
+        s = next(step)
+        metrics = [Metric(f"k{i % 10}", random.random(), now, s * 1000 + i) for i in range(1000)]
+        client.log_batch(run_id, metrics=metrics)
+
+    results["log_batch(1000) median"] = statistics.median(timed(batch, args.batch_calls))
+
+    search_exp = client.create_experiment(f"bench-search-{time.time_ns()}")
+    seconds = populate(client, search_exp, args.runs, args.threads)
+    print(f"  {server.name}: populated {args.runs} runs in {seconds:.1f}s", file=sys.stderr)
+    found: list[int] = []
+
+    def search_filtered() -> None:
+        runs = client.search_runs(
+            [search_exp],
+            "metrics.m0 > 0.2 and params.p0 != 'a' and tags.team = 'ml'",
+            order_by=["metrics.m1 DESC"],
+            max_results=1000,
+        )
+        found.append(len(runs))
+
+    results["search_runs filter+order (1000 of 10k)"] = statistics.median(
+        timed(search_filtered, args.search_calls, warmup=1)
+    )
+
+    def search_all() -> None:
+        token = None
+        total = 0
+        while True:
+            page = client.search_runs([search_exp], max_results=1000, page_token=token)
+            total += len(page)
+            token = page.token
+            if not token:
+                break
+        found.append(total)
+
+    results["search_runs all 10k (pages of 1000)"] = statistics.median(
+        timed(search_all, args.search_calls, warmup=1)
+    )
+    print(f"  {server.name}: search sizes {sorted(set(found))}", file=sys.stderr)
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", type=int, default=10_000)
+    p.add_argument("--metric-calls", type=int, default=300)
+    p.add_argument("--batch-calls", type=int, default=20)
+    p.add_argument("--search-calls", type=int, default=5)
+    p.add_argument("--threads", type=int, default=8, help="client threads that populate runs")
+    p.add_argument("--fml", default=None, help="path of FastTrackML's fml binary")
+    p.add_argument("--skip", action="append", default=[], choices=["mlflow", "fasttrackml"])
+    args = p.parse_args()
+
+    starters: dict[str, Callable[[Path], ServerProcess]] = {"flightlog": start_flightlog_collector}
+    if "mlflow" not in args.skip:
+        # MLflow's default of 4 workers, so populating with several client threads is fair.
+        starters["mlflow server"] = lambda d: start_mlflow_server(d, workers=4)
+    if "fasttrackml" not in args.skip:
+        fml = fasttrackml_binary(args.fml)
+        starters["FastTrackML"] = lambda d: start_fasttrackml(fml, d)
+
+    table: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-rest-") as tmp:
+        for name, start in starters.items():
+            print(f"{name} ...", file=sys.stderr)
+            server = start(Path(tmp) / name.replace(" ", "-"))
+            try:
+                table[name] = bench_server(server, args)
+            finally:
+                server.stop()
+
+    rows = list(next(iter(table.values())))
+    names = list(table)
+    print()
+    print(f"| {'ms (lower is better)':<40} | " + " | ".join(f"{n:>13}" for n in names) + " |")
+    print(f"|{'-' * 42}|" + "|".join("-" * 15 for _ in names) + "|")
+    for row in rows:
+        cells = " | ".join(f"{table[n][row]:>13.2f}" for n in names)
+        print(f"| {row:<40} | {cells} |")
+    slower = [
+        f"{row} ({n})"
+        for row in rows
+        for n in names
+        if n != "flightlog" and table["flightlog"][row] >= table[n][row]
+    ]
+    print()
+    print("flightlog fastest on every row" if not slower else f"flightlog NOT faster: {slower}")
+    return 0 if not slower else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
