@@ -37,16 +37,42 @@ def build(store_dir: Path) -> tuple[str, str, str]:
     t0 = time.time()
     for i in range(10_000):
         rid = uuid.uuid4().hex
-        ops.append(("create_run", {"run_id": rid, "experiment_id": exp, "run_name": f"r{i}",
-                                   "user_id": "bench", "start_time": int(t0 * 1000) + i,
-                                   "tags": {f"tag{k}": f"v{rng.randrange(5)}" for k in range(10)}}))
-        ops.append(("log_params", {"run_id": rid, "params": {
-            "model_type": rng.choice(["RandomForest", "XGBoost", "MLP"]),
-            **{f"p{k}": str(rng.randrange(100)) for k in range(19)}}}))
+        ops.append(
+            (
+                "create_run",
+                {
+                    "run_id": rid,
+                    "experiment_id": exp,
+                    "run_name": f"r{i}",
+                    "user_id": "bench",
+                    "start_time": int(t0 * 1000) + i,
+                    "tags": {f"tag{k}": f"v{rng.randrange(5)}" for k in range(10)},
+                },
+            )
+        )
+        ops.append(
+            (
+                "log_params",
+                {
+                    "run_id": rid,
+                    "params": {
+                        "model_type": rng.choice(["RandomForest", "XGBoost", "MLP"]),
+                        **{f"p{k}": str(rng.randrange(100)) for k in range(19)},
+                    },
+                },
+            )
+        )
         for k in range(20):
             v = rng.random()
-            series.append((rid, f"m{k}" if k else "accuracy", array("q", [0]), array("d", [v]),
-                           array("d", [t0])))
+            series.append(
+                (
+                    rid,
+                    f"m{k}" if k else "accuracy",
+                    array("q", [0]),
+                    array("d", [v]),
+                    array("d", [t0]),
+                )
+            )
         if len(ops) >= 2000:
             store.apply_batch(None, ops, series)
             ops, series = [], []
@@ -85,11 +111,24 @@ def main() -> None:
         store_dir = Path(d) / "store"
         t = time.perf_counter()
         exp, one_m, ten_m = build(store_dir)
-        print(f"built store: 10,000 runs + 1M and 10M point series in {time.perf_counter() - t:.0f} s")
-        proc = subprocess.Popen([sys.executable, "-m", "flightlog.collector", "--store",
-                                 str(store_dir), "--port", "0", "--port-file",
-                                 str(store_dir / "port.json")], cwd=d,
-                                stderr=subprocess.DEVNULL)
+        print(
+            f"built store: 10,000 runs + 1M and 10M point series in {time.perf_counter() - t:.0f} s"
+        )
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flightlog.collector",
+                "--store",
+                str(store_dir),
+                "--port",
+                "0",
+                "--port-file",
+                str(store_dir / "port.json"),
+            ],
+            cwd=d,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             while not (store_dir / "port.json").exists():
                 time.sleep(0.05)
@@ -100,24 +139,36 @@ def main() -> None:
             client = mlflow.MlflowClient()
             flt = "metrics.accuracy > 0.5 AND params.model_type = 'RandomForest'"
             order = ["metrics.m1 DESC"]
-            runs = mlflow.search_runs([exp], flt, order_by=order, max_results=1000,
-                                      output_format="list")
+            runs = mlflow.search_runs(
+                [exp], flt, order_by=order, max_results=1000, output_format="list"
+            )
             assert len(runs) == 1000, len(runs)
-            lst = timed(lambda: mlflow.search_runs([exp], flt, order_by=order, max_results=1000,
-                                                   output_format="list"), args.repeat)
-            pdf = timed(lambda: mlflow.search_runs([exp], flt, order_by=order, max_results=1000),
-                        args.repeat)
-            print(f"search_runs, 10k runs, 2 conditions + metric order, first 1,000: median "
-                  f"{statistics.median(lst):.0f} ms (list), {statistics.median(pdf):.0f} ms (pandas)")
+            lst = timed(
+                lambda: mlflow.search_runs(
+                    [exp], flt, order_by=order, max_results=1000, output_format="list"
+                ),
+                args.repeat,
+            )
+            pdf = timed(
+                lambda: mlflow.search_runs([exp], flt, order_by=order, max_results=1000),
+                args.repeat,
+            )
+            print(
+                f"search_runs, 10k runs, 2 conditions + metric order, first 1,000: median "
+                f"{statistics.median(lst):.0f} ms (list), {statistics.median(pdf):.0f} ms (pandas)"
+            )
             assert len(client.get_metric_history(one_m, "loss")) == 1_000_000
             hist = timed(lambda: client.get_metric_history(one_m, "loss"), 3)
             print(f"get_metric_history, 1,000,000 points: median {statistics.median(hist):.0f} ms")
             pts = client.get_metric_history(ten_m, "loss", max_points=1000)
             assert 0 < len(pts) <= 1000
-            down = timed(lambda: client.get_metric_history(ten_m, "loss", max_points=1000),
-                         args.repeat)
-            print(f"downsampled read, 1,000 of 10,000,000 points ({len(pts)} returned): median "
-                  f"{statistics.median(down):.0f} ms")
+            down = timed(
+                lambda: client.get_metric_history(ten_m, "loss", max_points=1000), args.repeat
+            )
+            print(
+                f"downsampled read, 1,000 of 10,000,000 points ({len(pts)} returned): median "
+                f"{statistics.median(down):.0f} ms"
+            )
         finally:
             proc.terminate()
             proc.wait()

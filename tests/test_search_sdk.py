@@ -25,8 +25,14 @@ def _runs(exp_id: str, rows: list[tuple[str, float, str, str]]) -> dict[str, str
 def test_tutorial_search_runs(tracking: CollectorProcess) -> None:
     e1 = mlflow.create_experiment("churn-a")
     e2 = mlflow.create_experiment("churn-b")
-    a = _runs(e1, [("a1", 0.95, "RandomForest", "ml"), ("a2", 0.85, "RandomForest", "ds"),
-                   ("a3", 0.97, "XGBoost", "ml")])
+    a = _runs(
+        e1,
+        [
+            ("a1", 0.95, "RandomForest", "ml"),
+            ("a2", 0.85, "RandomForest", "ds"),
+            ("a3", 0.97, "XGBoost", "ml"),
+        ],
+    )
     b = _runs(e2, [("b1", 0.92, "RandomForest", "ops"), ("b2", 0.99, "RandomForest", "ds")])
     runs = mlflow.search_runs(
         experiment_ids=[e1, e2],
@@ -37,18 +43,29 @@ def test_tutorial_search_runs(tracking: CollectorProcess) -> None:
     sub = runs[["run_id", "metrics.accuracy", "params.model_type"]]
     assert list(sub["run_id"]) == [b["b2"], a["a1"], b["b1"]]
     assert list(sub["metrics.accuracy"]) == [0.99, 0.95, 0.92]
-    assert list(runs.columns[:6]) == ["run_id", "experiment_id", "status", "artifact_uri",
-                                      "start_time", "end_time"]
+    assert list(runs.columns[:6]) == [
+        "run_id",
+        "experiment_id",
+        "status",
+        "artifact_uri",
+        "start_time",
+        "end_time",
+    ]
     assert str(runs["start_time"].dt.tz) == "UTC"
     assert set(runs["tags.mlflow.runName"]) == {"b2", "a1", "b1"}
     # OR, which MLflow rejects and the tutorial uses.
     either = mlflow.search_runs(
-        experiment_ids=[e1, e2], filter_string="tags.team = 'ml' OR tags.team = 'ds'",
-        order_by=["attributes.run_name"], output_format="list")
+        experiment_ids=[e1, e2],
+        filter_string="tags.team = 'ml' OR tags.team = 'ds'",
+        order_by=["attributes.run_name"],
+        output_format="list",
+    )
     assert [r.info.run_name for r in either] == ["a1", "a2", "a3", "b2"]
     grouped = mlflow.search_runs(
-        experiment_ids=[e1, e2], output_format="list",
-        filter_string="(tags.team = 'ml' OR tags.team = 'ops') and metrics.accuracy >= 0.95")
+        experiment_ids=[e1, e2],
+        output_format="list",
+        filter_string="(tags.team = 'ml' OR tags.team = 'ops') and metrics.accuracy >= 0.95",
+    )
     assert {r.info.run_name for r in grouped} == {"a1", "a3"}
     by_name = mlflow.search_runs(experiment_names=["churn-b"], output_format="list")
     assert {r.info.run_id for r in by_name} == set(b.values())
@@ -56,8 +73,10 @@ def test_tutorial_search_runs(tracking: CollectorProcess) -> None:
 
 def test_search_active_and_all_experiments(tracking: CollectorProcess) -> None:
     mlflow.set_experiment("first")
-    _runs(mlflow.get_experiment_by_name("first").experiment_id,  # type: ignore[union-attr]
-          [("x", 0.5, "m", "t")])
+    _runs(
+        mlflow.get_experiment_by_name("first").experiment_id,  # type: ignore[union-attr]
+        [("x", 0.5, "m", "t")],
+    )
     mlflow.set_experiment("second")
     with mlflow.start_run():
         mlflow.log_metric("accuracy", 0.1)
@@ -72,8 +91,9 @@ def test_search_experiments_tutorial(tracking: CollectorProcess) -> None:
     experiments = mlflow.search_experiments(filter_string="tags.project = 'customer-churn'")
     assert {e.name for e in experiments} == {"customer-churn/baseline", "customer-churn/tuning"}
     assert all(e.tags == {"project": "customer-churn"} for e in experiments)
-    liked = mlflow.search_experiments(filter_string="name LIKE 'customer-churn/%'",
-                                      order_by=["name DESC"])
+    liked = mlflow.search_experiments(
+        filter_string="name LIKE 'customer-churn/%'", order_by=["name DESC"]
+    )
     assert [e.name for e in liked] == ["customer-churn/tuning", "customer-churn/baseline"]
 
 
@@ -86,8 +106,9 @@ def test_client_pages_with_tokens(tracking: CollectorProcess) -> None:
     seen: list[float] = []
     token = None
     while True:
-        page = client.search_runs([exp], order_by=["metrics.i ASC"], max_results=10,
-                                  page_token=token)
+        page = client.search_runs(
+            [exp], order_by=["metrics.i ASC"], max_results=10, page_token=token
+        )
         seen.extend(r.data.metrics["i"] for r in page)
         token = page.token
         if token is None:
@@ -100,8 +121,11 @@ def test_deleted_and_restored_runs_and_experiments(tracking: CollectorProcess) -
     ids = _runs(exp, [("keep", 1.0, "m", "t"), ("drop", 2.0, "m", "t")])
     client = MlflowClient()
     client.delete_run(ids["drop"])
-    names = lambda vt: {r.info.run_name for r in  # noqa: E731
-                        mlflow.search_runs([exp], run_view_type=vt, output_format="list")}
+
+    def names(vt: int | str) -> set[str]:
+        runs = mlflow.search_runs([exp], run_view_type=vt, output_format="list")
+        return {r.info.run_name for r in runs}
+
     assert names(ViewType.ACTIVE_ONLY) == {"keep"}
     assert names(ViewType.DELETED_ONLY) == {"drop"}
     assert names("ALL") == {"keep", "drop"}
@@ -111,21 +135,27 @@ def test_deleted_and_restored_runs_and_experiments(tracking: CollectorProcess) -
     client.delete_experiment(exp)
     assert mlflow.get_experiment_by_name("lifecycle").lifecycle_stage == "deleted"  # type: ignore[union-attr]
     assert "lifecycle" not in {e.name for e in mlflow.search_experiments()}
-    assert "lifecycle" in {e.name for e in mlflow.search_experiments(view_type=ViewType.DELETED_ONLY)}
+    assert "lifecycle" in {
+        e.name for e in mlflow.search_experiments(view_type=ViewType.DELETED_ONLY)
+    }
     assert names(ViewType.ACTIVE_ONLY) == set()  # runs follow their experiment
     client.restore_experiment(exp)
     assert names(ViewType.ACTIVE_ONLY) == {"keep", "drop"}
 
 
-@pytest.mark.parametrize(("flt", "message"), [
-    ("metrics.accuracy > 'high'", "position"),
-    ("foo.bar = 1", "position 0"),
-    ("params.lr = 'unclosed", "position"),
-    ("metrics.acc >> 1", "position"),
-    ("tags.team = 'ml' OR", "position"),
-])
-def test_malformed_filters_are_clear_errors(tracking: CollectorProcess, flt: str,
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("flt", "message"),
+    [
+        ("metrics.accuracy > 'high'", "position"),
+        ("foo.bar = 1", "position 0"),
+        ("params.lr = 'unclosed", "position"),
+        ("metrics.acc >> 1", "position"),
+        ("tags.team = 'ml' OR", "position"),
+    ],
+)
+def test_malformed_filters_are_clear_errors(
+    tracking: CollectorProcess, flt: str, message: str
+) -> None:
     with pytest.raises(MlflowException, match=message) as e:
         mlflow.search_runs(experiment_ids=["0"], filter_string=flt)
     assert e.value.error_code == "INVALID_PARAMETER_VALUE"
@@ -151,12 +181,14 @@ def test_downsampled_history_keeps_spikes(tracking: CollectorProcess) -> None:
     assert [m.step for m in small] == sorted(m.step for m in small)
     many = client.get_metric_histories([run.info.run_id], ["loss", "short"], max_points=30)
     assert len(many[run.info.run_id]["loss"]) <= 30
-    assert [m.value for m in many[run.info.run_id]["short"]] == [float(i) for i in range(50)][:50] \
-        or len(many[run.info.run_id]["short"]) <= 30
+    assert [m.value for m in many[run.info.run_id]["short"]] == [float(i) for i in range(50)][
+        :50
+    ] or len(many[run.info.run_id]["short"]) <= 30
 
 
-def test_pandas_missing_names_the_extra(tracking: CollectorProcess,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pandas_missing_names_the_extra(
+    tracking: CollectorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import builtins
 
     real_import = builtins.__import__
