@@ -34,6 +34,7 @@ and per run, logged once per interval, and recorded on the run as the tags
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -43,10 +44,10 @@ import time
 import uuid
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import compress
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from flightlog.agent.spool import (
     DEFAULT_SPOOL_MAX_BYTES,
@@ -85,6 +86,7 @@ BACKOFF_START = 0.05  # seconds before the first retry
 BACKOFF_MAX = 5.0  # the cap of the exponential backoff
 RETRY_AFTER_MAX = 60.0  # the longest Retry-After we honour
 HEARTBEAT_TIMEOUT = 5.0  # a heartbeat is not worth a long wait; the next one follows
+SPILL_WAIT = 0.01  # seconds a logging call at the queue's cap waits for the packer's lock
 DROP_REPORT_INTERVAL = 30.0  # at most one drop warning (and tag update) per interval
 MAX_KEPT_ERRORS = 1000
 TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
@@ -130,6 +132,22 @@ def begin_exit(budget: float) -> None:
     deadline = time.monotonic() + budget
     if _exit_deadline is None or deadline < _exit_deadline:
         _exit_deadline = deadline
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Bound every flush made in the block by ``seconds`` in all, then lift the bound.
+
+    For a signal whose handler may let the program go on: ending runs must not hang,
+    but what comes after is not the exit.
+    """
+    global _exit_deadline
+    saved = _exit_deadline
+    begin_exit(seconds)
+    try:
+        yield
+    finally:
+        _exit_deadline = saved
 
 
 def _bounded(timeout: float | None) -> float | None:
@@ -383,6 +401,7 @@ class Agent:
         self.dropped: dict[str, int] = {}  # points (or batches) dropped, per reason
         self.shipped_points = 0
         self.reachable = True  # did the last exchange with the collector succeed?
+        self.outages = 0  # times a send failed after one had succeeded (or at the start)
         # run id -> None: the runs this process has open, which get heartbeats.
         self.open_runs: dict[str, None] = {}
         self._errors: list[dict[str, str]] = []
@@ -405,6 +424,7 @@ class Agent:
         # Reentrant: a signal handler may run on a thread that holds it (see signals).
         self._lock = threading.RLock()
         self._pack_lock = threading.Lock()  # one packer at a time keeps batches in order
+        self._packer_stuck = False  # a logging call waited for the lock in vain
         self._closing = False
         self._closed = False
         self._ops_submitted = 0  # ops and flush markers appended (under _lock)
@@ -457,23 +477,33 @@ class Agent:
         q = self.queue
         if len(q) <= self._spill_len:
             return
-        if len(q) > self._cap_len or self._closed:
-            # Over the bound: give up the newest point rather than block the caller.
-            if q[-RECORD] is not OP:
-                key = (q[-RECORD], "queue_full")
-                del q[-RECORD:]
-                self._drops[key] = self._drops.get(key, 0) + 1
-                self.dropped["queue_full"] = self.dropped.get("queue_full", 0) + 1
-            return
         # The packer is behind (starved of CPU, or on a slow disk): pack one batch here.
-        # Never wait for the packer: if it holds the lock it is making progress anyway.
-        if self._pack_lock.acquire(blocking=False):
-            try:
-                self._pack_front()
-            except Exception:  # never raise into the training loop
-                log.exception("flightlog agent: packing a batch failed")
-            finally:
-                self._pack_lock.release()
+        # Below the cap, only if the lock is free (its holder is packing: progress too).
+        # At the cap, wait for it a little, since the holder may just be waiting for the
+        # GIL this thread holds; but not again until the packer finished a batch, so a
+        # packer stuck on a slow disk costs the training loop one short wait, not many.
+        over = len(q) > self._cap_len
+        if not self._closed:
+            if over and not self._packer_stuck:
+                got = self._pack_lock.acquire(timeout=SPILL_WAIT)
+                self._packer_stuck = not got
+            else:
+                got = self._pack_lock.acquire(blocking=False)
+            if got:
+                try:
+                    self._pack_front()
+                except Exception:  # never raise into the training loop
+                    log.exception("flightlog agent: packing a batch failed")
+                finally:
+                    self._pack_lock.release()
+                return
+        # (Measured again: waiting for the lock may have let the packer drain the queue.)
+        if len(q) > self._cap_len and q[-RECORD] is not OP:
+            # Over the bound: give up the newest point rather than block the caller.
+            key = (q[-RECORD], "queue_full")
+            del q[-RECORD:]
+            self._drops[key] = self._drops.get(key, 0) + 1
+            self.dropped["queue_full"] = self.dropped.get("queue_full", 0) + 1
 
     def submit_metric(self, item: MetricTuple) -> None:
         """Queue one (run_id, key, value, step, ts_seconds) point."""
@@ -626,6 +656,7 @@ class Agent:
                 while self.queue and not self._stop.is_set():
                     with self._pack_lock:
                         self._pack_front()
+                    self._packer_stuck = False
             except Exception:  # the thread must outlive any one failure
                 log.exception("flightlog agent: unexpected error while packing; will retry")
             if self._closing and not self.queue:
@@ -708,7 +739,7 @@ class Agent:
             # The spool is full too: drop the points, keep the operations (a run's
             # creation or end must not be lost for want of room for its points).
             self._count_points_dropped(columns[0], "spool_full")
-            ops = ops + self._drop_tag_ops(force=True)
+            ops = ops + self._drop_tag_ops(force=flushing)
             if ops:
                 try:
                     self.outbox.add(0, self._encode(ops, []), must_keep=True)
@@ -793,6 +824,8 @@ class Agent:
                     continue
                 outcome, errors, retry_after = self._post(body)
                 if outcome == "retry":
+                    if self.reachable:
+                        self.outages += 1
                     self.reachable = False
                     self._settle(self.outbox.enter_outage(), False)
                     self._backoff(max(delay * (0.5 + random.random()), retry_after))
@@ -829,43 +862,17 @@ class Agent:
         self, body: bytes, timeout: float | None = None
     ) -> tuple[str, list[dict[str, str]], float]:
         """One attempt at POSTing a batch: ("ok" | "rejected" | "retry", errors, retry_after)."""
-        try:
-            status, headers, data = self.client.request("POST", INGEST, body, timeout=timeout)
-        except CollectorUnavailable as e:
-            log.debug("flightlog agent: %s", e)
-            return "retry", [], 0.0
-        if status == 200:
-            try:
-                reply = unpack(data) if data else {}
-            except Exception:
-                reply = {}
-            errors = reply.get("errors") if isinstance(reply, dict) else None
-            return "ok", list(errors) if isinstance(errors, list) else [], 0.0
-        message = _reply_message(data)
-        if status in (401, 403):
-            # A wrong or missing token: keep the batches (a fixed token delivers them).
+        d = post_batch(self.client, body, timeout)
+        if d.status in (401, 403):
             self._note_error(
-                f"auth{status}",
-                f"The collector at {self.client.base_url} refused this client (HTTP "
-                f"{status}: {message}); set FLIGHTLOG_TOKEN. Batches are kept in the spool.",
+                f"auth{d.status}",
+                f"The collector at {self.client.base_url} refused this client ({d.message}); "
+                "set FLIGHTLOG_TOKEN. Batches are kept in the spool until it accepts them.",
                 "UNAUTHENTICATED",
             )
-            return "retry", [], BACKOFF_MAX
-        if status in (408, 429) or status >= 500:
-            return "retry", [], _retry_after(headers.get("retry-after"))
-        # Any other 4xx: resending the same bytes cannot succeed. Count it and report it.
-        self._count_drop(f"rejected_http_{status}")
-        return (
-            "rejected",
-            [
-                {
-                    "op": "batch",
-                    "error_code": "BAD_REQUEST",
-                    "message": f"Collector rejected a batch (HTTP {status}): {message}",
-                }
-            ],
-            0.0,
-        )
+        elif d.outcome == "rejected":
+            self._count_drop(f"rejected_http_{d.status}")
+        return d.outcome, d.errors, d.retry_after
 
     def _record_errors(self, errors: list[dict[str, Any]]) -> None:
         clean = [
@@ -964,6 +971,48 @@ class Agent:
                     break
                 self._stop.wait(max(delay * (0.5 + random.random()), retry_after))
                 delay = min(delay * 2, BACKOFF_MAX)
+
+
+class Delivery(NamedTuple):
+    """The outcome of one POST of a batch."""
+
+    outcome: str  # "ok": stored; "rejected": resending cannot help; "retry": try later
+    status: int  # HTTP status, 0 when no answer came
+    errors: list[dict[str, str]]  # per-op errors the collector reported (or the rejection)
+    retry_after: float  # seconds the collector asked us to wait, 0 if it did not say
+    message: str
+
+
+def post_batch(client: CollectorClient, body: bytes, timeout: float | None = None) -> Delivery:
+    """POST one encoded batch to the ingest endpoint, once, and classify the answer.
+
+    401/403 (a wrong or missing token) count as "retry": the batch is kept, since the
+    same bytes go through once the token is fixed. 408, 429 and 5xx are "retry", with
+    the Retry-After the collector sent; any other 4xx is "rejected".
+    """
+    try:
+        status, headers, data = client.request("POST", INGEST, body, timeout=timeout)
+    except CollectorUnavailable as e:
+        log.debug("flightlog agent: %s", e)
+        return Delivery("retry", 0, [], 0.0, str(e))
+    if status == 200:
+        try:
+            reply = unpack(data) if data else {}
+        except Exception:
+            reply = {}
+        errors = reply.get("errors") if isinstance(reply, dict) else None
+        return Delivery("ok", 200, list(errors) if isinstance(errors, list) else [], 0.0, "")
+    message = f"HTTP {status}: {_reply_message(data)}"
+    if status in (401, 403):
+        return Delivery("retry", status, [], BACKOFF_MAX, message)
+    if status in (408, 429) or status >= 500:
+        return Delivery("retry", status, [], _retry_after(headers.get("retry-after")), message)
+    error = {
+        "op": "batch",
+        "error_code": "BAD_REQUEST",
+        "message": f"Collector rejected a batch ({message})",
+    }
+    return Delivery("rejected", status, [error], 0.0, message)
 
 
 def _retry_after(raw: str | None) -> float:

@@ -3,6 +3,7 @@
 flightlog collector [--store URI] [--host H] [--port P] ...   run a collector
 flightlog artifacts list --run-id ID [--path DIR]             list a run's artifacts
 flightlog artifacts download --run-id ID [--path P] [--dst DIR]
+flightlog sync [--spool DIR] [--tracking-uri URI]              send spools left behind
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def _artifacts_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace) -> int:
+    from flightlog.agent import sync
+
+    return sync.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every subcommand."""
     from flightlog.collector import main as collector_main
@@ -88,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--dst", default=".", help="local directory (default: .)")
             a.add_argument("--quiet", action="store_true", help="no progress bar")
         a.set_defaults(func=func)
+
+    from flightlog.agent import sync
+
+    s = sub.add_parser(
+        "sync", help="send batches that processes left in a spool (offline or killed runs)"
+    )
+    sync.add_arguments(s)
+    s.set_defaults(func=_sync)
     return parser
 
 

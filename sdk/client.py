@@ -40,7 +40,9 @@ from flightlog.exceptions import (
     INVALID_PARAMETER_VALUE,
     INVALID_STATE,
     MlflowException,
+    RestException,
 )
+from flightlog.transport import CollectorUnavailable
 
 _ADJECTIVES = (
     "able",
@@ -236,7 +238,15 @@ class MlflowClient:
     def _active_experiment(self, experiment_id: str) -> Experiment:
         exp = self.ctx.experiments.get(str(experiment_id))
         if exp is None:
-            exp = self.get_experiment(str(experiment_id))
+            try:
+                exp = self.get_experiment(str(experiment_id))
+            except RestException as e:
+                if not isinstance(e.__cause__, CollectorUnavailable):
+                    raise
+                # Offline: the run is created when the collector is back (the agent
+                # spools it), which checks the experiment then. Its artifact location
+                # is unknown until then.
+                return Experiment(str(experiment_id), name="", artifact_location="")
         if exp.lifecycle_stage != "active":
             raise MlflowException(
                 f"The experiment {experiment_id} must be in the 'active' state. "

@@ -19,8 +19,11 @@ import time
 from types import TracebackType
 from typing import Any
 
+from flightlog import context as _context
 from flightlog import search
 from flightlog import validation as v
+from flightlog.agent import signals as _signals
+from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, _env_float, begin_exit
 from flightlog.client import MlflowClient
 from flightlog.context import flush_all
 from flightlog.entities import Experiment, Metric, Param, Run, RunStatus, RunTag, ViewType
@@ -28,7 +31,9 @@ from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 _tls = threading.local()  # .stack: list[ActiveRun]; .top: (run_id, agent) of the stack top
 _process_top: list[ActiveRun] = []  # runs started in any thread, newest last
-_state_lock = threading.Lock()
+# Reentrant: the SIGTERM handler ends runs on the main thread, which it may have
+# interrupted inside one of these blocks.
+_state_lock = threading.RLock()
 _active_experiment_id: str | None = None
 _last_active_run_id: str | None = None
 _seen_keys = v._seen_metric_keys
@@ -194,6 +199,8 @@ def start_run(
     parent in the ``mlflow.parentRunId`` tag.
     """
     global _last_active_run_id
+    # SIGTERM and Ctrl-C end the runs KILLED (flightlog.agent.signals); main thread only.
+    _signals.install(_end_runs_at_exit, _context._at_exit)
     stack = _stack()
     if stack and not nested:
         raise MlflowException(
@@ -316,6 +323,8 @@ def log_metric(
     except AttributeError:
         rid, agent = _top_or_autostart()
     if run_id is not None:
+        if run_id.__class__ is not str:
+            v.validate_run_id(run_id)  # raises: a run id that is not a string
         rid = run_id
     if key not in _seen_keys:
         v.validate_metric_key(key)
@@ -428,6 +437,7 @@ def _excepthook(
     # program's own hook reports it as usual.
     global _uncaught
     _uncaught = True
+    begin_exit(_env_float("FLIGHTLOG_EXIT_FLUSH_TIMEOUT", DEFAULT_EXIT_FLUSH_TIMEOUT))
     _end_runs_at_exit(
         RunStatus.KILLED if issubclass(exc_type, KeyboardInterrupt) else RunStatus.FAILED
     )
@@ -435,6 +445,8 @@ def _excepthook(
 
 
 def _at_exit() -> None:
+    # Ending runs and closing agents share one budget: the exit never hangs.
+    begin_exit(_env_float("FLIGHTLOG_EXIT_FLUSH_TIMEOUT", DEFAULT_EXIT_FLUSH_TIMEOUT))
     if _uncaught:
         return
     # A program that replaced sys.excepthook after importing flightlog still leaves the
