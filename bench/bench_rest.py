@@ -157,7 +157,9 @@ def bench_server(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
             page = client.search_runs([search_exp], max_results=1000, page_token=token)
             total += len(page)
             token = page.token
-            if not token:
+            # FastTrackML 0.6.0 hands out a token after the last full page that it then
+            # refuses ("invalid page_token"); every run has been read at that point.
+            if not token or total >= args.runs:
                 break
         found.append(total)
 
@@ -196,6 +198,8 @@ def main() -> int:
                 table[name] = bench_server(server, args)
             finally:
                 server.stop()
+            for row, value in table[name].items():
+                print(f"  {name}: {row} = {value:.2f} ms", file=sys.stderr)
 
     rows = list(next(iter(table.values())))
     names = list(table)
