@@ -84,7 +84,8 @@ class CollectorClient:
         ``headers``). With ``sink``, a 200 answer's body is passed to it block by block
         instead of being returned, so large downloads use bounded memory.
         """
-        hdrs = {"Content-Type": content_type, **(headers or {})}
+        # Accept: the collector answers errors in msgpack to us, JSON to everyone else.
+        hdrs = {"Content-Type": content_type, "Accept": MSGPACK, **(headers or {})}
         if self.token:
             hdrs["Authorization"] = f"Bearer {self.token}"
         start = body.tell() if body is not None and not isinstance(body, bytes) else 0

@@ -19,7 +19,6 @@ def test_pip_install_gives_one_namespace(tmp_path: Path) -> None:
             "install",
             "--quiet",
             "--no-deps",
-            "--no-build-isolation",
             "--target",
             str(target),
             str(ROOT),
