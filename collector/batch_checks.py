@@ -116,7 +116,10 @@ def _check_update_run(a: dict[str, Any]) -> None:
 
 def _check_log_metric(a: dict[str, Any]) -> None:
     _run_id(a)
-    key = v.validate_metric_key(a.get("key"))
+    key = a.get("key")
+    if not isinstance(key, str):  # (before the key cache, which needs a hashable key)
+        raise _bad(f"Invalid metric name: {str(key)[:80]!r}. Names must be strings.")
+    v.validate_metric_key(key)
     value = a.get("value")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad(f"Invalid value for metric {key!r}: metric values must be numbers")
