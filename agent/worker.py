@@ -86,6 +86,7 @@ BACKOFF_START = 0.05  # seconds before the first retry
 BACKOFF_MAX = 5.0  # the cap of the exponential backoff
 RETRY_AFTER_MAX = 60.0  # the longest Retry-After we honour
 HEARTBEAT_TIMEOUT = 5.0  # a heartbeat is not worth a long wait; the next one follows
+SLOW_SEND = 5.0  # seconds a send may take before flush() treats it as an outage
 SPILL_WAIT = 0.01  # seconds a logging call at the queue's cap waits for the packer's lock
 DROP_REPORT_INTERVAL = 30.0  # at most one drop warning (and tag update) per interval
 MAX_KEPT_ERRORS = 1000
@@ -425,6 +426,7 @@ class Agent:
         self._lock = threading.RLock()
         self._pack_lock = threading.Lock()  # one packer at a time keeps batches in order
         self._packer_stuck = False  # a logging call waited for the lock in vain
+        self._sending_since: float | None = None  # when the sender's request began
         self._closing = False
         self._closed = False
         self._ops_submitted = 0  # ops and flush markers appended (under _lock)
@@ -568,7 +570,23 @@ class Agent:
         if self._stop.is_set():
             return False  # closed: nothing will settle it
         self._enqueue_marker(marker)
-        return marker.done.wait(timeout) and marker.acked
+        if marker.strict:
+            return marker.done.wait(timeout) and marker.acked
+        # A collector that accepts the connection but does not answer (hung, swamped)
+        # holds the sender in one request for up to the client's timeout: once a send
+        # has been waiting SLOW_SEND seconds, count it as an outage, so the batches go
+        # to disk and this wait ends, as it would if the collector were down.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if marker.done.wait(SLOW_SEND if left is None else max(0.0, min(left, SLOW_SEND))):
+                return marker.acked
+            if left is not None and left <= SLOW_SEND:
+                return False
+            since = self._sending_since
+            if since is not None and time.monotonic() - since >= SLOW_SEND:
+                self.reachable = False
+                self._settle(self.outbox.enter_outage(), False)
 
     def _enqueue_marker(self, marker: FlushMarker) -> None:
         self._count_op()
@@ -822,7 +840,11 @@ class Agent:
                     self._count_drop("spool_unreadable", entry.points)
                     self._settle(self.outbox.ack(entry), True)
                     continue
-                outcome, errors, retry_after = self._post(body)
+                self._sending_since = time.monotonic()
+                try:
+                    outcome, errors, retry_after = self._post(body)
+                finally:
+                    self._sending_since = None
                 if outcome == "retry":
                     if self.reachable:
                         self.outages += 1

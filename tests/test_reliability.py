@@ -487,6 +487,29 @@ def test_killed_offline_run_is_uploaded_by_flightlog_sync(tmp_path: Path, spool:
         c.stop()
 
 
+def test_a_hung_collector_does_not_stall_the_run(tracking: CollectorProcess) -> None:
+    with mlflow.start_run() as run:
+        for i in range(100_000):
+            mlflow.log_metric("loss", 1.0, step=i)
+        mlflow.flush()
+        tracking.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+        try:
+            t0 = time.perf_counter()
+            for i in range(100_000, 200_000):
+                mlflow.log_metric("loss", 1.0, step=i)
+            assert time.perf_counter() - t0 < 10  # the log calls never wait
+            t0 = time.monotonic()
+            mlflow.end_run()  # returns once the batches are on disk, not after 60 s
+            assert time.monotonic() - t0 < 20
+        finally:
+            tracking.proc.send_signal(signal.SIGCONT)
+    agent = mlflow.MlflowClient().ctx.agent
+    assert agent.flush(timeout=60, through_outage=True)
+    assert run_status(tracking.db, run.info.run_id) == "FINISHED"
+    steps = steps_stored(tracking.db, run.info.run_id, "loss")
+    assert len(steps) == len(set(steps)) == 200_000
+
+
 # -- collector crashes ----------------------------------------------------------------------
 
 
