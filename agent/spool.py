@@ -402,6 +402,13 @@ class ClaimedSpool:
         os.close(self._lock_fd)
         self._lock_fd = None
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: close our copy of the lock, which stays the parent's."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
 
 def agent_dirs(root: Path) -> list[Path]:
     """The per-process directories under a spool root, oldest first by name order."""

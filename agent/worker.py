@@ -464,6 +464,8 @@ class Agent:
         # socket and lock must not be shared). The parent's open runs stay its own.
         self.client.reset()
         self.outbox.spool.forget_after_fork()
+        for claim in self._claims:
+            claim.forget_after_fork()
         self._errors = []
         self.open_runs = {}
         self._init_state(adopt=False)
@@ -604,6 +606,7 @@ class Agent:
         """Raise (and forget) the errors the collector reported since the last call."""
         with self._lock:
             errors, self._errors = self._errors, []
+            self._error_notes.clear()  # a condition that persists is reported again
         if errors:
             first = errors[0]
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -911,7 +914,7 @@ class Agent:
             self._errors.extend(clean[: max(0, MAX_KEPT_ERRORS - len(self._errors))])
 
     def _note_error(self, kind: str, message: str, code: str = "INVALID_PARAMETER_VALUE") -> None:
-        """Report a condition once (until the next time it clears) at the next flush."""
+        """Report a condition at the next flush, once however often it happens before."""
         with self._lock:
             if kind in self._error_notes:
                 return

@@ -510,6 +510,64 @@ def test_a_hung_collector_does_not_stall_the_run(tracking: CollectorProcess) -> 
     assert len(steps) == len(set(steps)) == 200_000
 
 
+def test_spool_files_torn_or_damaged_records_and_live_owners(tmp_path: Path) -> None:
+    from flightlog.agent.spool import ClaimedSpool, Spool
+
+    root = tmp_path / "spool"
+    spool = Spool(root, owner="a" * 32, tracking_uri="http://x:1", segment_bytes=1 << 20)
+    bodies = [bytes([i]) * 1000 for i in range(4)]
+    for i, body in enumerate(bodies):
+        spool.append(i + 1, 10, body)
+    # Its owner lives (holds the lock): nobody else may take it.
+    assert ClaimedSpool.claim(spool.directory) is None
+    spool.sync()
+    [segment] = list(spool.directory.glob("*.seg"))
+    spool.forget_after_fork()  # let go of the descriptors, as a dead process would
+    # A crash in the middle of the last record, and a bit flipped in the second one.
+    data = bytearray(segment.read_bytes())
+    del data[-500:]
+    data[24 + 1000 + 24 + 10] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    claim = ClaimedSpool.claim(spool.directory)
+    assert claim is not None
+    assert [r.seq for r in claim.records] == [1, 2, 3]  # the torn tail is not a record
+    assert [claim.read(r) for r in claim.records] == [bodies[0], None, bodies[2]]
+    for r in claim.records:
+        claim.done(r)
+    claim.finish()
+    assert not spool.directory.exists()
+
+
+def test_flightlog_sync_into_a_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flightlog.agent.spool import Spool, default_spool_root
+    from flightlog.embedded import stop_collector
+
+    monkeypatch.delenv("FLIGHTLOG_SPOOL_DIR")  # a local store's spool lives inside it
+    store = tmp_path / "store"
+    assert default_spool_root(str(store), store) == store / "spool"
+    run_id = "3" * 32
+    n = 1000
+    ops = [["create_run", {"run_id": run_id, "experiment_id": "0"}]]
+    columns = [[run_id] * n, ["loss"] * n, [0.5] * n, list(range(n)), [1.7e9] * n]
+    # What a process killed before its store's collector took its batches leaves behind.
+    spool = Spool(store / "spool", owner="b" * 32, tracking_uri=str(store))
+    spool.append(1, n, encode_batch("local-1", "agent", ops, columns))
+    spool.forget_after_fork()
+    try:
+        sync = subprocess.run(
+            [sys.executable, "-m", "flightlog.cli", "sync", "--tracking-uri", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert sync.returncode == 0, sync.stderr
+        assert stored_points(store / "flightlog.db", run_id, "loss") == n
+        assert list((store / "spool").iterdir()) == [store / "spool" / "target.json"]
+    finally:
+        stop_collector(store)
+
+
 # -- collector crashes ----------------------------------------------------------------------
 
 
