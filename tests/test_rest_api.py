@@ -234,6 +234,71 @@ def test_search_runs_filters_order_and_pages(client: MlflowClient) -> None:
     assert e.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
+def test_search_and_get_answer_exact_values(client: MlflowClient, server: ServerProcess) -> None:
+    """search_runs and get_run write the page's JSON without Python objects per metric,
+    param or tag: doubles must read back bit for bit (SQLite's JSON keeps 15 digits),
+    NaN and the infinities as protobuf's strings, odd keys and values escaped."""
+    eid = new_experiment(client)
+    doubles = {
+        "third": 1 / 3,
+        "sum": 0.1 + 0.2,
+        "tiny": 5e-324,
+        "huge": 1.7976931348623157e308,
+        "neg": -2.5e-17,
+        "int": 3.0,
+        "zero": 0.0,
+        "nan": math.nan,
+        "inf": math.inf,
+        "ninf": -math.inf,
+    }
+    odd = 'q"uote\\back\nline\ttab\x01ctl \u00e9\u2028\U0001f600'
+    key = "odd key:/x-1.y_z"
+    run = client.create_run(eid, run_name="exact")
+    rid = run.info.run_id
+    client.log_batch(
+        rid,
+        metrics=[Metric(k, v, 1_700_000_000_123, i * 7) for i, (k, v) in enumerate(doubles.items())]
+        + [Metric(key, 1.5, 1, 2**40)],
+        params=[Param("p", odd), Param(key, "v")],
+        tags=[RunTag("t", odd), RunTag(key, "")],
+    )
+    client.create_run(eid, run_name="bare")  # a run with no metrics or params between
+    for found in (
+        client.search_runs([eid], "attributes.run_name = 'exact'")[0],
+        client.get_run(rid),
+    ):
+        metrics = found.data.metrics
+        for k, v in doubles.items():
+            if math.isnan(v):
+                assert math.isnan(metrics[k])
+            else:
+                assert metrics[k] == v, k
+        assert metrics[key] == 1.5
+        assert found.data.params == {"p": odd, key: "v"}
+        assert {k: v for k, v in found.data.tags.items() if k != "mlflow.runName"} == {
+            "t": odd,
+            key: "",
+        }
+    history = {m.key: m for m in client.get_metric_history(rid, key)}
+    assert history[key].step == 2**40
+    runs = client.search_runs([eid], order_by=["attributes.run_name ASC"])
+    assert [r.info.run_name for r in runs] == ["bare", "exact"]
+    assert runs[0].data.metrics == {} and runs[0].data.params == {}
+    # The raw answer: steps and timestamps as JSON numbers, specials as strings.
+    body = api(server, "POST", "runs/search", json={"experiment_ids": [eid]}).json()
+    exact = next(r for r in body["runs"] if r["info"]["run_name"] == "exact")
+    by_key = {m["key"]: m for m in exact["data"]["metrics"]}
+    assert by_key["nan"]["value"] == "NaN" and by_key["inf"]["value"] == "Infinity"
+    assert by_key["ninf"]["value"] == "-Infinity"
+    assert by_key["sum"] == {
+        "key": "sum",
+        "value": 0.1 + 0.2,
+        "timestamp": 1_700_000_000_123,
+        "step": 7,
+    }
+    assert "inputs" not in exact and "outputs" not in exact
+
+
 def test_delete_restore_runs_and_view_types(client: MlflowClient) -> None:
     eid = new_experiment(client)
     keep = client.create_run(eid, run_name="keep").info.run_id
