@@ -427,6 +427,7 @@ class Agent:
         self._pack_lock = threading.Lock()  # one packer at a time keeps batches in order
         self._packer_stuck = False  # a logging call waited for the lock in vain
         self._sending_since: float | None = None  # when the sender's request began
+        self._outage_told = False  # has flush() warned about the current outage?
         self._closing = False
         self._closed = False
         self._ops_submitted = 0  # ops and flush markers appended (under _lock)
@@ -563,7 +564,18 @@ class Agent:
         """
         if self._pid != os.getpid():
             self._after_fork_in_child()
-        ok = self._wait_marker(FlushMarker(strict=through_outage), _bounded(timeout))
+        marker = FlushMarker(strict=through_outage)
+        ok = self._wait_marker(marker, _bounded(timeout))
+        if not ok and marker.done.is_set() and not self._outage_told:
+            # Returned early for an outage: say so once per outage, since the fluent
+            # flush() and end_run() return nothing that would tell.
+            self._outage_told = True
+            log.warning(
+                "flightlog: the collector at %s is not taking batches; what was logged "
+                "is kept in the spool under %s and sent when it is back",
+                self.client.base_url,
+                self.spool_root,
+            )
         if raise_errors:
             self.raise_errors()
         return ok
@@ -858,6 +870,7 @@ class Agent:
                     continue
                 delay = BACKOFF_START
                 self.reachable = True
+                self._outage_told = False
                 self.outbox.leave_outage()
                 if errors:
                     self._record_errors(errors)
