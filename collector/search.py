@@ -211,9 +211,19 @@ def _decode_token(token: str, fingerprint: str, width: int) -> list[SqlValue]:
 
 
 def _keyset_condition(columns: list[_SortColumn], after: list[SqlValue]) -> SqlFragment:
-    """Rows strictly after ``after`` in the order: an OR of "equal so far, then greater"."""
+    """Rows strictly after ``after`` in the order: an OR of "equal so far, then greater".
+
+    The first sort column is never NULL (a NULL rank, or a NOT NULL attribute), so the
+    OR implies ``first >= after[0]`` (``<=`` descending); saying so in a plain AND
+    lets an index on that column (start_time) skip the earlier pages' rows.
+    """
     terms: list[str] = []
     params: list[SqlValue] = []
+    bound: list[str] = []
+    bound_params: list[SqlValue] = []
+    if columns and after and after[0] is not None:
+        bound.append(f"{columns[0].sql} {'>=' if columns[0].ascending else '<='} ? AND ")
+        bound_params.append(after[0])
     for i, col in enumerate(columns):
         equal = [f"{c.sql} IS ?" for c in columns[:i]]  # IS: NULL equals NULL
         params.extend(after[:i])
@@ -222,7 +232,9 @@ def _keyset_condition(columns: list[_SortColumn], after: list[SqlValue]) -> SqlF
         equal.append(f"{col.sql} {'>' if col.ascending else '<'} ?")
         params.append(after[i])
         terms.append("(" + " AND ".join(equal) + ")")
-    return SqlFragment("(" + " OR ".join(terms) + ")", params)
+    return SqlFragment(
+        "(" + "".join(bound) + "(" + " OR ".join(terms) + "))", [*bound_params, *params]
+    )
 
 
 def _search_page(
@@ -314,15 +326,25 @@ def search_run_ids(
     fingerprint = _fingerprint(
         "runs", sorted(set(exp_ids)), filter_string or "", run_view_type, list(order_by or [])
     )
-    # One JSON parameter instead of one per id keeps long experiment lists under
-    # SQLite's bound-parameter limit.
+    unique_ids = sorted(set(exp_ids))
+    if len(unique_ids) == 1:
+        # One experiment: an equality lets runs_experiment (experiment_id, start_time)
+        # deliver the default start_time order, so a page reads its rows instead of
+        # sorting the whole experiment.
+        experiments: SqlFragment = SqlFragment("r.experiment_id = ?", [unique_ids[0]])
+    else:
+        # One JSON parameter instead of one per id keeps long experiment lists under
+        # SQLite's bound-parameter limit.
+        experiments = SqlFragment(
+            "r.experiment_id IN (SELECT value FROM json_each(?))", [json.dumps(unique_ids)]
+        )
     return _search_page(
         conn,
         target="runs",
         select_id="r.run_uuid",
         from_clause="runs r",
-        base_where=["r.experiment_id IN (SELECT value FROM json_each(?))", lifecycle],
-        base_params=[json.dumps(sorted(set(exp_ids)))],
+        base_where=[experiments.sql, lifecycle],
+        base_params=experiments.params,
         filter_string=filter_string,
         plan=_order_plan(keys, "runs"),
         max_results=max_results,
