@@ -1,7 +1,10 @@
 """The official MLflow client against flightlog, ``mlflow server`` and FastTrackML.
 
-Each server runs on 127.0.0.1 with a SQLite store in a temporary directory, started and
-stopped by this script, one after the other on the same machine. The same client code
+Each server runs on 127.0.0.1 with a SQLite store in a temporary directory, started,
+populated and stopped by this script on the same machine. All of them are populated
+first; then each measurement alternates between the servers round by round (in a
+rotating order), so that a busy spell of a shared machine is spread over all of them
+rather than landing on whichever server was being measured. The same client code
 times, against each:
 
 - ``log_metric``: one synchronous ``MlflowClient.log_metric`` round trip (median, p95);
@@ -30,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,18 +72,6 @@ def fasttrackml_binary(given: str | None) -> str:
     return str(fml)
 
 
-def timed(fn: Callable[[], object], repeat: int, warmup: int = 3) -> list[float]:
-    """Milliseconds of ``repeat`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
 def p95(xs: list[float]) -> float:
     return sorted(xs)[max(0, round(len(xs) * 0.95) - 1)]
 
@@ -108,21 +100,22 @@ def populate(client: MlflowClient, experiment_id: str, runs: int, threads: int) 
     return time.perf_counter() - t0
 
 
-def bench_server(server: ServerProcess, args: argparse.Namespace) -> dict[str, float]:
+@dataclass
+class Target:
+    """One started server, its populated experiments and the calls timed against it."""
+
+    server: ServerProcess
+    calls: dict[str, Callable[[], object]] = field(default_factory=dict)
+    found: list[int] = field(default_factory=list)
+
+
+def prepare(server: ServerProcess, args: argparse.Namespace) -> Target:
+    """Populate ``server`` and build the client calls that the rounds time."""
     client = MlflowClient(server.url)
+    target = Target(server)
     exp = client.create_experiment(f"bench-{time.time_ns()}")
     run_id = client.create_run(exp, run_name="latency").info.run_id
     step = iter(range(10**9))
-    results: dict[str, float] = {}
-
-    metric_ms = timed(
-        lambda: client.log_metric(run_id, "loss", random.random(), step=next(step)),
-        args.metric_calls,
-        warmup=20,
-    )
-    results["log_metric median"] = statistics.median(metric_ms)
-    results["log_metric p95"] = p95(metric_ms)
-
     now = int(time.time() * 1000)
 
     def batch() -> None:
@@ -130,12 +123,9 @@ def bench_server(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
         metrics = [Metric(f"k{i % 10}", random.random(), now, s * 1000 + i) for i in range(1000)]
         client.log_batch(run_id, metrics=metrics)
 
-    results["log_batch(1000) median"] = statistics.median(timed(batch, args.batch_calls))
-
     search_exp = client.create_experiment(f"bench-search-{time.time_ns()}")
     seconds = populate(client, search_exp, args.runs, args.threads)
     print(f"  {server.name}: populated {args.runs} runs in {seconds:.1f}s", file=sys.stderr)
-    found: list[int] = []
 
     def search_filtered() -> None:
         runs = client.search_runs(
@@ -144,11 +134,7 @@ def bench_server(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
             order_by=["metrics.m1 DESC"],
             max_results=1000,
         )
-        found.append(len(runs))
-
-    results["search_runs filter+order (1000 of 10k)"] = statistics.median(
-        timed(search_filtered, args.search_calls, warmup=1)
-    )
+        target.found.append(len(runs))
 
     def search_all() -> None:
         token = None
@@ -161,13 +147,55 @@ def bench_server(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
             # refuses ("invalid page_token"); every run has been read at that point.
             if not token or total >= args.runs:
                 break
-        found.append(total)
+        target.found.append(total)
 
-    results["search_runs all 10k (pages of 1000)"] = statistics.median(
-        timed(search_all, args.search_calls, warmup=1)
-    )
-    print(f"  {server.name}: search sizes {sorted(set(found))}", file=sys.stderr)
-    return results
+    target.calls = {
+        "log_metric": lambda: client.log_metric(run_id, "loss", random.random(), step=next(step)),
+        "log_batch": batch,
+        "search_filtered": search_filtered,
+        "search_all": search_all,
+    }
+    return target
+
+
+def interleaved(
+    targets: dict[str, Target], call: str, repeat: int, warmup: int
+) -> dict[str, list[float]]:
+    """Milliseconds of ``repeat`` rounds of ``call``, one call per server per round.
+
+    Rounds alternate the servers (in a rotating order), so a slow spell of a shared
+    machine falls on all of them alike instead of on whichever server ran then.
+    """
+    names = list(targets)
+    for name in names:
+        for _ in range(warmup):
+            targets[name].calls[call]()
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeat):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            fn = targets[name].calls[call]
+            t0 = time.perf_counter()
+            fn()
+            out[name].append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def bench(targets: dict[str, Target], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """The table's rows for each server: medians (and log_metric's p95) of interleaved rounds."""
+    table: dict[str, dict[str, float]] = {name: {} for name in targets}
+    metric = interleaved(targets, "log_metric", args.metric_calls, warmup=20)
+    batch = interleaved(targets, "log_batch", args.batch_calls, warmup=3)
+    filtered = interleaved(targets, "search_filtered", args.search_calls, warmup=1)
+    listing = interleaved(targets, "search_all", args.search_calls, warmup=1)
+    for name in targets:
+        table[name]["log_metric median"] = statistics.median(metric[name])
+        table[name]["log_metric p95"] = p95(metric[name])
+        table[name]["log_batch(1000) median"] = statistics.median(batch[name])
+        table[name]["search_runs filter+order (1000 of 10k)"] = statistics.median(filtered[name])
+        table[name]["search_runs all 10k (pages of 1000)"] = statistics.median(listing[name])
+        sizes = sorted(set(targets[name].found))
+        print(f"  {name}: search sizes {sizes}", file=sys.stderr)
+    return table
 
 
 def main() -> int:
@@ -189,17 +217,20 @@ def main() -> int:
         fml = fasttrackml_binary(args.fml)
         starters["FastTrackML"] = lambda d: start_fasttrackml(fml, d)
 
-    table: dict[str, dict[str, float]] = {}
+    # All servers are started and populated first; then every measurement alternates
+    # between them (see interleaved), and they are stopped at the end.
+    servers: list[ServerProcess] = []
     with tempfile.TemporaryDirectory(prefix="bench-rest-") as tmp:
-        for name, start in starters.items():
-            print(f"{name} ...", file=sys.stderr)
-            server = start(Path(tmp) / name.replace(" ", "-"))
-            try:
-                table[name] = bench_server(server, args)
-            finally:
+        try:
+            targets: dict[str, Target] = {}
+            for name, start in starters.items():
+                print(f"{name} ...", file=sys.stderr)
+                servers.append(start(Path(tmp) / name.replace(" ", "-")))
+                targets[name] = prepare(servers[-1], args)
+            table = bench(targets, args)
+        finally:
+            for server in servers:
                 server.stop()
-            for row, value in table[name].items():
-                print(f"  {name}: {row} = {value:.2f} ms", file=sys.stderr)
 
     rows = list(next(iter(table.values())))
     names = list(table)
