@@ -36,6 +36,10 @@ from tests.helpers import run_script, run_status, stored_points
 # -- helpers shared with the other test_reliability* modules ------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Child:
     """A training script in its own interpreter, whose stdout lines the test can await."""
 
@@ -62,6 +66,9 @@ class Child:
             stderr=self.stderr_path.open("w"),
             text=True,
             cwd=str(work),
+            # A test runner started as a background job inherits SIGINT ignored, and
+            # Python keeps an ignored SIGINT ignored: give the child a normal start.
+            preexec_fn=_default_sigint,
             env={**os.environ, **(env or {})},
         )
         self.lines: queue.Queue[str] = queue.Queue()
