@@ -864,7 +864,8 @@ def _sql_lower(value: str | None) -> str | None:
     return value.lower() if isinstance(value, str) else value
 
 
-_RUN_COLUMNS = {
+# Run attributes and the SQL columns behind them (search orders by the same columns).
+RUN_COLUMNS = {
     "run_id": "r.run_uuid",
     "run_name": "r.run_name",
     "status": "r.status",
@@ -883,7 +884,7 @@ _EXPERIMENT_COLUMNS = {
     "last_update_time": "e.last_update_time",
     "lifecycle_stage": "e.lifecycle_stage",
 }
-_ENTITY_TABLES = {Entity.METRIC: "latest_metrics", Entity.PARAM: "params", Entity.TAG: "tags"}
+ENTITY_TABLES = {Entity.METRIC: "latest_metrics", Entity.PARAM: "params", Entity.TAG: "tags"}
 
 
 def _value_condition(cond: Condition, column: str, params: list[SqlValue], is_metric: bool) -> str:
@@ -918,7 +919,7 @@ def _value_condition(cond: Condition, column: str, params: list[SqlValue], is_me
 def _compile_condition(cond: Condition, target: Target, params: list[SqlValue]) -> str:
     key = cond.key
     if key.entity is Entity.ATTRIBUTE:
-        columns = _RUN_COLUMNS if target == "runs" else _EXPERIMENT_COLUMNS
+        columns = RUN_COLUMNS if target == "runs" else _EXPERIMENT_COLUMNS
         column = columns[key.name]
         if isinstance(cond, IsNull):
             return f"{column} IS {'NOT ' if cond.negated else ''}NULL"
@@ -926,7 +927,7 @@ def _compile_condition(cond: Condition, target: Target, params: list[SqlValue]) 
     # A keyed value lives in a side table. Selecting the matching ids lets SQLite walk
     # the (key, value) index instead of probing every run (see search_indexes.sql).
     if target == "runs":
-        table, id_column, outer = _ENTITY_TABLES[key.entity], "run_uuid", "r.run_uuid"
+        table, id_column, outer = ENTITY_TABLES[key.entity], "run_uuid", "r.run_uuid"
     else:
         table, id_column, outer = "experiment_tags", "experiment_id", "e.experiment_id"
     params.append(key.name)

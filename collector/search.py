@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flightlog.collector.filters import (
+    ENTITY_TABLES,
+    RUN_COLUMNS,
     Entity,
     OrderKey,
     SqlFragment,
@@ -119,16 +121,6 @@ def _check_max_results(max_results: int) -> None:
         )
 
 
-_RUN_ORDER_COLUMNS = {
-    "run_id": "r.run_uuid",
-    "run_name": "r.run_name",
-    "status": "r.status",
-    "user_id": "r.user_id",
-    "start_time": "r.start_time",
-    "end_time": "r.end_time",
-    "artifact_uri": "r.artifact_uri",
-    "lifecycle_stage": "r.lifecycle_stage",
-}
 _EXPERIMENT_ORDER_COLUMNS = {
     "name": "e.name",
     "experiment_id": "e.experiment_id",  # numeric order, as MLflow's integer column sorts
@@ -138,7 +130,6 @@ _EXPERIMENT_ORDER_COLUMNS = {
 }
 # Only these attribute columns can be NULL (schema.sql); the rest need no NULL-rank column.
 _NULLABLE_ATTRIBUTES = frozenset({"end_time"})
-_RUN_SIDE_TABLES = {Entity.METRIC: "latest_metrics", Entity.PARAM: "params", Entity.TAG: "tags"}
 
 
 def _order_plan(keys: list[OrderKey], target: Target) -> _OrderPlan:
@@ -148,7 +139,7 @@ def _order_plan(keys: list[OrderKey], target: Target) -> _OrderPlan:
     columns: list[_SortColumn] = []
     for i, key in enumerate(keys):
         if key.entity is Entity.ATTRIBUTE:
-            table = _RUN_ORDER_COLUMNS if target == "runs" else _EXPERIMENT_ORDER_COLUMNS
+            table = RUN_COLUMNS if target == "runs" else _EXPERIMENT_ORDER_COLUMNS
             value = table[key.key]
             if key.key in _NULLABLE_ATTRIBUTES:
                 columns.append(_SortColumn(f"({value} IS NULL)", True))
@@ -156,7 +147,7 @@ def _order_plan(keys: list[OrderKey], target: Target) -> _OrderPlan:
             continue
         alias = f"o{i}"
         if target == "runs":
-            side, on = _RUN_SIDE_TABLES[key.entity], f"{alias}.run_uuid = r.run_uuid"
+            side, on = ENTITY_TABLES[key.entity], f"{alias}.run_uuid = r.run_uuid"
         else:
             side, on = "experiment_tags", f"{alias}.experiment_id = e.experiment_id"
         joins.append(f"LEFT JOIN {side} {alias} ON {on} AND {alias}.key = ?")
