@@ -338,6 +338,7 @@ def _load_features() -> None:
     # Feature modules register their routes with @extension when imported; they import
     # this module, so they are imported here rather than at the top.
     import flightlog.collector.artifact_api
+    import flightlog.collector.housekeeping
     import flightlog.collector.liveness
     import flightlog.collector.rest
     import flightlog.collector.search_api  # noqa: F401

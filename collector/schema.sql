@@ -91,3 +91,5 @@ CREATE TABLE IF NOT EXISTS batches (
     batch_id    TEXT PRIMARY KEY,
     received_at INTEGER NOT NULL
 );
+-- Old batch ids are pruned (collector/housekeeping.py) by time of arrival.
+CREATE INDEX IF NOT EXISTS batches_received ON batches (received_at);

@@ -758,6 +758,19 @@ class SqliteStore:
         )
         return self.list_experiments(ids), token
 
+    def prune_batch_ids(self, older_than_ms: int) -> int:
+        """Forget the ids of batches received before the given time; return how many.
+
+        A batch resent after its id was forgotten would be stored again, so the
+        retention must outlast any resend: agents resend within seconds, a spool sent
+        by ``flightlog sync`` holds batches that were never acknowledged (never stored).
+        """
+        with self._write_lock:
+            cur = self._writer.execute(
+                "DELETE FROM batches WHERE received_at < ?", (older_than_ms,)
+            )
+            return int(cur.rowcount)
+
     def fail_stale_runs(self, older_than_ms: int) -> list[str]:
         """Mark FAILED the RUNNING runs whose last heartbeat is older than the given time.
 

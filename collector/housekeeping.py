@@ -1,0 +1,69 @@
+"""Periodic upkeep of the store: forgetting old ingest batch ids.
+
+The ``batches`` table makes retried batches idempotent; without pruning it grows by a
+row per batch forever. Ids older than ``FLIGHTLOG_BATCH_ID_RETENTION_DAYS`` (default
+30; 0 keeps them all) are deleted once at start and then every hour. Resends happen
+within seconds (lost acknowledgements) or come from a spool of batches that were never
+acknowledged, so a month is far beyond any window in which a duplicate could arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from flightlog.collector.app import COLLECTOR, extension
+
+log = logging.getLogger("flightlog.collector")
+
+DEFAULT_RETENTION_DAYS = 30.0
+PERIOD_S = 3600.0
+
+
+def retention_days() -> float:
+    """FLIGHTLOG_BATCH_ID_RETENTION_DAYS, validated (a non-negative number)."""
+    raw = os.environ.get("FLIGHTLOG_BATCH_ID_RETENTION_DAYS", "")
+    if not raw:
+        return DEFAULT_RETENTION_DAYS
+    try:
+        days = float(raw)
+    except ValueError:
+        raise ValueError(f"FLIGHTLOG_BATCH_ID_RETENTION_DAYS={raw!r} is not a number") from None
+    if days < 0:
+        raise ValueError(f"FLIGHTLOG_BATCH_ID_RETENTION_DAYS={raw!r} must be >= 0")
+    return days
+
+
+async def _prune_forever(app: web.Application, days: float) -> None:
+    c = app[COLLECTOR]
+    while True:
+        cutoff = int((time.time() - days * 86400) * 1000)
+        try:
+            n = await c.write(c.store.prune_batch_ids, cutoff)
+            if n:
+                log.info("forgot %d ingest batch ids older than %g days", n, days)
+        except Exception:
+            log.exception("pruning batch ids failed; will retry")
+        await asyncio.sleep(PERIOD_S)
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    days = retention_days()
+    task = asyncio.create_task(_prune_forever(app, days)) if days > 0 else None
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@extension
+def add_housekeeping(app: web.Application) -> None:
+    """Prune old batch ids for as long as the application runs."""
+    app.cleanup_ctx.append(_housekeeping)
