@@ -9,11 +9,12 @@ behind a large ingest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -286,26 +287,44 @@ async def rpc_handler(request: web.Request) -> web.Response:
     return web.Response(body=pack(result), content_type=MSGPACK)
 
 
-async def _idle_watch(app: web.Application) -> AsyncIterator[None]:
+def run_in_background(
+    app: web.Application, make: Callable[[web.Application], Coroutine[Any, Any, None] | None]
+) -> None:
+    """Run ``make(app)`` as a task for as long as the application runs.
+
+    ``make`` returns None when the feature is switched off. The task starts when the
+    app starts and is cancelled (and awaited) at cleanup.
+    """
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        coro = make(app)
+        task = asyncio.create_task(coro) if coro is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.append(context)
+
+
+def _idle_watch(app: web.Application) -> Coroutine[Any, Any, None] | None:
     c = app[COLLECTOR]
-    task = None
-    if c.config.idle_timeout:
-        timeout = c.config.idle_timeout
+    timeout = c.config.idle_timeout
+    if not timeout:
+        return None
 
-        async def watch() -> None:
-            while True:
-                await asyncio.sleep(min(timeout / 4, 5.0))
-                if time.monotonic() - c.last_activity > timeout:
-                    log.info("idle for %.0fs: exiting", timeout)
-                    stop = app.get(STOP)
-                    if stop is not None:
-                        stop.set()
-                    return
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            if time.monotonic() - c.last_activity > timeout:
+                log.info("idle for %.0fs: exiting", timeout)
+                stop = app.get(STOP)
+                if stop is not None:
+                    stop.set()
+                return
 
-        task = asyncio.create_task(watch())
-    yield
-    if task is not None:
-        task.cancel()
+    return watch()
 
 
 async def _executors(app: web.Application) -> AsyncIterator[None]:
@@ -327,7 +346,7 @@ def create_app(config: CollectorConfig, store: SqliteStore) -> web.Application:
     app.router.add_post("/api/flightlog/ingest", ingest)
     app.router.add_post("/api/flightlog/rpc/{method}", rpc_handler)
     app.cleanup_ctx.append(_executors)
-    app.cleanup_ctx.append(_idle_watch)
+    run_in_background(app, _idle_watch)
     _load_features()
     for extend in _EXTENSIONS:
         extend(app)

@@ -10,15 +10,15 @@ acknowledged, so a month is far beyond any window in which a duplicate could arr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
-from flightlog.collector.app import COLLECTOR, extension
+from flightlog.collector.app import COLLECTOR, extension, run_in_background
 
 log = logging.getLogger("flightlog.collector")
 
@@ -53,17 +53,12 @@ async def _prune_forever(app: web.Application, days: float) -> None:
         await asyncio.sleep(PERIOD_S)
 
 
-async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
-    days = retention_days()
-    task = asyncio.create_task(_prune_forever(app, days)) if days > 0 else None
-    yield
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 @extension
 def add_housekeeping(app: web.Application) -> None:
     """Prune old batch ids for as long as the application runs."""
-    app.cleanup_ctx.append(_housekeeping)
+
+    def start(app: web.Application) -> Coroutine[Any, Any, None] | None:
+        days = retention_days()
+        return _prune_forever(app, days) if days > 0 else None
+
+    run_in_background(app, start)

@@ -17,14 +17,14 @@ agent was only cut off) is set RUNNING again by its next heartbeat (see the stor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
-from flightlog.collector.app import COLLECTOR, extension
+from flightlog.collector.app import COLLECTOR, extension, run_in_background
 
 log = logging.getLogger("flightlog.collector")
 
@@ -56,17 +56,12 @@ async def _watch(app: web.Application, timeout: float) -> None:
             )
 
 
-async def _liveness(app: web.Application) -> AsyncIterator[None]:
-    timeout = app[COLLECTOR].config.run_timeout
-    task = asyncio.create_task(_watch(app, timeout)) if timeout > 0 else None
-    yield
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 @extension
 def add_liveness(app: web.Application) -> None:
     """Run the heartbeat watch for as long as the application runs."""
-    app.cleanup_ctx.append(_liveness)
+
+    def start(app: web.Application) -> Coroutine[Any, Any, None] | None:
+        timeout = app[COLLECTOR].config.run_timeout
+        return _watch(app, timeout) if timeout > 0 else None
+
+    run_in_background(app, start)
