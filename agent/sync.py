@@ -20,23 +20,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import TextIO
 
+from flightlog.agent.delivery import DeliveryLoop, send_claim
+from flightlog.agent.sender import Ack
 from flightlog.agent.spool import (
     LOCK_NAME,
     SEGMENT_SUFFIX,
     ClaimedSpool,
+    RecordRef,
     agent_dirs,
     default_spool_root,
     read_target,
     spool_roots,
 )
-from flightlog.agent.transport import CollectorClient
-from flightlog.agent.worker import BACKOFF_MAX, BACKOFF_START, post_batch
+from flightlog.agent.transport import CollectorClient, HttpSender
 from flightlog.core.uris import is_collector_uri, local_store
 
 DEFAULT_TIMEOUT = 60.0
@@ -135,33 +136,24 @@ class Progress:
 def _send(claim: ClaimedSpool, client: CollectorClient, progress: Progress, timeout: float) -> int:
     """Send one claimed spool; return the number of batches left unsent."""
     errors: list[str] = []
-    left = len(claim.records)
-    for ref in list(claim.records):
-        body = claim.read(ref)
-        if body is None:
+
+    def sent(ref: RecordRef, ack: Ack | None) -> None:
+        if ack is None:
             print(f"flightlog sync: a damaged record in {ref.path} was skipped", file=sys.stderr)
-            claim.done(ref)
-            left -= 1
-            progress.update(1, 0)
-            continue
-        delay, since = BACKOFF_START, time.monotonic()
-        while True:
-            d = post_batch(client, body)
-            if d.outcome != "retry":
-                break
-            if time.monotonic() - since > timeout:
-                print(
-                    f"\nflightlog sync: no progress for {timeout:.0f}s ({d.message}); "
-                    f"{left} batch(es) stay in {claim.directory}",
-                    file=sys.stderr,
-                )
-                return left
-            time.sleep(max(delay * (0.5 + random.random()), d.retry_after))
-            delay = min(delay * 2, BACKOFF_MAX)
-        errors.extend(str(e.get("message")) for e in d.errors if isinstance(e, dict))
-        claim.done(ref)
-        left -= 1
-        progress.update(1, ref.points)
+        else:
+            errors.extend(str(e.get("message")) for e in ack.errors if isinstance(e, dict))
+        progress.update(1, 0 if ack is None else ref.points)
+
+    loop = DeliveryLoop(HttpSender(client), give_up_after=timeout)
+    left = send_claim(claim, loop, sent)
+    if left:
+        why = loop.last.message if loop.last is not None else "no answer"
+        print(
+            f"\nflightlog sync: no progress for {timeout:.0f}s ({why}); "
+            f"{left} batch(es) stay in {claim.directory}",
+            file=sys.stderr,
+        )
+        return left
     if errors:
         print(
             f"flightlog sync: the collector reported {len(errors)} error(s), e.g.: "

@@ -15,7 +15,8 @@ from pathlib import Path
 from flightlog.agent.embedded import ensure_collector
 from flightlog.agent.spool import default_spool_root
 from flightlog.agent.transport import CollectorClient
-from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, Agent, _env_float
+from flightlog.agent.worker import Agent
+from flightlog.core import settings
 from flightlog.core.entities import Experiment
 from flightlog.core.uris import LocalStore, is_collector_uri, local_store
 
@@ -113,7 +114,7 @@ def flush_all(timeout: float | None = None) -> None:
 
 
 def _at_exit() -> None:
-    timeout = _env_float("FLIGHTLOG_EXIT_FLUSH_TIMEOUT", DEFAULT_EXIT_FLUSH_TIMEOUT)
+    timeout = settings.EXIT_FLUSH_TIMEOUT.get()
     for ctx in list(_contexts.values()):
         ctx.agent.close(timeout)
 

@@ -22,9 +22,10 @@ from typing import Any
 from flightlog import context as _context
 from flightlog import search
 from flightlog.agent import signals as _signals
-from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, _env_float, begin_exit
+from flightlog.agent.exit_budget import begin_exit
 from flightlog.client import MlflowClient
 from flightlog.context import flush_all
+from flightlog.core import settings
 from flightlog.core import validation as v
 from flightlog.core.entities import Experiment, Metric, Param, Run, RunStatus, RunTag, ViewType
 from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
@@ -337,7 +338,7 @@ def log_metric(
         step = v.metric_step(key, step)
     ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
     q = agent.queue
-    # One atomic list extend of a 5-slot record (see flightlog.agent.worker).
+    # One atomic list extend of a 5-slot record (see flightlog.agent.records).
     q += (rid, key, value, step, ts)
     if len(q) >= agent.wake_len:
         agent.on_pressure()
@@ -438,7 +439,7 @@ def _excepthook(
     # program's own hook reports it as usual.
     global _uncaught
     _uncaught = True
-    begin_exit(_env_float("FLIGHTLOG_EXIT_FLUSH_TIMEOUT", DEFAULT_EXIT_FLUSH_TIMEOUT))
+    begin_exit(settings.EXIT_FLUSH_TIMEOUT.get())
     _end_runs_at_exit(
         RunStatus.KILLED if issubclass(exc_type, KeyboardInterrupt) else RunStatus.FAILED
     )
@@ -447,7 +448,7 @@ def _excepthook(
 
 def _at_exit() -> None:
     # Ending runs and closing agents share one budget: the exit never hangs.
-    begin_exit(_env_float("FLIGHTLOG_EXIT_FLUSH_TIMEOUT", DEFAULT_EXIT_FLUSH_TIMEOUT))
+    begin_exit(settings.EXIT_FLUSH_TIMEOUT.get())
     if _uncaught:
         return
     # A program that replaced sys.excepthook after importing flightlog still leaves the
