@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
 
 log = logging.getLogger("flightlog.agent")
@@ -47,11 +48,10 @@ MAGIC = b"FLS1"
 SEGMENT_SUFFIX = ".seg"
 LOCK_NAME = "lock"
 TARGET_NAME = "target.json"
-# FLIGHTLOG_SPOOL_DIR: base directory of spools for collector URLs (default
-# $XDG_CACHE_HOME/flightlog/spool, i.e. ~/.cache/flightlog/spool); local stores spool
-# into <store>/spool unless it is set.
-# FLIGHTLOG_SPOOL_MAX_BYTES: disk bytes one process's spool may hold (default 2 GiB).
-DEFAULT_SPOOL_MAX_BYTES = 2 * 1024**3
+# FLIGHTLOG_SPOOL_DIR (settings.SPOOL_DIR): base directory of spools for collector URLs
+# (default $XDG_CACHE_HOME/flightlog/spool, i.e. ~/.cache/flightlog/spool); local stores
+# spool into <store>/spool unless it is set.
+DEFAULT_SPOOL_MAX_BYTES = settings.SPOOL_MAX_BYTES.default
 DEFAULT_SEGMENT_BYTES = 16 * 1024**2
 
 
@@ -61,22 +61,26 @@ def default_spool_root(tracking_uri: str, store_dir: Path | None) -> Path:
     Spools are kept per destination, so a batch is only ever sent where it was meant to
     go: another agent adopts a dead process's spool only for the same destination.
     """
-    base_env = os.environ.get("FLIGHTLOG_SPOOL_DIR")
     if store_dir is not None:
-        if not base_env:
+        if settings.SPOOL_DIR.get() is None:
             return store_dir / "spool"
         digest = hashlib.sha1(str(store_dir).encode()).hexdigest()[:12]
-        return Path(base_env).expanduser() / f"store-{store_dir.name}-{digest}"
-    if base_env:
-        base = Path(base_env).expanduser()
-    else:
-        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        base = Path(cache) / "flightlog" / "spool"
+        return spool_base() / f"store-{store_dir.name}-{digest}"
+    base = spool_base()
     parts = urllib.parse.urlsplit(tracking_uri)
     name = f"{parts.scheme}-{parts.hostname}-{parts.port or ''}"
     if parts.path.strip("/"):
         name += "-" + hashlib.sha1(parts.path.encode()).hexdigest()[:8]
     return base / name
+
+
+def spool_base() -> Path:
+    """The base directory of spools: FLIGHTLOG_SPOOL_DIR, else the XDG cache's."""
+    configured = settings.SPOOL_DIR.get()
+    if configured is not None:
+        return Path(configured).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "flightlog" / "spool"
 
 
 def _write_target(root: Path, tracking_uri: str) -> None:

@@ -19,7 +19,6 @@ run again.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,9 +34,11 @@ from flightlog.agent.spool import (
     agent_dirs,
     default_spool_root,
     read_target,
+    spool_base,
     spool_roots,
 )
 from flightlog.agent.transport import CollectorClient, HttpSender
+from flightlog.core import settings
 from flightlog.core.uris import is_collector_uri, local_store
 
 DEFAULT_TIMEOUT = 60.0
@@ -65,14 +66,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _default_base() -> Path:
-    env = os.environ.get("FLIGHTLOG_SPOOL_DIR")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "flightlog" / "spool"
-
-
 def _roots(spool: str | None, uri: str | None) -> list[tuple[Path, list[Path] | None]]:
     """Spool roots to send, each with the process directories to take (None: all)."""
     if spool is not None:
@@ -84,7 +77,7 @@ def _roots(spool: str | None, uri: str | None) -> list[tuple[Path, list[Path] | 
     if uri is not None:
         local = None if is_collector_uri(uri) else local_store(uri).directory
         return [(default_spool_root(uri, local), None)]
-    roots = spool_roots(_default_base())
+    roots = spool_roots(spool_base())
     here = Path("flightlog", "spool").resolve()
     if here.is_dir() and here not in roots:
         roots.append(here)
@@ -167,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``flightlog sync``; returns the exit status."""
     uri_arg = args.tracking_uri
     if uri_arg is None and args.spool is None:
-        uri_arg = os.environ.get("FLIGHTLOG_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+        uri_arg = settings.TRACKING_URI.get()
     work: list[tuple[str, ClaimedSpool]] = []
     busy: list[Path] = []
     for root, dirs in _roots(args.spool, uri_arg):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
 import threading
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from flightlog.agent.sender import OK, REJECTED, RETRY, Ack, no_answer
+from flightlog.core import settings
 from flightlog.core.exceptions import INTERNAL_ERROR, CollectorUnavailable, RestException
 from flightlog.core.wire import pack, unpack
 
@@ -40,7 +40,7 @@ class CollectorClient:
         self.host = parsed.hostname
         self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self.prefix = parsed.path.rstrip("/")
-        self.token = token if token is not None else os.environ.get("FLIGHTLOG_TOKEN")
+        self.token = settings.TOKEN.resolve(token)
         self.timeout = timeout
         self._local = threading.local()
         # Called when the collector cannot be reached; returns a new base URL (the SDK
