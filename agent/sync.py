@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import TextIO
 
 from flightlog.agent.delivery import DeliveryLoop, send_claim
+from flightlog.agent.progress import progress_bar
 from flightlog.agent.sender import Ack
 from flightlog.agent.spool import (
     LOCK_NAME,
@@ -96,7 +96,7 @@ def _client(uri: str) -> CollectorClient:
 
 
 class Progress:
-    """One stderr line: rewritten in place on a terminal, a line every few seconds else."""
+    """Batches and points sent: a tqdm bar on a terminal, and a last line in any case."""
 
     def __init__(self, batches: int, points: int, out: TextIO | None = None) -> None:
         self.batches = batches
@@ -104,26 +104,26 @@ class Progress:
         self.sent_batches = 0
         self.sent_points = 0
         self.out: TextIO = out or sys.stderr
-        self.tty = self.out.isatty()
-        self._last = 0.0
+        self.bar = progress_bar(batches, "flightlog sync", unit="batch", file=self.out)
 
-    def update(self, batches: int, points: int, *, final: bool = False) -> None:
+    def update(self, batches: int, points: int) -> None:
+        """Count ``batches`` more batches holding ``points`` points as sent."""
         self.sent_batches += batches
         self.sent_points += points
-        now = time.monotonic()
-        if not final and now - self._last < (0.1 if self.tty else 2.0):
-            return
-        self._last = now
-        pct = 100.0 * self.sent_batches / self.batches if self.batches else 100.0
-        width = 30
-        filled = int(width * pct / 100)
-        line = (
-            f"flightlog sync: [{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}%  "
-            f"{self.sent_batches}/{self.batches} batches, "
-            f"{self.sent_points:,}/{self.points:,} points"
+        self.bar.set_postfix_str(self._points(), refresh=False)
+        self.bar.update(batches)
+
+    def _points(self) -> str:
+        return f"{self.sent_points:,}/{self.points:,} points"
+
+    def close(self) -> None:
+        """End the bar and say what was sent (also where no bar is drawn: logs, pipes)."""
+        self.bar.close()
+        print(
+            f"flightlog sync: sent {self.sent_batches}/{self.batches} batches, {self._points()}",
+            file=self.out,
+            flush=True,
         )
-        self.out.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
-        self.out.flush()
 
 
 def _send(claim: ClaimedSpool, client: CollectorClient, progress: Progress, timeout: float) -> int:
@@ -195,5 +195,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for _, claim in work:
             claim.finish()
-    progress.update(0, 0, final=True)
+    progress.close()
     return 1 if left else 0

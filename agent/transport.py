@@ -80,12 +80,14 @@ class CollectorClient:
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         sink: Callable[[bytes], object] | None = None,
+        on_headers: Callable[[dict[str, str]], object] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """One HTTP exchange; raises CollectorUnavailable when no answer came back.
 
         ``body`` may be an open binary file (sent in 1 MiB blocks; give Content-Length in
         ``headers``). With ``sink``, a 200 answer's body is passed to it block by block
-        instead of being returned, so large downloads use bounded memory.
+        instead of being returned, so large downloads use bounded memory; ``on_headers``
+        gets its headers first (a progress bar's total is the Content-Length).
         """
         # Accept: the collector answers errors in msgpack to us, JSON to everyone else.
         hdrs = {"Content-Type": content_type, "Accept": MSGPACK, **(headers or {})}
@@ -105,6 +107,8 @@ class CollectorClient:
                 resp = conn.getresponse()
                 resp_headers = {k.lower(): v for k, v in resp.getheaders()}
                 if sink is not None and resp.status == 200:
+                    if on_headers is not None:
+                        on_headers(resp_headers)
                     while block := resp.read(STREAM_BLOCK):
                         sunk = True
                         sink(block)

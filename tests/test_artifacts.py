@@ -4,6 +4,7 @@ path safety at every entry point, and streaming under a memory limit."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import resource
@@ -211,7 +212,7 @@ def test_cli_list_and_download_with_progress(tracking: CollectorProcess, tmp_pat
         cwd=tmp_path,
     )
     assert (dst / "model" / "weights.bin").read_bytes() == big.read_bytes()
-    assert "100.0%" in proc.stderr and "model/weights.bin" in proc.stderr
+    assert "%|" not in proc.stderr  # stderr is not a terminal: no bar is drawn
     bad = subprocess.run(
         [*base, "artifacts", "download", "--run-id", run.info.run_id, "--path", "../x"],
         env=env,
@@ -220,6 +221,39 @@ def test_cli_list_and_download_with_progress(tracking: CollectorProcess, tmp_pat
         cwd=tmp_path,
     )
     assert bad.returncode == 1 and "escapes the artifact root" in bad.stderr
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, so tqdm draws on it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_download_progress_bar_has_the_right_total(
+    tracking: CollectorProcess, tmp_path: Path
+) -> None:
+    from flightlog import artifacts
+
+    big = tmp_path / "weights.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(big, artifact_path="model")
+    seen: list[tuple[int, int]] = []
+    terminal = _Terminal()
+    bar = artifacts.ProgressBar(terminal)
+
+    def progress(path: str, done: int, total: int) -> None:
+        seen.append((done, total))
+        bar(path, done, total)
+
+    client = MlflowClient()
+    artifacts.download(client.ctx.client, run.info.run_id, "model", str(tmp_path / "d"), progress)
+    # The total is the file's size from the first block on (it once read 0 until the end).
+    assert seen and all(total == 3 << 20 for _, total in seen)
+    assert seen[-1][0] == 3 << 20
+    last = terminal.getvalue().split("\r")[-1]
+    assert "model/weights.bin" in last and "100%" in last and "3.00M/3.00M" in last
 
 
 def _vm_kb(pid: int, field: str) -> int:
