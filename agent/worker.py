@@ -43,18 +43,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flightlog.agent.delivery import BACKOFF_MAX, DeliveryLoop, send_claim
+from flightlog.agent.adopter import Adopter
+from flightlog.agent.delivery import BACKOFF_MAX, DeliveryLoop
 from flightlog.agent.drops import DropLedger
 from flightlog.agent.exit_budget import begin_exit, bounded, time_budget
+from flightlog.agent.heartbeats import Heartbeats
 from flightlog.agent.outbox import FlushMarker, Outbox
 from flightlog.agent.records import OP, RECORD, Op, clean_points, split_records
+from flightlog.agent.reported_errors import ReportedErrors
 from flightlog.agent.sender import REJECTED, Ack, Sender
-from flightlog.agent.spool import ClaimedSpool, RecordRef, Spool, claim_orphans, default_spool_root
+from flightlog.agent.spool import Spool, default_spool_root
 from flightlog.agent.transport import CollectorClient, HttpSender
 from flightlog.core import settings
-from flightlog.core.entities import RunStatus
-from flightlog.core.exceptions import MlflowException, SpoolFull
-from flightlog.core.wire import MetricTuple, encode_batch, pack
+from flightlog.core.exceptions import SpoolFull
+from flightlog.core.wire import MetricTuple, encode_batch
 
 __all__ = ["Agent", "FlushMarker", "Op", "begin_exit", "time_budget"]
 
@@ -65,7 +67,6 @@ log = logging.getLogger("flightlog.agent")
 # HEARTBEAT_INTERVAL, SPOOL_MAX_BYTES.
 HEARTBEAT_TIMEOUT = 5.0  # a heartbeat is not worth a long wait; the next one follows
 SPILL_WAIT = 0.01  # seconds a logging call at the queue's cap waits for the packer's lock
-MAX_KEPT_ERRORS = 1000
 
 
 class Agent:
@@ -102,10 +103,7 @@ class Agent:
         self.drops = DropLedger()
         self.dropped = self.drops.dropped  # points (or batches) dropped, per reason
         self.shipped_points = 0
-        # run id -> None: the runs this process has open, which get heartbeats.
-        self.open_runs: dict[str, None] = {}
-        self._errors: list[dict[str, str]] = []
-        self._error_notes: set[str] = set()  # one-off errors already reported
+        self.errors = ReportedErrors()
         self._hooks: list[Callable[[], None]] = []
         self._init_state(adopt=True)
         _track_for_fork(self)
@@ -131,7 +129,7 @@ class Agent:
         self._ops_submitted = 0  # ops and flush markers appended (under _lock)
         self._ops_taken = 0  # ... and taken by a packer (under _pack_lock)
         self.drops.forget_runs()
-        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        self.heartbeats = Heartbeats(self.heartbeat_interval)
         spool = Spool(
             self.spool_root,
             owner=self.agent_id,
@@ -152,11 +150,10 @@ class Agent:
         )
         self._packer.start()
         self._sender.start()
-        self._adopter: threading.Thread | None = None
-        self._claims: list[ClaimedSpool] = []
+        self._adopter: Adopter | None = None
         if adopt and self.spool_root.is_dir():
-            self._adopter = threading.Thread(
-                target=self._adopt_loop, name="flightlog-adopter", daemon=True
+            self._adopter = Adopter(
+                self.spool_root, spool.directory, self.sender, self._stop, self.drops
             )
             self._adopter.start()
 
@@ -166,10 +163,9 @@ class Agent:
         # socket and lock must not be shared). The parent's open runs stay its own.
         self.client.reset()
         self.outbox.spool.forget_after_fork()
-        for claim in self._claims:
-            claim.forget_after_fork()
-        self._errors = []
-        self.open_runs = {}
+        if self._adopter is not None:
+            self._adopter.forget_after_fork()
+        self.errors = ReportedErrors()
         self._init_state(adopt=False)
         for hook in self._hooks:
             hook()
@@ -220,27 +216,12 @@ class Agent:
     def submit_op(self, name: str, args: dict[str, Any]) -> None:
         """Queue a non-metric operation; it is shipped in order with the metrics."""
         if name == "create_run" or name == "update_run":
-            args = self._track_run(name, args)
+            args = self.heartbeats.track(name, args)
         self._count_op()
         q = self.queue
         q += (OP, Op(name, args), None, None, None)
         if len(q) >= self.wake_len:
             self.on_pressure()
-
-    def _track_run(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        # Runs this process creates or resumes get heartbeats until they end; the flag
-        # tells the collector to watch them (runs created by other clients, which send
-        # no heartbeats, are never timed out).
-        run_id = args.get("run_id")
-        if not isinstance(run_id, str):
-            return args
-        status = args.get("status")
-        if name == "create_run" or status == "RUNNING":
-            self.open_runs[run_id] = None
-            return {**args, "heartbeat": True}
-        if status in RunStatus.TERMINATED:
-            self.open_runs.pop(run_id, None)
-        return args
 
     def flush(
         self,
@@ -314,15 +295,7 @@ class Agent:
 
     def raise_errors(self) -> None:
         """Raise (and forget) the errors the collector reported since the last call."""
-        with self._lock:
-            errors, self._errors = self._errors, []
-            self._error_notes.clear()  # a condition that persists is reported again
-        if errors:
-            first = errors[0]
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise MlflowException(
-                f"{first['message']}{more}", first.get("error_code", "INTERNAL_ERROR")
-            )
+        self.errors.raise_if_any()
 
     def close(self, timeout: float | None = None) -> bool:
         """Deliver what is queued within ``timeout``, then stop. Idempotent.
@@ -353,8 +326,8 @@ class Agent:
         self._send_wake.set()
         self._wake.set()
         batches, points, memory_batches, memory_points = self.outbox.close()
-        for claim in self._claims:
-            claim.finish()
+        if self._adopter is not None:
+            self._adopter.finish()
         if batches:
             where = self.outbox.spool.directory
             msg = (
@@ -412,7 +385,7 @@ class Agent:
             self._add_batch(columns, ops, bool(markers))
         except Exception as e:
             self.drops.count("agent_error", len(columns[0]) or 1)
-            self._note_error("agent_error", f"a batch was lost to an agent error: {e!r}")
+            self.errors.note("agent_error", f"a batch was lost to an agent error: {e!r}")
             raise
         finally:
             # Markers wait for the batches packed before them, even if this one was lost.
@@ -439,7 +412,7 @@ class Agent:
             if not bad:
                 raise
             self.drops.count("invalid_point", bad)
-            self._note_error(
+            self.errors.note(
                 "invalid_point",
                 f"{bad} metric point(s) with an invalid run id, key, value, step or "
                 f"timestamp were dropped ({type(e).__name__}: {e})",
@@ -482,7 +455,7 @@ class Agent:
                 if entry is None:
                     if self._packer_done.is_set():
                         return
-                    self._send_wake.wait(self._until_heartbeat())
+                    self._send_wake.wait(self.heartbeats.until_due())
                     self._send_wake.clear()
                     continue
                 try:
@@ -498,7 +471,7 @@ class Agent:
                 if ack is None:
                     continue  # stopped
                 if ack.errors:
-                    self._record_errors(ack.errors)
+                    self.errors.record(ack.errors)
                 self._settle(self.outbox.ack(entry), True)
             except Exception:  # the thread must outlive any one failure
                 log.exception("flightlog agent: unexpected error while sending; will retry")
@@ -524,7 +497,7 @@ class Agent:
 
     def _on_answer(self, ack: Ack) -> None:
         if ack.status in (401, 403):
-            self._note_error(
+            self.errors.note(
                 f"auth{ack.status}",
                 f"The collector at {self.client.base_url} refused this client ({ack.message}); "
                 "set FLIGHTLOG_TOKEN. Batches are kept in the spool until it accepts them.",
@@ -548,100 +521,23 @@ class Agent:
             left = deadline - time.monotonic()
             if left <= 0:
                 return True
-            if self._kick.wait(min(left, self._until_heartbeat())):
+            if self._kick.wait(min(left, self.heartbeats.until_due())):
                 self._kick.clear()
                 return not self._stop.is_set()
             self._heartbeat_if_due()
         return False
 
-    def _record_errors(self, errors: list[dict[str, Any]]) -> None:
-        clean = [
-            {
-                "op": str(e.get("op", "")),
-                "error_code": str(e.get("error_code", "INTERNAL_ERROR")),
-                "message": str(e.get("message", "")),
-            }
-            for e in errors
-            if isinstance(e, dict)
-        ]
-        with self._lock:
-            # Bounded: a stream of failing ops must not grow memory without end.
-            self._errors.extend(clean[: max(0, MAX_KEPT_ERRORS - len(self._errors))])
-
-    def _note_error(self, kind: str, message: str, code: str = "INVALID_PARAMETER_VALUE") -> None:
-        """Report a condition at the next flush, once however often it happens before."""
-        with self._lock:
-            if kind in self._error_notes:
-                return
-            self._error_notes.add(kind)
-        self._record_errors([{"op": kind, "error_code": code, "message": message}])
-        log.warning("flightlog: %s", message)
-
     # -- heartbeats ---------------------------------------------------------------------------
 
-    def _until_heartbeat(self) -> float:
-        return max(0.01, self._next_heartbeat - time.monotonic())
-
     def _heartbeat_if_due(self) -> None:
-        now = time.monotonic()
-        if now < self._next_heartbeat:
+        due = self.heartbeats.due(self.agent_id)
+        if due is None:
             return
-        self._next_heartbeat = now + self.heartbeat_interval
-        runs = list(self.open_runs)  # one C-level copy: safe beside other threads
-        if not runs:
-            return
-        # Heartbeats travel on their own, ahead of any backlog, so a run whose data is
-        # still in the spool is not taken for dead. They carry no batch id: applying one
-        # twice is harmless, and they must not fill the collector's table of batch ids.
-        body = pack(
-            {
-                "v": 1,
-                "agent_id": self.agent_id,
-                "ops": [["heartbeat", {"run_id": r}] for r in runs],
-            }
-        )
+        runs, body = due
         ack = self.delivery.attempt(body, timeout=HEARTBEAT_TIMEOUT)
         # A run the collector does not know yet (its creation is still queued) answers
         # with an error; that is expected and not the user's concern.
-        log.debug("flightlog agent: heartbeat for %d run(s): %s", len(runs), ack.outcome)
-
-    # -- the adopter ------------------------------------------------------------------------
-
-    def _adopt_loop(self) -> None:
-        """Send the spools of dead processes for the same collector, oldest first."""
-        try:
-            self._claims = claim_orphans(self.spool_root, exclude=self.outbox.spool.directory)
-            for claim in self._claims:
-                self._send_claim(claim)
-                if self._stop.is_set():
-                    return
-                claim.finish()
-        except Exception:
-            log.exception("flightlog agent: sending a dead process's spool failed")
-
-    def _send_claim(self, claim: ClaimedSpool) -> None:
-        log.info(
-            "flightlog: sending %d batch(es) (%d points) left in %s by a process that ended",
-            len(claim.records),
-            claim.points,
-            claim.directory,
-        )
-        # Its own loop (backoff, outage state) on the same sender: the agent's outbox
-        # is not concerned by these batches.
-        loop = DeliveryLoop(self.sender, wait=lambda s: not self._stop.wait(s))
-        send_claim(claim, loop, self._sent_for_claim)
-
-    def _sent_for_claim(self, ref: RecordRef, ack: Ack | None) -> None:
-        if ack is None:
-            self.drops.count("spool_damaged", ref.points)
-            log.error("flightlog: a damaged record in %s was skipped", ref.path)
-        elif ack.errors:
-            log.warning(
-                "flightlog: the collector reported %d error(s) for a spooled "
-                "batch of an ended process, e.g. %s",
-                len(ack.errors),
-                ack.errors[0].get("message"),
-            )
+        log.debug("flightlog agent: heartbeat for %d run(s): %s", runs, ack.outcome)
 
 
 _live_agents: weakref.WeakSet[Agent] = weakref.WeakSet()

@@ -4,7 +4,6 @@ path safety at every entry point, and streaming under a memory limit."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import resource
@@ -19,6 +18,7 @@ import pytest
 import flightlog as mlflow
 from flightlog import MlflowClient, MlflowException
 from tests.conftest import CollectorProcess, start_collector
+from tests.helpers import Terminal
 
 
 def _tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -223,13 +223,6 @@ def test_cli_list_and_download_with_progress(tracking: CollectorProcess, tmp_pat
     assert bad.returncode == 1 and "escapes the artifact root" in bad.stderr
 
 
-class _Terminal(io.StringIO):
-    """A stream that says it is a terminal, so tqdm draws on it."""
-
-    def isatty(self) -> bool:
-        return True
-
-
 def test_download_progress_bar_has_the_right_total(
     tracking: CollectorProcess, tmp_path: Path
 ) -> None:
@@ -240,7 +233,7 @@ def test_download_progress_bar_has_the_right_total(
     with mlflow.start_run() as run:
         mlflow.log_artifact(big, artifact_path="model")
     seen: list[tuple[int, int]] = []
-    terminal = _Terminal()
+    terminal = Terminal()
     bar = artifacts.ProgressBar(terminal)
 
     def progress(path: str, done: int, total: int) -> None:

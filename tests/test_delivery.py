@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 
 from flightlog.agent.delivery import BACKOFF_MAX, BACKOFF_START, Backoff, DeliveryLoop, send_claim
+from flightlog.agent.heartbeats import Heartbeats
 from flightlog.agent.sender import OK, REJECTED, RETRY, Ack, MemorySender
 from flightlog.agent.spool import ClaimedSpool, RecordRef, Spool
 from flightlog.agent.transport import CollectorClient, HttpSender, parse_retry_after
 from flightlog.agent.worker import Agent
 from flightlog.core.exceptions import CollectorUnavailable, MlflowException
-from flightlog.core.wire import encode_batch, pack
+from flightlog.core.wire import encode_batch, pack, unpack
 
 RUN = "r" * 32
 
@@ -374,3 +375,26 @@ def test_agent_counts_a_rejected_batch(tmp_path: Path) -> None:
         assert agent.dropped["rejected_http_400"] == 1
     finally:
         agent.close(timeout=5)
+
+
+def test_heartbeats_cover_the_open_runs_once_per_interval() -> None:
+    now = [0.0]
+    hb = Heartbeats(10.0, clock=lambda: now[0])
+    assert hb.track("create_run", {"run_id": "a"}) == {"run_id": "a", "heartbeat": True}
+    assert hb.track("update_run", {"run_id": "b", "status": "RUNNING"})["heartbeat"] is True
+    assert hb.due("agent") is None and hb.until_due() == 10.0
+    now[0] = 10.0
+    due = hb.due("agent")
+    assert due is not None and due[0] == 2
+    sender = MemorySender()
+    assert sender.send(due[1]).outcome == OK and sender.heartbeats == 1
+    assert unpack(due[1])["ops"] == [["heartbeat", {"run_id": "a"}], ["heartbeat", {"run_id": "b"}]]
+    assert "batch_id" not in unpack(due[1])  # not kept in the collector's table of batch ids
+    assert hb.due("agent") is None  # the next one is 10 s later
+    assert hb.track("update_run", {"run_id": "a", "status": "FINISHED"}) == {
+        "run_id": "a",
+        "status": "FINISHED",
+    }
+    now[0] = 20.0
+    due = hb.due("agent")
+    assert due is not None and due[0] == 1

@@ -7,13 +7,7 @@ import io
 from flightlog.agent.progress import progress_bar
 from flightlog.agent.sync import Progress
 from flightlog.artifacts import ProgressBar
-
-
-class Terminal(io.StringIO):
-    """A stream that says it is a terminal."""
-
-    def isatty(self) -> bool:
-        return True
+from tests.helpers import Terminal
 
 
 def test_nothing_is_drawn_when_the_stream_is_not_a_terminal() -> None:
