@@ -547,6 +547,40 @@ _fork_hook_installed = False
 def _reinit_all_after_fork() -> None:
     for agent in list(_live_agents):
         agent._after_fork_in_child()
+    _close_at_multiprocessing_exit()
+
+
+class _AfterForkKey:
+    """What multiprocessing's after-fork registry holds on to (it wants a weakref-able
+    object)."""
+
+
+_AFTER_FORK_KEY = _AfterForkKey()
+
+
+def _close_at_multiprocessing_exit() -> None:
+    # A multiprocessing child started by fork (Process, Pool workers) ends with
+    # os._exit(): no atexit handler runs, and what it logged would be lost. Before that
+    # exit multiprocessing runs its own finalizers; but its bootstrap clears those the
+    # child inherited, then runs its after-fork registry, so register the finalizer
+    # from there. multiprocessing is imported by whoever forks through it: a process
+    # that never imports it pays nothing.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.register_after_fork(_AFTER_FORK_KEY, _register_exit_finalizer)
+
+
+def _register_exit_finalizer(_: object) -> None:
+    util = sys.modules["multiprocessing.util"]
+    util.Finalize(None, close_all_at_exit, exitpriority=10)
+
+
+def close_all_at_exit() -> None:
+    """Deliver what every agent of this process holds, within the exit budget."""
+    budget = settings.EXIT_FLUSH_TIMEOUT.get()
+    begin_exit(budget)
+    for agent in list(_live_agents):
+        agent.close(budget)
 
 
 def _track_for_fork(agent: Agent) -> None:
