@@ -81,7 +81,7 @@ def _roots(spool: str | None, uri: str | None) -> list[tuple[Path, list[Path] | 
         roots = spool_roots(p)
         return [(r, None) for r in roots] or [(p, None)]
     if uri is not None:
-        local = None if is_collector_uri(uri) else local_store(uri).directory
+        local = None if is_collector_uri(uri) else local_store(uri)
         return [(default_spool_root(uri, local), None)]
     roots = spool_roots(_default_base())
     here = Path("flightlog", "spool").resolve()

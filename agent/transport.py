@@ -86,7 +86,11 @@ class CollectorClient:
             hdrs["Authorization"] = f"Bearer {self.token}"
         start = body.tell() if body is not None and not isinstance(body, bytes) else 0
         sunk = False  # once part of a body went to the sink, a retry would duplicate it
-        for attempt in range(2):
+        # One retry on a stale keep-alive connection and, independently, one restart of a
+        # node-local collector that went away: a read after an idle-out meets both in turn
+        # (the old connection is reset, then the port refuses).
+        retried_stale = rediscovered = False
+        while True:
             conn = self._conn()
             conn.timeout = timeout if timeout is not None else self.timeout
             try:
@@ -111,13 +115,15 @@ class CollectorClient:
                 stale = isinstance(
                     e, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
                 )
-                if attempt == 0 and stale and not sunk:
+                if stale and not retried_stale and not sunk:
+                    retried_stale = True
                     continue
                 if (
-                    attempt == 0
+                    not rediscovered
                     and self.rediscover is not None
                     and isinstance(e, ConnectionRefusedError)
                 ):
+                    rediscovered = True
                     try:
                         self._retarget(self.rediscover())
                     except Exception as re:
@@ -127,7 +133,6 @@ class CollectorClient:
                         ) from e
                     continue
                 raise CollectorUnavailable(f"collector at {self.base_url} unreachable: {e}") from e
-        raise AssertionError("unreachable")
 
     def call(self, method: str, timeout: float | None = None, **args: Any) -> Any:
         """Call an RPC method of the collector; raise its error as RestException."""

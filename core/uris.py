@@ -19,9 +19,48 @@ class LocalStore:
     artifact_root: str
 
     @property
+    def is_directory_store(self) -> bool:
+        """True when the store is a directory holding ``flightlog.db`` (not a named file)."""
+        return self.db_path == self.directory / DB_NAME
+
+    @property
+    def identity(self) -> str:
+        """What names this store uniquely: its database file's absolute path.
+
+        Two ``sqlite:///`` stores may share a directory; their files never do.
+        """
+        return str(self.db_path)
+
+    def _own(self, name: str) -> Path:
+        # A directory store's files keep their plain names; a named database file's carry
+        # its name, so that two stores in one directory never share a collector or spool.
+        if self.is_directory_store:
+            return self.directory / name
+        return self.directory / f"{self.db_path.name}.{name.lstrip('.')}"
+
+    @property
     def collector_file(self) -> Path:
         """Where the node-local collector serving this store writes its address."""
-        return self.directory / "collector.json"
+        return self._own("collector.json")
+
+    @property
+    def collector_lock(self) -> Path:
+        """The lock that lets only one process start this store's collector."""
+        return self._own(".collector.lock")
+
+    @property
+    def collector_log(self) -> Path:
+        """The embedded collector's log file."""
+        return self._own("collector.log")
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where batches for this store wait while its collector is away."""
+        return self._own("spool")
+
+    def exists(self) -> bool:
+        """True once the store's database file has been created."""
+        return self.db_path.is_file()
 
 
 def is_collector_uri(uri: str) -> bool:

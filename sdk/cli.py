@@ -49,7 +49,7 @@ def _artifacts_download(args: argparse.Namespace) -> int:
 
     client = _client(args)
     assert isinstance(client, MlflowClient)
-    client.ctx.agent.flush()
+    client._reading.agent.flush()
     bar = artifacts.ProgressBar() if not args.quiet else None
     path = artifacts.download(client.ctx.client, args.run_id, args.path, args.dst, bar)
     print(path)

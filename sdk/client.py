@@ -23,6 +23,7 @@ from typing import Any
 from flightlog import artifacts, search
 from flightlog.context import TrackingContext, get_context
 from flightlog.core import validation as v
+from flightlog.core.artifact_paths import proxied_artifact_uri
 from flightlog.core.entities import (
     Experiment,
     FileInfo,
@@ -91,6 +92,14 @@ class MlflowClient:
         return self._ctx
 
     @property
+    def _reading(self) -> TrackingContext:
+        """The connection for a read: reading a local store that does not exist fails
+        saying so, and creates neither the store nor a collector."""
+        if self._ctx is None:
+            self._ctx = get_context(self._uri, create=False)
+        return self._ctx
+
+    @property
     def tracking_uri(self) -> str:
         return self.ctx.uri
 
@@ -99,7 +108,7 @@ class MlflowClient:
 
     def _read(self, method: str, **args: Any) -> Any:
         # Reads see everything this process logged before them.
-        self.ctx.agent.flush()
+        self._reading.agent.flush()
         return self._call(method, **args)
 
     # -- experiments ----------------------------------------------------------------------
@@ -230,11 +239,25 @@ class MlflowClient:
             end_time=None,
             artifact_uri=f"{exp.artifact_location}/{run_id}/artifacts",
         )
-        return Run(info=info, data=RunData(tags=dict(clean)))
+        return self._as_seen(Run(info=info, data=RunData(tags=dict(clean))))
 
     def get_run(self, run_id: str) -> Run:
         """A run with its params, tags and the latest value of each metric."""
-        return Run.from_dict(self._read("get_run", run_id=run_id))
+        return self._as_seen(Run.from_dict(self._read("get_run", run_id=run_id)))
+
+    def _as_seen(self, run: Run) -> Run:
+        """The run with the artifact URI every client of this tracking URI sees.
+
+        Over HTTP that is the collector's proxy URI (``mlflow-artifacts:/...``), as the
+        MLflow client reports it, not a path on the collector's machine; a local store's
+        runs keep their local location, which is meaningful here.
+        """
+        if self.ctx.local is None:
+            info = run.info
+            info.artifact_uri = proxied_artifact_uri(
+                info.experiment_id, info.run_id, info.artifact_uri
+            )
+        return run
 
     def update_run(self, run_id: str, status: str | None = None, name: str | None = None) -> None:
         """Change a run's status and/or name."""
@@ -262,7 +285,7 @@ class MlflowClient:
                 "end_time": int(end_time if end_time is not None else time.time() * 1000),
             },
         )
-        self.ctx.agent.flush()
+        self.ctx.agent.flush(tell_outage=False)
 
     def delete_run(self, run_id: str) -> None:
         """Mark a run deleted."""
@@ -478,12 +501,12 @@ class MlflowClient:
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[FileInfo]:
         """The direct children of ``path`` (the root when None) in a run's artifacts."""
-        self.ctx.agent.flush()
+        self._reading.agent.flush()
         return artifacts.list_artifacts(self.ctx.client, run_id, path)
 
     def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str:
         """Download a file or directory of a run's artifacts; return its local path."""
-        self.ctx.agent.flush()
+        self._reading.agent.flush()
         return artifacts.download(self.ctx.client, run_id, path, dst_path)
 
     # -- search ---------------------------------------------------------------------------
@@ -508,7 +531,9 @@ class MlflowClient:
             order_by=list(order_by or []),
             page_token=page_token,
         )
-        return search.PagedList([Run.from_dict(r) for r in reply["runs"]], reply["next_page_token"])
+        return search.PagedList(
+            [self._as_seen(Run.from_dict(r)) for r in reply["runs"]], reply["next_page_token"]
+        )
 
     def search_experiments(
         self,
@@ -519,7 +544,7 @@ class MlflowClient:
         page_token: str | None = None,
     ) -> search.PagedList[Experiment]:
         """One page of experiments matching ``filter_string``; ``.token`` for the next."""
-        reply = self._call(
+        reply = self._read(
             "search_experiments",
             view_type=search.view(view_type),
             max_results=max_results,

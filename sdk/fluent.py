@@ -236,7 +236,7 @@ def start_run(
         # in which case the create waits in the queue with everything else.
         agent = client.ctx.agent
         if agent.reachable:
-            agent.flush(START_RUN_SYNC_TIMEOUT)
+            agent.flush(START_RUN_SYNC_TIMEOUT, tell_outage=False)
     active = ActiveRun(run, client)
     stack.append(active)
     with _state_lock:
