@@ -122,7 +122,7 @@ def test_log_input_pandas_and_numpy_datasets(both: OfficialClient) -> None:
     theirs = flightlog.get_run(other.info.run_id).inputs.dataset_inputs
     assert theirs[0].dataset.name == "theirs"
     assert {t.key for t in theirs[0].tags} == {"mlflow.data.context"}
-    with pytest.raises(flightlog.MlflowException, match="flightlog.data"):
+    with pytest.raises(flightlog.MlflowException, match=r"flightlog\.data"):
         with flightlog.start_run():
             flightlog.log_input(df)  # type: ignore[arg-type]
 
@@ -146,7 +146,7 @@ def test_log_table_and_load_table_both_ways(both: OfficialClient) -> None:
     assert list(got["q"]) == ["m"] and list(got["score"]) == [9.0]
     with pytest.raises(flightlog.MlflowException, match="No runs found"):
         flightlog.load_table("eval/none.json")
-    with pytest.raises(flightlog.MlflowException, match=".json"):
+    with pytest.raises(flightlog.MlflowException, match=r"\.json"):
         with flightlog.start_run():
             flightlog.log_table({"a": [1]}, "table.csv")
 
