@@ -176,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
     uri_arg = args.tracking_uri
     if uri_arg is None and args.spool is None:
         uri_arg = os.environ.get("FLIGHTLOG_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+    if args.spool is not None and not Path(args.spool).expanduser().is_dir():
+        print(f"flightlog sync: no spool directory {args.spool}", file=sys.stderr)
+        return 2
     work: list[tuple[str, ClaimedSpool]] = []
     busy: list[Path] = []
     for root, dirs in _roots(args.spool, uri_arg):

@@ -8,16 +8,21 @@ event loop in the training process.
 from __future__ import annotations
 
 import http.client
-import os
 import threading
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from flightlog.core import settings
 from flightlog.core.exceptions import INTERNAL_ERROR, CollectorUnavailable, RestException
 from flightlog.core.wire import pack, unpack
 
 MSGPACK = "application/msgpack"
+#: What to do about a 401, said wherever the SDK reports one.
+TOKEN_HINT = (
+    "Set FLIGHTLOG_TOKEN (or MLFLOW_TRACKING_TOKEN) to the collector's token in the "
+    "environment of this process."
+)
 STREAM_BLOCK = 1 << 20
 
 
@@ -33,7 +38,7 @@ class CollectorClient:
         self.host = parsed.hostname
         self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self.prefix = parsed.path.rstrip("/")
-        self.token = token if token is not None else os.environ.get("FLIGHTLOG_TOKEN")
+        self.token = settings.TOKEN.resolve(token)
         self.timeout = timeout
         self._local = threading.local()
         # Called when the collector cannot be reached; returns a new base URL (the SDK
@@ -173,9 +178,10 @@ def decode_reply(status: int, data: bytes) -> Any:
             ) from None
     if status >= 400:
         if isinstance(body, dict) and "message" in body:
-            raise RestException(
-                str(body["message"]), str(body.get("error_code", INTERNAL_ERROR)), status
-            )
+            message = str(body["message"])
+            if status == 401:
+                message += f" {TOKEN_HINT}"
+            raise RestException(message, str(body.get("error_code", INTERNAL_ERROR)), status)
         text = data[:300].decode("utf-8", "replace") if data else ""
         raise RestException(f"Collector answered HTTP {status}: {text}", INTERNAL_ERROR, status)
     return body

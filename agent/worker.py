@@ -57,7 +57,7 @@ from flightlog.agent.spool import (
     claim_orphans,
     default_spool_root,
 )
-from flightlog.agent.transport import CollectorClient
+from flightlog.agent.transport import TOKEN_HINT, CollectorClient
 from flightlog.core.entities import RunStatus
 from flightlog.core.exceptions import CollectorUnavailable, MlflowException, SpoolFull
 from flightlog.core.wire import MetricTuple, encode_batch, pack, unpack
@@ -920,8 +920,8 @@ class Agent:
         if d.status in (401, 403):
             self._note_error(
                 f"auth{d.status}",
-                f"The collector at {self.client.base_url} refused this client ({d.message}); "
-                "set FLIGHTLOG_TOKEN. Batches are kept in the spool until it accepts them.",
+                f"The collector at {self.client.base_url} refused this client ({d.message}). "
+                f"{TOKEN_HINT} Batches are kept in the spool until it accepts them.",
                 "UNAUTHENTICATED",
             )
         elif d.outcome == "rejected":

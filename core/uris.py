@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 DB_NAME = "flightlog.db"
 
@@ -63,6 +66,31 @@ class LocalStore:
         return self.db_path.is_file()
 
 
+SUPPORTED_FORMS = (
+    "http(s)://host:port (a flightlog collector), or a local store: a directory path, "
+    "file:///path/to/dir, or sqlite:///path/to.db"
+)
+# A scheme: two characters or more, so that a Windows drive ("C:") stays a path.
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+# Tracking URIs MLflow accepts as bare words.
+_BARE = frozenset({"databricks", "databricks-uc", "uc"})
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Refuse a tracking URI flightlog cannot serve (``databricks``, ``postgresql://``,
+    ...), with an error naming the forms it supports; such a URI must not become a local
+    directory of that name."""
+    m = _SCHEME.match(uri)
+    scheme = m.group(1).lower() if m else (uri.lower() if uri.lower() in _BARE else None)
+    if scheme is None or scheme in ("http", "https", "file", "sqlite"):
+        return
+    raise MlflowException(
+        f"Unsupported tracking URI {uri!r}: flightlog does not serve {scheme!r} stores. "
+        f"Supported forms: {SUPPORTED_FORMS}.",
+        INVALID_PARAMETER_VALUE,
+    )
+
+
 def is_collector_uri(uri: str) -> bool:
     """True for http(s):// URIs, which name a running collector."""
     return uri.startswith(("http://", "https://"))
@@ -75,6 +103,7 @@ def local_store(uri: str | os.PathLike[str], artifact_root: str | None = None) -
     ``sqlite:///path/x.db`` URI names the file itself, with artifacts beside it.
     """
     text = os.fspath(uri)
+    check_tracking_uri(text)
     if text.startswith("sqlite:"):
         path = text[len("sqlite:") :]
         # sqlite:///rel.db is relative, sqlite:////abs.db absolute, as SQLAlchemy reads them.
