@@ -184,6 +184,23 @@ def delete_experiment_tag(key: str) -> None:
     client.delete_experiment_tag(_resolve_experiment_id(client), key)
 
 
+def restore_experiment(experiment_id: str) -> None:
+    """Restore a deleted experiment (and its runs)."""
+    MlflowClient().restore_experiment(experiment_id)
+
+
+def restore_run(run_id: str) -> None:
+    """Restore a deleted run."""
+    MlflowClient().restore_run(run_id)
+
+
+def is_tracking_uri_set() -> bool:
+    """True when a tracking URI was set (``set_tracking_uri`` or the environment)."""
+    from flightlog.core import settings
+
+    return _context._tracking_uri is not None or settings.TRACKING_URI.get() is not None
+
+
 def get_parent_run(run_id: str) -> Run | None:
     """The parent run of a nested run, or None."""
     return MlflowClient().get_parent_run(run_id)

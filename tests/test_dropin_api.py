@@ -74,6 +74,14 @@ def test_restore_experiment_and_run(both: OfficialClient) -> None:
     assert client.get_experiment(exp_id).lifecycle_stage == "deleted"
     client.restore_experiment(exp_id)
     assert both.get_experiment(exp_id).lifecycle_stage == "active"
+    # The fluent forms (MLflow 3.x has them too).
+    both.delete_run(run.info.run_id)
+    flightlog.restore_run(run.info.run_id)
+    assert both.get_run(run.info.run_id).info.lifecycle_stage == "active"
+    both.delete_experiment(exp_id)
+    flightlog.restore_experiment(exp_id)
+    assert both.get_experiment(exp_id).lifecycle_stage == "active"
+    assert flightlog.is_tracking_uri_set()
 
 
 def test_get_parent_run(both: OfficialClient) -> None:
