@@ -16,10 +16,12 @@ import re
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 LOGGED_IMAGES_TAG = "mlflow.loggedImages"
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
@@ -27,7 +29,7 @@ LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
 THUMBNAIL_SIDE = 256
 
 _pool: ThreadPoolExecutor | None = None
-_pending: list[Future[None]] = []
+_pending: list[Future[None]] = []  # the uploads flush() has not waited for yet
 _lock = threading.Lock()
 
 
@@ -135,6 +137,10 @@ def read_table(text: str) -> Any:
 def submit(fn: Any, *args: Any) -> None:
     """Run ``fn(*args)`` on the artifact thread; ``flush`` waits for it."""
     global _pool
+    # Imported here: importing flightlog stays cheap, and a user's script named
+    # concurrent.py cannot shadow the package before it is needed.
+    from concurrent.futures import ThreadPoolExecutor
+
     with _lock:
         if _pool is None:
             # One thread: uploads of one process keep their order, and the training loop
