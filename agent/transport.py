@@ -22,6 +22,11 @@ from flightlog.core.wire import pack, unpack
 log = logging.getLogger("flightlog.agent")
 
 MSGPACK = "application/msgpack"
+#: What to do about a 401, said wherever the SDK reports one.
+TOKEN_HINT = (
+    "Set FLIGHTLOG_TOKEN (or MLFLOW_TRACKING_TOKEN) to the collector's token in the "
+    "environment of this process."
+)
 STREAM_BLOCK = 1 << 20
 INGEST = "/api/flightlog/ingest"
 RETRY_AFTER_MAX = 60.0  # the longest Retry-After we honour
@@ -95,7 +100,11 @@ class CollectorClient:
             hdrs["Authorization"] = f"Bearer {self.token}"
         start = body.tell() if body is not None and not isinstance(body, bytes) else 0
         sunk = False  # once part of a body went to the sink, a retry would duplicate it
-        for attempt in range(2):
+        # One retry on a stale keep-alive connection and, independently, one restart of a
+        # node-local collector that went away: a read after an idle-out meets both in turn
+        # (the old connection is reset, then the port refuses).
+        retried_stale = rediscovered = False
+        while True:
             conn = self._conn()
             conn.timeout = timeout if timeout is not None else self.timeout
             try:
@@ -122,13 +131,15 @@ class CollectorClient:
                 stale = isinstance(
                     e, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
                 )
-                if attempt == 0 and stale and not sunk:
+                if stale and not retried_stale and not sunk:
+                    retried_stale = True
                     continue
                 if (
-                    attempt == 0
+                    not rediscovered
                     and self.rediscover is not None
                     and isinstance(e, ConnectionRefusedError)
                 ):
+                    rediscovered = True
                     try:
                         self._retarget(self.rediscover())
                     except Exception as re:
@@ -138,7 +149,6 @@ class CollectorClient:
                         ) from e
                     continue
                 raise CollectorUnavailable(f"collector at {self.base_url} unreachable: {e}") from e
-        raise AssertionError("unreachable")
 
     def call(self, method: str, timeout: float | None = None, **args: Any) -> Any:
         """Call an RPC method of the collector; raise its error as RestException."""
@@ -179,9 +189,10 @@ def decode_reply(status: int, data: bytes) -> Any:
             ) from None
     if status >= 400:
         if isinstance(body, dict) and "message" in body:
-            raise RestException(
-                str(body["message"]), str(body.get("error_code", INTERNAL_ERROR)), status
-            )
+            message = str(body["message"])
+            if status == 401:
+                message += f" {TOKEN_HINT}"
+            raise RestException(message, str(body.get("error_code", INTERNAL_ERROR)), status)
         text = data[:300].decode("utf-8", "replace") if data else ""
         raise RestException(f"Collector answered HTTP {status}: {text}", INTERNAL_ERROR, status)
     return body
