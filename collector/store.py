@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flightlog.collector.downsample import block_summary
+from flightlog.core import settings
 from flightlog.core.entities import RunStatus
 from flightlog.core.exceptions import (
     INVALID_PARAMETER_VALUE,
@@ -93,11 +94,11 @@ class SqliteStore:
         # overflow chains (only takes effect on a new file, before WAL is switched on).
         conn.execute("PRAGMA page_size=16384")
         conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a crash of the collector process (the
-        # failure we guard against); FULL would also survive power loss at a cost per commit.
-        conn.execute(
-            f"PRAGMA synchronous={os.environ.get('FLIGHTLOG_SQLITE_SYNCHRONOUS', 'NORMAL')}"
-        )
+        # FULL by default: the collector acknowledges a batch after COMMIT and the agent
+        # then deletes its copy, so the commit must survive a power loss, not only a crash
+        # of the collector (NORMAL in WAL mode). FLIGHTLOG_SQLITE_SYNCHRONOUS is validated
+        # by the setting's parser, so nothing else reaches the PRAGMA's text.
+        conn.execute(f"PRAGMA synchronous={settings.SQLITE_SYNCHRONOUS.get()}")
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA cache_size=-65536")
         conn.row_factory = sqlite3.Row

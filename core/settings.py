@@ -337,8 +337,10 @@ BATCH_ID_RETENTION_DAYS: Setting[float] = Setting(
 SQLITE_SYNCHRONOUS: Setting[str] = Setting(
     "FLIGHTLOG_SQLITE_SYNCHRONOUS",
     _choice("OFF", "NORMAL", "FULL", "EXTRA"),
-    "NORMAL",
-    "SQLite's synchronous pragma for the store (WAL mode).",
+    "FULL",
+    "SQLite's synchronous pragma for the store (WAL mode). FULL: an acknowledged batch "
+    "survives a power loss or kernel panic; NORMAL: only a crash of the collector (a "
+    "little faster; the agent has deleted its copy by then).",
     "OFF, NORMAL, FULL or EXTRA",
     side="collector",
 )
