@@ -95,7 +95,10 @@ def _write_target(root: Path, tracking_uri: str) -> None:
     if target.exists():
         return
     tmp = root / f".{TARGET_NAME}.{os.getpid()}"
-    tmp.write_text(json.dumps({"tracking_uri": tracking_uri}))
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"tracking_uri": tracking_uri}))
+        f.flush()
+        os.fsync(f.fileno())  # `flightlog sync` needs it to know where the batches go
     os.replace(tmp, target)
 
 
@@ -170,6 +173,9 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_target(self.root, self.tracking_uri)
         self.directory.mkdir(mode=0o700, exist_ok=True)
+        # The new entries (target.json, this directory) must survive a power cut with
+        # the segments that flush() reports as on disk.
+        _fsync_dir(self.root)
         fd = _open_lock(self.directory)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
