@@ -22,6 +22,7 @@ from typing import Any
 
 from flightlog import artifacts, search
 from flightlog.context import TrackingContext, get_context
+from flightlog.core import settings
 from flightlog.core import validation as v
 from flightlog.core.entities import (
     Experiment,
@@ -47,7 +48,7 @@ from flightlog.core.run_names import generate_run_name
 
 def _user() -> str:
     try:
-        return os.environ.get("FLIGHTLOG_USER") or getpass.getuser()
+        return settings.USER.get() or getpass.getuser()
     except Exception:  # no passwd entry in some containers
         return "unknown"
 
@@ -80,6 +81,13 @@ class MlflowClient:
     """
 
     def __init__(self, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
+        if registry_uri is not None:
+            # Accepting it silently would let registry calls appear to work elsewhere.
+            raise MlflowException(
+                f"registry_uri={registry_uri!r}: flightlog has no model registry; "
+                "create the client without registry_uri (use MLflow for the registry).",
+                INVALID_PARAMETER_VALUE,
+            )
         self._uri = tracking_uri
         self._ctx: TrackingContext | None = None
 
