@@ -251,6 +251,7 @@ def run_case(case: Case, cache: Path, n: int, steps: int, seconds: float) -> dic
             return {"error": f"exit {done.returncode}: {tail[0][:200]}"}
         r: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
         r["per_call_us"] = r["log_s"] / r["steps"] * 1e6
+        r["load"] = os.getloadavg()[0]  # the machine is shared: say how busy it was
         r["points_per_s"] = r["points"] / r["durable_s"]
         return r
 
@@ -269,7 +270,8 @@ def _cell(r: dict[str, Any]) -> tuple[str, str]:
         return ("n/a", r["error"])
     return (
         f"{r['per_call_us']:,.1f} us",
-        f"{r['points_per_s']:,.0f} ({r['steps']:,} steps, durable {r['durable_s']:.1f} s)",
+        f"{r['points_per_s']:,.0f} ({r['steps']:,} steps, durable {r['durable_s']:.1f} s, "
+        f"load {r['load']:.0f})",
     )
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flightlog import context
+from flightlog import MlflowClient, context
+from flightlog.core.exceptions import MlflowException
 from flightlog.core.uris import absolute_uri
 from tests.helpers import run_script, run_status, stored_points
 
@@ -91,3 +92,10 @@ def test_absolute_uri() -> None:
     assert absolute_uri("sqlite:///rel.db") == f"sqlite:///{Path('rel.db').resolve()}"
     with pytest.raises(ValueError, match="not a local store"):
         absolute_uri("s3://bucket/x")
+
+
+def test_registry_uri_is_refused_not_ignored() -> None:
+    with pytest.raises(MlflowException, match="no model registry") as e:
+        MlflowClient(registry_uri="sqlite:///registry.db")
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+    MlflowClient(registry_uri=None)  # the default stays accepted
