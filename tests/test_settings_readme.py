@@ -53,4 +53,3 @@ def test_readme_names_no_variable_that_is_not_a_setting() -> None:
     known = {s.name for s in settings.ALL}
     mentioned = set(re.findall(r"\bFLIGHTLOG_[A-Z0-9_]+\b", text))
     assert mentioned <= known, sorted(mentioned - known)
-
