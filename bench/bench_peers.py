@@ -97,6 +97,7 @@ while steps < max_steps and clock() < end:
         log(i)
     steps = min(steps + block, max_steps)
 t_log = clock() - t0
+print(json.dumps({"steps": steps, "log_s": t_log}), flush=True)  # in case durable() hangs
 durable()
 t_durable = clock() - t0
 print(json.dumps({"steps": steps, "points": steps * n, "log_s": t_log, "durable_s": t_durable}))
@@ -237,8 +238,14 @@ def run_case(case: Case, cache: Path, n: int, steps: int, seconds: float) -> dic
                 cwd=d,
                 timeout=seconds + 240,
             )
-        except subprocess.TimeoutExpired:
-            return {"error": f"not durable within {seconds + 240:.0f} s"}
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            logged = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+            why = f"not durable {seconds + 240:.0f} s after the first call"
+            if not logged:
+                return {"error": why}
+            per_call = logged[0]["log_s"] / max(logged[0]["steps"], 1) * 1e6
+            return {"error": why, "per_call_us": per_call, "steps": logged[0]["steps"]}
         except Exception as e:  # a server that would not start: say why, go on
             return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"}
         finally:
@@ -267,7 +274,9 @@ def _stop_embedded(store: Path) -> None:
 
 def _cell(r: dict[str, Any]) -> tuple[str, str]:
     if "error" in r:
-        return ("n/a", r["error"])
+        call = f"{r['per_call_us']:,.1f} us" if "per_call_us" in r else "n/a"
+        steps = f" ({r['steps']:,} steps logged)" if "steps" in r else ""
+        return (call, r["error"] + steps)
     return (
         f"{r['per_call_us']:,.1f} us",
         f"{r['points_per_s']:,.0f} ({r['steps']:,} steps, durable {r['durable_s']:.1f} s, "
@@ -281,11 +290,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0, help="logging time cap per case")
     p.add_argument("--steps", type=int, default=1_000_000, help="step cap per case (1 metric)")
     p.add_argument("--only", default="", help="comma-separated peers (flightlog,mlflow,...)")
+    p.add_argument("--case", default="", help="only the cases whose name contains this")
     p.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = p.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     only = {x for x in args.only.split(",") if x}
-    cases = [c for c in CASES if not only or c.peer in only]
+    cases = [c for c in CASES if (not only or c.peer in only) and args.case in c.name]
     for name in sorted({c.peer for c in cases}):
         ensure_venv(args.cache, PEERS[name])
         if PEERS[name].why_not:
