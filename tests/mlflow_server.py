@@ -26,6 +26,9 @@ QUIET_MLFLOW_ENV = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "GIT_PYTHON_REFRESH": "quiet",
+    # MLflow 3's server otherwise starts a job runner and several huey consumer processes
+    # (GenAI jobs, not tracking) that crowd a 2-core machine.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
 
 
