@@ -90,8 +90,10 @@ def test_absolute_uri() -> None:
     assert absolute_uri("rel") == str(Path("rel").resolve())
     assert absolute_uri("file:rel") == str(Path("rel").resolve())
     assert absolute_uri("sqlite:///rel.db") == f"sqlite:///{Path('rel.db').resolve()}"
-    with pytest.raises(ValueError, match="not a local store"):
+    with pytest.raises(MlflowException, match="Unsupported tracking URI"):
         absolute_uri("s3://bucket/x")
+    with pytest.raises(ValueError, match="names no database file"):
+        absolute_uri("sqlite://")
 
 
 def test_registry_uri_is_refused_not_ignored() -> None:
