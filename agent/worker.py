@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+from array import array
 import sys
 import threading
 import time
@@ -50,13 +51,14 @@ from flightlog.agent.exit_budget import begin_exit, bounded, time_budget
 from flightlog.agent.heartbeats import Heartbeats
 from flightlog.agent.outbox import FlushMarker, Outbox
 from flightlog.agent.records import OP, RECORD, Op, clean_points, split_records
+from flightlog.agent.ring import Ring, batch_id, columns as ring_columns, rings_root
 from flightlog.agent.reported_errors import ReportedErrors
 from flightlog.agent.sender import REJECTED, Ack, Sender
 from flightlog.agent.spool import Spool, default_spool_root
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
 from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
-from flightlog.core.wire import MetricTuple, encode_batch
+from flightlog.core.wire import MetricTuple, encode_batch, encode_raw_batch
 
 __all__ = ["Agent", "FlushMarker", "Op", "begin_exit", "time_budget"]
 
@@ -132,6 +134,7 @@ class Agent:
         self._ops_taken = 0  # ... and taken by a packer (under _pack_lock)
         self.drops.forget_runs()
         self.heartbeats = Heartbeats(self.heartbeat_interval)
+        self._open_ring()
         spool = Spool(
             self.spool_root,
             owner=self.agent_id,
@@ -153,7 +156,7 @@ class Agent:
         self._packer.start()
         self._sender.start()
         self._adopter: Adopter | None = None
-        if adopt and self.spool_root.is_dir():
+        if adopt and (self.spool_root.is_dir() or rings_root(self.spool_root).is_dir()):
             self._adopter = Adopter(
                 self.spool_root, spool.directory, self.sender, self._stop, self.drops
             )
@@ -165,6 +168,8 @@ class Agent:
         # socket and lock must not be shared). The parent's open runs stay its own.
         self.client.reset()
         self.outbox.spool.forget_after_fork()
+        if self.ring is not None:
+            self.ring.forget_after_fork()
         if self._adopter is not None:
             self._adopter.forget_after_fork()
         self.errors = ReportedErrors()
@@ -208,20 +213,87 @@ class Agent:
             del q[-RECORD:]
             self.drops.count_point(run_id, "queue_full")
 
+    def _open_ring(self) -> None:
+        # Capacity: the queue's bound, rounded up to a power of two (slot = seq & mask).
+        self.ring: Ring | None = None
+        self._ring_taken = 0  # ring positions packed so far
+        self._ops_cut = 0  # journal index after the last op packed
+        self._ring_marks: dict[int, tuple[int, int]] = {}  # outbox seq -> positions
+        self._ops_start = 0  # journal index where the next batch's ops start
+        capacity = 1 << max(10, (self.max_queue - 1).bit_length())
+        try:
+            self.ring = Ring(rings_root(self.spool_root), self.agent_id, capacity)
+        except OSError as e:  # an unwritable spool: points take the in-memory queue
+            log.warning("flightlog: no metric ring (%s); points are kept in memory", e)
+            return
+        self.ring.limit = min(capacity, self.batch_points)
+
     def submit_metric(self, item: MetricTuple) -> None:
-        """Queue one (run_id, key, value, step, ts_seconds) point."""
-        q = self.queue
-        q += item
-        if len(q) >= self.wake_len:
-            self.on_pressure()
+        """Log one (run_id, key, value, step, ts_seconds) point."""
+        ring = self.ring
+        if ring is None or self._pid != os.getpid():
+            q = self.queue
+            q += item
+            if len(q) >= self.wake_len:
+                self.on_pressure()
+            return
+        rid, key, value, step, ts = item
+        self.ring_write(ring.run_index(rid), ring.key_index(key), step, value, ts)
+
+    def ring_write(self, ri: int, ki: int, step: int, value: float, ts: float) -> None:
+        """Reserve a slot and write one point (the hot path's general form)."""
+        ring = self.ring
+        assert ring is not None
+        if ring.locked:
+            with ring.lock:
+                seq = next(ring.counter)
+                if seq < ring.limit:
+                    ring.write_at(seq, ri, ki, step, value, ts)
+                    return
+        else:
+            seq = next(ring.counter)
+            if seq < ring.limit:
+                ring.write_at(seq, ri, ki, step, value, ts)
+                return
+        self.ring_full(seq, ri, ki, step, value, ts)
+
+    def ring_full(self, seq: int, ri: int, ki: int, step: int, value: float, ts: float) -> None:
+        """A reserved position at or past ``ring.limit``: wake the packer; below
+        acked + capacity write the slot, past it the point waits in memory (or is
+        dropped past ``max_queue``), so the reader never meets a hole that stays."""
+        ring = self.ring
+        assert ring is not None
+        if not self._wake.is_set():
+            self._wake.set()
+        if seq < ring.acked + ring.capacity:
+            ring.write_at(seq, ri, ki, step, value, ts)
+        elif len(ring.overflow) < self.max_queue:
+            ring.overflow[seq] = (ri, ki, step, value, ts)
+        else:
+            ring.overflow[seq] = None  # type: ignore[assignment]
+            self.drops.count_point(ring.run_names[ri], "queue_full")
+
+    def ring_skip(self, seq: int) -> None:
+        """A reserved slot whose point was refused (bad step): the reader passes it."""
+        if self.ring is not None:
+            self.ring.overflow[seq] = None  # type: ignore[assignment]
 
     def submit_op(self, name: str, args: dict[str, Any]) -> None:
         """Queue a non-metric operation; it is shipped in order with the metrics."""
         if name == "create_run" or name == "update_run":
             args = self.heartbeats.track(name, args)
         self._count_op()
-        q = self.queue
-        q += (OP, Op(name, args), None, None, None)
+        ring = self.ring
+        if ring is None or self._pid != os.getpid():
+            q = self.queue
+            q += (OP, Op(name, args), None, None, None)
+        else:
+            # Journaled (for a process that adopts this ring) and queued in one order.
+            with ring.ops_lock:
+                pos = ring.reserved()
+                index = ring.journal_op(name, args)
+                q = self.queue
+                q += (OP, Op(name, args), index, pos, None)
         if len(q) >= self.wake_len:
             self.on_pressure()
 
@@ -290,7 +362,8 @@ class Agent:
     def _enqueue_marker(self, marker: FlushMarker) -> None:
         self._count_op()
         q = self.queue
-        q += (OP, marker, None, None, None)
+        pos = None if self.ring is None else self.ring.reserved()
+        q += (OP, marker, None, pos, None)
         self._wake.set()
 
     def _count_op(self) -> None:
@@ -333,6 +406,10 @@ class Agent:
         self._send_wake.set()
         self._wake.set()
         batches, points, memory_batches, memory_points = self.outbox.close()
+        if self.ring is not None:
+            # Everything acknowledged: the ring goes; else it stays for an adopter.
+            done = ok and self.ring.acked >= self.ring.reserved()
+            self.ring.close(remove=done)
         if self._adopter is not None:
             self._adopter.finish()
         if batches:
@@ -365,29 +442,38 @@ class Agent:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
-                while self.queue and not self._stop.is_set():
+                while (self.queue or self._ring_pending()) and not self._stop.is_set():
                     with self._pack_lock:
-                        self._pack_front()
+                        moved = self._pack_front()
                     self._packer_stuck = False
+                    if not moved:
+                        time.sleep(0.001)  # a write in flight on another thread
             except Exception:  # the thread must outlive any one failure
                 log.exception("flightlog agent: unexpected error while packing; will retry")
-            if self._closing and not self.queue:
+            if self._closing and not self.queue and not self._ring_pending():
                 self._packer_done.set()
                 self._send_wake.set()
                 return
 
-    def _pack_front(self) -> None:
-        """Take one batch from the queue's front, encode it, hand it to the outbox.
+    def _ring_pending(self) -> bool:
+        ring = self.ring
+        return ring is not None and ring.reserved() > self._ring_taken
+
+    def _pack_front(self) -> bool:
+        """Take one batch from the queue's front (and the ring), encode it, hand it to
+        the outbox. Returns whether anything was taken.
 
         Called with ``_pack_lock`` held, so batches enter the outbox in queue order.
         """
         q = self.queue
         n = min(len(q), self.wake_len)
         n -= n % RECORD
-        if n == 0:
-            return
         items = q[:n]
         del q[:n]
+        if self.ring is not None:
+            return self._pack_ring(items)
+        if n == 0:
+            return False
         columns, ops, markers = self._split(items)
         try:
             self._add_batch(columns, ops, bool(markers))
@@ -400,6 +486,100 @@ class Agent:
             for m in markers:
                 if not self.outbox.add_marker(m):
                     self._send_wake.set()
+        return True
+
+    def _pack_ring(self, items: list[Any]) -> bool:
+        """One batch of queued ops and the ring records logged before the next queued op
+        (so a run's creation never comes after its points, and a flush marker after
+        every point logged before it). Its id comes from its ring and ops positions."""
+        ring = self.ring
+        assert ring is not None
+        ops: list[list[Any]] = []
+        markers: list[FlushMarker] = []
+        ops_end = self._ops_start
+        points_in_queue: list[Any] = []
+        end = min(ring.reserved(), self._ring_taken + self.batch_points)
+        for j in range(0, len(items), RECORD):
+            if items[j] is not OP:  # a point logged before the ring existed (fork)
+                points_in_queue += items[j : j + RECORD]
+                continue
+            obj, index, pos = items[j + 1], items[j + 2], items[j + 3]
+            if obj.__class__ is Op:
+                ops.append([obj.name, obj.args])
+                if index is not None:
+                    ops_end = index + 1
+            else:
+                markers.append(obj)
+            if pos is not None:
+                end = max(end, pos)
+        with self._lock:
+            self._ops_taken += len(ops) + len(markers)
+        nxt = self.queue[:RECORD]
+        if nxt and nxt[0] is OP and nxt[3] is not None:
+            end = min(end, nxt[3])  # points logged after the next op wait for it
+        start = self._ring_taken
+        taken, chunks, extra = ring.take(start, max(end, start))
+        if taken == start and not ops and not markers and not points_in_queue:
+            return False
+        self._ring_taken = taken
+        try:
+            ops = ops + self.drops.tag_ops(force=bool(markers))
+            points = taken - start - sum(1 for e in extra if e is None)
+            if taken > start or ops_end > self._ops_start:
+                bid = batch_id(ring.ring_id, start, self._ops_start)
+                body = self._encode_ring(bid, ops, chunks, extra)
+                self._ops_start = ops_end
+                ring.cut(taken, ops_end)
+                seq = self.outbox.add(points, body, must_keep=True)
+                self._ring_marks[seq] = (taken, ops_end)
+            elif ops:  # only the drop counters' tags: nothing an adopter re-cuts
+                self.outbox.add(0, encode_raw_batch(uuid.uuid4().hex, self.agent_id, ops, None), must_keep=True)
+            self.shipped_points += points
+            ring.limit = min(ring.acked + ring.capacity, taken + self.batch_points)
+            if points_in_queue:
+                columns, _, _ = self._split(points_in_queue)
+                self._add_batch(columns, [], False)
+        except Exception as e:
+            self.drops.count("agent_error", taken - start or 1)
+            self.errors.note("agent_error", f"a batch was lost to an agent error: {e!r}")
+            raise
+        finally:
+            self._send_wake.set()
+            for m in markers:
+                if not self.outbox.add_marker(m):
+                    self._send_wake.set()
+        return True
+
+    def _encode_ring(
+        self,
+        bid: str,
+        ops: list[list[Any]],
+        chunks: list[bytes],
+        extra: list[Any],
+    ) -> bytes:
+        ring = self.ring
+        assert ring is not None
+        if not chunks and not any(e is not None for e in extra):
+            return encode_raw_batch(bid, self.agent_id, ops, None)
+        ri, ki, steps, vals, ts = ring_columns(chunks) if chunks else (b"",) * 5
+        kept = [e for e in extra if e is not None]
+        if kept:  # points that found the ring full (rare): appended as arrays
+            cols = list(zip(*kept, strict=True))
+            ri += array("I", cols[0]).tobytes()
+            ki += array("I", cols[1]).tobytes()
+            steps += array("q", cols[2]).tobytes()
+            vals += array("d", cols[3]).tobytes()
+            ts += array("d", cols[4]).tobytes()
+        m = {
+            "runs": list(ring.run_names),
+            "keys": list(ring.key_names),
+            "ri": ri,
+            "ki": ki,
+            "vals": vals,
+            "steps": steps,
+            "ts": ts,
+        }
+        return encode_raw_batch(bid, self.agent_id, ops, m)
 
     def _split(
         self, items: list[Any]
@@ -481,9 +661,17 @@ class Agent:
                 if ack.errors:
                     self.errors.record(ack.errors)
                 self._settle(self.outbox.ack(entry), True)
+                self._ring_acked(entry.seq)
             except Exception:  # the thread must outlive any one failure
                 log.exception("flightlog agent: unexpected error while sending; will retry")
                 self._backoff(BACKOFF_MAX)
+
+    def _ring_acked(self, outbox_seq: int) -> None:
+        ring = self.ring
+        mark = self._ring_marks.pop(outbox_seq, None)
+        if ring is not None and mark is not None:
+            ring.set_acked(*mark)
+            ring.limit = min(ring.acked + ring.capacity, self._ring_taken + self.batch_points)
 
     @property
     def reachable(self) -> bool:
