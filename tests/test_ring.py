@@ -1,0 +1,107 @@
+"""The metric ring: a process killed without its exit loses nothing it logged.
+
+Real processes throughout: a trainer logs, then is SIGKILLed (as the OOM killer would)
+with no flush; the next flightlog process on the node for the same collector adopts its
+ring, sends every point exactly once and ends the run FAILED.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import CollectorProcess, start_collector
+from helpers import run_status, stored_points
+
+TRAINER = r"""
+import os, signal, sys, threading
+import flightlog as mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+threads = int(sys.argv[2])
+with mlflow.start_run() as r:
+    print(r.info.run_id, flush=True)
+    def work(t):
+        for i in range(100_000 // threads):
+            mlflow.log_metric(f"loss{t}", i * 0.5, step=i)
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+NEXT_AGENT = r"""
+import sys, time
+import flightlog as mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+agent = mlflow.MlflowClient().ctx.agent
+agent._adopter.join(30)
+"""
+
+
+def _env(spool: Path) -> dict[str, str]:
+    return {**os.environ, "FLIGHTLOG_SPOOL_DIR": str(spool)}
+
+
+def _kill_trainer(url: str, spool: Path, threads: int = 1) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAINER, url, str(threads)],
+        capture_output=True,
+        text=True,
+        env=_env(spool),
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr
+    return proc.stdout.split()[0]
+
+
+def _adopt(url: str, spool: Path) -> float:
+    began = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", NEXT_AGENT, url],
+        check=True,
+        env=_env(spool),
+        timeout=60,
+        capture_output=True,
+    )
+    return time.monotonic() - began
+
+
+def _check(c: CollectorProcess, run_id: str, spool: Path, points: int = 100_000) -> None:
+    assert stored_points(c.db, run_id) == points
+    assert run_status(c.db, run_id) == "FAILED"
+    assert not list(spool.glob("*-rings/*/ring"))
+
+
+def test_sigkill_after_100k_calls_loses_nothing(collector: CollectorProcess, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    run_id = _kill_trainer(collector.url, spool)
+    took = _adopt(collector.url, spool)
+    _check(collector, run_id, spool)
+    assert took < 10
+
+
+def test_sigkill_with_four_threads_logging(collector: CollectorProcess, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    run_id = _kill_trainer(collector.url, spool, threads=4)
+    _adopt(collector.url, spool)
+    _check(collector, run_id, spool)
+
+
+def test_sigkill_with_the_collector_down(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    store = tmp_path / "store"
+    c = start_collector(store)
+    port = c.port
+    c.stop()
+    run_id = _kill_trainer(c.url, spool)
+    rings = list(spool.glob("*-rings/*/ring"))
+    assert rings  # left for whoever comes next
+    c = start_collector(store, port)
+    try:
+        _adopt(c.url, spool)
+        _check(c, run_id, spool)
+    finally:
+        c.stop()
