@@ -83,11 +83,10 @@ class Ring:
     """The owner's side: interning, the hot path's slots, the ops journal, the header."""
 
     def __init__(self, root: Path, ring_id: str, capacity: int) -> None:
-        if capacity & (capacity - 1):
-            raise ValueError(f"ring capacity must be a power of two, not {capacity}")
+        if capacity < 1:
+            raise ValueError(f"ring capacity must be at least 1, not {capacity}")
         self.ring_id = ring_id
         self.capacity = capacity
-        self.mask = capacity - 1
         self.directory = root / ring_id
         self.directory.mkdir(parents=True, mode=0o700)
         d = self.directory
@@ -103,6 +102,7 @@ class Ring:
             self.mm = mmap.mmap(fd, HEADER + capacity * RECORD, mmap.MAP_SHARED)
         finally:
             os.close(fd)
+        self._fds = [self._ids_fd, self._ops_fd, self._cuts_fd, self._lock_fd]
         HEADER_FORMAT.pack_into(self.mm, 0, MAGIC, capacity, 0, 0, os.getpid())
         self.pack_into = RECORD_FORMAT.pack_into
         self.counter = itertools.count()
@@ -120,7 +120,7 @@ class Ring:
         self.acked = 0
         self.acked_ops = 0
         self.limit = capacity
-        self.overflow: dict[int, tuple[int, int, int, float, float]] = {}
+        self.overflow: dict[int, Any] = {}  # seq -> point, or None: no point
 
     # -- interning (rare: the first use of a run or key) -------------------------------
 
@@ -151,12 +151,12 @@ class Ring:
         with self.lock:
             seq = next(self.counter)
             if seq < self.limit:
-                self.pack_into(self.mm, HEADER + (seq & self.mask) * RECORD, seq + 1, ri, ki, step, value, ts)
+                self.pack_into(self.mm, HEADER + (seq % self.capacity) * RECORD, seq + 1, ri, ki, step, value, ts)
             return seq
 
     def write_at(self, seq: int, ri: int, ki: int, step: int, value: float, ts: float) -> None:
         """Write a reserved slot (the slow path, below acked + capacity)."""
-        self.pack_into(self.mm, HEADER + (seq & self.mask) * RECORD, seq + 1, ri, ki, step, value, ts)
+        self.pack_into(self.mm, HEADER + (seq % self.capacity) * RECORD, seq + 1, ri, ki, step, value, ts)
 
     def reserved(self) -> int:
         """Positions reserved so far (a peek at the counter)."""
@@ -182,50 +182,51 @@ class Ring:
         """
         if self.locked:
             with self.lock:
-                return _take(self.mm, self.mask, start, end, self.overflow)
-        return _take(self.mm, self.mask, start, end, self.overflow)
+                return _take(self.mm, self.capacity, start, end, self.overflow)
+        return _take(self.mm, self.capacity, start, end, self.overflow)
 
     def cut(self, ring_end: int, ops_end: int) -> None:
         """Record a batch boundary before the batch is sent (see the module docstring)."""
         _append(self._cuts_fd, _CUT.pack(ring_end, ops_end))
 
     def set_acked(self, ring_pos: int, ops_pos: int) -> None:
-        """The collector acknowledged everything before these positions."""
+        """Everything before these positions is acknowledged or in the disk spool."""
         _ACKED.pack_into(self.mm, _ACKED_AT, ring_pos, ops_pos)
         self.acked = ring_pos
         self.acked_ops = ops_pos
-        self.limit = max(self.limit, ring_pos + self.capacity)
 
     def close(self, *, remove: bool) -> None:
-        """Unmap and close; ``remove`` (everything acknowledged) deletes the directory."""
-        with contextlib.suppress(BufferError, ValueError):
-            self.mm.close()
-        for fd in (self._ids_fd, self._ops_fd, self._cuts_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """Close the files; ``remove`` (everything acknowledged) deletes the directory.
+        The map stays (a thread may still be logging): every later point takes the
+        slow path (``limit`` -1), which counts it as dropped."""
+        self.limit = -1
         if remove:
             _remove(self.directory)
-        with contextlib.suppress(OSError):
-            os.close(self._lock_fd)
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        # Each descriptor once: its number may be reused at once (a pipe of a subprocess).
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def forget_after_fork(self) -> None:
         """In a forked child: close the parent's descriptors (its flock stays the parent's)."""
-        for fd in (self._ids_fd, self._ops_fd, self._cuts_fd, self._lock_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        with contextlib.suppress(BufferError, ValueError):
-            self.mm.close()
+        self._close_fds()
+
+
+_MISSING = object()
 
 
 def _take(
-    mm: Any, mask: int, start: int, end: int, overflow: dict[int, tuple[int, ...]]
+    mm: Any, cap: int, start: int, end: int, overflow: dict[int, Any]
 ) -> tuple[int, list[bytes], list[tuple[int, ...]]]:
-    cap = mask + 1
     chunks: list[bytes] = []
     extra: list[tuple[int, ...]] = []
     pos = start
     while pos < end:
-        slot = pos & mask
+        slot = pos % cap
         n = min(end - pos, cap - slot)  # up to the end of the file, then wrap
         raw = mm[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
         good = _published_prefix(raw, pos, n)
@@ -233,9 +234,9 @@ def _take(
             chunks.append(raw[: good * RECORD])
             pos += good
         if good < n:
-            point = overflow.pop(pos, None)
-            if point is None:
-                break
+            point = overflow.pop(pos, _MISSING)
+            if point is _MISSING:
+                break  # a write in flight on another thread
             extra.append(point)
             pos += 1
     return pos, chunks, extra
@@ -299,7 +300,6 @@ class DeadRing:
         if magic != MAGIC:
             raise ValueError(f"{directory}: not a flightlog ring")
         self.data = data
-        self.mask = self.capacity - 1
         self.run_names: dict[int, str] = {}
         self.key_names: dict[int, str] = {}
         for kind, i, s in _unpack_all(directory / "ids"):
@@ -332,7 +332,7 @@ class DeadRing:
         pos = self.acked
         end = self.acked + self.capacity
         while pos < end:
-            slot = pos & self.mask
+            slot = pos % self.capacity
             n = min(end - pos, self.capacity - slot, 65536)
             raw = self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
             good = _published_prefix(raw, pos, n)
@@ -363,7 +363,7 @@ class DeadRing:
         chunks = []
         pos = start
         while pos < end:
-            slot = pos & self.mask
+            slot = pos % self.capacity
             n = min(end - pos, self.capacity - slot)
             chunks.append(self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD])
             pos += n

@@ -134,7 +134,12 @@ class Agent:
         self._ops_taken = 0  # ... and taken by a packer (under _pack_lock)
         self.drops.forget_runs()
         self.heartbeats = Heartbeats(self.heartbeat_interval)
-        self._open_ring()
+        self.ring: Ring | None = None
+        self._ring_wanted = True  # opened on first use (a fork child that execs never does)
+        self._ring_taken = 0  # ring positions packed so far
+        self._ring_marks: dict[int, tuple[int, int]] = {}  # outbox seq -> positions
+        self._ops_start = 0  # journal index where the next batch's ops start
+        self._ring_lock = threading.Lock()  # _ring_marks and the ring's acked positions
         spool = Spool(
             self.spool_root,
             owner=self.agent_id,
@@ -213,14 +218,16 @@ class Agent:
             del q[-RECORD:]
             self.drops.count_point(run_id, "queue_full")
 
-    def _open_ring(self) -> None:
-        # Capacity: the queue's bound, rounded up to a power of two (slot = seq & mask).
-        self.ring: Ring | None = None
-        self._ring_taken = 0  # ring positions packed so far
-        self._ops_cut = 0  # journal index after the last op packed
-        self._ring_marks: dict[int, tuple[int, int]] = {}  # outbox seq -> positions
-        self._ops_start = 0  # journal index where the next batch's ops start
-        capacity = 1 << max(10, (self.max_queue - 1).bit_length())
+    def _open_ring(self) -> Ring | None:
+        # Capacity: the queue's bound (points neither acknowledged nor on disk).
+        with self._lock:
+            if self._ring_wanted and self._pid == os.getpid():
+                self._ring_wanted = False
+                self._make_ring()
+        return self.ring
+
+    def _make_ring(self) -> None:
+        capacity = self.max_queue
         try:
             self.ring = Ring(rings_root(self.spool_root), self.agent_id, capacity)
         except OSError as e:  # an unwritable spool: points take the in-memory queue
@@ -231,6 +238,8 @@ class Agent:
     def submit_metric(self, item: MetricTuple) -> None:
         """Log one (run_id, key, value, step, ts_seconds) point."""
         ring = self.ring
+        if ring is None and self._ring_wanted:
+            ring = self._open_ring()
         if ring is None or self._pid != os.getpid():
             q = self.queue
             q += item
@@ -238,6 +247,19 @@ class Agent:
                 self.on_pressure()
             return
         rid, key, value, step, ts = item
+        if (
+            rid.__class__ is not str
+            or key.__class__ is not str
+            or value.__class__ is not float
+            or step.__class__ is not int
+            or not -(2**63) <= step < 2**63
+            or ts.__class__ is not float
+        ):
+            # Past the call-site checks (a plug-in feeding the agent directly): the
+            # queue's path drops what the wire cannot carry and reports it at the flush.
+            q = self.queue
+            q += item
+            return
         self.ring_write(ring.run_index(rid), ring.key_index(key), step, value, ts)
 
     def ring_write(self, ri: int, ki: int, step: int, value: float, ts: float) -> None:
@@ -258,25 +280,57 @@ class Agent:
         self.ring_full(seq, ri, ki, step, value, ts)
 
     def ring_full(self, seq: int, ri: int, ki: int, step: int, value: float, ts: float) -> None:
-        """A reserved position at or past ``ring.limit``: wake the packer; below
-        acked + capacity write the slot, past it the point waits in memory (or is
-        dropped past ``max_queue``), so the reader never meets a hole that stays."""
+        """A reserved position at or past ``ring.limit``: wake the packer, and write the
+        slot if it is free (below acked + capacity).
+
+        A full ring spills: the logging call packs what is before it and moves the
+        outbox's batches to the disk spool, which frees their slots (a bounded, rare
+        cost, as the queue's spill was). If the packer's lock stays taken (a packer
+        stuck on a slow disk) or the spool is full, the point is dropped and counted.
+        A dropped slot is marked in ``overflow`` so the reader passes it.
+        """
         ring = self.ring
         assert ring is not None
         if not self._wake.is_set():
             self._wake.set()
-        if seq < ring.acked + ring.capacity:
+        if seq < ring.acked + ring.capacity and not self._closed:
             ring.write_at(seq, ri, ki, step, value, ts)
-        elif len(ring.overflow) < self.max_queue:
-            ring.overflow[seq] = (ri, ki, step, value, ts)
-        else:
-            ring.overflow[seq] = None  # type: ignore[assignment]
-            self.drops.count_point(ring.run_names[ri], "queue_full")
+            return
+        if not self._closed:
+            if self._packer_stuck:
+                got = self._pack_lock.acquire(blocking=False)
+            else:
+                got = self._pack_lock.acquire(timeout=SPILL_WAIT)
+                self._packer_stuck = not got
+            if got:
+                try:
+                    self._pack_front()
+                    self.outbox.spill()
+                    self._advance_ring()
+                except Exception:  # never raise into the training loop
+                    log.exception("flightlog agent: spilling the metric ring failed")
+                finally:
+                    self._pack_lock.release()
+            if seq < ring.acked + ring.capacity:
+                ring.write_at(seq, ri, ki, step, value, ts)
+                return
+        ring.overflow[seq] = None
+        self.drops.count_point(ring.run_names[ri], "closed" if self._closed else "queue_full")
 
-    def ring_skip(self, seq: int) -> None:
-        """A reserved slot whose point was refused (bad step): the reader passes it."""
-        if self.ring is not None:
-            self.ring.overflow[seq] = None  # type: ignore[assignment]
+    def _advance_ring(self) -> None:
+        """Move the ring's acked positions past every batch acknowledged or on disk."""
+        ring = self.ring
+        if ring is None:
+            return
+        with self._ring_lock:
+            last = self.outbox.spooled_prefix()
+            marks = self._ring_marks
+            done = [s for s in marks if s <= last]
+            if done:
+                for s in done[:-1]:
+                    del marks[s]
+                ring.set_acked(*marks.pop(done[-1]))
+            ring.limit = min(ring.acked + ring.capacity, self._ring_taken + self.batch_points)
 
     def submit_op(self, name: str, args: dict[str, Any]) -> None:
         """Queue a non-metric operation; it is shipped in order with the metrics."""
@@ -284,6 +338,8 @@ class Agent:
             args = self.heartbeats.track(name, args)
         self._count_op()
         ring = self.ring
+        if ring is None and self._ring_wanted:
+            ring = self._open_ring()
         if ring is None or self._pid != os.getpid():
             q = self.queue
             q += (OP, Op(name, args), None, None, None)
@@ -530,12 +586,11 @@ class Agent:
                 body = self._encode_ring(bid, ops, chunks, extra)
                 self._ops_start = ops_end
                 ring.cut(taken, ops_end)
-                seq = self.outbox.add(points, body, must_keep=True)
-                self._ring_marks[seq] = (taken, ops_end)
+                self._add_ring_batch(bid, points, body, ops, chunks, bool(markers), (taken, ops_end))
             elif ops:  # only the drop counters' tags: nothing an adopter re-cuts
-                self.outbox.add(0, encode_raw_batch(uuid.uuid4().hex, self.agent_id, ops, None), must_keep=True)
-            self.shipped_points += points
-            ring.limit = min(ring.acked + ring.capacity, taken + self.batch_points)
+                body = encode_raw_batch(uuid.uuid4().hex, self.agent_id, ops, None)
+                self.outbox.add(0, body, must_keep=True)
+            self._advance_ring()
             if points_in_queue:
                 columns, _, _ = self._split(points_in_queue)
                 self._add_batch(columns, [], False)
@@ -549,6 +604,45 @@ class Agent:
                 if not self.outbox.add_marker(m):
                     self._send_wake.set()
         return True
+
+    def _add_ring_batch(
+        self,
+        bid: str,
+        points: int,
+        body: bytes,
+        ops: list[list[Any]],
+        chunks: list[bytes],
+        flushing: bool,
+        mark: tuple[int, int],
+    ) -> None:
+        try:
+            with self._ring_lock:
+                seq = self.outbox.add(points, body, must_keep=not points)
+                self._ring_marks[seq] = mark
+            self.shipped_points += points
+        except SpoolFull:
+            # As the queue's path: drop the points, keep the operations, same batch id
+            # (an adopter's copy of this batch is then a duplicate, not a second run).
+            ring = self.ring
+            assert ring is not None
+            ri = array("I")
+            for chunk in chunks:
+                ri.frombytes(memoryview(chunk).cast("I")[2::10].tobytes())
+            run_ids = [ring.run_names[i] for i in ri]
+            reason = "closed" if self.outbox.closed else "spool_full"
+            self.drops.count_points(run_ids, reason)
+            if reason == "closed":
+                return
+            ops = ops + self.drops.tag_ops(force=flushing)
+            if ops:
+                try:
+                    seq = self.outbox.add(0, encode_raw_batch(bid, self.agent_id, ops, None), must_keep=True)
+                    with self._ring_lock:
+                        self._ring_marks[seq] = mark
+                except SpoolFull:  # closed meanwhile
+                    self.drops.count("closed", len(ops))
+        finally:
+            self.drops.warn_if_due()
 
     def _encode_ring(
         self,
@@ -661,17 +755,10 @@ class Agent:
                 if ack.errors:
                     self.errors.record(ack.errors)
                 self._settle(self.outbox.ack(entry), True)
-                self._ring_acked(entry.seq)
+                self._advance_ring()
             except Exception:  # the thread must outlive any one failure
                 log.exception("flightlog agent: unexpected error while sending; will retry")
                 self._backoff(BACKOFF_MAX)
-
-    def _ring_acked(self, outbox_seq: int) -> None:
-        ring = self.ring
-        mark = self._ring_marks.pop(outbox_seq, None)
-        if ring is not None and mark is not None:
-            ring.set_acked(*mark)
-            ring.limit = min(ring.acked + ring.capacity, self._ring_taken + self.batch_points)
 
     @property
     def reachable(self) -> bool:
