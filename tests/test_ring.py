@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import CollectorProcess, start_collector
 from helpers import run_status, stored_points
 
@@ -105,3 +107,86 @@ def test_sigkill_with_the_collector_down(tmp_path: Path) -> None:
         _check(c, run_id, spool)
     finally:
         c.stop()
+
+
+FORKED = r"""
+import os, signal, sys
+import flightlog as mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run() as r:
+    print(r.info.run_id, flush=True)
+    mlflow.log_metric("parent", 1.0)
+    pid = os.fork()
+    if pid == 0:  # the child logs into the parent's run, then dies unflushed
+        for i in range(100_000):
+            mlflow.log_metric("child", 0.5, step=i)
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+WORKERS = r"""
+import multiprocessing as mp, os, signal, sys
+import flightlog as mlflow
+
+def work(args):
+    run_id, w = args
+    for i in range(1000):
+        mlflow.log_metric(f"w{w}", 0.5, step=i, run_id=run_id)
+    return w
+
+if __name__ == "__main__":
+    url, method, kind = sys.argv[1:4]
+    os.environ["FLIGHTLOG_TRACKING_URI"] = url
+    mlflow.set_tracking_uri(url)
+    ctx = mp.get_context(method)
+    with mlflow.start_run() as r:
+        print(r.info.run_id, flush=True)
+        jobs = [(r.info.run_id, w) for w in range(4)]
+        if kind == "process":
+            ps = [ctx.Process(target=work, args=(j,)) for j in jobs]
+            for p in ps: p.start()
+            for p in ps: p.join()
+        else:
+            pool = ctx.Pool(4)
+            pool.map(work, jobs)
+            pool.close()
+            pool.join()
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _script(script: str, *args: str, spool: Path) -> str:
+    # From a file: spawn-context children import the worker function from __main__.
+    path = spool.parent / "script.py"
+    path.write_text(script)
+    proc = subprocess.run(
+        [sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        env=_env(spool),
+        timeout=180,
+    )
+    assert proc.returncode == -9, proc.stderr
+    return proc.stdout.split()[0]
+
+
+def test_sigkill_of_a_forked_child_and_its_parent(collector: CollectorProcess, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    run_id = _script(FORKED, collector.url, spool=spool)
+    _adopt(collector.url, spool)
+    assert stored_points(collector.db, run_id, "child") == 100_000
+    assert stored_points(collector.db, run_id, "parent") == 1
+    assert run_status(collector.db, run_id) == "FAILED"
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("kind", ["process", "pool"])
+def test_multiprocessing_workers_that_never_flush_then_the_parent_is_killed(
+    collector: CollectorProcess, tmp_path: Path, method: str, kind: str
+) -> None:
+    spool = tmp_path / "spool"
+    run_id = _script(WORKERS, collector.url, method, kind, spool=spool)
+    _adopt(collector.url, spool)
+    assert stored_points(collector.db, run_id) == 4000
+    assert run_status(collector.db, run_id) == "FAILED"
