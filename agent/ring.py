@@ -151,12 +151,23 @@ class Ring:
         with self.lock:
             seq = next(self.counter)
             if seq < self.limit:
-                self.pack_into(self.mm, HEADER + (seq % self.capacity) * RECORD, seq + 1, ri, ki, step, value, ts)
+                self.pack_into(
+                    self.mm,
+                    HEADER + (seq % self.capacity) * RECORD,
+                    seq + 1,
+                    ri,
+                    ki,
+                    step,
+                    value,
+                    ts,
+                )
             return seq
 
     def write_at(self, seq: int, ri: int, ki: int, step: int, value: float, ts: float) -> None:
         """Write a reserved slot (the slow path, below acked + capacity)."""
-        self.pack_into(self.mm, HEADER + (seq % self.capacity) * RECORD, seq + 1, ri, ki, step, value, ts)
+        self.pack_into(
+            self.mm, HEADER + (seq % self.capacity) * RECORD, seq + 1, ri, ki, step, value, ts
+        )
 
     def reserved(self) -> int:
         """Positions reserved so far (a peek at the counter)."""

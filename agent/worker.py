@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import logging
 import os
-from array import array
 import sys
 import threading
 import time
 import uuid
 import weakref
+from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +51,9 @@ from flightlog.agent.exit_budget import begin_exit, bounded, time_budget
 from flightlog.agent.heartbeats import Heartbeats
 from flightlog.agent.outbox import FlushMarker, Outbox
 from flightlog.agent.records import OP, RECORD, Op, clean_points, split_records
-from flightlog.agent.ring import Ring, batch_id, columns as ring_columns, rings_root
 from flightlog.agent.reported_errors import ReportedErrors
+from flightlog.agent.ring import Ring, batch_id, rings_root
+from flightlog.agent.ring import columns as ring_columns
 from flightlog.agent.sender import REJECTED, Ack, Sender
 from flightlog.agent.spool import Spool, default_spool_root
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
@@ -586,7 +587,9 @@ class Agent:
                 body = self._encode_ring(bid, ops, chunks, extra)
                 self._ops_start = ops_end
                 ring.cut(taken, ops_end)
-                self._add_ring_batch(bid, points, body, ops, chunks, bool(markers), (taken, ops_end))
+                self._add_ring_batch(
+                    bid, points, body, ops, chunks, bool(markers), (taken, ops_end)
+                )
             elif ops:  # only the drop counters' tags: nothing an adopter re-cuts
                 body = encode_raw_batch(uuid.uuid4().hex, self.agent_id, ops, None)
                 self.outbox.add(0, body, must_keep=True)
@@ -636,7 +639,9 @@ class Agent:
             ops = ops + self.drops.tag_ops(force=flushing)
             if ops:
                 try:
-                    seq = self.outbox.add(0, encode_raw_batch(bid, self.agent_id, ops, None), must_keep=True)
+                    seq = self.outbox.add(
+                        0, encode_raw_batch(bid, self.agent_id, ops, None), must_keep=True
+                    )
                     with self._ring_lock:
                         self._ring_marks[seq] = mark
                 except SpoolFull:  # closed meanwhile

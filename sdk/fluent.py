@@ -401,7 +401,9 @@ def log_metric(
             ki = ring.key_index(key)
         seq = next(ring.counter)
         if seq < ring.limit:
-            ring.pack_into(ring.mm, _HEADER + (seq % ring.capacity) * _RECORD, seq + 1, ri, ki, step, value, ts)
+            ring.pack_into(
+                ring.mm, _HEADER + (seq % ring.capacity) * _RECORD, seq + 1, ri, ki, step, value, ts
+            )
         else:
             agent.ring_full(seq, ri, ki, step, value, ts)
     if synchronous:

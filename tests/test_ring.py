@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import CollectorProcess, start_collector
 from helpers import run_status, stored_points
 
@@ -77,7 +76,9 @@ def _check(c: CollectorProcess, run_id: str, spool: Path, points: int = 100_000)
     assert not list(spool.glob("*-rings/*/ring"))
 
 
-def test_sigkill_after_100k_calls_loses_nothing(collector: CollectorProcess, tmp_path: Path) -> None:
+def test_sigkill_after_100k_calls_loses_nothing(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     run_id = _kill_trainer(collector.url, spool)
     took = _adopt(collector.url, spool)
@@ -171,7 +172,9 @@ def _script(script: str, *args: str, spool: Path) -> str:
     return proc.stdout.split()[0]
 
 
-def test_sigkill_of_a_forked_child_and_its_parent(collector: CollectorProcess, tmp_path: Path) -> None:
+def test_sigkill_of_a_forked_child_and_its_parent(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     run_id = _script(FORKED, collector.url, spool=spool)
     _adopt(collector.url, spool)
