@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import struct
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ from flightlog.agent import signals as _signals
 from flightlog.agent.exit_budget import begin_exit
 from flightlog.agent.ring import HEADER as _HEADER
 from flightlog.agent.ring import RECORD as _RECORD
+from flightlog.agent.ring import RECORD_FORMAT as _RECORD_FORMAT
 from flightlog.client import MlflowClient
 from flightlog.context import flush_all
 from flightlog.core import settings
@@ -44,7 +46,7 @@ _state_lock = threading.RLock()
 _active_experiment_id: str | None = None
 _last_active_run_id: str | None = None
 _seen_keys = v._seen_metric_keys
-_STEP_MAX = 2**63
+_pack_into = _RECORD_FORMAT.pack_into
 _time = time.time
 START_RUN_SYNC_TIMEOUT = 10.0
 
@@ -384,7 +386,7 @@ def log_metric(
         value = v.metric_value(key, value)
     if step is None:
         step = 0
-    elif step.__class__ is not int or not -_STEP_MAX <= step < _STEP_MAX:
+    elif step.__class__ is not int:
         step = v.metric_step(key, step)
     ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
     ring = agent.ring
@@ -401,9 +403,21 @@ def log_metric(
             ki = ring.key_index(key)
         seq = next(ring.counter)
         if seq < ring.limit:
-            ring.pack_into(
-                ring.mm, _HEADER + (seq % ring.capacity) * _RECORD, seq + 1, ri, ki, step, value, ts
-            )
+            try:
+                _pack_into(
+                    ring.mm,
+                    _HEADER + (seq % ring.capacity) * _RECORD,
+                    seq + 1,
+                    ri,
+                    ki,
+                    step,
+                    value,
+                    ts,
+                )
+            except struct.error:
+                ring.overflow[seq] = None  # the reader passes this slot
+                v.metric_step(key, step)  # raises: a step out of the int64 range
+                raise
         else:
             agent.ring_full(seq, ri, ki, step, value, ts)
     if synchronous:
