@@ -25,6 +25,7 @@ from aiohttp import web
 from flightlog.collector import limits
 from flightlog.collector.batch_checks import check_batch
 from flightlog.collector.store import SqliteStore
+from flightlog.collector.ui import is_public_path
 from flightlog.exceptions import (
     BAD_REQUEST,
     INTERNAL_ERROR,
@@ -104,7 +105,8 @@ async def error_middleware(
     collector = request.app[COLLECTOR]
     collector.last_activity = time.monotonic()
     token = collector.config.token
-    if token and request.path != "/health":
+    # /health and the web UI's page and code (no data) answer without the token.
+    if token and request.path != "/health" and not is_public_path(request.path):
         given = request.headers.get("Authorization", "")
         # surrogateescape: a header that is not UTF-8 is a wrong token, not a crash.
         if not hmac.compare_digest(
@@ -347,6 +349,9 @@ def create_app(config: CollectorConfig, store: SqliteStore) -> web.Application:
     app.router.add_post("/api/flightlog/rpc/{method}", rpc_handler)
     app.cleanup_ctx.append(_executors)
     run_in_background(app, _idle_watch)
+    from flightlog.collector import ui  # imports modules that import this one
+
+    app.router.add_routes(ui.routes())
     _load_features()
     for extend in _EXTENSIONS:
         extend(app)

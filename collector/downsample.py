@@ -206,3 +206,97 @@ def sampled_series(store: SqliteStore, run_id: str, key: str, max_points: int) -
     cand_v = [*f[0], *f[3], *f[6]]
     cand_t = [*f[2], *f[5], *f[8]]
     return bucketed(cand_s, cand_v, cand_t, lo, hi, buckets)
+
+
+def _in_range(
+    steps: array[int], vals: array[float], ts: array[float], lo: int, hi: int
+) -> tuple[array[int], array[float], array[float]]:
+    """The points of a chunk whose step lies in [lo, hi]."""
+    if _non_decreasing(steps):
+        a, b = bisect_left(steps, lo), bisect_left(steps, hi + 1)
+        return steps[a:b], vals[a:b], ts[a:b]
+    keep = [i for i, s in enumerate(steps) if lo <= s <= hi]
+    return (
+        array("q", (steps[i] for i in keep)),
+        array("d", (vals[i] for i in keep)),
+        array("d", (ts[i] for i in keep)),
+    )
+
+
+def sampled_range(
+    store: SqliteStore,
+    run_id: str,
+    key: str,
+    max_points: int,
+    min_step: int | None = None,
+    max_step: int | None = None,
+) -> tuple[Points, bool]:
+    """The points of one series with ``min_step <= step <= max_step`` (None: unbounded),
+    bucketed to at most about ``max_points`` as :func:`sampled_series` does.
+
+    This is the chart read behind zooming (a narrower range gives finer buckets, down to
+    raw points once they fit) and live updates (``min_step`` past the last step shown).
+    Chunks that lie wholly inside the range are read from their block summaries when the
+    range holds too many points to read raw; chunks that straddle an edge are always read
+    raw and cut at the edge, so the result is exact at both ends. Returns the points
+    (sorted by step) and whether they were bucketed.
+    """
+    spans = store.metric_chunk_spans(run_id, key, min_step, max_step)
+    empty: Points = (array("q"), array("d"), array("d"))
+    if not spans:
+        return empty, False
+    lo = min_step if min_step is not None else min(s[2] for s in spans)
+    hi = max_step if max_step is not None else max(s[3] for s in spans)
+    buckets = max(1, max_points // 3)
+    total = sum(s[1] for s in spans)
+    use_summaries = total > max(RAW_LIMIT, 4 * BLOCK * buckets)
+    summary_ids = [
+        cid for cid, _n, c_lo, c_hi in spans if use_summaries and lo <= c_lo and c_hi <= hi
+    ]
+    summaries = store.metric_chunk_data(summary_ids, summaries=True)
+    raw = store.metric_chunk_data(
+        [s[0] for s in spans if s[0] not in summaries], summaries=False
+    )
+    # Units for bucketed_sorted: per summary block its min, max and last point; a raw
+    # point is a unit whose min, max and last are itself.
+    cols: list[array[float]] = [array("d") for _ in range(9)]
+    cand_s: list[int] = []  # candidates for the unsorted fallback
+    cand_v: list[float] = []
+    cand_t: list[float] = []
+    for cid, *_ in spans:
+        if cid in summaries:
+            block = array("d")
+            block.frombytes(summaries[cid][0])
+            f = [block[i::_FIELDS] for i in range(_FIELDS)]
+            for col, src in zip(cols, f[:9], strict=True):
+                col.extend(src)
+            cand_s.extend(int(x) for x in (*f[1], *f[4], *f[7]))
+            cand_v.extend((*f[0], *f[3], *f[6]))
+            cand_t.extend((*f[2], *f[5], *f[8]))
+            continue
+        s_raw, v_raw, t_raw = raw[cid]
+        steps, vals, ts = array("q"), array("d"), array("d")
+        steps.frombytes(s_raw)
+        vals.frombytes(v_raw)
+        ts.frombytes(t_raw)
+        steps, vals, ts = _in_range(steps, vals, ts, lo, hi)
+        s_f = array("d", steps)
+        for i, src in enumerate((vals, s_f, ts)):
+            cols[i].extend(src)
+            cols[3 + i].extend(src)
+            cols[6 + i].extend(src)
+        cand_s.extend(steps)
+        cand_v.extend(vals)
+        cand_t.extend(ts)
+    if not summaries and len(cand_s) <= max_points:
+        order = sorted(range(len(cand_s)), key=lambda i: (cand_s[i], cand_t[i]))
+        return (
+            array("q", (cand_s[i] for i in order)),
+            array("d", (cand_v[i] for i in order)),
+            array("d", (cand_t[i] for i in order)),
+        ), False
+    if _non_decreasing(cols[7]):
+        fast = bucketed_sorted(cols[7], *cols, lo, hi, buckets)
+        if fast is not None:
+            return fast, True
+    return bucketed(cand_s, cand_v, cand_t, lo, hi, buckets), True

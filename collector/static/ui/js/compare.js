@@ -1,0 +1,147 @@
+// Runs compared: their curves overlaid per key, the params and latest metrics that
+// differ, and a param-vs-metric scatter for sweeps.
+import uPlot from "../vendor/uplot/uPlot.esm.js";
+import { getJSON } from "./api.js";
+import { h, fill, crumbs } from "./dom.js";
+import { num } from "./format.js";
+import { ChartSettings, LazyCharts, PALETTE, settingsBar } from "./charts.js";
+import { groupByPrefix } from "./run.js";
+
+function differs(values) {
+  const seen = new Set(values.map((v) => (v === undefined ? "\u0000missing" : String(v))));
+  return seen.size > 1;
+}
+
+/** Render the compare page for ?runs=a,b,c into root. */
+export async function comparePage(root, query) {
+  const ids = (query.get("runs") || "").split(",").filter(Boolean);
+  if (!ids.length) throw new Error("No runs to compare: select runs in an experiment's table.");
+  const found = await Promise.all(ids.map((id) => getJSON(`/runs/${encodeURIComponent(id)}`)));
+  const runs = found.map((f) => f.run);
+  const exp = found[0].experiment;
+  crumbs([
+    ["Experiments", "#/"],
+    [exp.name, `#/experiments/${encodeURIComponent(exp.experiment_id)}`],
+    [`Compare ${runs.length} runs`, null],
+  ]);
+  const color = (i) => PALETTE[i % PALETTE.length];
+  const label = (r) => r.info.run_name || r.info.run_id.slice(0, 8);
+
+  // -- what differs -----------------------------------------------------------------------
+  const showAll = h("input", { type: "checkbox" });
+  const diffBody = h("tbody");
+  const diffRows = () => {
+    const rows = [];
+    for (const [kind, field, fmt] of [["param", "params", String], ["metric", "metrics", num]]) {
+      const keys = [...new Set(runs.flatMap((r) => Object.keys(r.data[field])))].sort();
+      for (const k of keys) {
+        if (kind === "metric" && k.startsWith("system/")) continue;
+        const vals = runs.map((r) => r.data[field][k]);
+        if (!showAll.checked && !differs(vals)) continue;
+        rows.push(h("tr", { class: kind }, h("th", {}, h("span", { class: "muted" }, `${kind} `), k),
+          vals.map((v) => h("td", {}, v === undefined ? "" : fmt(v)))));
+      }
+    }
+    fill(diffBody, rows.length ? rows : h("tr", {}, h("td", { colspan: runs.length + 1, class: "muted" }, "No differences.")));
+  };
+  showAll.addEventListener("change", diffRows);
+  diffRows();
+
+  // -- curves -------------------------------------------------------------------------------
+  const settings = new ChartSettings();
+  const charts = new LazyCharts(settings);
+  const keyRuns = new Map();
+  found.forEach((f, i) => {
+    for (const m of f.metrics) {
+      if (!keyRuns.has(m.key)) keyRuns.set(m.key, []);
+      keyRuns.get(m.key).push(i);
+    }
+  });
+  const keys = [...keyRuns.keys()].sort();
+  const slots = groupByPrefix(keys).map(([g, ks]) =>
+    h(
+      "div",
+      { class: "chart-group" },
+      h("h3", {}, g || "metrics"),
+      h(
+        "div",
+        { class: "chart-grid wide" },
+        ks.map((k) =>
+          charts.slot({
+            title: k,
+            timeAxis: k.startsWith("system/"),
+            lines: keyRuns.get(k).map((i) => ({
+              runId: runs[i].info.run_id,
+              key: k,
+              label: label(runs[i]),
+              color: color(i),
+              start: runs[i].info.start_time,
+            })),
+          }),
+        ),
+      ),
+    ),
+  );
+
+  fill(
+    root,
+    h("h1", {}, `Comparing ${runs.length} runs`),
+    h("ul", { class: "legend-runs" }, runs.map((r, i) =>
+      h("li", {}, h("span", { class: "swatch", style: `background:${color(i)}` }), h("a", {
+        href: `#/experiments/${encodeURIComponent(r.info.experiment_id)}/runs/${r.info.run_id}`,
+      }, label(r))))),
+    h(
+      "section",
+      {},
+      h("h2", {}, "Differences ", h("label", { class: "muted small" }, showAll, " show all")),
+      h("div", { class: "table-scroll" }, h("table", { class: "grid diff" },
+        h("thead", {}, h("tr", {}, h("th", {}, "key"), runs.map((r, i) => h("th", { style: `color:${color(i)}` }, label(r))))),
+        diffBody)),
+    ),
+    h("section", {}, h("h2", {}, "Parameter vs. metric"), scatter(runs)),
+    h("section", {}, h("h2", {}, "Metrics"), settingsBar(settings), slots),
+  );
+  return { destroy: () => charts.clear() };
+}
+
+/** A scatter of one param (x) against one metric's latest value (y), a point per run. */
+function scatter(runs) {
+  const params = [...new Set(runs.flatMap((r) => Object.keys(r.data.params)))].sort();
+  const metrics = [...new Set(runs.flatMap((r) => Object.keys(r.data.metrics)))].filter((k) => !k.startsWith("system/")).sort();
+  if (!params.length || !metrics.length) return h("p", { class: "muted" }, "Needs at least one param and one metric.");
+  const px = h("select", { "aria-label": "param" }, params.map((p) => h("option", { value: p }, p)));
+  const my = h("select", { "aria-label": "metric" }, metrics.map((m) => h("option", { value: m }, m)));
+  const box = h("div", { class: "scatter" });
+  let plot = null;
+  const draw = () => {
+    const p = px.value;
+    const m = my.value;
+    const raw = runs.map((r) => r.data.params[p]);
+    const numeric = raw.every((v) => v === undefined || !Number.isNaN(Number(v)));
+    const cats = numeric ? [] : [...new Set(raw.filter((v) => v !== undefined))].sort();
+    const pts = runs
+      .map((r, i) => [numeric ? Number(raw[i]) : cats.indexOf(raw[i]), r.data.metrics[m]])
+      .filter(([x, y]) => x !== -1 && Number.isFinite(x) && y != null)
+      .sort((a, b) => a[0] - b[0]);
+    if (plot) plot.destroy();
+    plot = new uPlot(
+      {
+        width: Math.max(300, Math.min(700, box.clientWidth || 600)),
+        height: 260,
+        scales: { x: { time: false } },
+        series: [
+          { label: p, value: (u, v) => (v == null ? "" : numeric ? num(v) : cats[v]) },
+          { label: m, stroke: PALETTE[0], paths: () => null, points: { show: true, size: 8, fill: PALETTE[0] } },
+        ],
+        axes: [numeric ? {} : { values: (u, vals) => vals.map((v) => cats[v] ?? "") }, { size: 64, values: (u, vals) => vals.map(num) }],
+        cursor: { drag: { x: false, y: false } },
+      },
+      [pts.map((q) => q[0]), pts.map((q) => q[1])],
+      box,
+    );
+  };
+  px.addEventListener("change", draw);
+  my.addEventListener("change", draw);
+  requestAnimationFrame(draw);
+  return h("div", {}, h("div", { class: "toolbar" }, h("label", {}, "x: ", px), h("label", {}, "y: ", my)), box);
+}
