@@ -109,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
             "db_path": str(store.db_path),
             "port_file": args.port_file,
             "s3_endpoint_url": args.s3_endpoint_url,
+            "announce_ui": getattr(args, "announce_ui", False),
         },
     )
 
@@ -150,6 +151,9 @@ async def serve(config: CollectorConfig) -> None:
         file=sys.stderr,
         flush=True,
     )
+    if config.extra.get("announce_ui"):
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"flightlog UI: http://{host}:{port}/", flush=True)
     try:
         await stop.wait()
     finally:

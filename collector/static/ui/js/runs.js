@@ -14,7 +14,7 @@ function baseColumns() {
   return [
     { id: "name", label: "Run", width: 260, get: (r) => r.info.run_name },
     { id: "status", label: "Status", width: 96, get: (r) => r.info.status, cell: (r) => statusBadge(r.info.status) },
-    { id: "start", label: "Started", width: 150, get: (r) => r.info.start_time, text: (r) => dateTime(r.info.start_time) },
+    { id: "start", label: "Started", width: 165, get: (r) => r.info.start_time, text: (r) => dateTime(r.info.start_time) },
     {
       id: "duration", label: "Duration", width: 90,
       get: (r) => (r.info.start_time ? (r.info.end_time ?? Date.now()) - r.info.start_time : null),
