@@ -254,9 +254,7 @@ def sampled_range(
         cid for cid, _n, c_lo, c_hi in spans if use_summaries and lo <= c_lo and c_hi <= hi
     ]
     summaries = store.metric_chunk_data(summary_ids, summaries=True)
-    raw = store.metric_chunk_data(
-        [s[0] for s in spans if s[0] not in summaries], summaries=False
-    )
+    raw = store.metric_chunk_data([s[0] for s in spans if s[0] not in summaries], summaries=False)
     # Units for bucketed_sorted: per summary block its min, max and last point; a raw
     # point is a unit whose min, max and last are itself.
     cols: list[array[float]] = [array("d") for _ in range(9)]
@@ -296,7 +294,10 @@ def sampled_range(
             array("d", (cand_t[i] for i in order)),
         ), False
     if _non_decreasing(cols[7]):
-        fast = bucketed_sorted(cols[7], *cols, lo, hi, buckets)
+        lo_v, lo_s, lo_t, hi_v, hi_s, hi_t, la_v, la_s, la_t = cols
+        fast = bucketed_sorted(
+            la_s, lo_v, lo_s, lo_t, hi_v, hi_s, hi_t, la_v, la_s, la_t, lo, hi, buckets
+        )
         if fast is not None:
             return fast, True
     return bucketed(cand_s, cand_v, cand_t, lo, hi, buckets), True

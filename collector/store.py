@@ -747,7 +747,8 @@ class SqliteStore:
                 "last_activity": r[6] if r[6] is not None else r[4],
                 "tags": {},
             }
-        for eid, key, value in conn.execute("SELECT experiment_id, key, value FROM experiment_tags"):
+        tags = conn.execute("SELECT experiment_id, key, value FROM experiment_tags")
+        for eid, key, value in tags:
             if eid in out:
                 out[eid]["tags"][key] = value
         return list(out.values())

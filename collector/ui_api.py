@@ -157,9 +157,7 @@ async def metrics(request: web.Request) -> web.Response:
     run_ids = [validate_run_id(r) for r in request.query.getall("run", [])]
     keys = request.query.getall("key", [])
     if not run_ids or not keys:
-        raise MlflowException(
-            "Give at least one run=ID and one key=K", INVALID_PARAMETER_VALUE
-        )
+        raise MlflowException("Give at least one run=ID and one key=K", INVALID_PARAMETER_VALUE)
     if len(run_ids) * len(keys) > MAX_SERIES:
         raise MlflowException(
             f"At most {MAX_SERIES} (run, key) series per call", INVALID_PARAMETER_VALUE

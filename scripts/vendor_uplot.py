@@ -37,9 +37,7 @@ def main() -> int:
     p.add_argument("--sha256", default=SHA256)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            ["npm", "pack", f"uplot@{args.version}", "--silent"], cwd=tmp, check=True
-        )
+        subprocess.run(["npm", "pack", f"uplot@{args.version}", "--silent"], cwd=tmp, check=True)
         tarball = Path(tmp) / f"uplot-{args.version}.tgz"
         digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
         if digest != args.sha256:

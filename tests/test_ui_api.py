@@ -204,9 +204,9 @@ def test_token_guards_every_data_endpoint_but_not_the_page(tmp_path: Path) -> No
 
 def test_flightlog_ui_command_prints_the_url(tmp_path: Path) -> None:
     port = free_port()
+    command = ["ui", "--store", str(tmp_path / "s"), "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flightlog.cli", "ui", "--store", str(tmp_path / "s"),
-         "--port", str(port)],  # fmt: skip
+        [sys.executable, "-m", "flightlog.cli", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
