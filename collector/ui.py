@@ -20,8 +20,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from flightlog.collector.artifact_paths import safe_relative_path
-from flightlog.exceptions import RESOURCE_DOES_NOT_EXIST, MlflowException
+from flightlog.core.artifact_paths import safe_relative_path
+from flightlog.core.exceptions import RESOURCE_DOES_NOT_EXIST, MlflowException
 
 STATIC_DIR = Path(__file__).parent / "static" / "ui"
 PUBLIC_PREFIX = "/ui/"

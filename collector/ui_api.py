@@ -40,11 +40,11 @@ from aiohttp import web
 
 from flightlog.collector.app import COLLECTOR
 from flightlog.collector.artifact_api import run_repository
-from flightlog.collector.artifact_paths import safe_relative_path
 from flightlog.collector.downsample import sampled_range
 from flightlog.collector.search import ACTIVE_ONLY, ALL, DELETED_ONLY, MAX_RESULTS_LIMIT
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
-from flightlog.validation import validate_run_id
+from flightlog.core.artifact_paths import safe_relative_path
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core.validation import validate_run_id
 
 PREFIX = "/api/flightlog/ui"
 #: The most (run, key) series one metrics call returns.
