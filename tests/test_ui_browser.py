@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import math
-import shutil
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,31 +14,23 @@ from typing import Any
 import pytest
 
 import flightlog as mlflow
+from scripts.ui_harness import chromium_path, launch_chromium
 from tests.conftest import CollectorProcess, start_collector
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
 )
-CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
+    chromium_path() is None,
     reason="Debian's chromium is not on PATH (apt-get install chromium; .ci/run installs it)",
 )
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 BLUE = (31, 119, 180)  # the first line colour (charts.js PALETTE[0])
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 

@@ -134,6 +134,7 @@ export class MetricChart {
     fill(el, h("div", { class: "chart-head" }, this.title, this.status), this.box);
     el.classList.add("chart");
     el.dataset.key = lines.length === 1 ? lines[0].key : title;
+    this.title.title = el.dataset.key;
     this.onSettings = () => this.draw();
     settings.listeners.add(this.onSettings);
     this.resize = new ResizeObserver(() => {
@@ -231,7 +232,7 @@ export class MetricChart {
       ],
       axes: [
         m === "relative" ? { values: (u, vals) => vals.map((v) => duration(v * 1000)) } : {},
-        { size: 64, values: (u, vals) => vals.map((v) => num(v)) },
+        { size: 72, values: (u, vals) => vals.map((v) => num(v)) },
       ],
       cursor: {
         sync: { key: SYNC_KEY, setSeries: false },
@@ -316,7 +317,11 @@ export class LazyCharts {
 
   /** A placeholder for a chart made from spec {title, lines, timeAxis} when visible. */
   slot(spec) {
-    const el = h("div", { class: "chart-slot", dataset: { key: spec.title } }, h("div", { class: "chart-title" }, spec.title));
+    const el = h(
+      "div",
+      { class: "chart-slot", dataset: { key: spec.key || spec.title } },
+      h("div", { class: "chart-title" }, spec.title),
+    );
     this.specs.set(el, spec);
     this.observer.observe(el);
     return el;

@@ -62,13 +62,14 @@ export async function comparePage(root, query) {
     h(
       "div",
       { class: "chart-group" },
-      h("h3", {}, g || "metrics"),
+      g ? h("h3", {}, g) : null,
       h(
         "div",
         { class: "chart-grid wide" },
         ks.map((k) =>
           charts.slot({
             title: k,
+            key: k,
             timeAxis: k.startsWith("system/"),
             lines: keyRuns.get(k).map((i) => ({
               runId: runs[i].info.run_id,
@@ -109,8 +110,12 @@ function scatter(runs) {
   const params = [...new Set(runs.flatMap((r) => Object.keys(r.data.params)))].sort();
   const metrics = [...new Set(runs.flatMap((r) => Object.keys(r.data.metrics)))].filter((k) => !k.startsWith("system/")).sort();
   if (!params.length || !metrics.length) return h("p", { class: "muted" }, "Needs at least one param and one metric.");
-  const px = h("select", { "aria-label": "param" }, params.map((p) => h("option", { value: p }, p)));
-  const my = h("select", { "aria-label": "metric" }, metrics.map((m) => h("option", { value: m }, m)));
+  // Start with a param and a metric that differ between the runs (a sweep's knob and score).
+  const varying = (field) => (k) => differs(runs.map((r) => r.data[field][k]));
+  const x0 = params.find(varying("params")) || params[0];
+  const y0 = metrics.find((m) => m !== x0 && varying("metrics")(m)) || metrics[0];
+  const px = h("select", { "aria-label": "param" }, params.map((p) => h("option", { value: p, selected: p === x0 }, p)));
+  const my = h("select", { "aria-label": "metric" }, metrics.map((m) => h("option", { value: m, selected: m === y0 }, m)));
   const box = h("div", { class: "scatter" });
   let plot = null;
   const draw = () => {
@@ -133,7 +138,10 @@ function scatter(runs) {
           { label: p, value: (u, v) => (v == null ? "" : numeric ? num(v) : cats[v]) },
           { label: m, stroke: PALETTE[0], paths: () => null, points: { show: true, size: 8, fill: PALETTE[0] } },
         ],
-        axes: [numeric ? {} : { values: (u, vals) => vals.map((v) => cats[v] ?? "") }, { size: 64, values: (u, vals) => vals.map(num) }],
+        axes: [
+          numeric ? {} : { values: (u, vals) => vals.map((v) => cats[v] ?? "") },
+          { size: 84, values: (u, vals) => vals.map(num) },
+        ],
         cursor: { drag: { x: false, y: false } },
       },
       [pts.map((q) => q[0]), pts.map((q) => q[1])],

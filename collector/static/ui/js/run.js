@@ -28,8 +28,12 @@ function runLink(r) {
   );
 }
 
-/** Group keys by their prefix before the first "/" (train/, val/, ...). */
+// Up to this many keys are shown as one grid; more are grouped by prefix.
+const FLAT_KEYS = 12;
+
+/** Group keys by their prefix before the first "/" (train/, val/, ...); system/ last. */
 export function groupByPrefix(keys) {
+  if (keys.length <= FLAT_KEYS && !keys.some((k) => k.startsWith("system/"))) return [["", keys]];
   const groups = new Map();
   for (const k of keys) {
     const i = k.indexOf("/");
@@ -37,7 +41,8 @@ export function groupByPrefix(keys) {
     if (!groups.has(g)) groups.set(g, []);
     groups.get(g).push(k);
   }
-  return [...groups].sort(([a], [b]) => (a === "" ? -1 : b === "" ? 1 : a.localeCompare(b)));
+  const rank = (g) => (g === "" ? 0 : g === "system" ? 2 : 1);
+  return [...groups].sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
 }
 
 /** System keys grouped by node, then GPU: [[title, keys], ...]. */
@@ -52,7 +57,15 @@ export function systemGroups(keys) {
     if (!groups.has(title)) groups.set(title, []);
     groups.get(title).push(k);
   }
-  return [...groups].sort(([a], [b]) => a.localeCompare(b, undefined, { numeric: true }));
+  // Per node: the host first, then GPUs in order.
+  const order = (t) => t.replace(/host$/, " host");
+  return [...groups].sort(([a], [b]) => order(a).localeCompare(order(b), undefined, { numeric: true }));
+}
+
+/** A chart's title: the key without its group's prefix (system/gpu_0_, train/, ...). */
+export function shortName(key, group) {
+  if (key.startsWith("system/")) return key.split("/").pop().replace(/^gpu_\d+_/, "");
+  return group && key.startsWith(`${group}/`) ? key.slice(group.length + 1) : key;
 }
 
 /** Render a run's page into root. */
@@ -119,13 +132,20 @@ export async function runPage(root, experimentId, runId, query) {
   const systemSection = h("section", { class: "system", hidden: true }, h("h2", {}, "System metrics"), systemBox);
   let shownKeys = "";
 
-  const line = (key) => [{ runId: info.run_id, key, label: key, color: PALETTE[0], start: info.start_time }];
-  const grid = (title, keys, timeAxis) =>
+  const line = (key, label) => [{ runId: info.run_id, key, label, color: PALETTE[0], start: info.start_time }];
+  const grid = (title, keys, timeAxis, prefix) =>
     h(
       "div",
       { class: "chart-group" },
-      h("h3", {}, title, h("span", { class: "muted" }, ` ${keys.length}`)),
-      h("div", { class: "chart-grid" }, keys.map((k) => charts.slot({ title: k, lines: line(k), timeAxis }))),
+      title ? h("h3", {}, title, h("span", { class: "muted" }, ` · ${keys.length}`)) : null,
+      h(
+        "div",
+        { class: "chart-grid" },
+        keys.map((k) => {
+          const title = shortName(k, prefix);
+          return charts.slot({ title, key: k, lines: line(k, title), timeAxis });
+        }),
+      ),
     );
 
   const renderCharts = () => {
@@ -139,10 +159,12 @@ export async function runPage(root, experimentId, runId, query) {
     const system = keys.filter((k) => k.startsWith("system/"));
     fill(
       chartBox,
-      user.length ? groupByPrefix(user).map(([g, ks]) => grid(g || "metrics", ks, false)) : h("p", { class: "muted" }, q ? "No metric key matches." : "No metrics logged."),
+      user.length
+        ? groupByPrefix(user).map(([g, ks]) => grid(g, ks, false, g))
+        : h("p", { class: "muted" }, q ? "No metric key matches." : "No metrics logged."),
     );
     systemSection.hidden = !system.length;
-    fill(systemBox, systemGroups(system).map(([g, ks]) => grid(g, ks, true)));
+    fill(systemBox, systemGroups(system).map(([g, ks]) => grid(g, ks, true, "")));
   };
   keySearch.addEventListener("input", debounce(renderCharts, 150));
 
