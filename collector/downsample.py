@@ -15,10 +15,11 @@ logged point).
 from __future__ import annotations
 
 import math
+import operator
 from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import islice
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -144,7 +145,9 @@ def bucketed_sorted(
             continue
         mins = lo_v[start:end]
         maxs = hi_v[start:end]
-        if not (math.isfinite(math.fsum(mins)) and math.isfinite(math.fsum(maxs))):
+        # sum() is NaN or infinite when a value is (or, rarely, when it overflows, which
+        # only costs the slower fallback); fsum's exactness is not needed for the test.
+        if not (math.isfinite(sum(mins)) and math.isfinite(sum(maxs))):
             return None
         i_lo = start + mins.index(min(mins))
         i_hi = start + maxs.index(max(maxs))
@@ -164,7 +167,8 @@ def bucketed_sorted(
 
 
 def _non_decreasing(values: Sequence[float]) -> bool:
-    return all(a <= b for a, b in pairwise(values))
+    # map() with a C comparison: about 4x faster than a generator over pairwise().
+    return all(map(operator.le, values, islice(values, 1, None)))
 
 
 def sampled_series(store: SqliteStore, run_id: str, key: str, max_points: int) -> Points:
@@ -237,67 +241,100 @@ def sampled_range(
     This is the chart read behind zooming (a narrower range gives finer buckets, down to
     raw points once they fit) and live updates (``min_step`` past the last step shown).
     Chunks that lie wholly inside the range are read from their block summaries when the
-    range holds too many points to read raw; chunks that straddle an edge are always read
-    raw and cut at the edge, so the result is exact at both ends. Returns the points
-    (sorted by step) and whether they were bucketed.
+    range holds at least half a block per bucket (a bucket is then at most two blocks
+    wide); chunks that straddle an edge are always read raw and cut at the edge, so the
+    result is exact at both ends. Returns the points (sorted by step) and whether they
+    were bucketed.
     """
     spans = store.metric_chunk_spans(run_id, key, min_step, max_step)
-    empty: Points = (array("q"), array("d"), array("d"))
     if not spans:
-        return empty, False
+        return (array("q"), array("d"), array("d")), False
     lo = min_step if min_step is not None else min(s[2] for s in spans)
     hi = max_step if max_step is not None else max(s[3] for s in spans)
     buckets = max(1, max_points // 3)
+    # Summaries once there are at least half as many blocks as buckets: each block still
+    # gives its min, max and last point, so spikes stay, and reading 10 numbers per 256
+    # points beats bucketing every point in Python (100k points: ~2 ms instead of ~40).
     total = sum(s[1] for s in spans)
-    use_summaries = total > max(RAW_LIMIT, 4 * BLOCK * buckets)
+    use_summaries = total > max_points and 2 * total >= BLOCK * buckets
     summary_ids = [
         cid for cid, _n, c_lo, c_hi in spans if use_summaries and lo <= c_lo and c_hi <= hi
     ]
     summaries = store.metric_chunk_data(summary_ids, summaries=True)
     raw = store.metric_chunk_data([s[0] for s in spans if s[0] not in summaries], summaries=False)
-    # Units for bucketed_sorted: per summary block its min, max and last point; a raw
-    # point is a unit whose min, max and last are itself.
+    # Raw points, concatenated at C level, cut to the range chunk by chunk.
+    steps, vals, ts = array("q"), array("d"), array("d")
+    raw_counts: dict[int, int] = {}
+    for cid, _n, c_lo, c_hi in spans:
+        if cid in raw:
+            cs, cv, ct = array("q"), array("d"), array("d")
+            cs.frombytes(raw[cid][0])
+            cv.frombytes(raw[cid][1])
+            ct.frombytes(raw[cid][2])
+            if c_lo < lo or c_hi > hi:
+                cs, cv, ct = _in_range(cs, cv, ct, lo, hi)
+            raw_counts[cid] = len(cs)
+            steps.extend(cs)
+            vals.extend(cv)
+            ts.extend(ct)
+    if not summaries:
+        if len(steps) <= max_points:
+            if not _non_decreasing(steps):
+                order = sorted(range(len(steps)), key=lambda i: (steps[i], ts[i]))
+                steps = array("q", (steps[i] for i in order))
+                vals = array("d", (vals[i] for i in order))
+                ts = array("d", (ts[i] for i in order))
+            return (steps, vals, ts), False
+        if _non_decreasing(steps):
+            fast = bucketed_sorted(
+                steps, vals, steps, ts, vals, steps, ts, vals, steps, ts, lo, hi, buckets
+            )
+            if fast is not None:
+                return fast, True
+        return bucketed(steps, vals, ts, lo, hi, buckets), True
+    return _bucketed_mixed(spans, summaries, raw_counts, (steps, vals, ts), lo, hi, buckets), True
+
+
+def _bucketed_mixed(
+    spans: list[tuple[int, int, int, int]],
+    summaries: dict[int, tuple[bytes, ...]],
+    raw_counts: dict[int, int],
+    raw_points: Points,
+    lo: int,
+    hi: int,
+    buckets: int,
+) -> Points:
+    """Bucket a range read from block summaries (inner chunks) and raw edge points.
+
+    Units for :func:`bucketed_sorted`: per summary block its min, max and last point; a
+    raw point is a unit whose min, max and last are itself. Units follow chunk order;
+    ``raw_points`` holds the edge chunks' points in that order, ``raw_counts`` how many
+    each chunk contributed.
+    """
     cols: list[array[float]] = [array("d") for _ in range(9)]
-    cand_s: list[int] = []  # candidates for the unsorted fallback
-    cand_v: list[float] = []
-    cand_t: list[float] = []
+    r_steps, r_vals, r_ts = raw_points
+    r_at = 0
     for cid, *_ in spans:
         if cid in summaries:
             block = array("d")
             block.frombytes(summaries[cid][0])
-            f = [block[i::_FIELDS] for i in range(_FIELDS)]
-            for col, src in zip(cols, f[:9], strict=True):
-                col.extend(src)
-            cand_s.extend(int(x) for x in (*f[1], *f[4], *f[7]))
-            cand_v.extend((*f[0], *f[3], *f[6]))
-            cand_t.extend((*f[2], *f[5], *f[8]))
+            for i, col in enumerate(cols):
+                col.extend(block[i::_FIELDS])
             continue
-        s_raw, v_raw, t_raw = raw[cid]
-        steps, vals, ts = array("q"), array("d"), array("d")
-        steps.frombytes(s_raw)
-        vals.frombytes(v_raw)
-        ts.frombytes(t_raw)
-        steps, vals, ts = _in_range(steps, vals, ts, lo, hi)
-        s_f = array("d", steps)
-        for i, src in enumerate((vals, s_f, ts)):
-            cols[i].extend(src)
-            cols[3 + i].extend(src)
-            cols[6 + i].extend(src)
-        cand_s.extend(steps)
-        cand_v.extend(vals)
-        cand_t.extend(ts)
-    if not summaries and len(cand_s) <= max_points:
-        order = sorted(range(len(cand_s)), key=lambda i: (cand_s[i], cand_t[i]))
-        return (
-            array("q", (cand_s[i] for i in order)),
-            array("d", (cand_v[i] for i in order)),
-            array("d", (cand_t[i] for i in order)),
-        ), False
-    if _non_decreasing(cols[7]):
-        lo_v, lo_s, lo_t, hi_v, hi_s, hi_t, la_v, la_s, la_t = cols
+        count = raw_counts[cid]  # this chunk's share of the raw points
+        part_s = array("d", r_steps[r_at : r_at + count])
+        part_v, part_t = r_vals[r_at : r_at + count], r_ts[r_at : r_at + count]
+        r_at += count
+        for base in (0, 3, 6):
+            cols[base].extend(part_v)
+            cols[base + 1].extend(part_s)
+            cols[base + 2].extend(part_t)
+    lo_v, lo_s, lo_t, hi_v, hi_s, hi_t, la_v, la_s, la_t = cols
+    if _non_decreasing(la_s):
         fast = bucketed_sorted(
             la_s, lo_v, lo_s, lo_t, hi_v, hi_s, hi_t, la_v, la_s, la_t, lo, hi, buckets
         )
         if fast is not None:
-            return fast, True
-    return bucketed(cand_s, cand_v, cand_t, lo, hi, buckets), True
+            return fast
+    cand_s = [int(x) for x in (*lo_s, *hi_s, *la_s)]
+    return bucketed(cand_s, [*lo_v, *hi_v, *la_v], [*lo_t, *hi_t, *la_t], lo, hi, buckets)

@@ -3,7 +3,9 @@
     GET /api/flightlog/ui/experiments
         every experiment with run count, last activity and tags
     GET /api/flightlog/ui/experiments/{experiment_id}
-        the experiment and the param, metric and tag keys its runs use (table columns)
+        the experiment
+    GET /api/flightlog/ui/experiments/{experiment_id}/columns
+        the param, metric and tag keys its runs use (the table's column picker)
     GET /api/flightlog/ui/experiments/{experiment_id}/runs
         ?filter=F &order_by=O (repeatable) &view=active|deleted|all
         &max_results=N (default 1000, at most 50000) &page_token=T
@@ -99,12 +101,18 @@ async def experiments(request: web.Request) -> web.Response:
 
 
 async def experiment(request: web.Request) -> web.Response:
-    """One experiment and the keys its runs use."""
+    """One experiment."""
+    c = request.app[COLLECTOR]
+    exp = await c.read(c.store.get_experiment, request.match_info["experiment_id"])
+    return _json({"experiment": exp})
+
+
+async def experiment_columns(request: web.Request) -> web.Response:
+    """The keys an experiment's runs use."""
     c = request.app[COLLECTOR]
     eid = request.match_info["experiment_id"]
-    exp = await c.read(c.store.get_experiment, eid)
-    columns = await c.read(c.store.experiment_columns, eid)
-    return _json({"experiment": exp, "columns": columns})
+    await c.read(c.store.get_experiment, eid)  # a 404 for an unknown experiment
+    return _json({"columns": await c.read(c.store.experiment_columns, eid)})
 
 
 async def experiment_runs(request: web.Request) -> web.Response:
@@ -279,6 +287,7 @@ def routes() -> list[web.RouteDef]:
     return [
         web.get(f"{PREFIX}/experiments", experiments),
         web.get(f"{PREFIX}/experiments/{{experiment_id}}", experiment),
+        web.get(f"{PREFIX}/experiments/{{experiment_id}}/columns", experiment_columns),
         web.get(f"{PREFIX}/experiments/{{experiment_id}}/runs", experiment_runs),
         web.get(f"{PREFIX}/runs/{{run_id}}", run),
         web.get(f"{PREFIX}/runs/{{run_id}}/artifacts", artifact_list),

@@ -67,7 +67,8 @@ def test_experiments_runs_and_filters(tracking: CollectorProcess) -> None:
     exp = next(e for e in exps if e["name"] == "ui/exp")
     assert exp["run_count"] == 3 and exp["last_activity"] >= exp["creation_time"]
     eid = exp["experiment_id"]
-    detail = get_json(f"{tracking.url}{UI}/experiments/{eid}")
+    assert get_json(f"{tracking.url}{UI}/experiments/{eid}")["experiment"]["name"] == "ui/exp"
+    detail = get_json(f"{tracking.url}{UI}/experiments/{eid}/columns")
     assert detail["columns"] == {
         "params": ["model"],
         "metrics": ["acc"],
@@ -83,6 +84,7 @@ def test_experiments_runs_and_filters(tracking: CollectorProcess) -> None:
     assert "position 12" in message and message.endswith("^")
     status, _, body = get(f"{tracking.url}{UI}/experiments/{eid}/runs?view=sideways")
     assert status == 400 and b"view must be one of" in body
+    assert get(f"{tracking.url}{UI}/experiments/999/columns")[0] == 404
 
 
 def test_run_parent_children_and_metric_keys(tracking: CollectorProcess) -> None:
@@ -133,6 +135,16 @@ def test_metric_reads_keep_spikes_zoom_to_raw_and_follow_new_points(
     assert mid["sampled"] and 150_000 <= mid["steps"][0] < 150_130
     assert mid["steps"][-1] == 250_000
     assert 1000.0 in mid["values"] and min(mid["values"]) == 0.0
+    # Few points for many: inner chunks are read from their block summaries, the edge
+    # chunks raw; the spike and the exact edges survive.
+    for lo, hi in ((None, None), (150_000, 250_000), (1, n - 2)):
+        bounds = {} if lo is None else {"min_step": lo, "max_step": hi}
+        few = _series(tracking.url, rid, "loss", points=300, **bounds)
+        assert few["sampled"] and len(few["steps"]) <= 300
+        assert 1000.0 in few["values"] and min(few["values"]) == 0.0
+        assert few["steps"] == sorted(few["steps"])
+        assert few["steps"][-1] == (n - 1 if hi is None else hi)
+        assert few["steps"][0] >= (lo or 0)
     # Zoomed in far enough, the raw points come back.
     near = _series(tracking.url, rid, "loss", points=2400, min_step=212_000, max_step=213_000)
     assert not near["sampled"] and near["steps"] == list(range(212_000, 213_001))

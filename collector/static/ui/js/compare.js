@@ -12,13 +12,31 @@ function differs(values) {
   return seen.size > 1;
 }
 
-/** Render the compare page for ?runs=a,b,c into root. */
-export async function comparePage(root, query) {
+// Runs shown as columns of the differences table (the charts take every run).
+const DIFF_COLUMNS = 50;
+const MAX_RUNS = 1000;
+
+async function loadRuns(query) {
   const ids = (query.get("runs") || "").split(",").filter(Boolean);
-  if (!ids.length) throw new Error("No runs to compare: select runs in an experiment's table.");
-  const found = await Promise.all(ids.map((id) => getJSON(`/runs/${encodeURIComponent(id)}`)));
-  const runs = found.map((f) => f.run);
-  const exp = found[0].experiment;
+  if (ids.length) {
+    const found = await Promise.all(ids.map((id) => getJSON(`/runs/${encodeURIComponent(id)}`)));
+    return { runs: found.map((f) => f.run), exp: found[0].experiment };
+  }
+  // ?experiment=ID[&filter=F]: every run of the experiment that the filter matches.
+  const eid = query.get("experiment");
+  if (!eid) throw new Error("No runs to compare: select runs in an experiment's table.");
+  const [{ experiment }, page] = await Promise.all([
+    getJSON(`/experiments/${encodeURIComponent(eid)}`),
+    getJSON(`/experiments/${encodeURIComponent(eid)}/runs`, { filter: query.get("filter"), max_results: MAX_RUNS }),
+  ]);
+  if (!page.runs.length) throw new Error("No run matches the filter.");
+  return { runs: page.runs, exp: experiment };
+}
+
+/** Render the compare page for ?runs=a,b,c (or ?experiment=ID&filter=F) into root. */
+export async function comparePage(root, query) {
+  const { runs, exp } = await loadRuns(query);
+  const shown = runs.slice(0, DIFF_COLUMNS);
   crumbs([
     ["Experiments", "#/"],
     [exp.name, `#/experiments/${encodeURIComponent(exp.experiment_id)}`],
@@ -33,16 +51,16 @@ export async function comparePage(root, query) {
   const diffRows = () => {
     const rows = [];
     for (const [kind, field, fmt] of [["param", "params", String], ["metric", "metrics", num]]) {
-      const keys = [...new Set(runs.flatMap((r) => Object.keys(r.data[field])))].sort();
+      const keys = [...new Set(shown.flatMap((r) => Object.keys(r.data[field])))].sort();
       for (const k of keys) {
         if (kind === "metric" && k.startsWith("system/")) continue;
-        const vals = runs.map((r) => r.data[field][k]);
+        const vals = shown.map((r) => r.data[field][k]);
         if (!showAll.checked && !differs(vals)) continue;
         rows.push(h("tr", { class: kind }, h("th", {}, h("span", { class: "muted" }, `${kind} `), k),
           vals.map((v) => h("td", {}, v === undefined ? "" : fmt(v)))));
       }
     }
-    fill(diffBody, rows.length ? rows : h("tr", {}, h("td", { colspan: runs.length + 1, class: "muted" }, "No differences.")));
+    fill(diffBody, rows.length ? rows : h("tr", {}, h("td", { colspan: shown.length + 1, class: "muted" }, "No differences.")));
   };
   showAll.addEventListener("change", diffRows);
   diffRows();
@@ -51,10 +69,10 @@ export async function comparePage(root, query) {
   const settings = new ChartSettings();
   const charts = new LazyCharts(settings);
   const keyRuns = new Map();
-  found.forEach((f, i) => {
-    for (const m of f.metrics) {
-      if (!keyRuns.has(m.key)) keyRuns.set(m.key, []);
-      keyRuns.get(m.key).push(i);
+  runs.forEach((r, i) => {
+    for (const key of Object.keys(r.data.metrics)) {
+      if (!keyRuns.has(key)) keyRuns.set(key, []);
+      keyRuns.get(key).push(i);
     }
   });
   const keys = [...keyRuns.keys()].sort();
@@ -87,7 +105,7 @@ export async function comparePage(root, query) {
   fill(
     root,
     h("h1", {}, `Comparing ${runs.length} runs`),
-    h("ul", { class: "legend-runs" }, runs.map((r, i) =>
+    h("ul", { class: "legend-runs" }, shown.map((r, i) =>
       h("li", {}, h("span", { class: "swatch", style: `background:${color(i)}` }), h("a", {
         href: `#/experiments/${encodeURIComponent(r.info.experiment_id)}/runs/${r.info.run_id}`,
       }, label(r))))),
@@ -96,8 +114,9 @@ export async function comparePage(root, query) {
       {},
       h("h2", {}, "Differences ", h("label", { class: "muted small" }, showAll, " show all")),
       h("div", { class: "table-scroll" }, h("table", { class: "grid diff" },
-        h("thead", {}, h("tr", {}, h("th", {}, "key"), runs.map((r, i) => h("th", { style: `color:${color(i)}` }, label(r))))),
+        h("thead", {}, h("tr", {}, h("th", {}, "key"), shown.map((r, i) => h("th", { style: `color:${color(i)}` }, label(r))))),
         diffBody)),
+      runs.length > shown.length ? h("p", { class: "muted" }, `The first ${shown.length} of ${runs.length} runs.`) : null,
     ),
     h("section", {}, h("h2", {}, "Parameter vs. metric"), scatter(runs)),
     h("section", {}, h("h2", {}, "Metrics"), settingsBar(settings), slots),

@@ -8,6 +8,8 @@ import { dateTime, runDuration, num } from "./format.js";
 import { setQuery } from "./main.js";
 
 const ROW = 28;
+// A small first page paints the table at once; larger ones follow for the rest.
+const FIRST_PAGE = 200;
 const PAGE = 5000;
 
 function baseColumns() {
@@ -89,19 +91,19 @@ export function flatten(runs, sortFn, collapsed) {
 /** Render an experiment's runs into root. */
 export async function runsPage(root, experimentId, query) {
   const eid = encodeURIComponent(experimentId);
-  const { experiment, columns } = await getJSON(`/experiments/${eid}`);
+  const { experiment } = await getJSON(`/experiments/${eid}`);
   crumbs([["Experiments", "#/"], [experiment.name, null]]);
 
   const state = {
     filter: query.get("filter") || "",
-    cols: query.has("cols")
-      ? query.get("cols").split(",").filter(Boolean)
-      : [
-          ...columns.metrics.slice(0, 5).map((k) => `metrics.${k}`),
-          ...columns.params.slice(0, 5).map((k) => `params.${k}`),
-        ],
+    cols: query.has("cols") ? query.get("cols").split(",").filter(Boolean) : null,
     sort: query.get("sort") || "",
     deleted: query.get("deleted") === "1",
+  };
+  // Without chosen columns: the first 5 metrics and params of the first page of runs.
+  const defaultColumns = (page) => {
+    const keys = (field) => [...new Set(page.flatMap((r) => Object.keys(r.data[field])))].sort().slice(0, 5);
+    return [...keys("metrics").map((k) => `metrics.${k}`), ...keys("params").map((k) => `params.${k}`)];
   };
   let runs = [];
   let rows = [];
@@ -112,7 +114,7 @@ export async function runsPage(root, experimentId, query) {
   const saveState = () => {
     const q = new URLSearchParams();
     if (state.filter) q.set("filter", state.filter);
-    q.set("cols", state.cols.join(","));
+    if (state.cols) q.set("cols", state.cols.join(","));
     if (state.sort) q.set("sort", state.sort);
     if (state.deleted) q.set("deleted", "1");
     setQuery(q);
@@ -131,7 +133,7 @@ export async function runsPage(root, experimentId, query) {
   const deleted = h("input", { type: "checkbox", checked: state.deleted });
   const count = h("span", { class: "muted count" });
   const compareBtn = h("button", { type: "button", disabled: true }, "Compare");
-  const picker = columnPicker(columns, state, () => {
+  const picker = columnPicker(eid, state, () => {
     saveState();
     layout();
   });
@@ -148,8 +150,18 @@ export async function runsPage(root, experimentId, query) {
     load();
   });
   compareBtn.addEventListener("click", () => {
-    location.hash = `#/compare-runs?runs=${[...selected].join(",")}&experiment=${eid}`;
+    location.hash = `#/compare-runs?runs=${[...selected].join(",")}`;
   });
+  // Every run the filter matches (up to 1,000), overlaid.
+  const compareAll = h("button", {
+    type: "button",
+    title: "Compare every run the filter matches (up to 1,000)",
+    onclick: () => {
+      const q = new URLSearchParams({ experiment: experimentId });
+      if (state.filter) q.set("filter", state.filter);
+      location.hash = `#/compare-runs?${q}`;
+    },
+  }, "Compare all");
 
   // -- the virtualised table ----------------------------------------------------------
   const head = h("div", { class: "vhead", role: "row" });
@@ -174,7 +186,7 @@ export async function runsPage(root, experimentId, query) {
   };
 
   const layout = () => {
-    cols = [...baseColumns(), ...state.cols.map(keyColumn).filter(Boolean)];
+    cols = [...baseColumns(), ...(state.cols || []).map(keyColumn).filter(Boolean)];
     const template = ["32px", ...cols.map((c) => `${c.width}px`)].join(" ");
     inner.style.setProperty("--cols", template);
     inner.style.width = `${32 + cols.reduce((s, c) => s + c.width, 0) + 8}px`;
@@ -296,12 +308,16 @@ export async function runsPage(root, experimentId, query) {
           {
             filter: state.filter,
             view: state.deleted ? "all" : "active",
-            max_results: PAGE,
+            max_results: token ? PAGE : FIRST_PAGE,
             page_token: token,
           },
           { signal: ctl.signal },
         );
         if (ctl !== loading) return;
+        if (!state.cols) {
+          state.cols = defaultColumns(page.runs);
+          layout();
+        }
         runs = runs.concat(page.runs);
         token = page.next_page_token;
         if (!token) loading = null;
@@ -329,6 +345,7 @@ export async function runsPage(root, experimentId, query) {
       h("label", {}, deleted, " deleted"),
       picker,
       compareBtn,
+      compareAll,
       count,
     ),
     filterError,
@@ -339,10 +356,12 @@ export async function runsPage(root, experimentId, query) {
   return { destroy: () => loading && loading.abort() };
 }
 
-function columnPicker(columns, state, changed) {
+function columnPicker(eid, state, changed) {
   const search = h("input", { type: "search", placeholder: "Find a column", "aria-label": "Find a column" });
-  const list = h("div", { class: "picker-list" });
+  const list = h("div", { class: "picker-list" }, h("p", { class: "muted" }, "Loading…"));
+  let columns = null;
   const render = () => {
+    if (!columns) return;
     const q = search.value.trim().toLowerCase();
     const groups = ["metrics", "params", "tags"].map((kind) => {
       const keys = columns[kind].filter((k) => !q || k.toLowerCase().includes(q)).slice(0, 300);
@@ -357,9 +376,10 @@ function columnPicker(columns, state, changed) {
             { class: "pick" },
             h("input", {
               type: "checkbox",
-              checked: state.cols.includes(id),
+              checked: (state.cols || []).includes(id),
               onchange: (e) => {
-                state.cols = e.target.checked ? [...state.cols, id] : state.cols.filter((c) => c !== id);
+                const now = state.cols || [];
+                state.cols = e.target.checked ? [...now, id] : now.filter((c) => c !== id);
                 changed();
               },
             }),
@@ -371,6 +391,16 @@ function columnPicker(columns, state, changed) {
     fill(list, groups);
   };
   search.addEventListener("input", render);
-  render();
-  return h("details", { class: "picker" }, h("summary", {}, "Columns"), h("div", { class: "picker-panel" }, search, list));
+  const details = h("details", { class: "picker" }, h("summary", {}, "Columns"), h("div", { class: "picker-panel" }, search, list));
+  // The keys of every run are read only when the picker opens.
+  details.addEventListener("toggle", async () => {
+    if (!details.open || columns) return;
+    try {
+      columns = (await getJSON(`/experiments/${eid}/columns`)).columns;
+      render();
+    } catch (e) {
+      fill(list, h("p", { class: "error" }, e.message));
+    }
+  });
+  return details;
 }
