@@ -221,6 +221,26 @@ def test_compare_overlays_three_runs(tracking: CollectorProcess, page: Any) -> N
     assert "lr" in diff and "model" not in diff  # only what differs
 
 
+def test_compare_all_runs_a_filter_matches(tracking: CollectorProcess, page: Any) -> None:
+    exp_id = mlflow.create_experiment("sweep")
+    for i in range(30):
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"t{i}"):
+            mlflow.log_param("opt", "adam" if i % 3 else "sgd")
+            mlflow.log_metrics({"loss": 1 / (i + 1)}, step=0)
+            mlflow.log_metrics({"loss": 0.5 / (i + 1)}, step=1)
+    mlflow.flush()
+    page.goto(f"{tracking.url}/#/experiments/{exp_id}")
+    box = page.get_by_label("Filter runs")
+    box.fill("params.opt = 'sgd'")
+    box.press("Enter")
+    page.wait_for_function("() => document.querySelector('.count').textContent === '10 runs'")
+    page.get_by_role("button", name="Compare all").click()
+    page.wait_for_selector('.chart[data-key="loss"][data-state="drawn"]')
+    assert page.locator("h1").inner_text() == "Comparing 10 runs"
+    # More lines than the legend shows: 10 runs x 2 points, all drawn.
+    assert page.locator('.chart[data-key="loss"]').get_attribute("data-points") == "20"
+
+
 def test_artifact_previews_csv_as_table_image_and_never_html(
     tracking: CollectorProcess, page: Any, tmp_path: Path
 ) -> None:
