@@ -18,6 +18,7 @@ import math
 import random
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from ui_harness import collector, launch_chromium
@@ -182,6 +183,13 @@ def shoot(url: str, ids: dict[str, str], out: Path) -> list[Path]:
         page.wait_for_selector('.chart[data-key="train/loss"][data-state="drawn"]')
         page.wait_for_timeout(300)
         snap("compare")
+        query = urllib.parse.urlencode({"experiment": exp, "filter": "params.model = 'resnet50'"})
+        page.goto(f"{url}/#/compare-runs?{query}")
+        page.wait_for_selector('.chart[data-key="train/loss"][data-state="drawn"]')
+        page.get_by_label("group by").select_option("params.optimizer")
+        page.evaluate("() => document.querySelector('.chart-group').scrollIntoView()")
+        page.wait_for_timeout(300)
+        snap("compare-grouped")
         browser.close()
     return shots
 

@@ -239,6 +239,20 @@ def test_compare_all_runs_a_filter_matches(tracking: CollectorProcess, page: Any
     assert page.locator("h1").inner_text() == "Comparing 10 runs"
     # More lines than the legend shows: 10 runs x 2 points, all drawn.
     assert page.locator('.chart[data-key="loss"]').get_attribute("data-points") == "20"
+    # All 30, grouped by a param: each group's mean with its min-max band.
+    page.goto(f"{tracking.url}/#/compare-runs?experiment={exp_id}")
+    page.wait_for_selector('.chart[data-key="loss"][data-state="drawn"]')
+    page.get_by_label("group by").select_option("params.opt")
+    page.wait_for_selector('.chart[data-key="loss"] .u-legend')
+    labels = page.locator('.chart[data-key="loss"] .u-legend .u-label').all_text_contents()
+    assert sorted(labels[1:]) == [
+        "adam (20)",
+        "adam (20) max",
+        "adam (20) min",
+        "sgd (10)",
+        "sgd (10) max",
+        "sgd (10) min",
+    ]
 
 
 def test_artifact_previews_csv_as_table_image_and_never_html(

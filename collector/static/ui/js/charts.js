@@ -25,6 +25,9 @@ export class ChartSettings {
     this.xMode = init.xMode || "step"; // "step" | "wall" | "relative"
     this.logY = !!init.logY;
     this.smoothing = Number(init.smoothing || 0); // EMA weight in [0, 0.99]
+    // Compare: null, or line -> group label; each group drawn as its mean with a
+    // min-max band.
+    this.groupOf = null;
     this.listeners = new Set();
   }
   set(key, value) {
@@ -207,11 +210,80 @@ export class MetricChart {
       return v;
     });
     if (this.lines.length === 1) return [this.xValues(this.data[0], this.lines[0]), ys[0]];
-    return uPlot.join(this.data.map((d, i) => [this.xValues(d, this.lines[i]), ys[i]]));
+    const joined = uPlot.join(this.data.map((d, i) => [this.xValues(d, this.lines[i]), ys[i]]));
+    return this.settings.groupOf ? this.grouped(joined) : joined;
+  }
+
+  /** Per group of lines: min, max and mean at every x (each line's last value carried
+   * forward inside its own x range, since bucketed lines rarely share x values). */
+  grouped(joined) {
+    const xs = joined[0];
+    const groups = new Map();
+    this.lines.forEach((l, i) => {
+      const g = this.settings.groupOf(l) ?? "(none)";
+      if (!groups.has(g)) groups.set(g, []);
+      groups.get(g).push(i + 1);
+    });
+    const filled = joined.map((ys, k) => {
+      if (k === 0) return ys;
+      const out = ys.slice();
+      let last = null;
+      let end = ys.length - 1;
+      while (end >= 0 && ys[end] == null) end--;
+      for (let j = 0; j <= end; j++) {
+        if (out[j] == null) out[j] = last;
+        else last = out[j];
+      }
+      return out;
+    });
+    this.groupLabels = [];
+    const out = [xs];
+    for (const [g, members] of groups) {
+      const lo = new Array(xs.length);
+      const hi = new Array(xs.length);
+      const mean = new Array(xs.length);
+      for (let j = 0; j < xs.length; j++) {
+        let sum = 0;
+        let n = 0;
+        let mn = Infinity;
+        let mx = -Infinity;
+        for (const k of members) {
+          const v = filled[k][j];
+          if (v == null || !Number.isFinite(v)) continue;
+          sum += v;
+          n++;
+          if (v < mn) mn = v;
+          if (v > mx) mx = v;
+        }
+        lo[j] = n ? mn : null;
+        hi[j] = n ? mx : null;
+        mean[j] = n ? sum / n : null;
+      }
+      this.groupLabels.push(`${g} (${members.length})`);
+      out.push(lo, hi, mean);
+    }
+    return out;
+  }
+
+  lineSeries() {
+    const value = (u, v) => (v == null ? "–" : num(v));
+    if (!this.settings.groupOf || this.lines.length === 1) {
+      return this.lines.map((l) => ({ label: l.label, stroke: l.color, width: 1.25, spanGaps: true, value }));
+    }
+    return this.groupLabels.flatMap((label, i) => {
+      const color = PALETTE[i % PALETTE.length];
+      return [
+        { label: `${label} min`, stroke: `${color}66`, width: 1, spanGaps: true, points: { show: false }, value },
+        { label: `${label} max`, stroke: `${color}66`, width: 1, spanGaps: true, points: { show: false }, value },
+        { label, stroke: color, width: 2, spanGaps: true, value },
+      ];
+    });
   }
 
   options() {
     const m = this.xMode();
+    const grouped = !!this.settings.groupOf && this.lines.length > 1;
+    const series = this.lineSeries();
     const xValue =
       m === "step" ? (u, v) => (v == null ? "" : `step ${v}`)
       : m === "wall" ? (u, v) => (v == null ? "" : new Date(v * 1000).toLocaleString())
@@ -220,16 +292,14 @@ export class MetricChart {
       width: this.width(),
       height: this.height,
       scales: { x: { time: m === "wall" }, y: { distr: this.settings.logY ? 3 : 1 } },
-      series: [
-        { label: m, value: xValue },
-        ...this.lines.map((l) => ({
-          label: l.label,
-          stroke: l.color,
-          width: 1.25,
-          spanGaps: true,
-          value: (u, v) => (v == null ? "–" : num(v)),
-        })),
-      ],
+      series: [{ label: m, value: xValue }, ...series],
+      // Group bands: between each group's max (2nd of its 3 series) and min (1st).
+      bands: grouped
+        ? this.groupLabels.map((_, i) => ({
+            series: [2 + 3 * i, 1 + 3 * i],
+            fill: `${PALETTE[i % PALETTE.length]}33`,
+          }))
+        : undefined,
       axes: [
         m === "relative" ? { values: (u, vals) => vals.map((v) => duration(v * 1000)) } : {},
         { size: 72, values: (u, vals) => vals.map((v) => num(v)) },
@@ -238,7 +308,7 @@ export class MetricChart {
         sync: { key: SYNC_KEY, setSeries: false },
         drag: { x: true, y: false, setScale: false },
       },
-      legend: { show: this.lines.length <= 12, live: true },
+      legend: { show: series.length <= 12, live: true },
       hooks: { setSelect: [(u) => this.onSelect(u)] },
     };
   }

@@ -119,9 +119,33 @@ export async function comparePage(root, query) {
       runs.length > shown.length ? h("p", { class: "muted" }, `The first ${shown.length} of ${runs.length} runs.`) : null,
     ),
     h("section", {}, h("h2", {}, "Parameter vs. metric"), scatter(runs)),
-    h("section", {}, h("h2", {}, "Metrics"), settingsBar(settings), slots),
+    h("section", {}, h("h2", {}, "Metrics"), h("div", { class: "toolbar" }, settingsBar(settings), groupPicker(runs, settings)), slots),
   );
   return { destroy: () => charts.clear() };
+}
+
+/** "Group by" a param or tag: each group drawn as its mean with a min-max band. */
+function groupPicker(runs, settings) {
+  const byId = new Map(runs.map((r) => [r.info.run_id, r]));
+  const keys = (field) => [...new Set(runs.flatMap((r) => Object.keys(r.data[field])))]
+    .filter((k) => !k.startsWith("mlflow."))
+    .sort();
+  const select = h(
+    "select",
+    {
+      "aria-label": "group by",
+      onchange: (e) => {
+        const v = e.target.value;
+        const [field, ...rest] = v.split(".");
+        const key = rest.join(".");
+        settings.set("groupOf", v ? (line) => byId.get(line.runId)?.data[field][key] : null);
+      },
+    },
+    h("option", { value: "" }, "no grouping"),
+    keys("params").map((k) => h("option", { value: `params.${k}` }, `param ${k}`)),
+    keys("tags").map((k) => h("option", { value: `tags.${k}` }, `tag ${k}`)),
+  );
+  return h("label", {}, "group by ", select);
 }
 
 /** A scatter of one param (x) against one metric's latest value (y), a point per run. */
