@@ -312,6 +312,48 @@ def test_running_run_chart_grows_without_reload(tracking: CollectorProcess, page
     page.wait_for_selector(".run-head .status-finished")
 
 
+def test_compare_page_follows_running_runs(tracking: CollectorProcess, page: Any) -> None:
+    with mlflow.start_run(run_name="done") as done:
+        for s in range(10):
+            mlflow.log_metric("loss", 1.0, step=s)
+    live = mlflow.start_run(run_name="live")
+    for s in range(10):
+        mlflow.log_metric("loss", 2.0, step=s)
+    mlflow.flush()
+    page.goto(f"{tracking.url}/#/compare-runs?runs={done.info.run_id},{live.info.run_id}")
+    page.wait_for_selector('.chart[data-key="loss"][data-points="20"]')
+    for s in range(10, 25):
+        mlflow.log_metric("loss", 2.0, step=s)
+    mlflow.flush()
+    page.wait_for_selector('.chart[data-key="loss"][data-points="35"]')
+    assert page.locator('.chart[data-key="loss"]').get_attribute("data-last-step") == "9,24"
+    mlflow.end_run()
+
+
+def test_csv_parser_and_run_tree_in_the_page(tracking: CollectorProcess, page: Any) -> None:
+    page.goto(f"{tracking.url}/")
+    got = page.evaluate(
+        r'''async () => {
+          const { parseDelimited } = await import("/ui/js/artifacts.js");
+          const { flatten } = await import("/ui/js/runs.js");
+          const run = (id, parent) => ({ info: { run_id: id },
+            data: { tags: parent ? { "mlflow.parentRunId": parent } : {} } });
+          const runs = [run("a"), run("b", "a"), run("c", "b"), run("d", "e"), run("e", "d")];
+          return {
+            csv: parseDelimited('x,"y, z"\r\n"say ""hi""",2\n\n3,', ","),
+            tsv: parseDelimited("a\tb\n1\t2", "\t"),
+            tree: flatten(runs, null, new Set()).map((r) => r.run.info.run_id + r.depth),
+            collapsed: flatten(runs, null, new Set(["a"])).map((r) => r.run.info.run_id),
+          };
+        }'''
+    )
+    assert got["csv"] == [["x", "y, z"], ['say "hi"', "2"], [""], ["3", ""]]
+    assert got["tsv"] == [["a", "b"], ["1", "2"]]
+    # Children under parents; a parent cycle (d <-> e) is still listed, not lost.
+    assert got["tree"] == ["a0", "b1", "c2", "d0", "e1"]
+    assert got["collapsed"] == ["a", "d", "e"]
+
+
 def test_html_in_names_params_and_tags_is_shown_as_text(
     tracking: CollectorProcess, page: Any
 ) -> None:

@@ -14,6 +14,7 @@ function differs(values) {
 
 // Runs shown as columns of the differences table (the charts take every run).
 const DIFF_COLUMNS = 50;
+const LIVE_MS = 2000;
 const MAX_RUNS = 1000;
 
 async function loadRuns(query) {
@@ -121,7 +122,29 @@ export async function comparePage(root, query) {
     h("section", {}, h("h2", {}, "Parameter vs. metric"), scatter(runs)),
     h("section", {}, h("h2", {}, "Metrics"), h("div", { class: "toolbar" }, settingsBar(settings), groupPicker(runs, settings)), slots),
   );
-  return { destroy: () => charts.clear() };
+  // Live: while any compared run is RUNNING, charts on screen fetch their new points.
+  let timer = 0;
+  let stopped = false;
+  const running = new Set(runs.filter((r) => r.info.status === "RUNNING").map((r) => r.info.run_id));
+  const tick = async () => {
+    try {
+      await charts.poll();
+      const now = await Promise.all([...running].map((id) => getJSON(`/runs/${id}`)));
+      for (const f of now) if (f.run.info.status !== "RUNNING") running.delete(f.run.info.run_id);
+    } catch {
+      // retried at the next tick
+    }
+    if (!stopped && running.size) timer = setTimeout(tick, LIVE_MS);
+    else if (!stopped) await charts.poll(); // the points logged just before the end
+  };
+  if (running.size) timer = setTimeout(tick, LIVE_MS);
+  return {
+    destroy() {
+      stopped = true;
+      clearTimeout(timer);
+      charts.clear();
+    },
+  };
 }
 
 /** "Group by" a param or tag: each group drawn as its mean with a min-max band. */
