@@ -74,6 +74,24 @@ def block_summary(steps: array[int], vals: array[float], ts: array[float]) -> ar
 Points = tuple["array[int]", "array[float]", "array[float]"]
 
 
+def summary_extremes(summary: bytes) -> tuple[float, float] | None:
+    """The smallest and largest value of a chunk from its block summary, or None when a
+    block holds NaN (its summary then records NaN as the block's minimum, so the caller
+    reads the chunk's values instead: see :func:`extremes`)."""
+    block = array("d")
+    block.frombytes(summary)
+    mins = block[0::_FIELDS]
+    if not math.isfinite(sum(mins)) and any(v != v for v in mins):
+        return None
+    return min(mins), max(block[3::_FIELDS])
+
+
+def extremes(values: Sequence[float]) -> tuple[float, float]:
+    """The smallest and largest value, NaN ignored (NaN, NaN when all are NaN)."""
+    real = [v for v in values if v == v]
+    return (min(real), max(real)) if real else (math.nan, math.nan)
+
+
 def bucketed(
     steps: array[int] | list[int],
     vals: array[float] | list[float],

@@ -800,6 +800,32 @@ class SqliteStore:
             )
         ]
 
+    def metric_extremes(self, experiment_id: str, key: str) -> dict[str, tuple[float, float]]:
+        """The smallest and largest value of one metric for each run of an experiment
+        that logged it (NaN ignored; NaN when a run logged only NaN), read from the
+        chunks' block summaries, or from the values of chunks that hold NaN."""
+        from flightlog.collector.downsample import extremes, summary_extremes
+
+        conn = self.reader()
+        found: dict[str, list[float]] = {}
+        for chunk_id, run_id, blob in conn.execute(
+            "SELECT c.chunk_id, c.run_uuid, c.summary FROM runs r JOIN metric_chunks c"
+            " ON c.run_uuid = r.run_uuid AND c.key = ? WHERE r.experiment_id = ?",
+            (key, _int_id(experiment_id)),
+        ):
+            got = summary_extremes(blob)
+            if got is None:
+                vals = array("d")
+                vals.frombytes(
+                    conn.execute(
+                        "SELECT vals FROM metric_chunks WHERE chunk_id = ?", (chunk_id,)
+                    ).fetchone()[0]
+                )
+                got = extremes(vals)
+            now = found.setdefault(run_id, [math.nan, math.nan])
+            now[0], now[1] = extremes((now[0], got[0]))[0], extremes((now[1], got[1]))[1]
+        return {r: (v[0], v[1]) for r, v in found.items()}
+
     def metric_chunk_spans(
         self, run_id: str, key: str, min_step: int | None, max_step: int | None
     ) -> list[tuple[int, int, int, int]]:

@@ -11,6 +11,8 @@
         &max_results=N (default 1000, at most 50000) &page_token=T
         one page of runs in the search filter language; a bad filter is a 400 whose
         message shows the position with a caret
+    GET /api/flightlog/ui/experiments/{experiment_id}/metric-extremes?key=K
+        per run that logged K: [min, max] of its values (the table's min/max cells)
     GET /api/flightlog/ui/runs/{run_id}
         the run, its experiment, its parent and children, and its metric keys with their
         point counts and step ranges
@@ -136,6 +138,18 @@ async def experiment_runs(request: web.Request) -> web.Response:
         request.query.get("page_token") or None,
     )
     return _json({"runs": runs, "next_page_token": token})
+
+
+async def metric_extremes(request: web.Request) -> web.Response:
+    """Each run's smallest and largest value of one metric."""
+    c = request.app[COLLECTOR]
+    eid = request.match_info["experiment_id"]
+    key = request.query.get("key")
+    if not key:
+        raise MlflowException("Give the metric as key=K", INVALID_PARAMETER_VALUE)
+    await c.read(c.store.get_experiment, eid)  # a 404 for an unknown experiment
+    found = await c.read(c.store.metric_extremes, eid, key)
+    return _json({"key": key, "extremes": {r: list(v) for r, v in found.items()}})
 
 
 async def run(request: web.Request) -> web.Response:
@@ -289,6 +303,7 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{PREFIX}/experiments/{{experiment_id}}", experiment),
         web.get(f"{PREFIX}/experiments/{{experiment_id}}/columns", experiment_columns),
         web.get(f"{PREFIX}/experiments/{{experiment_id}}/runs", experiment_runs),
+        web.get(f"{PREFIX}/experiments/{{experiment_id}}/metric-extremes", metric_extremes),
         web.get(f"{PREFIX}/runs/{{run_id}}", run),
         web.get(f"{PREFIX}/runs/{{run_id}}/artifacts", artifact_list),
         web.get(f"{PREFIX}/runs/{{run_id}}/artifact", artifact),

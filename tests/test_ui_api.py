@@ -91,6 +91,23 @@ def test_experiments_runs_and_filters(tracking: CollectorProcess) -> None:
     assert get(f"{tracking.url}{UI}/experiments/999/columns")[0] == 404
 
 
+def test_metric_extremes_per_run(tracking: CollectorProcess) -> None:
+    exp = mlflow.create_experiment("extremes")
+    with mlflow.start_run(experiment_id=exp) as a:
+        for s, v in enumerate([3.0, -2.0, float("nan"), 7.5, 1.0] * 300):
+            mlflow.log_metric("loss", v, step=s)
+    with mlflow.start_run(experiment_id=exp) as b:
+        mlflow.log_metric("loss", 4.0, step=0)
+        mlflow.log_metric("other", 100.0, step=0)
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.log_metric("other", 1.0)
+    mlflow.flush()
+    got = get_json(f"{tracking.url}{UI}/experiments/{exp}/metric-extremes?key=loss")
+    assert got["extremes"] == {a.info.run_id: [-2.0, 7.5], b.info.run_id: [4.0, 4.0]}
+    status, _, body = get(f"{tracking.url}{UI}/experiments/{exp}/metric-extremes")
+    assert status == 400 and b"key=K" in body
+
+
 def test_run_parent_children_and_metric_keys(tracking: CollectorProcess) -> None:
     with mlflow.start_run(run_name="parent") as parent:
         with mlflow.start_run(run_name="child", nested=True) as child:

@@ -135,6 +135,27 @@ def test_runs_table_filters_with_or_shows_caret_and_nests(
     assert lines[-2][caret:].startswith("OR")
 
 
+def test_metric_cells_show_last_min_or_max(tracking: CollectorProcess, page: Any) -> None:
+    exp_id = mlflow.create_experiment("cells")
+    for name, values in (("a", [5.0, 1.0, 3.0]), ("b", [2.0, 8.0, 4.0])):
+        with mlflow.start_run(experiment_id=exp_id, run_name=name):
+            for s, v in enumerate(values):
+                mlflow.log_metric("loss", v, step=s)
+    mlflow.flush()
+    page.goto(f"{tracking.url}/#/experiments/{exp_id}?cols=metrics.loss&sort=name")
+
+    def cells() -> list[str]:
+        return list(page.locator(".vrows .row .cell.metrics").all_text_contents())
+
+    page.wait_for_selector(".vrows .row")
+    assert cells() == ["3", "4"]
+    for agg, expected in (("max", ["5", "8"]), ("min", ["1", "2"])):
+        page.get_by_label("metric cells").select_option(agg)
+        page.locator(".vhead .cell", has_text=f"loss ({agg})").wait_for()
+        assert cells() == expected
+    assert "agg=min" in page.url
+
+
 def test_virtualised_table_keeps_few_rows_in_the_page(
     tracking: CollectorProcess, page: Any
 ) -> None:

@@ -27,20 +27,22 @@ function baseColumns() {
   ];
 }
 
-function keyColumn(id) {
+/** A params./metrics./tags. column; metric cells show metricValue(run, key, agg). */
+function keyColumn(id, agg, metricValue) {
   const dot = id.indexOf(".");
   const kind = id.slice(0, dot);
   const key = id.slice(dot + 1);
   const field = { metrics: "metrics", params: "params", tags: "tags" }[kind];
   if (!field) return null;
+  const get = kind === "metrics" ? (r) => metricValue(r, key) : (r) => r.data[field][key];
   return {
     id,
-    label: key,
+    label: kind === "metrics" && agg !== "last" ? `${key} (${agg})` : key,
     kind,
     width: 110,
-    get: (r) => r.data[field][key],
+    get,
     text: (r) => {
-      const v = r.data[field][key];
+      const v = get(r);
       if (v === undefined) return "";
       return kind === "metrics" ? num(v) : v;
     },
@@ -99,6 +101,22 @@ export async function runsPage(root, experimentId, query) {
     cols: query.has("cols") ? query.get("cols").split(",").filter(Boolean) : null,
     sort: query.get("sort") || "",
     deleted: query.get("deleted") === "1",
+    agg: ["min", "max"].includes(query.get("agg")) ? query.get("agg") : "last", // metric cells
+  };
+  // Metric cells: the latest value comes with each run; min and max per key are read on
+  // demand (metric-extremes) for the metric columns shown.
+  const extremes = new Map();
+  const metricValue = (r, key) => {
+    if (state.agg === "last") return r.data.metrics[key];
+    const v = extremes.get(key)?.[r.info.run_id];
+    return v ? v[state.agg === "min" ? 0 : 1] : undefined;
+  };
+  const loadExtremes = async () => {
+    if (state.agg === "last") return;
+    const keys = (state.cols || []).filter((c) => c.startsWith("metrics.")).map((c) => c.slice(8));
+    const missing = keys.filter((k) => !extremes.has(k));
+    const got = await Promise.all(missing.map((key) => getJSON(`/experiments/${eid}/metric-extremes`, { key })));
+    got.forEach((g) => extremes.set(g.key, g.extremes));
   };
   // Without chosen columns: the first 5 metrics and params of the first page of runs.
   const defaultColumns = (page) => {
@@ -117,6 +135,7 @@ export async function runsPage(root, experimentId, query) {
     if (state.cols) q.set("cols", state.cols.join(","));
     if (state.sort) q.set("sort", state.sort);
     if (state.deleted) q.set("deleted", "1");
+    if (state.agg !== "last") q.set("agg", state.agg);
     setQuery(q);
   };
 
@@ -133,10 +152,23 @@ export async function runsPage(root, experimentId, query) {
   const deleted = h("input", { type: "checkbox", checked: state.deleted });
   const count = h("span", { class: "muted count" });
   const compareBtn = h("button", { type: "button", disabled: true }, "Compare");
-  const picker = columnPicker(eid, state, () => {
+  const relayout = async () => {
     saveState();
+    await loadExtremes();
     layout();
-  });
+  };
+  const picker = columnPicker(eid, state, relayout);
+  const agg = h(
+    "select",
+    {
+      "aria-label": "metric cells",
+      onchange: (e) => {
+        state.agg = e.target.value;
+        relayout();
+      },
+    },
+    ["last", "min", "max"].map((a) => h("option", { value: a, selected: state.agg === a }, a)),
+  );
   filterInput.addEventListener("keydown", (e) => {
     if (e.key === "Enter") {
       state.filter = filterInput.value.trim();
@@ -186,7 +218,10 @@ export async function runsPage(root, experimentId, query) {
   };
 
   const layout = () => {
-    cols = [...baseColumns(), ...(state.cols || []).map(keyColumn).filter(Boolean)];
+    cols = [
+      ...baseColumns(),
+      ...(state.cols || []).map((id) => keyColumn(id, state.agg, metricValue)).filter(Boolean),
+    ];
     const template = ["32px", ...cols.map((c) => `${c.width}px`)].join(" ");
     inner.style.setProperty("--cols", template);
     inner.style.width = `${32 + cols.reduce((s, c) => s + c.width, 0) + 8}px`;
@@ -316,6 +351,7 @@ export async function runsPage(root, experimentId, query) {
         if (ctl !== loading) return;
         if (!state.cols) {
           state.cols = defaultColumns(page.runs);
+          await loadExtremes();
           layout();
         }
         runs = runs.concat(page.runs);
@@ -343,6 +379,7 @@ export async function runsPage(root, experimentId, query) {
       { class: "toolbar" },
       h("label", { class: "grow" }, filterInput),
       h("label", {}, deleted, " deleted"),
+      h("label", {}, "metrics: ", agg),
       picker,
       compareBtn,
       compareAll,
@@ -351,6 +388,7 @@ export async function runsPage(root, experimentId, query) {
     filterError,
     scroller,
   );
+  await loadExtremes();
   layout();
   await load();
   return { destroy: () => loading && loading.abort() };
