@@ -83,11 +83,5 @@ async def static_file(request: web.Request) -> web.FileResponse:
 
 
 def routes() -> list[web.RouteDef]:
-    """The web UI's routes: the page, its files and its JSON endpoints."""
-    from flightlog.collector import ui_api  # it imports the app module, which imports this
-
-    return [
-        web.get("/", index),
-        web.get(PUBLIC_PREFIX + "{path:.+}", static_file),
-        *ui_api.routes(),
-    ]
+    """The web UI's page and files (its JSON endpoints: collector.ui_api)."""
+    return [web.get("/", index), web.get(PUBLIC_PREFIX + "{path:.+}", static_file)]

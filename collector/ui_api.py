@@ -42,10 +42,10 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from flightlog.collector.app import COLLECTOR
 from flightlog.collector.artifact_api import run_repository
 from flightlog.collector.downsample import sampled_range
 from flightlog.collector.search import ACTIVE_ONLY, ALL, DELETED_ONLY, MAX_RESULTS_LIMIT
+from flightlog.collector.state import COLLECTOR
 from flightlog.core.artifact_paths import safe_relative_path
 from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from flightlog.core.validation import validate_run_id
@@ -128,8 +128,8 @@ async def experiment_runs(request: web.Request) -> web.Response:
         )
     max_results = _int_query(request, "max_results", 1000)
     assert max_results is not None
-    runs, token = await c.read(
-        c.store.search_runs,
+    ids, token = await c.read(
+        c.store.search_run_ids,
         [eid],
         request.query.get("filter") or None,
         _VIEWS[view],
@@ -137,7 +137,7 @@ async def experiment_runs(request: web.Request) -> web.Response:
         request.query.getall("order_by", []) or None,
         request.query.get("page_token") or None,
     )
-    return _json({"runs": runs, "next_page_token": token})
+    return _json({"runs": await c.read(c.store.get_runs, ids), "next_page_token": token})
 
 
 async def metric_extremes(request: web.Request) -> web.Response:
