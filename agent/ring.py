@@ -12,8 +12,9 @@ and another process can read it after the owner is gone. One directory per proce
         ops    append-only msgpack [index, name, args]: create_run, params, tags, end ...
         cuts   append-only pairs of int64 (ring end, ops end): the batches the agent cut
 
-A record is (seq + 1, run index, key index, step, value, timestamp in seconds). A slot is
-published when its first field equals its sequence number + 1: a stale slot from an
+A record is (run index, key index, step, value, timestamp in seconds, seq + 1). A slot is
+published when its last field equals its sequence number + 1 (written last, so a write
+cut short by the owner's death is not taken): a stale slot from an
 earlier lap, a fresh zero slot and a slot reserved but not yet written all fail that
 test, so a reader never takes half a write (``pack_into`` writes the record in one C
 call, under the GIL). Slots are reserved with ``next()`` on an ``itertools.count``,
@@ -52,7 +53,7 @@ MAGIC = b"FLRING01"
 # magic, capacity, acked ring position, acked ops index, owner pid
 HEADER_FORMAT = struct.Struct("<8sqqqq")
 HEADER = 64  # bytes before the first record
-RECORD_FORMAT = struct.Struct("<qIIqdd")  # seq + 1, run index, key index, step, value, ts
+RECORD_FORMAT = struct.Struct("<IIqddq")  # run index, key index, step, value, ts, seq + 1
 RECORD = RECORD_FORMAT.size  # 40
 QWORDS = RECORD // 8
 _ACKED_AT = 16  # offset of the acked positions in the header
@@ -154,19 +155,19 @@ class Ring:
                 self.pack_into(
                     self.mm,
                     HEADER + (seq % self.capacity) * RECORD,
-                    seq + 1,
                     ri,
                     ki,
                     step,
                     value,
                     ts,
+                    seq + 1,
                 )
             return seq
 
     def write_at(self, seq: int, ri: int, ki: int, step: int, value: float, ts: float) -> None:
         """Write a reserved slot (the slow path, below acked + capacity)."""
         self.pack_into(
-            self.mm, HEADER + (seq % self.capacity) * RECORD, seq + 1, ri, ki, step, value, ts
+            self.mm, HEADER + (seq % self.capacity) * RECORD, ri, ki, step, value, ts, seq + 1
         )
 
     def reserved(self) -> int:
@@ -255,7 +256,7 @@ def _take(
 
 def _published_prefix(raw: bytes, start: int, n: int) -> int:
     """How many records from the start of ``raw`` carry seq + 1 == their position + 1."""
-    seqs = memoryview(raw).cast("q")[0::QWORDS]
+    seqs = memoryview(raw).cast("q")[QWORDS - 1 :: QWORDS]
     want = array("q", range(start + 1, start + n + 1))
     if sys.byteorder != "little":
         want.byteswap()
@@ -280,11 +281,11 @@ def columns(chunks: list[bytes]) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     q = memoryview(raw).cast("q")
     i = memoryview(raw).cast("I")
     return (
-        i[2::10].tobytes(),
-        i[3::10].tobytes(),
+        i[0::10].tobytes(),
+        i[1::10].tobytes(),
+        q[1::QWORDS].tobytes(),
         q[2::QWORDS].tobytes(),
         q[3::QWORDS].tobytes(),
-        q[4::QWORDS].tobytes(),
     )
 
 

@@ -630,7 +630,7 @@ class Agent:
             assert ring is not None
             ri = array("I")
             for chunk in chunks:
-                ri.frombytes(memoryview(chunk).cast("I")[2::10].tobytes())
+                ri.frombytes(memoryview(chunk).cast("I")[0::10].tobytes())
             run_ids = [ring.run_names[i] for i in ri]
             reason = "closed" if self.outbox.closed else "spool_full"
             self.drops.count_points(run_ids, reason)

@@ -407,12 +407,12 @@ def log_metric(
                 _pack_into(
                     ring.mm,
                     _HEADER + (seq % ring.capacity) * _RECORD,
-                    seq + 1,
                     ri,
                     ki,
                     step,
                     value,
                     ts,
+                    seq + 1,
                 )
             except struct.error:
                 ring.overflow[seq] = None  # the reader passes this slot
