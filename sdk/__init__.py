@@ -115,3 +115,18 @@ __all__ = [
     "start_run",
     "tracking",
 ]
+
+# Framework integrations load on first use: ``import flightlog`` imports no ML framework.
+_LAZY_MODULES = ("sklearn", "tensorflow", "pytorch", "pyfunc", "mlmodel")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"flightlog.{name}")
+    if name == "autolog":
+        from flightlog.autologging import autolog
+
+        return autolog
+    raise AttributeError(f"module 'flightlog' has no attribute {name!r}")
