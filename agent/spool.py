@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from flightlog.core.exceptions import SpoolFull
+
 log = logging.getLogger("flightlog.agent")
 
 HEADER = struct.Struct("<4sIIIQ")  # magic, body length, crc32(body), points, seq
@@ -108,10 +110,6 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-class SpoolFull(Exception):
-    """The record would take the spool past its byte cap, or the disk refused it."""
 
 
 class Segment:

@@ -35,9 +35,9 @@ from flightlog.agent.spool import (
     read_target,
     spool_roots,
 )
+from flightlog.agent.transport import CollectorClient
 from flightlog.agent.worker import BACKOFF_MAX, BACKOFF_START, post_batch
-from flightlog.transport import CollectorClient
-from flightlog.uris import is_collector_uri, local_store
+from flightlog.core.uris import is_collector_uri, local_store
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -93,7 +93,7 @@ def _roots(spool: str | None, uri: str | None) -> list[tuple[Path, list[Path] | 
 def _client(uri: str) -> CollectorClient:
     if is_collector_uri(uri):
         return CollectorClient(uri)
-    from flightlog.embedded import ensure_collector
+    from flightlog.agent.embedded import ensure_collector
 
     store = local_store(uri)
     client = CollectorClient(ensure_collector(store))

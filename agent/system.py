@@ -348,13 +348,22 @@ def _distributed_rank(env: Mapping[str, str]) -> int | None:
 _open_locks: weakref.WeakSet[NodeSamplerLock] = weakref.WeakSet()
 
 
+_fork_hook_installed = False
+
+
 def _forget_locks_in_child() -> None:
     for lock in list(_open_locks):
         lock._forget_after_fork()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_locks_in_child)
+def _track_for_fork(lock: NodeSamplerLock) -> None:
+    # Installed with the first lock, not at import: importing flightlog has no side effects.
+    global _fork_hook_installed
+    if not _fork_hook_installed:
+        os.register_at_fork(after_in_child=_forget_locks_in_child)
+        _fork_hook_installed = True
+    _open_locks.add(lock)
+
 
 _fallback_announced = False
 
@@ -392,7 +401,7 @@ class NodeSamplerLock:
         self._fd: int | None = None
         self._fallback_held = False
         self._mutex = threading.Lock()
-        _open_locks.add(self)
+        _track_for_fork(self)
 
     @property
     def held(self) -> bool:

@@ -54,13 +54,13 @@ from flightlog.agent.spool import (
     ClaimedSpool,
     Segment,
     Spool,
-    SpoolFull,
     claim_orphans,
     default_spool_root,
 )
-from flightlog.exceptions import MlflowException
-from flightlog.transport import CollectorClient, CollectorUnavailable
-from flightlog.wire import MetricTuple, encode_batch, pack, unpack
+from flightlog.agent.transport import CollectorClient
+from flightlog.core.entities import RunStatus
+from flightlog.core.exceptions import CollectorUnavailable, MlflowException, SpoolFull
+from flightlog.core.wire import MetricTuple, encode_batch, pack, unpack
 
 log = logging.getLogger("flightlog.agent")
 
@@ -92,7 +92,6 @@ SLOW_SEND = 5.0  # seconds a send may take before flush() treats it as an outage
 SPILL_WAIT = 0.01  # seconds a logging call at the queue's cap waits for the packer's lock
 DROP_REPORT_INTERVAL = 30.0  # at most one drop warning (and tag update) per interval
 MAX_KEPT_ERRORS = 1000
-TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 DROP_REASONS = {
     "queue_full": "the in-memory queue was full: FLIGHTLOG_MAX_QUEUE",
     "spool_full": "the collector was not taking batches and the spool was full or "
@@ -411,7 +410,7 @@ class Agent:
         self._error_notes: set[str] = set()  # one-off errors already reported
         self._hooks: list[Callable[[], None]] = []
         self._init_state(adopt=True)
-        _live_agents.add(self)
+        _track_for_fork(self)
 
     def _init_state(self, *, adopt: bool) -> None:
         # Producers only extend the end; the packer takes records from the front with one
@@ -540,7 +539,7 @@ class Agent:
         if name == "create_run" or status == "RUNNING":
             self.open_runs[run_id] = None
             return {**args, "heartbeat": True}
-        if status in TERMINAL_STATUSES:
+        if status in RunStatus.TERMINATED:
             self.open_runs.pop(run_id, None)
         return args
 
@@ -1092,6 +1091,7 @@ def _clean_points(columns: Sequence[Sequence[Any]]) -> tuple[list[list[Any]], in
 
 
 _live_agents: weakref.WeakSet[Agent] = weakref.WeakSet()
+_fork_hook_installed = False
 
 
 def _reinit_all_after_fork() -> None:
@@ -1099,4 +1099,11 @@ def _reinit_all_after_fork() -> None:
         agent._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_reinit_all_after_fork)
+def _track_for_fork(agent: Agent) -> None:
+    # The fork hook is installed with the first agent, not at import: importing
+    # flightlog has no side effects.
+    global _fork_hook_installed
+    if not _fork_hook_installed:
+        os.register_at_fork(after_in_child=_reinit_all_after_fork)
+        _fork_hook_installed = True
+    _live_agents.add(agent)

@@ -25,15 +25,16 @@ from aiohttp import web
 from flightlog.collector import limits
 from flightlog.collector.batch_checks import check_batch
 from flightlog.collector.store import SqliteStore
-from flightlog.exceptions import (
+from flightlog.core.exceptions import (
     BAD_REQUEST,
     INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
     UNAUTHENTICATED,
     MlflowException,
+    Overloaded,
 )
-from flightlog.version import __version__
-from flightlog.wire import decode_batch, pack, unpack
+from flightlog.core.version import __version__
+from flightlog.core.wire import decode_batch, pack, unpack
 
 log = logging.getLogger("flightlog.collector")
 T = TypeVar("T")
@@ -148,7 +149,7 @@ async def ingest(request: web.Request) -> web.Response:
     c = request.app[COLLECTOR]
     try:
         reservation = c.limits.reserve(request.content_length)
-    except limits.Overloaded as e:
+    except Overloaded as e:
         response = _error_response(503, "TEMPORARILY_UNAVAILABLE", str(e), request)
         response.headers["Retry-After"] = str(e.retry_after)
         return response

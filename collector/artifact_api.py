@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from flightlog.collector.app import COLLECTOR, MSGPACK, Collector, extension
-from flightlog.collector.artifact_paths import safe_relative_path
 from flightlog.collector.artifacts import ArtifactRepository, repository_for
-from flightlog.validation import validate_run_id
-from flightlog.wire import pack
+from flightlog.core.artifact_paths import safe_relative_path
+from flightlog.core.validation import validate_run_id
+from flightlog.core.wire import pack
 
 CHUNK = 1 << 20
 

@@ -14,9 +14,9 @@ Both are async (the collector is aiohttp) and push every blocking call to a work
 thread. Both stream: an upload holds at most a write buffer (local, 1 MiB) or two parts
 (S3, 8 MiB each by default) in memory, a download one chunk, whatever the file's size.
 
-Every path is checked by :func:`flightlog.collector.artifact_paths.safe_relative_path`
+Every path is checked by :func:`flightlog.core.artifact_paths.safe_relative_path`
 before any I/O, and the local repository also refuses paths whose real location (after
-symlinks) leaves the root. Errors are :class:`~flightlog.exceptions.MlflowException`:
+symlinks) leaves the root. Errors are :class:`~flightlog.core.exceptions.MlflowException`:
 ``INVALID_PARAMETER_VALUE`` for bad paths, ``RESOURCE_DOES_NOT_EXIST`` for missing
 files, ``INTERNAL_ERROR`` for a store that fails (an unreachable endpoint, refused
 credentials). Errors raised by the chunk iterator given to ``put`` pass through as is.
@@ -41,9 +41,9 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from flightlog.collector.artifact_paths import TEMP_PREFIX, safe_relative_path
-from flightlog.entities import FileInfo
-from flightlog.exceptions import (
+from flightlog.core.artifact_paths import TEMP_PREFIX, safe_relative_path
+from flightlog.core.entities import FileInfo
+from flightlog.core.exceptions import (
     INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
     RESOURCE_DOES_NOT_EXIST,

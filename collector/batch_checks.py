@@ -2,7 +2,7 @@
 
 ``decode_batch`` checks the frame (msgpack, the map's shape, array lengths); this
 checks what is inside: op names, argument types, keys and values with
-``flightlog.validation`` (the limits the SDK enforces at the call site), and metric
+``flightlog.core.validation`` (the limits the SDK enforces at the call site), and metric
 timestamps. The SDK already checks all of it, so what fails here comes from another
 client or a damaged frame. A bad op or series is left out and reported in the reply's
 ``errors``, like an op the store refuses; the rest of the batch is stored, so one
@@ -16,12 +16,13 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-from flightlog import validation as v
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core import ops
+from flightlog.core import validation as v
+from flightlog.core.entities import RunStatus
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 Series = tuple[str, str, "array[int]", "array[float]", "array[float]"]
 Op = tuple[str, dict[str, Any]]
-RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 INT64 = 2**63
 MAX_ID_LENGTH = 64  # run ids are 32 hex characters; leave room, refuse the absurd
 MAX_USER_LENGTH = 1000
@@ -59,7 +60,7 @@ def _opt_int64(a: dict[str, Any], name: str) -> None:
 
 def _opt_status(a: dict[str, Any]) -> None:
     status = a.get("status")
-    if status is not None and status not in RUN_STATUSES:
+    if status is not None and status not in RunStatus.ALL:
         raise _bad(f"Invalid run status {str(status)[:40]!r}")
 
 
@@ -136,13 +137,13 @@ def _check_heartbeat(a: dict[str, Any]) -> None:
 
 
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "create_run": _check_create_run,
-    "log_params": _check_log_params,
-    "set_tags": _check_set_tags,
-    "delete_tag": _check_delete_tag,
-    "update_run": _check_update_run,
-    "log_metric": _check_log_metric,
-    "heartbeat": _check_heartbeat,
+    ops.CREATE_RUN: _check_create_run,
+    ops.LOG_PARAMS: _check_log_params,
+    ops.SET_TAGS: _check_set_tags,
+    ops.DELETE_TAG: _check_delete_tag,
+    ops.UPDATE_RUN: _check_update_run,
+    ops.LOG_METRIC: _check_log_metric,
+    ops.HEARTBEAT: _check_heartbeat,
 }
 
 

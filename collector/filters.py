@@ -64,7 +64,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, TypedDict
 
-from flightlog.exceptions import FilterError
+from flightlog.core.exceptions import FilterError
 
 __all__ = [
     "EXPERIMENT_ATTRIBUTES",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 
-from flightlog.exceptions import BAD_REQUEST, MlflowException
+from flightlog.core.exceptions import BodyTooLarge, Overloaded
 
 # FLIGHTLOG_INGEST_MAX_BODY_BYTES / --ingest-max-body-bytes: the largest ingest batch
 # (default 64 MiB; the agent's batches are a few MB). Larger ones are answered 413.
@@ -29,31 +29,6 @@ DEFAULT_MAX_PENDING_BYTES = 64 * 1024**2
 UNKNOWN_SIZE = 1024**2  # reserved for a chunked body until its real size is known
 MIN_RATE = 1024**2  # bytes/s assumed before any write was measured
 MAX_RETRY_AFTER = 30
-
-
-class BodyTooLarge(MlflowException):
-    """An ingest body over the configured maximum (HTTP 413)."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            f"Ingest batch of {size} bytes is larger than the collector's limit of {limit} "
-            "bytes (--ingest-max-body-bytes); send smaller batches (FLIGHTLOG_BATCH_POINTS).",
-            BAD_REQUEST,
-        )
-
-    def http_status(self) -> int:
-        return 413
-
-
-class Overloaded(Exception):
-    """The ingest budget is spent: answer 503 and ask the client to come back later."""
-
-    def __init__(self, retry_after: int, pending: int) -> None:
-        super().__init__(
-            f"The collector is busy ({pending} bytes of batches in flight); "
-            f"retry in {retry_after}s."
-        )
-        self.retry_after = retry_after
 
 
 class IngestLimits:

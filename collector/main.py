@@ -18,7 +18,7 @@ from flightlog.collector.app import STOP, CollectorConfig, create_app
 from flightlog.collector.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PENDING_BYTES
 from flightlog.collector.liveness import DEFAULT_RUN_TIMEOUT
 from flightlog.collector.store import SqliteStore
-from flightlog.uris import local_store
+from flightlog.core.uris import local_store
 
 log = logging.getLogger("flightlog.collector")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

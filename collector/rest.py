@@ -68,10 +68,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from flightlog import validation as v
-from flightlog.client import generate_run_name
 from flightlog.collector.app import COLLECTOR, Collector, extension
-from flightlog.collector.artifact_paths import safe_relative_path
 from flightlog.collector.artifacts import ArtifactRepository, repository_for
 from flightlog.collector.search import (
     ACTIVE_ONLY,
@@ -80,8 +77,11 @@ from flightlog.collector.search import (
     search_experiment_ids,
     search_run_ids,
 )
-from flightlog.collector.store import DEFAULT_EXPERIMENT_ID, RUN_STATUSES, Row, SqliteStore
-from flightlog.exceptions import (
+from flightlog.collector.store import DEFAULT_EXPERIMENT_ID, Row, SqliteStore
+from flightlog.core import validation as v
+from flightlog.core.artifact_paths import safe_relative_path
+from flightlog.core.entities import RunStatus
+from flightlog.core.exceptions import (
     BAD_REQUEST,
     INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
@@ -92,7 +92,8 @@ from flightlog.exceptions import (
     UNAUTHENTICATED,
     MlflowException,
 )
-from flightlog.version import __version__
+from flightlog.core.run_names import generate_run_name
+from flightlog.core.version import __version__
 
 __all__ = ["API_PREFIXES", "ARTIFACTS_PREFIXES", "MLFLOW_HTTP_STATUS", "rest_artifact_uri"]
 
@@ -743,7 +744,7 @@ async def update_run(request: web.Request) -> web.Response:
     a = await _args(request)
     run_id = _run_id(a)
     status = _str(a, "status")
-    if status is not None and status not in RUN_STATUSES:
+    if status is not None and status not in RunStatus.ALL:
         raise _invalid("status", status)
     end_time = _int64(a, "end_time")
     run_name = _str(a, "run_name")

@@ -46,7 +46,7 @@ from flightlog.collector.filters import (
     parse_order_by,
     register_sql_functions,
 )
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 __all__ = [
     "ACTIVE_ONLY",

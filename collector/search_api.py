@@ -7,7 +7,7 @@ from typing import Any
 
 from flightlog.collector.app import Collector, rpc
 from flightlog.collector.downsample import sampled_series
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 
 def _str_list(a: dict[str, Any], name: str) -> list[str]:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from flightlog.collector.downsample import block_summary
-from flightlog.exceptions import (
+from flightlog.core.entities import RunStatus
+from flightlog.core.exceptions import (
     INVALID_PARAMETER_VALUE,
     INVALID_STATE,
     RESOURCE_ALREADY_EXISTS,
@@ -34,7 +35,6 @@ from flightlog.exceptions import (
 
 DEFAULT_EXPERIMENT_ID = 0
 DEFAULT_EXPERIMENT_NAME = "Default"
-RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 
 Row = dict[str, Any]
 
@@ -533,7 +533,7 @@ class SqliteStore:
     def _update_run(self, conn: sqlite3.Connection, run_id: str, a: dict[str, Any]) -> None:
         status = a.get("status")
         if status is not None:
-            if status not in RUN_STATUSES:
+            if status not in RunStatus.ALL:
                 raise MlflowException(f"Invalid run status {status!r}", INVALID_PARAMETER_VALUE)
             end_time = a.get("end_time")
             if status in ("FINISHED", "FAILED", "KILLED") and end_time is None:

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from flightlog.collector.artifact_paths import safe_relative_path
-from flightlog.entities import FileInfo
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
-from flightlog.transport import CollectorClient, CollectorUnavailable, decode_reply
+from flightlog.agent.transport import CollectorClient, decode_reply
+from flightlog.core.artifact_paths import safe_relative_path
+from flightlog.core.entities import FileInfo
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, CollectorUnavailable, MlflowException
 
 
 def _quote(path: str) -> str:

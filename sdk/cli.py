@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; errors print one line and exit 1."""
-    from flightlog.exceptions import MlflowException
+    from flightlog.core.exceptions import MlflowException
 
     args = build_parser().parse_args(argv)
     try:

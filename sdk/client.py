@@ -11,7 +11,6 @@ import gc
 import getpass
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -22,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from flightlog import artifacts, search
-from flightlog import validation as v
 from flightlog.context import TrackingContext, get_context
-from flightlog.entities import (
+from flightlog.core import validation as v
+from flightlog.core.entities import (
     Experiment,
     FileInfo,
     Metric,
@@ -36,89 +35,14 @@ from flightlog.entities import (
     RunTag,
     ViewType,
 )
-from flightlog.exceptions import (
+from flightlog.core.exceptions import (
     INVALID_PARAMETER_VALUE,
     INVALID_STATE,
+    CollectorUnavailable,
     MlflowException,
     RestException,
 )
-from flightlog.transport import CollectorUnavailable
-
-_ADJECTIVES = (
-    "able",
-    "bold",
-    "brave",
-    "bright",
-    "calm",
-    "clever",
-    "crisp",
-    "eager",
-    "fair",
-    "gentle",
-    "glad",
-    "grand",
-    "keen",
-    "kind",
-    "lively",
-    "loud",
-    "merry",
-    "neat",
-    "proud",
-    "quick",
-    "quiet",
-    "rare",
-    "sharp",
-    "shy",
-    "smart",
-    "swift",
-    "tidy",
-    "vast",
-    "warm",
-    "wise",
-)
-_NOUNS = (
-    "ant",
-    "bass",
-    "bat",
-    "bear",
-    "bee",
-    "carp",
-    "cat",
-    "colt",
-    "crab",
-    "crow",
-    "deer",
-    "doe",
-    "dove",
-    "duck",
-    "eel",
-    "elk",
-    "finch",
-    "fox",
-    "frog",
-    "goat",
-    "gull",
-    "hare",
-    "hawk",
-    "lark",
-    "lynx",
-    "mole",
-    "moth",
-    "owl",
-    "ram",
-    "seal",
-    "snail",
-    "swan",
-    "toad",
-    "wolf",
-    "wren",
-    "yak",
-)
-
-
-def generate_run_name() -> str:
-    """A readable random run name, like MLflow's ("bright-fox-417")."""
-    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randrange(1000)}"
+from flightlog.core.run_names import generate_run_name
 
 
 def _user() -> str:

@@ -12,12 +12,12 @@ import os
 import threading
 from pathlib import Path
 
+from flightlog.agent.embedded import ensure_collector
 from flightlog.agent.spool import default_spool_root
+from flightlog.agent.transport import CollectorClient
 from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, Agent, _env_float
-from flightlog.embedded import ensure_collector
-from flightlog.entities import Experiment
-from flightlog.transport import CollectorClient
-from flightlog.uris import LocalStore, is_collector_uri, local_store
+from flightlog.core.entities import Experiment
+from flightlog.core.uris import LocalStore, is_collector_uri, local_store
 
 DEFAULT_TRACKING_URI = "./flightlog"
 _tracking_uri: str | None = None
@@ -101,6 +101,7 @@ def get_context(uri: str | None = None) -> TrackingContext:
         with _lock:
             ctx = _contexts.get(k)
             if ctx is None:
+                install_exit_hook()
                 ctx = _contexts[k] = TrackingContext(uri)
     return ctx
 
@@ -117,7 +118,21 @@ def _at_exit() -> None:
         ctx.agent.close(timeout)
 
 
-atexit.register(_at_exit)
+_exit_hook_installed = False
+_hook_lock = threading.Lock()
+
+
+def install_exit_hook() -> None:
+    """Close (flush) every agent at interpreter exit; installed with the first context.
+
+    Not at import: importing flightlog has no side effects. The fluent API installs its
+    own hook (ending runs) after this one, so it runs first (atexit is last-in, first-out).
+    """
+    global _exit_hook_installed
+    with _hook_lock:
+        if not _exit_hook_installed:
+            atexit.register(_at_exit)
+            _exit_hook_installed = True
 
 
 def reset_for_tests() -> None:

@@ -21,13 +21,13 @@ from typing import Any
 
 from flightlog import context as _context
 from flightlog import search
-from flightlog import validation as v
 from flightlog.agent import signals as _signals
 from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, _env_float, begin_exit
 from flightlog.client import MlflowClient
 from flightlog.context import flush_all
-from flightlog.entities import Experiment, Metric, Param, Run, RunStatus, RunTag, ViewType
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core import validation as v
+from flightlog.core.entities import Experiment, Metric, Param, Run, RunStatus, RunTag, ViewType
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 _tls = threading.local()  # .stack: list[ActiveRun]; .top: (run_id, agent) of the stack top
 _process_top: list[ActiveRun] = []  # runs started in any thread, newest last
@@ -199,6 +199,7 @@ def start_run(
     parent in the ``mlflow.parentRunId`` tag.
     """
     global _last_active_run_id
+    _install_process_hooks()
     # SIGTERM and Ctrl-C end the runs KILLED (flightlog.agent.signals); main thread only.
     _signals.install(_end_runs_at_exit, _context._at_exit)
     stack = _stack()
@@ -460,8 +461,24 @@ def _at_exit() -> None:
         )
 
 
-sys.excepthook = _excepthook
-atexit.register(_at_exit)  # registered after context's, so it runs before agents close
+_process_hooks_installed = False
+
+
+def _install_process_hooks() -> None:
+    """The excepthook and exit hook that end runs; installed by the first start_run.
+
+    Not at import, so importing flightlog changes nothing in the process. The agents'
+    exit hook goes first so that this one, registered after it, runs before it.
+    """
+    global _process_hooks_installed, _previous_excepthook
+    with _state_lock:
+        if _process_hooks_installed:
+            return
+        _process_hooks_installed = True
+    _context.install_exit_hook()
+    _previous_excepthook = sys.excepthook
+    sys.excepthook = _excepthook
+    atexit.register(_at_exit)
 
 
 def _reset_for_tests() -> None:
@@ -530,7 +547,7 @@ def get_artifact_uri(artifact_path: str | None = None) -> str:
         run = start_run()
     uri = run.info.artifact_uri
     if artifact_path:
-        from flightlog.collector.artifact_paths import safe_relative_path
+        from flightlog.core.artifact_paths import safe_relative_path
 
         uri = f"{uri}/{safe_relative_path(artifact_path)}"
     return uri

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flightlog.entities import Experiment, Run, ViewType
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core.entities import Experiment, Run, ViewType
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 if TYPE_CHECKING:
     from flightlog.client import MlflowClient

@@ -16,7 +16,7 @@ import pytest
 
 import flightlog
 from flightlog import context, fluent
-from flightlog.embedded import stop_collector
+from flightlog.agent.embedded import stop_collector
 
 
 @dataclass

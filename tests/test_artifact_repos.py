@@ -32,7 +32,6 @@ from s3server import (  # noqa: F401  (s3_server: a fixture)
     s3_server,
 )
 
-from flightlog.collector.artifact_paths import safe_relative_path
 from flightlog.collector.artifacts import (
     MIN_PART_SIZE,
     TEMP_PREFIX,
@@ -42,7 +41,8 @@ from flightlog.collector.artifacts import (
     S3ArtifactRepository,
     repository_for,
 )
-from flightlog.exceptions import (
+from flightlog.core.artifact_paths import safe_relative_path
+from flightlog.core.exceptions import (
     INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
     RESOURCE_DOES_NOT_EXIST,

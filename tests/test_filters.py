@@ -60,7 +60,7 @@ from flightlog.collector.search import (
     search_experiment_ids,
     search_run_ids,
 )
-from flightlog.exceptions import FilterError, MlflowException
+from flightlog.core.exceptions import FilterError, MlflowException
 
 # ---------------------------------------------------------------------------------------
 # Store helpers

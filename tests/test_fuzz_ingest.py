@@ -18,7 +18,7 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flightlog.wire import encode_batch, unpack
+from flightlog.core.wire import encode_batch, unpack
 from tests.conftest import start_collector
 from tests.helpers import run_status, stored_points
 from tests.test_reliability import Child, steps_stored

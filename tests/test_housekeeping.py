@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from flightlog.agent.transport import CollectorClient
 from flightlog.collector.housekeeping import retention_days
 from flightlog.collector.store import SqliteStore, now_ms
-from flightlog.transport import CollectorClient
-from flightlog.wire import encode_batch, unpack
+from flightlog.core.wire import encode_batch, unpack
 from tests.conftest import start_collector
 
 

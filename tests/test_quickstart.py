@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flightlog.embedded import stop_collector
+from flightlog.agent.embedded import stop_collector
 from tests.helpers import stored_points
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 import flightlog as mlflow
+from flightlog.agent.transport import CollectorClient
 from flightlog.agent.worker import Agent
-from flightlog.transport import CollectorClient
-from flightlog.wire import encode_batch, unpack
+from flightlog.core.wire import encode_batch, unpack
 from tests.conftest import CollectorProcess, free_port, start_collector
 from tests.helpers import run_script, run_status, stored_points
 
@@ -546,8 +546,8 @@ def test_spool_files_torn_or_damaged_records_and_live_owners(tmp_path: Path) -> 
 
 
 def test_flightlog_sync_into_a_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flightlog.agent.embedded import stop_collector
     from flightlog.agent.spool import Spool, default_spool_root
-    from flightlog.embedded import stop_collector
 
     monkeypatch.delenv("FLIGHTLOG_SPOOL_DIR")  # a local store's spool lives inside it
     store = tmp_path / "store"

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flightlog.wire import WireError, decode_batch, encode_batch
+from flightlog.core.exceptions import WireError
+from flightlog.core.wire import decode_batch, encode_batch
 
 
 def _reference(points: list[tuple[str, str, float, int, float]]) -> dict[tuple[str, str], list]:

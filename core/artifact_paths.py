@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 __all__ = ["TEMP_PREFIX", "safe_relative_path"]
 

@@ -22,20 +22,13 @@ from typing import Any
 
 import msgpack
 
-from flightlog.exceptions import BAD_REQUEST, MlflowException
+from flightlog.core.exceptions import WireError
 
 WIRE_VERSION = 1
 _SWAP = sys.byteorder != "little"
 
 MetricTuple = tuple[str, str, float, int, float]  # run_id, key, value, step, ts (seconds)
 Series = tuple[str, str, "array[int]", "array[float]", "array[float]"]
-
-
-class WireError(MlflowException):
-    """A batch that does not follow the wire format."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"Malformed ingest batch: {message}", BAD_REQUEST)
 
 
 def _le(a: array[Any]) -> bytes:

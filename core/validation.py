@@ -11,7 +11,7 @@ import numbers
 import re
 from typing import Any
 
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 MAX_ENTITY_KEY_LENGTH = 250
 MAX_PARAM_VAL_LENGTH = 6000

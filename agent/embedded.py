@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from flightlog.exceptions import INTERNAL_ERROR, MlflowException
-from flightlog.transport import CollectorClient
-from flightlog.uris import LocalStore
+from flightlog.agent.transport import CollectorClient
+from flightlog.core.exceptions import INTERNAL_ERROR, MlflowException
+from flightlog.core.uris import LocalStore
 
 DEFAULT_IDLE_TIMEOUT = 600.0
 START_TIMEOUT = 30.0

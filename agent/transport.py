@@ -14,15 +14,11 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from flightlog.exceptions import INTERNAL_ERROR, RestException
-from flightlog.wire import pack, unpack
+from flightlog.core.exceptions import INTERNAL_ERROR, CollectorUnavailable, RestException
+from flightlog.core.wire import pack, unpack
 
 MSGPACK = "application/msgpack"
 STREAM_BLOCK = 1 << 20
-
-
-class CollectorUnavailable(ConnectionError):
-    """The collector could not be reached or dropped the connection."""
 
 
 class CollectorClient:
