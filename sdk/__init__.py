@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         set_system_metrics_node_name,
         set_system_metrics_sampling_interval,
     )
+    from flightlog.autologging import autolog
     from flightlog.client import MlflowClient
     from flightlog.context import get_tracking_uri, set_tracking_uri
     from flightlog.core.entities import (
@@ -89,6 +90,7 @@ _PUBLIC: dict[str, str] = {
     "RunTag": "flightlog.core.entities",
     "ViewType": "flightlog.core.entities",
     "active_run": "flightlog.fluent",
+    "autolog": "flightlog.autologging",
     "create_experiment": "flightlog.fluent",
     "delete_experiment": "flightlog.fluent",
     "delete_run": "flightlog.fluent",
@@ -168,6 +170,7 @@ __all__ = [
     "ViewType",
     "__version__",
     "active_run",
+    "autolog",
     "create_experiment",
     "delete_experiment",
     "delete_run",
@@ -205,18 +208,3 @@ __all__ = [
     "start_run",
     "tracking",
 ]
-
-# Framework integrations load on first use: ``import flightlog`` imports no ML framework.
-_LAZY_MODULES = ("sklearn", "tensorflow", "pytorch", "pyfunc", "mlmodel")
-
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY_MODULES:
-        import importlib
-
-        return importlib.import_module(f"flightlog.{name}")
-    if name == "autolog":
-        from flightlog.autologging import autolog
-
-        return autolog
-    raise AttributeError(f"module 'flightlog' has no attribute {name!r}")

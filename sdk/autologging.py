@@ -30,8 +30,8 @@ from typing import Any
 
 from flightlog import fluent
 from flightlog.client import MlflowClient
-from flightlog.entities import Param, RunStatus, RunTag
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core.entities import Param, RunStatus, RunTag
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 #: Longest param value MLflow stores; longer values are cut (autolog logs reprs).
 MAX_PARAM_VALUE = 6000
@@ -92,9 +92,7 @@ def configure(
 ) -> AutologConfig:
     """Record a flavor's settings; raises before any training for a registry name."""
     check_registered_model_name(registered_model_name)
-    unsupported = (
-        framework_version is not None and version_tuple(framework_version) < min_version
-    )
+    unsupported = framework_version is not None and version_tuple(framework_version) < min_version
     if unsupported and disable_for_unsupported_versions:
         disable = True
         if not silent:
@@ -192,7 +190,8 @@ def param_text(value: Any) -> str:
 def log_params(run_id: str, params: dict[str, Any]) -> None:
     """Queue params (values as text); nothing waits for the collector."""
     if params:
-        MlflowClient().log_batch(run_id, params=[Param(k, param_text(v)) for k, v in params.items()])
+        clean = [Param(k, param_text(val)) for k, val in params.items()]
+        MlflowClient().log_batch(run_id, params=clean)
 
 
 def set_tags(run_id: str, tags: dict[str, Any]) -> None:
@@ -300,23 +299,25 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
         if fullname not in _pending:
             return None
         for finder in sys.meta_path:
-            if finder is self:
+            if finder is self or not hasattr(finder, "find_spec"):
                 continue
-            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
+            spec = finder.find_spec(fullname, path, target)
             if spec is not None and spec.loader is not None:
-                loader = spec.loader
-                exec_module = loader.exec_module
-
-                def run_then_patch(module: ModuleType) -> None:
-                    exec_module(module)
-                    hook = _pending.pop(fullname, None)
-                    if hook is not None:
-                        sys.modules[fullname] = module
-                        hook()
-
-                loader.exec_module = run_then_patch  # type: ignore[method-assign]
+                _run_hook_after_exec(spec.loader, fullname)
                 return spec
         return None
+
+
+def _run_hook_after_exec(loader: Any, fullname: str) -> None:
+    exec_module = loader.exec_module
+
+    def run_then_patch(module: ModuleType) -> None:
+        exec_module(module)
+        hook = _pending.pop(fullname, None)
+        if hook is not None:
+            hook()
+
+    loader.exec_module = run_then_patch
 
 
 _finder = _PostImportFinder()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from flightlog.exceptions import (
+from flightlog.core.exceptions import (
     INVALID_PARAMETER_VALUE,
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
@@ -234,7 +234,7 @@ def write_model_dir(
 
 
 def _flightlog_version() -> str:
-    from flightlog.version import __version__
+    from flightlog.core.version import __version__
 
     return __version__
 
@@ -248,7 +248,6 @@ def new_model_dir(path: str | os.PathLike[str]) -> Path:
         )
     target.mkdir(parents=True, exist_ok=True)
     return target
-
 
 
 def log_model(

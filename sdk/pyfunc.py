@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flightlog.exceptions import RESOURCE_DOES_NOT_EXIST, MlflowException
+from flightlog.core.exceptions import RESOURCE_DOES_NOT_EXIST, MlflowException
 from flightlog.mlmodel import LOADERS, local_model_path, read_mlmodel
 
 FLAVOR_NAME = "python_function"

@@ -28,7 +28,7 @@ from typing import Any
 
 from flightlog import autologging as al
 from flightlog import mlmodel
-from flightlog.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from flightlog.mlmodel import ModelInfo
 
 FLAVOR_NAME = "sklearn"
@@ -206,9 +206,7 @@ def _load_file(path: Path, conf: dict[str, Any]) -> Any:
         return pickle.load(f)
 
 
-def load_model(
-    model_uri: str | os.PathLike[str], dst_path: str | None = None
-) -> Any:
+def load_model(model_uri: str | os.PathLike[str], dst_path: str | None = None) -> Any:
     """Load a scikit-learn model (logged by flightlog or MLflow) from ``runs:/<run_id>/<path>``,
     ``file:`` or a local path. Pickled models run code when loaded: trusted sources only."""
     path = mlmodel.local_model_path(model_uri, dst_path)
@@ -374,7 +372,9 @@ def training_metrics(estimator: Any, x: Any, y: Any, weight: Any) -> dict[str, f
     return {k: float(val) for k, val in out.items()}
 
 
-def _log_post_fit(run_id: str, cfg: al.AutologConfig, estimator: Any, x: Any, y: Any, w: Any) -> None:
+def _log_post_fit(
+    run_id: str, cfg: al.AutologConfig, estimator: Any, x: Any, y: Any, w: Any
+) -> None:
     from sklearn.model_selection._search import BaseSearchCV
 
     al.log_metrics(run_id, training_metrics(estimator, x, y, w), step=0)
@@ -433,7 +433,11 @@ def _log_search(run_id: str, cfg: al.AutologConfig, search: Any) -> None:
     for i in order:
         child = client.create_run(
             experiment_id,
-            tags={"mlflow.parentRunId": run_id, "mlflow.autologging": FLAVOR_NAME, **cfg.extra_tags},
+            tags={
+                "mlflow.parentRunId": run_id,
+                "mlflow.autologging": FLAVOR_NAME,
+                **cfg.extra_tags,
+            },
         )
         cid = child.info.run_id
         al.log_params(cid, {**base, **results["params"][i]})
