@@ -120,10 +120,14 @@ def active_config(flavor: str) -> AutologConfig | None:
     return None if cfg is None or cfg.disable else cfg
 
 
-def patch(flavor: str, owner: type, name: str, make: Callable[[Callable[..., Any]], Any]) -> None:
-    """Replace ``owner.name`` with ``make(original)`` once; later calls keep the first patch."""
-    original = owner.__dict__.get(name)
-    if original is None or getattr(original, "__flightlog_autolog__", None) == flavor:
+def patch(flavor: str, cls: type, name: str, make: Callable[[Callable[..., Any]], Any]) -> None:
+    """Replace method ``name`` where ``cls`` gets it from (itself or a base class) with
+    ``make(original)``, once: a method already patched for ``flavor`` is left alone."""
+    owner = next((k for k in cls.__mro__ if name in k.__dict__), None)
+    if owner is None or owner is object:
+        return
+    original = owner.__dict__[name]
+    if getattr(original, "__flightlog_autolog__", None) == flavor or not callable(original):
         return
     wrapper = make(original)
     functools.update_wrapper(wrapper, original)
@@ -361,3 +365,11 @@ def autolog(
                 _pending[import_name] = hook
                 if _finder not in sys.meta_path:
                     sys.meta_path.insert(0, _finder)
+
+
+def reset_for_tests() -> None:
+    """Turn every flavor's autolog off (patches stay in place, inert) and forget hooks."""
+    _configs.clear()
+    _pending.clear()
+    if _finder in sys.meta_path:
+        sys.meta_path.remove(_finder)
