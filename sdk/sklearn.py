@@ -23,6 +23,7 @@ import csv
 import io
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,11 @@ def save_model(
             INVALID_PARAMETER_VALUE,
         )
     target = mlmodel.new_model_dir(path)
-    data = _serialize(sk_model, target, fmt, skops_trusted_types)
+    try:
+        data = _serialize(sk_model, target, fmt, skops_trusted_types)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # no half-written model directory
+        raise
     if signature is None and input_example is not None and hasattr(sk_model, "predict"):
         signature = mlmodel.infer_signature(input_example, sk_model.predict(input_example))
     requirements = [mlmodel.pinned("scikit-learn")]

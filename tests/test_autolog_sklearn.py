@@ -96,9 +96,7 @@ def test_pipeline_logs_once_with_the_outer_estimators_params(tracking: Collector
     mlflow.sklearn.autolog(log_models=False)
     x, y = _iris()
     with mlflow.start_run() as run:
-        Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=200))]).fit(
-            x, y
-        )
+        Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=200))]).fit(x, y)
     got = mlflow.get_run(run.info.run_id)
     assert got.data.tags["estimator_name"] == "Pipeline"
     assert got.data.params["clf__max_iter"] == "200"
