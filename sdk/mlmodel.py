@@ -164,7 +164,6 @@ def write_model_dir(
     flavor: str,
     flavor_conf: dict[str, Any],
     loader_module: str | None,
-    data_path: str,
     requirements: list[str],
     pip_requirements: list[str] | None = None,
     extra_pip_requirements: list[str] | None = None,
@@ -176,7 +175,9 @@ def write_model_dir(
     artifact_path: str | None = None,
 ) -> dict[str, Any]:
     """Write MLmodel and the environment files beside an already serialized model;
-    returns the MLmodel contents. ``loader_module`` None leaves out ``python_function``."""
+    returns the MLmodel contents. ``loader_module`` None leaves out ``python_function``;
+    ``pyfunc_conf`` names the model's file or directory for it, as MLflow's flavors do
+    (sklearn: ``model_path``; tensorflow, pytorch: ``data``)."""
     yaml = _yaml()
     python_version = platform.python_version()
     flavors: dict[str, Any] = {}
@@ -184,7 +185,6 @@ def write_model_dir(
         flavors["python_function"] = {
             "env": {"conda": CONDA_ENV, "virtualenv": PYTHON_ENV},
             "loader_module": loader_module,
-            "model_path": data_path,
             "python_version": python_version,
             **(pyfunc_conf or {}),
         }

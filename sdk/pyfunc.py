@@ -72,5 +72,7 @@ def load_model(
             RESOURCE_DOES_NOT_EXIST,
         )
     module = importlib.import_module(module_name)
-    data = path / conf["model_path"] if conf.get("model_path") else path
+    # sklearn's section names its file as model_path; tensorflow's and pytorch's, data.
+    rel = conf.get("model_path") or conf.get("data")
+    data = path / rel if rel else path
     return PyFuncModel(module._load_pyfunc(str(data)), meta, path)

@@ -74,3 +74,18 @@ def test_flightlog_loads_a_model_saved_by_mlflow(tmp_path: Path) -> None:
     mlflow.sklearn.save_model(model, str(tmp_path / "m"), serialization_format="cloudpickle")
     assert (flightlog.sklearn.load_model(tmp_path / "m").predict(x) == model.predict(x)).all()
     assert (flightlog.pyfunc.load_model(tmp_path / "m").predict(x) == model.predict(x)).all()
+
+
+def test_mlflow_loads_a_keras_model_saved_by_flightlog(tmp_path: Path) -> None:
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("tensorflow")
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
+    x = np.arange(12, dtype="float32").reshape(4, 3)
+    flightlog.tensorflow.save_model(model, tmp_path / "k")
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(str(tmp_path / "k")).predict(x), expected)
+    reloaded = mlflow.tensorflow.load_model(str(tmp_path / "k"))
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected)
