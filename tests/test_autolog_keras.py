@@ -10,10 +10,10 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import flightlog as mlflow  # noqa: E402
-from flightlog import autologging  # noqa: E402
-from flightlog.core.exceptions import MlflowException  # noqa: E402
-from tests.conftest import CollectorProcess  # noqa: E402
+import flightlog as mlflow
+from flightlog import autologging
+from flightlog.core.exceptions import MlflowException
+from tests.conftest import CollectorProcess
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
@@ -105,9 +105,14 @@ def test_log_every_n_steps_adds_batch_points(tracking: CollectorProcess) -> None
 
 def test_a_failing_fit_ends_its_run_failed(tracking: CollectorProcess) -> None:
     mlflow.tensorflow.autolog(log_models=False)
-    x, _ = _data()
-    with pytest.raises(Exception):
-        _model().fit(x, np.zeros((3, 7)), epochs=1, verbose=0)
+    x, y = _data()
+
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: object = None) -> None:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _model().fit(x, y, epochs=1, verbose=0, callbacks=[Boom()])
     run = mlflow.last_active_run()
     assert run.info.status == "FAILED"
 
