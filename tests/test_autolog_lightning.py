@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -105,6 +104,5 @@ def test_pytorch_flavor_round_trip_for_a_plain_module(tmp_path: Any) -> None:
     with torch.no_grad():
         assert torch.allclose(mlflow.pytorch.load_model(tmp_path / "m")(x), net(x))
     assert "torch==" in (tmp_path / "m" / "requirements.txt").read_text()
-    with pytest.raises(MlflowException, match="torch.nn.Module"):
+    with pytest.raises(MlflowException, match=r"torch\.nn\.Module"):
         mlflow.pytorch.save_model(object(), tmp_path / "n")
-    importlib.invalidate_caches()
