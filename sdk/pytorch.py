@@ -253,7 +253,7 @@ def _callback(package: Any, run_id: str, every_n_epoch: int, every_n_step: int |
     cls = _callback_classes.get(key)
     if cls is None:
 
-        class FlightlogLightningCallback(package.Callback):  # type: ignore[misc,name-defined]
+        class FlightlogLightningCallback(package.Callback):
             def __init__(self, run_id: str, every_n_epoch: int, every_n_step: int) -> None:
                 self.run_id = run_id
                 self.every_n_epoch = every_n_epoch

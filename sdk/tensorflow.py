@@ -244,7 +244,7 @@ def _callback(run_id: str, every_n_epochs: int, every_n_steps: int | None) -> An
     cls = _callback_classes.get(per_step)
     if cls is None:
 
-        class FlightlogCallback(keras.callbacks.Callback):  # type: ignore[misc]
+        class FlightlogCallback(keras.callbacks.Callback):
             def __init__(self, run_id: str, every_n_epochs: int, every_n_steps: int) -> None:
                 super().__init__()
                 self.run_id = run_id
@@ -353,7 +353,8 @@ def _after_fit(
     lines: list[str] = []
     model.summary(print_fn=lambda line, *a, **k: lines.append(line))
     MlflowClient().log_text(run_id, "\n".join(lines) + "\n", "model_summary.txt")
-    x, y = call.get("x"), call.get("y")
+    x: Any = call.get("x")
+    y: Any = call.get("y")
     if cfg.log_datasets and hasattr(x, "shape"):
         dataset = al.numpy_dataset(x, y)
         if dataset is not None:
