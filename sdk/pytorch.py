@@ -285,7 +285,8 @@ def _patched_fit_for(package: Any) -> Any:
     def make(original: Any) -> Any:
         def fit(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
             cfg = al.active_config(FLAVOR_NAME)
-            if cfg is None:
+            # Under distributed training only rank 0 logs, as with Lightning's own loggers.
+            if cfg is None or getattr(self, "global_rank", 0) != 0:
                 return original(self, model, *args, **kwargs)
             with al.outermost(FLAVOR_NAME) as first:
                 if not first:
