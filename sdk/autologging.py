@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import json
-import os
 import sys
 import threading
 import warnings
@@ -217,69 +214,23 @@ def log_metrics(run_id: str, metrics: dict[str, Any], step: int) -> None:
 # -- dataset inputs -------------------------------------------------------------------------
 
 
-def _tensor_spec(array: Any) -> dict[str, Any]:
-    shape = [-1, *list(getattr(array, "shape", ()))[1:]]
-    return {"type": "tensor", "tensor-spec": {"dtype": str(array.dtype), "shape": shape}}
-
-
-def numpy_dataset(
-    features: Any, targets: Any | None, *, name: str = "dataset", context: str = "train"
-) -> dict[str, Any] | None:
-    """A DatasetInput (MLflow's NumpyDataset shape) for array-like features and targets, or
-    None when the features are not array-like (a generator, a tf.data pipeline)."""
+def log_training_dataset(run_id: str, features: Any, targets: Any | None) -> None:
+    """Record array-like training data as a dataset input of the run (``flightlog.data``'s
+    NumpyDataset, named ``dataset``, context ``train``), once per ``fit``, through the
+    collector's log-inputs path. Data that is not array-like (a generator, a tf.data
+    pipeline) is skipped."""
     import numpy as np
 
-    try:
-        x = np.asarray(features)
-        y = None if targets is None else np.asarray(targets)
-    except Exception:
-        return None
-    if x.dtype == object and x.ndim == 0:
-        return None
-    digest = hashlib.md5(usedforsecurity=False)
-    for part in (x, y):
-        if part is not None:
-            digest.update(np.ascontiguousarray(part).tobytes()[: 1 << 24])
-            digest.update(str(part.shape).encode())
-    schema: dict[str, str] = {"features": json.dumps([_tensor_spec(x)])}
-    profile: dict[str, Any] = {"features_shape": list(x.shape)}
-    if y is not None:
-        schema["targets"] = json.dumps([_tensor_spec(y)])
-        profile["targets_shape"] = list(y.shape)
-    source = {
-        "tags": {
-            "mlflow.user": os.environ.get("USER", ""),
-            "mlflow.source.name": os.path.basename(sys.argv[0]) if sys.argv else "",
-            "mlflow.source.type": "LOCAL",
-        }
-    }
-    return {
-        "dataset": {
-            "name": name,
-            "digest": digest.hexdigest()[:8],
-            "source_type": "code",
-            "source": json.dumps(source),
-            "schema": json.dumps({"mlflow_tensorspec": schema}),
-            "profile": json.dumps(profile),
-        },
-        "tags": [{"key": "mlflow.data.context", "value": context}],
-    }
+    from flightlog import data
+    from flightlog.core.entities import DatasetInput, InputTag
+    from flightlog.fluent_data import CONTEXT_TAG
 
-
-def log_dataset_inputs(run_id: str, datasets: Sequence[dict[str, Any]]) -> None:
-    """Record dataset inputs of a run through the collector's log-inputs path (MLflow's
-    ``runs/log-inputs``), once per ``fit``. Internal: the public ``log_input`` API lives
-    elsewhere; this is what autolog needs."""
-    if not datasets:
+    array = np.asarray(features)
+    if array.dtype == object:
         return
-    client = MlflowClient()
-    client.flush()  # the run must exist at the collector
-    body = json.dumps({"run_id": run_id, "datasets": list(datasets)}).encode()
-    status, _, data = client.ctx.client.request(
-        "POST", "/api/2.0/mlflow/runs/log-inputs", body, content_type="application/json"
-    )
-    if status != 200:
-        raise MlflowException(f"log-inputs answered {status}: {data[:200]!r}")
+    dataset = data.from_numpy(array, targets=targets, name="dataset")
+    entry = DatasetInput(dataset._to_entity(), [InputTag(CONTEXT_TAG, "train")])
+    MlflowClient().log_inputs(run_id, [entry])
 
 
 # -- flightlog.autolog() for every framework --------------------------------------------------

@@ -386,9 +386,7 @@ def _log_post_fit(
     if search and hasattr(estimator, "best_params_"):
         al.safely(cfg, "search results", lambda: _log_search(run_id, cfg, estimator))
     if cfg.log_datasets and x is not None:
-        dataset = al.numpy_dataset(x, y)
-        if dataset is not None:
-            al.safely(cfg, "dataset", lambda: al.log_dataset_inputs(run_id, [dataset]))
+        al.safely(cfg, "dataset", lambda: al.log_training_dataset(run_id, x, y))
     if cfg.log_models:
         signature = None
         if cfg.options.get("log_model_signatures", True) and hasattr(estimator, "predict"):

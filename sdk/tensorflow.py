@@ -356,9 +356,7 @@ def _after_fit(
     x: Any = call.get("x")
     y: Any = call.get("y")
     if cfg.log_datasets and hasattr(x, "shape"):
-        dataset = al.numpy_dataset(x, y)
-        if dataset is not None:
-            al.safely(cfg, "dataset", lambda: al.log_dataset_inputs(run_id, [dataset]))
+        al.safely(cfg, "dataset", lambda: al.log_training_dataset(run_id, x, y))
     if cfg.log_models:
         signature = None
         if cfg.options.get("log_model_signatures", True) and hasattr(x, "shape"):

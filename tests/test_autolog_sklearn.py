@@ -158,6 +158,8 @@ def test_log_datasets_reach_mlflows_client(tracking: CollectorProcess) -> None:
     assert ds.name == "dataset" and len(ds.digest) == 8 and ds.source_type == "code"
     assert '"features_shape": [150, 4]' in ds.profile
     assert [(t.key, t.value) for t in inputs[0].tags] == [("mlflow.data.context", "train")]
+    ours = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert [(d.dataset.name, d.dataset.digest) for d in ours] == [(ds.name, ds.digest)]
 
 
 @pytest.mark.parametrize("fmt", ["pickle", "cloudpickle", "skops"])
