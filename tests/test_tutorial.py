@@ -80,7 +80,7 @@ FRAMEWORK_PRELUDES = {
         "model.compile(optimizer='adam', loss='mse')\n",
     ),
     "mlflow.pytorch": (
-        "lightning",
+        "pytorch_lightning",
         "from tests.lightning_models import TinyRegressor_pytorch_lightning\n"
         "model = TinyRegressor_pytorch_lightning()\n",
     ),
