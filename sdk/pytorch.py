@@ -210,9 +210,11 @@ def autolog(
     **kwargs: Any,
 ) -> None:
     """Log params, every ``self.log`` value, the model summary and the model of every
-    PyTorch Lightning ``Trainer.fit`` (MLflow's ``mlflow.pytorch.autolog``), under the
-    ``lightning`` and ``pytorch_lightning`` import names. With no active run, each fit gets
-    a run of its own. ``checkpoint`` is accepted; flightlog logs the final model only."""
+        PyTorch Lightning ``Trainer.fit`` (MLflow's ``mlflow.pytorch.autolog``), under the
+        ``lightning`` and ``pytorch_lightning`` import names. With no active run, each fit gets
+        a run of its own. ``checkpoint`` is accepted for MLflow's signature, but flightlog logs
+    the final model only (checkpoint logging is not implemented); ``log_datasets`` has no
+    effect (dataloaders are not recorded)."""
     packages = _lightning_packages()
     if not packages:
         raise MlflowException(

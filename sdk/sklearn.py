@@ -265,7 +265,9 @@ def autolog(
 ) -> None:
     """Log params, training metrics, tags, the dataset and the model of every scikit-learn
     ``fit`` (MLflow's ``mlflow.sklearn.autolog``). With no active run, each fit gets a run
-    of its own. ``registered_model_name`` must be None: flightlog has no model registry."""
+    of its own. ``registered_model_name`` must be None: flightlog has no model registry.
+    ``log_post_training_metrics`` is accepted for MLflow's signature, but flightlog does not
+    log metrics of sklearn.metrics calls made after training (not implemented)."""
     import sklearn
     from sklearn.utils import all_estimators
 
@@ -327,9 +329,12 @@ def _log_pre_fit(run_id: str, estimator: Any) -> None:
     )
 
 
-def training_metrics(estimator: Any, x: Any, y: Any, weight: Any) -> dict[str, float]:
+def training_metrics(
+    estimator: Any, x: Any, y: Any, weight: Any, pos_label: Any = None
+) -> dict[str, float]:
     """MLflow's training metrics of a fitted classifier or regressor (``training_score``
-    alone for other estimators with a ``score``)."""
+    alone for other estimators with a ``score``). Precision, recall and F1 are weighted
+    averages, or the scores of ``pos_label`` for a binary classifier when it is given."""
     from sklearn import metrics as m
     from sklearn.base import is_classifier, is_regressor
 
@@ -339,13 +344,17 @@ def training_metrics(estimator: Any, x: Any, y: Any, weight: Any) -> dict[str, f
     if is_classifier(estimator):
         pred = estimator.predict(x)
         out["training_accuracy_score"] = m.accuracy_score(y, pred, sample_weight=weight)
+        binary = pos_label is not None and len(getattr(estimator, "classes_", ())) == 2
+        averaging: dict[str, Any] = (
+            {"average": "binary", "pos_label": pos_label} if binary else {"average": "weighted"}
+        )
         for metric, fn in (
             ("precision", m.precision_score),
             ("recall", m.recall_score),
             ("f1", m.f1_score),
         ):
             out[f"training_{metric}_score"] = fn(
-                y, pred, average="weighted", sample_weight=weight, zero_division=0
+                y, pred, sample_weight=weight, zero_division=0, **averaging
             )
         if hasattr(estimator, "predict_proba"):
             proba = estimator.predict_proba(x)
@@ -381,7 +390,8 @@ def _log_post_fit(
 ) -> None:
     from sklearn.model_selection._search import BaseSearchCV
 
-    al.log_metrics(run_id, training_metrics(estimator, x, y, w), step=0)
+    metrics = training_metrics(estimator, x, y, w, cfg.options.get("pos_label"))
+    al.log_metrics(run_id, metrics, step=0)
     search = isinstance(estimator, BaseSearchCV)
     if search and hasattr(estimator, "best_params_"):
         al.safely(cfg, "search results", lambda: _log_search(run_id, cfg, estimator))

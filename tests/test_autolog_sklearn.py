@@ -92,6 +92,20 @@ def test_regressor_metrics_and_a_run_of_its_own_without_an_active_run(
     assert not mlflow.MlflowClient().list_artifacts(run.info.run_id)
 
 
+def test_pos_label_gives_the_binary_scores_of_that_label(tracking: CollectorProcess) -> None:
+    from sklearn.metrics import precision_score
+
+    mlflow.sklearn.autolog(log_models=False, log_datasets=False, pos_label=0)
+    x, y = _iris()
+    keep = y < 2
+    x, y = x[keep][::3], y[keep][::3]
+    y[:4] = 1 - y[:4]  # some errors, so the scores differ by label
+    with mlflow.start_run() as run:
+        model = LogisticRegression(max_iter=200).fit(x, y)
+    got = mlflow.get_run(run.info.run_id).data.metrics["training_precision_score"]
+    assert got == pytest.approx(precision_score(y, model.predict(x), pos_label=0))
+
+
 def test_pipeline_logs_once_with_the_outer_estimators_params(tracking: CollectorProcess) -> None:
     mlflow.sklearn.autolog(log_models=False)
     x, y = _iris()
