@@ -17,16 +17,30 @@ def _str_list(a: dict[str, Any], name: str) -> list[str]:
     return [str(x) for x in value]
 
 
+def _int(a: dict[str, Any], name: str, default: int) -> int:
+    value = a.get(name) or default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MlflowException(f"{name!r} must be an integer", INVALID_PARAMETER_VALUE)
+    return value
+
+
+def _str(a: dict[str, Any], name: str) -> str | None:
+    value = a.get(name) or None
+    if value is not None and not isinstance(value, str):
+        raise MlflowException(f"{name!r} must be a string", INVALID_PARAMETER_VALUE)
+    return value
+
+
 @rpc("search_runs")
 async def _search_runs(c: Collector, a: dict[str, Any]) -> Any:
     runs, token = await c.read(
         c.store.search_runs,
         _str_list(a, "experiment_ids"),
-        a.get("filter_string") or None,
-        int(a.get("run_view_type") or 1),
-        int(a.get("max_results") or 1000),
+        _str(a, "filter_string"),
+        _int(a, "run_view_type", 1),
+        _int(a, "max_results", 1000),
         _str_list(a, "order_by") or None,
-        a.get("page_token") or None,
+        _str(a, "page_token"),
     )
     return {"runs": runs, "next_page_token": token}
 

@@ -10,6 +10,9 @@ The blocks are taken from the tutorial file itself. What the harness changes, an
 Blocks that use autologging or model flavors (``mlflow.sklearn``, ``mlflow.tensorflow``,
 ``mlflow.pytorch``) get a tiny ``model`` (and data) of their framework from a prelude of
 their own, and skip when the framework is not installed.
+
+The tutorial lives in ../shared beside the repository, which CI provides; in a clone
+without it these tests skip and say so.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ from tests.conftest import CollectorProcess
 
 TUTORIAL = (
     Path(__file__).resolve().parents[2] / "shared" / "seed" / "mlflow-tracking-tutorial.zh.txt"
+)
+
+pytestmark = pytest.mark.skipif(
+    not TUTORIAL.exists(),
+    reason=f"the tutorial is not at {TUTORIAL}: it lives in ../shared beside the "
+    "repository, which CI provides (not part of a clone)",
 )
 
 
@@ -57,8 +66,9 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
 
 
 def _blocks() -> list[tuple[int, str]]:
+    """The tutorial's blocks; none without the file (the module is skipped then)."""
     if not TUTORIAL.exists():
-        pytest.fail(f"tutorial not found at {TUTORIAL}")
+        return []
     return python_blocks(TUTORIAL.read_text(encoding="utf-8"))
 
 
@@ -85,6 +95,12 @@ FRAMEWORK_PRELUDES = {
         "model = TinyRegressor_pytorch_lightning()\n",
     ),
 }
+
+
+def _cases() -> list[object]:
+    """One case per block."""
+    return [pytest.param(line, code, id=f"line{line}") for line, code in _blocks()]
+
 
 PRELUDE = """
 import os
@@ -123,9 +139,7 @@ def _seed_runs() -> str:
     return run.info.run_id
 
 
-@pytest.mark.parametrize(
-    ("line", "code"), _blocks(), ids=lambda v: f"line{v}" if isinstance(v, int) else ""
-)
+@pytest.mark.parametrize(("line", "code"), _cases())
 def test_tutorial_block(
     tracking: CollectorProcess,
     tmp_path: Path,
