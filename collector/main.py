@@ -15,21 +15,26 @@ from pathlib import Path
 
 from aiohttp import web
 
-from flightlog.collector.app import STOP, CollectorConfig, create_app
-from flightlog.collector.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PENDING_BYTES
-from flightlog.collector.liveness import DEFAULT_RUN_TIMEOUT
+from flightlog.collector.app import create_app
+from flightlog.collector.config import CollectorConfig
+from flightlog.collector.state import STOP
 from flightlog.collector.store import SqliteStore
-from flightlog.core.uris import local_store
+from flightlog.core import settings
+from flightlog.core.uris import DB_NAME, local_store
 
 log = logging.getLogger("flightlog.collector")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_REQUEST_LINE = 1024 * 1024  # bytes of a request line or header; past it aiohttp answers 400
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The collector's command-line options."""
+    """The collector's command-line options; defaults from the environment (core.settings).
+
+    :raises SettingError: a FLIGHTLOG_* variable does not parse.
+    """
     p.add_argument(
         "--store",
-        default=os.environ.get("FLIGHTLOG_STORE", "./flightlog"),
+        default=settings.STORE.get(),
         help="store URI: a directory, file: or sqlite:/// URI (default ./flightlog)",
     )
     p.add_argument(
@@ -41,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=5055, help="port; 0 picks a free one (default 5055)")
     p.add_argument(
         "--token",
-        default=os.environ.get("FLIGHTLOG_TOKEN"),
+        default=settings.TOKEN.get(),
         help="bearer token required on every endpoint but /health "
         "(env FLIGHTLOG_TOKEN); required when binding a non-loopback address",
     )
@@ -59,29 +64,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-timeout",
         type=float,
-        default=float(os.environ.get("FLIGHTLOG_RUN_TIMEOUT") or DEFAULT_RUN_TIMEOUT),
+        default=settings.RUN_TIMEOUT.get(),
         help="seconds without a heartbeat before a RUNNING run is marked FAILED; 0: never "
-        f"(env FLIGHTLOG_RUN_TIMEOUT, default {DEFAULT_RUN_TIMEOUT:.0f})",
+        f"(env FLIGHTLOG_RUN_TIMEOUT, default {settings.RUN_TIMEOUT.default:.0f})",
     )
     p.add_argument(
         "--ingest-max-body-bytes",
         type=int,
-        default=int(os.environ.get("FLIGHTLOG_INGEST_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
+        default=settings.INGEST_MAX_BODY_BYTES.get(),
         help="largest ingest batch; larger ones get 413 (env FLIGHTLOG_INGEST_MAX_BODY_BYTES)",
     )
     p.add_argument(
         "--ingest-max-pending-bytes",
         type=int,
-        default=int(
-            os.environ.get("FLIGHTLOG_INGEST_MAX_PENDING_BYTES") or DEFAULT_MAX_PENDING_BYTES
-        ),
+        default=settings.INGEST_MAX_PENDING_BYTES.get(),
         help="ingest bytes in flight at once; beyond, 503 with Retry-After "
         "(env FLIGHTLOG_INGEST_MAX_PENDING_BYTES)",
     )
     p.add_argument(
         "--s3-endpoint-url",
-        default=os.environ.get("FLIGHTLOG_S3_ENDPOINT_URL")
-        or os.environ.get("MLFLOW_S3_ENDPOINT_URL"),
+        default=settings.S3_ENDPOINT_URL.get(),
         help="S3-compatible endpoint for s3:// artifact locations "
         "(env FLIGHTLOG_S3_ENDPOINT_URL or MLFLOW_S3_ENDPOINT_URL; credentials from the "
         "usual AWS_* variables)",
@@ -106,11 +108,9 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         run_timeout=args.run_timeout,
         ingest_max_body_bytes=args.ingest_max_body_bytes,
         ingest_max_pending_bytes=args.ingest_max_pending_bytes,
-        extra={
-            "db_path": str(store.db_path),
-            "port_file": args.port_file,
-            "s3_endpoint_url": args.s3_endpoint_url,
-        },
+        s3_endpoint_url=args.s3_endpoint_url,
+        db_path=str(store.db_path),
+        port_file=args.port_file,
     )
 
 
@@ -123,11 +123,20 @@ def _write_port_file(path: str, payload: dict[str, object]) -> None:
 
 async def serve(config: CollectorConfig) -> None:
     """Serve until SIGTERM/SIGINT or the idle timeout."""
-    store = SqliteStore(config.extra["db_path"], config.artifact_root)
+    db_path = config.db_path or str(Path(config.store_uri) / DB_NAME)
+    store = SqliteStore(db_path, config.artifact_root)
     app = create_app(config, store)
     stop = asyncio.Event()
     app[STOP] = stop
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Long request lines: MLflow's UI and clients send GETs with hundreds of repeated
+    # run_id parameters (1,000 run ids are about 40 kB); aiohttp's default is 8,190 bytes.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        max_line_size=MAX_REQUEST_LINE,
+        max_field_size=MAX_REQUEST_LINE,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()
@@ -139,7 +148,7 @@ async def serve(config: CollectorConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    port_file = config.extra.get("port_file")
+    port_file = config.port_file
     if port_file:
         _write_port_file(
             port_file,
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(
-        level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
+        level=settings.LOG_LEVEL.get(),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     return run(config_from_args(args))
