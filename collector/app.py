@@ -31,7 +31,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from flightlog.collector import artifact_api, housekeeping, ingest, liveness, rest, rpc
+from flightlog.collector import (
+    artifact_api,
+    artifact_proxy,
+    housekeeping,
+    ingest,
+    liveness,
+    rest,
+    rpc,
+)
 from flightlog.collector.config import CollectorConfig
 from flightlog.collector.errors import error_middleware
 from flightlog.collector.state import COLLECTOR, STOP, Collector, run_in_background
@@ -97,6 +105,7 @@ def create_app(config: CollectorConfig, store: Store) -> web.Application:
     app.add_routes(rpc.routes())
     app.add_routes(artifact_api.routes())
     app.add_routes(rest.routes())
+    app.add_routes(artifact_proxy.routes())
     run_in_background(app, _idle_watch)
     liveness.setup(app)
     housekeeping.setup(app)

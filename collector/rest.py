@@ -54,7 +54,6 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import posixpath
 import uuid
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,9 +62,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from flightlog.collector.artifact_api import repository, send_file, store_body
-from flightlog.collector.artifacts import ArtifactRepository, repository_for
-from flightlog.collector.content_types import download_headers
+from flightlog.collector import artifact_proxy
+from flightlog.collector.artifact_api import repository
+from flightlog.collector.artifacts import repository_for
 from flightlog.collector.errors import ENDPOINT_NOT_FOUND, MLFLOW_HTTP_STATUS
 from flightlog.collector.request_args import (
     Args,
@@ -98,13 +97,9 @@ from flightlog.core.exceptions import (
 from flightlog.core.run_names import generate_run_name
 from flightlog.core.version import __version__
 
-__all__ = ["API_PREFIXES", "ARTIFACTS_PREFIXES", "MLFLOW_HTTP_STATUS", "rest_artifact_uri"]
+__all__ = ["API_PREFIXES", "MLFLOW_HTTP_STATUS", "rest_artifact_uri"]
 
 API_PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
-ARTIFACTS_PREFIXES = (
-    "/api/2.0/mlflow-artifacts/artifacts",
-    "/ajax-api/2.0/mlflow-artifacts/artifacts",
-)
 
 # MLflow's limits (mlflow/utils/validation.py and the REST API reference).
 MAX_METRICS_PER_BATCH = 1000
@@ -119,8 +114,6 @@ MAX_DATASET_NAME_SIZE = 500
 MAX_DATASET_DIGEST_SIZE = 36
 
 _HISTORY_TOKEN_VERSION = 1
-_PROXY_SCHEME = "mlflow-artifacts"
-_ARTIFACT_CHUNK = 1 << 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -151,9 +144,9 @@ def rest_artifact_uri(experiment_id: str, run_id: str, real_uri: str) -> str:
 
 def _experiment_json(store: Store, exp: Row) -> dict[str, Any]:
     eid = str(exp["experiment_id"])
-    location = exp["artifact_location"]
-    if location == f"{store.artifact_root}/{eid}":
-        location = f"{_PROXY_SCHEME}:/{eid}"
+    # Under the artifact root the proxy serves it: mlflow-artifacts:/<path>, as MLflow's
+    # proxying server answers; elsewhere (s3://, an allowed directory) as stored.
+    location = artifact_proxy.proxy_location(store.artifact_root, exp["artifact_location"])
     out: dict[str, Any] = {
         "experiment_id": eid,
         "name": exp["name"],
@@ -200,6 +193,8 @@ async def create_experiment(request: web.Request) -> web.Response:
     name = v.validate_experiment_name(string_arg(a, "name", required=True))
     location = string_arg(a, "artifact_location") or None
     if location is not None:
+        # mlflow-artifacts:/<prefix> is <prefix> under the artifact root (the proxy's tree).
+        location = artifact_proxy.real_location(c.config.artifact_root, location)
         _check_location(location)
     tags = {v.validate_key("tag", k): val for k, val in key_values_arg(a, "tags")}
     eid = await c.write(c.store.create_experiment, name, location, tags)
@@ -602,6 +597,56 @@ async def log_inputs(request: web.Request) -> web.Response:
     return _json({})
 
 
+MAX_EXPERIMENT_IDS_PER_SEARCH_DATASETS = 20
+
+
+async def search_datasets(request: web.Request) -> web.Response:
+    """POST experiments/search-datasets (MLflow's UI route): ``{experiment_ids}`` ->
+    ``{dataset_summaries: [{experiment_id, name, digest, context?}]}``, at most 1,000."""
+    c = request.app[COLLECTOR]
+    content_type = request.headers.get("Content-Type")
+    # MLflow's server checks this route's Content-Type first, with these words.
+    if content_type is None:
+        raise MlflowException(
+            "Bad Request. Content-Type header is missing.", INVALID_PARAMETER_VALUE
+        )
+    if content_type.split(";")[0].strip() != "application/json":
+        raise MlflowException(
+            "Bad Request. Content-Type must be one of ['application/json'].",
+            INVALID_PARAMETER_VALUE,
+        )
+    a = await json_args(request)
+    experiment_ids = string_list_arg(a, "experiment_ids")
+    if not experiment_ids:
+        raise MlflowException(
+            "SearchDatasets request must specify at least one experiment_id.",
+            INVALID_PARAMETER_VALUE,
+        )
+    if len(experiment_ids) > MAX_EXPERIMENT_IDS_PER_SEARCH_DATASETS:
+        raise MlflowException(
+            "SearchDatasets request cannot specify more than "
+            f"{MAX_EXPERIMENT_IDS_PER_SEARCH_DATASETS} experiment_ids. Received "
+            f"{len(experiment_ids)} experiment_ids.",
+            INVALID_PARAMETER_VALUE,
+        )
+    for eid in experiment_ids:
+        if not (eid.isascii() and eid.isdigit()):
+            raise invalid("experiment_ids", eid)
+    summaries = await c.read(c.store.search_datasets, experiment_ids)
+    out: dict[str, Any] = {}
+    if summaries:
+        out["dataset_summaries"] = [
+            {
+                "experiment_id": eid,
+                "name": name,
+                "digest": digest,
+                **({"context": context} if context else {}),
+            }
+            for eid, name, digest, context in summaries
+        ]
+    return _json(out)
+
+
 async def search_runs(request: web.Request) -> web.Response:
     """POST runs/search: ``{experiment_ids, filter, run_view_type, max_results, order_by,
     page_token}`` -> ``{runs, next_page_token}``."""
@@ -845,83 +890,6 @@ def _file_json(path: str, is_dir: bool, size: int | None) -> dict[str, Any]:
     return out
 
 
-async def _proxy_target(
-    c: Collector, path: str, *, allow_root: bool
-) -> tuple[ArtifactRepository, str]:
-    """The repository and run-relative path of a proxy path ``<exp>/<run>/artifacts/<rel>``.
-
-    The path is made canonical (and traversal refused) before it is split, so
-    ``1/<run>/artifacts/../../<other run>/artifacts`` cannot reach another run's files.
-    """
-    canonical = safe_relative_path(path, allow_root=True)
-    parts = canonical.split("/") if canonical else []
-    if len(parts) < 3 or parts[2] != "artifacts":
-        raise MlflowException(
-            f"Invalid path {path!r}: flightlog serves artifacts per run, as "
-            "<experiment_id>/<run_id>/artifacts/<path>",
-            INVALID_PARAMETER_VALUE,
-        )
-    eid, run_id = parts[0], parts[1]
-    run_eid, real_uri = await c.read(c.store.run_artifact_location, run_id)
-    if run_eid != eid:
-        raise MlflowException(f"Run {run_id} is not in experiment {eid}", RESOURCE_DOES_NOT_EXIST)
-    rel = "/".join(parts[3:])
-    if not rel and not allow_root:
-        raise MlflowException(
-            f"Invalid path {path!r}: it names the run's artifact root, not a file",
-            INVALID_PARAMETER_VALUE,
-        )
-    return repository(c, real_uri), rel
-
-
-async def proxy_download(request: web.Request) -> web.StreamResponse:
-    """GET mlflow-artifacts/artifacts/<path>: stream one file, as an attachment."""
-    c = request.app[COLLECTOR]
-    repo, rel = await _proxy_target(c, request.match_info["path"], allow_root=False)
-    # An attachment, never rendered: artifacts are user content (MLflow does the same).
-    return await send_file(request, repo, rel, download_headers(rel))
-
-
-async def get_artifact(request: web.Request) -> web.StreamResponse:
-    """GET /get-artifact?run_id=&path=: one file of a run's artifacts (MLflow's UI route)."""
-    c = request.app[COLLECTOR]
-    a = await json_args(request)
-    run_id = run_id_arg(a)
-    rel = safe_relative_path(string_arg(a, "path", required=True))
-    _eid, real_uri = await c.read(c.store.run_artifact_location, run_id)
-    return await send_file(request, repository(c, real_uri), rel, download_headers(rel))
-
-
-async def proxy_upload(request: web.Request) -> web.Response:
-    """PUT mlflow-artifacts/artifacts/<path>: store the body, streamed in bounded memory."""
-    c = request.app[COLLECTOR]
-    repo, rel = await _proxy_target(c, request.match_info["path"], allow_root=False)
-    await store_body(request, repo, rel)
-    return _json({})
-
-
-async def proxy_delete(request: web.Request) -> web.Response:
-    """DELETE mlflow-artifacts/artifacts/<path>: a file or a directory tree."""
-    c = request.app[COLLECTOR]
-    repo, rel = await _proxy_target(c, request.match_info["path"], allow_root=True)
-    await repo.delete(rel or None)
-    return _json({})
-
-
-async def proxy_list(request: web.Request) -> web.Response:
-    """GET mlflow-artifacts/artifacts?path=<dir>: the directory's children, by base name."""
-    c = request.app[COLLECTOR]
-    path = request.query.get("path", "")
-    repo, rel = await _proxy_target(c, path, allow_root=True)
-    files = await repo.list(rel or None)
-    out: dict[str, Any] = {}
-    if files:
-        out["files"] = [
-            _file_json(posixpath.basename(f.path), f.is_dir, f.file_size) for f in files
-        ]
-    return _json(out)
-
-
 # -- service endpoints ----------------------------------------------------------------------
 
 
@@ -998,17 +966,11 @@ def routes() -> list[web.RouteDef]:
     out: list[web.RouteDef] = []
     # MLflow's UI route, served under /ajax-api only (as MLflow); before the catch-all.
     out.append(web.get("/ajax-api/2.0/mlflow/metrics/get-history-bulk", get_metric_history_bulk))
+    out.append(web.post("/ajax-api/2.0/mlflow/experiments/search-datasets", search_datasets))
+    out += artifact_proxy.ui_routes()
     for prefix in API_PREFIXES:
         out += [web.route(method, prefix + path, handler) for method, path, handler in _ROUTES]
         out.append(web.route("*", prefix + "/{tail:.*}", endpoint_not_found))
-    for prefix in ARTIFACTS_PREFIXES:
-        out += [
-            web.get(prefix, proxy_list),
-            web.get(prefix + "/{path:.+}", proxy_download),
-            web.put(prefix + "/{path:.+}", proxy_upload),
-            web.delete(prefix + "/{path:.+}", proxy_delete),
-        ]
-    out.append(web.get("/get-artifact", get_artifact))
     out.append(web.get("/version", version))
     for prefix in ("/api/3.0/mlflow", "/ajax-api/3.0/mlflow"):
         out.append(web.get(prefix + "/server-info", server_info))
