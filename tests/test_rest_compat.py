@@ -23,7 +23,7 @@ import requests  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Dataset, DatasetInput, InputTag  # noqa: E402
 
-from tests.test_rest_api import db_of, new_experiment  # noqa: E402
+from tests.test_rest_api import db_of, new_experiment, raw  # noqa: E402
 
 PROXY = "/api/2.0/mlflow-artifacts/artifacts"
 
@@ -147,3 +147,154 @@ def test_upload_artifact(server: ServerProcess, client: MlflowClient) -> None:
     assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
     assert not (artifact_root(server) / eid / run_id / "artifacts" / "big.bin").exists()
     assert not list(artifact_root(server).parent.rglob("x.txt"))
+
+
+# -- the whole-tree artifact proxy ----------------------------------------------------------
+
+
+def test_proxy_serves_any_path_under_the_artifact_root(server: ServerProcess) -> None:
+    base = f"{server.url}{PROXY}"
+    top = f"loose-{uuid.uuid4().hex[:8]}"
+    for rel, data in ((f"{top}/a.txt", b"alpha"), (f"{top}/some/dir/b.json", b"{}")):
+        r = requests.put(f"{base}/{rel}", data=data, timeout=30)
+        assert (r.status_code, r.json()) == (200, {}), r.text
+        assert (artifact_root(server) / rel).read_bytes() == data
+        assert requests.get(f"{base}/{rel}", timeout=30).content == data
+    r = requests.get(base, params={"path": top}, timeout=30)
+    assert sorted((f["path"], f["is_dir"]) for f in r.json()["files"]) == [
+        ("a.txt", False),
+        ("some", True),
+    ]
+    r = requests.get(base, params={"path": f"{top}/some/dir"}, timeout=30)
+    assert r.json() == {"files": [{"path": "b.json", "is_dir": False, "file_size": 2}]}
+    assert top in [f["path"] for f in requests.get(base, timeout=30).json()["files"]]
+    assert requests.delete(f"{base}/{top}/some", timeout=30).status_code == 200
+    assert not (artifact_root(server) / top / "some").exists()
+    r = requests.get(f"{base}/{top}/some/dir/b.json", timeout=30)
+    assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    # A directory is not a file to download; the store's root is not deleted whole.
+    r = requests.get(f"{base}/{top}", timeout=30)
+    assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    got, body = raw(server, "DELETE", f"{PROXY}/%2e")
+    assert got == 400 and body["message"].startswith("Invalid path"), body
+    assert (artifact_root(server) / top / "a.txt").exists()
+
+
+def test_run_less_artifacts_through_mlflows_repository(
+    server: ServerProcess, client: MlflowClient, tmp_path: Path
+) -> None:
+    """MLflow's own mlflow-artifacts repository, for a prefix that belongs to no run."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    prefix = f"shared-{uuid.uuid4().hex[:8]}"
+    repo = get_artifact_repository(f"mlflow-artifacts:/{prefix}")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "table.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "src" / "deep").mkdir()
+    (tmp_path / "src" / "deep" / "w.bin").write_bytes(b"\1" * 1000)
+    repo.log_artifacts(str(tmp_path / "src"), "data")
+    assert (artifact_root(server) / prefix / "data" / "table.csv").read_text() == "a,b\n1,2\n"
+    assert sorted(f.path for f in repo.list_artifacts("data")) == ["data/deep", "data/table.csv"]
+    (tmp_path / "out").mkdir()
+    out = Path(repo.download_artifacts("data", str(tmp_path / "out")))
+    assert (out / "deep" / "w.bin").read_bytes() == b"\1" * 1000
+    repo.delete_artifacts("data/deep")
+    assert [f.path for f in repo.list_artifacts("data")] == ["data/table.csv"]
+
+
+def test_experiment_with_an_mlflow_artifacts_location(
+    server: ServerProcess, client: MlflowClient, tmp_path: Path
+) -> None:
+    prefix = f"team-{uuid.uuid4().hex[:8]}"
+    eid = new_experiment(client, artifact_location=f"mlflow-artifacts:/{prefix}")
+    assert client.get_experiment(eid).artifact_location == f"mlflow-artifacts:/{prefix}"
+    mlflow.set_experiment(experiment_id=eid)
+    (tmp_path / "model.txt").write_text("weights")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(tmp_path / "model.txt"), "m")
+    run_id = run.info.run_id
+    # Stored under <artifact root>/<prefix>/<run_id>/artifacts, readable by either path.
+    real = artifact_root(server) / prefix / run_id / "artifacts" / "m" / "model.txt"
+    assert real.read_text() == "weights"
+    got = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="m/model.txt")
+    assert Path(got).read_text() == "weights"
+    r = requests.get(f"{server.url}{PROXY}/{prefix}/{run_id}/artifacts/m/model.txt", timeout=30)
+    assert r.content == b"weights"
+    # Another server's proxy (a host in the URI) or a path out of the root: refused.
+    for location in ("mlflow-artifacts://elsewhere:5000/x", "mlflow-artifacts:/../../etc"):
+        with pytest.raises(mlflow.exceptions.MlflowException) as e:
+            new_experiment(client, artifact_location=location)
+        assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../escape.txt",
+        "a/../escape.txt",  # MLflow refuses any "..", even one that stays inside
+        "a/..%2f..%2fescape.txt",
+        "%2e%2e/escape.txt",
+        "%2Ftmp%2Fescape.txt",
+        "a\\..\\..\\escape.txt",
+    ],
+)
+def test_proxy_tree_refuses_traversal(server: ServerProcess, path: str) -> None:
+    for method in ("PUT", "GET", "DELETE"):
+        got, body = raw(server, method, f"{PROXY}/{path}", b"x" if method == "PUT" else b"")
+        assert got == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", (method, body)
+        assert body["message"].startswith("Invalid path"), body
+    r = requests.get(f"{server.url}{PROXY}", params={"path": "a/../.."}, timeout=30)
+    assert r.status_code == 400 and r.json()["message"].startswith("Invalid path")
+    assert not list(Path("/tmp").glob("escape.txt"))
+    assert not list(artifact_root(server).parent.parent.rglob("escape.txt"))
+
+
+def test_proxy_tree_symlink_out_of_the_root(server: ServerProcess, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    link = artifact_root(server) / f"link-{uuid.uuid4().hex[:8]}"
+    link.symlink_to(outside, target_is_directory=True)
+    r = requests.get(f"{server.url}{PROXY}/{link.name}/secret.txt", timeout=30)
+    assert r.status_code in (400, 404) and r.content != b"secret"
+    r = requests.put(f"{server.url}{PROXY}/{link.name}/new.txt", data=b"x", timeout=30)
+    assert r.status_code in (400, 404)
+    assert not (outside / "new.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "ctype"),
+    [
+        ("notes.txt", "text/plain"),
+        ("config.yaml", "text/plain"),
+        ("MLmodel", "text/plain"),
+        ("plot.png", "image/png"),
+        ("report.pdf", "application/pdf"),
+        ("weights", "application/octet-stream"),
+    ],
+)
+def test_proxy_tree_content_types(server: ServerProcess, name: str, ctype: str) -> None:
+    url = f"{server.url}{PROXY}/types-{uuid.uuid4().hex[:8]}/{name}"
+    assert requests.put(url, data=b"data", timeout=30).status_code == 200
+    r = requests.get(url, timeout=30)
+    assert r.headers["Content-Type"].split(";")[0] == ctype
+    assert r.headers["Content-Disposition"] == f"attachment; filename={name}"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("name", ["page.txt", "page.html", "image.svg"])
+def test_download_type_is_never_the_clients(server: ServerProcess, name: str) -> None:
+    """An artifact uploaded as text/html and asked for as text/html is still served by
+    its extension's type, as an attachment, never sniffed: it cannot run as a page."""
+    url = f"{server.url}{PROXY}/xss-{uuid.uuid4().hex[:8]}/{name}"
+    page = b"<html><script>alert(1)</script></html>"
+    r = requests.put(url, data=page, headers={"Content-Type": "text/html"}, timeout=30)
+    assert r.status_code == 200
+    r = requests.get(
+        url, params={"content_type": "text/html"}, headers={"Accept": "text/html"}, timeout=30
+    )
+    assert r.content == page
+    assert r.headers["Content-Disposition"].startswith("attachment")
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    if name.endswith(".txt"):
+        assert r.headers["Content-Type"].split(";")[0] == "text/plain"
