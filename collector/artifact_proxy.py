@@ -166,7 +166,7 @@ async def proxy_upload(request: web.Request) -> web.Response:
     c = request.app[COLLECTOR]
     repo, rel = await _proxy_target(c, request.match_info["path"], allow_root=False)
     await store_body(request, repo, rel)
-    return _json({})
+    return web.Response()  # MLflow's proxy answers an empty 200
 
 
 async def proxy_delete(request: web.Request) -> web.Response:

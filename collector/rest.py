@@ -97,7 +97,7 @@ from flightlog.core.exceptions import (
 from flightlog.core.run_names import generate_run_name
 from flightlog.core.version import __version__
 
-__all__ = ["API_PREFIXES", "MLFLOW_HTTP_STATUS", "rest_artifact_uri"]
+__all__ = ["API_PREFIXES", "MLFLOW_HTTP_STATUS", "served_artifact_uri"]
 
 API_PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
 
@@ -137,9 +137,24 @@ def _double(x: float) -> float | str:
 # -- what a REST client sees ----------------------------------------------------------------
 
 
-def rest_artifact_uri(experiment_id: str, run_id: str, real_uri: str) -> str:
-    """A run's artifact URI as REST clients see it: the proxy's, when it can serve it."""
-    return proxied_artifact_uri(experiment_id, run_id, real_uri)
+def served_artifact_uri(store: Store) -> Callable[[str, str, str], str]:
+    """A run's artifact URI as REST clients see it, given (experiment id, run id, real URI).
+
+    Under the artifact root it is the proxy's path of the real location
+    (``mlflow-artifacts:/<experiment_id>/<run_id>/artifacts`` by default,
+    ``mlflow-artifacts:/<prefix>/<run_id>/artifacts`` in an experiment located at
+    ``mlflow-artifacts:/<prefix>``, as MLflow answers); elsewhere (``s3://``, an allowed
+    directory) the run's proxy path, which the proxy maps back to the real location.
+    """
+    root = store.artifact_root
+
+    def uri(experiment_id: str, run_id: str, real_uri: str) -> str:
+        served = artifact_proxy.proxy_location(root, real_uri)
+        if served != real_uri:
+            return served
+        return proxied_artifact_uri(experiment_id, run_id, real_uri)
+
+    return uri
 
 
 def _experiment_json(store: Store, exp: Row) -> dict[str, Any]:
@@ -161,7 +176,7 @@ def _experiment_json(store: Store, exp: Row) -> dict[str, Any]:
 
 
 def _load_run(store: Store, run_id: str) -> dict[str, Any]:
-    runs = store.runs_json([run_id], rest_artifact_uri)
+    runs = store.runs_json([run_id], served_artifact_uri(store))
     if not runs:
         raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
     run: dict[str, Any] = orjson.loads(runs[0])
@@ -670,7 +685,9 @@ async def search_runs(request: web.Request) -> web.Response:
         )
         parts: list[str] = []
         if ids:
-            parts.append('"runs":[' + ",".join(c.store.runs_json(ids, rest_artifact_uri)) + "]")
+            parts.append(
+                '"runs":[' + ",".join(c.store.runs_json(ids, served_artifact_uri(c.store))) + "]"
+            )
         if token:
             parts.append('"next_page_token":' + orjson.dumps(token).decode())
         # Encoded on the reader thread: a page of 50,000 runs is tens of megabytes.
@@ -876,7 +893,7 @@ async def list_artifacts(request: web.Request) -> web.Response:
     path = string_arg(a, "path")
     rel = safe_relative_path(path, allow_root=True) if path is not None else ""
     eid, real_uri = await c.read(c.store.run_artifact_location, run_id)
-    out: dict[str, Any] = {"root_uri": rest_artifact_uri(eid, run_id, real_uri)}
+    out: dict[str, Any] = {"root_uri": served_artifact_uri(c.store)(eid, run_id, real_uri)}
     files = await repository(c, real_uri).list(rel or None)
     if files:
         out["files"] = [_file_json(f.path, f.is_dir, f.file_size) for f in files]

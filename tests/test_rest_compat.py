@@ -26,6 +26,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag  # noqa: E402
 from tests.test_rest_api import db_of, new_experiment, raw  # noqa: E402
 
 PROXY = "/api/2.0/mlflow-artifacts/artifacts"
+# MLflow 3's classification of INVALID_PARAMETER_VALUE in its error bodies.
+CLASSIFIED = {"sqlstate": "KAM00", "error_class": "INVALID_PARAMETER_VALUE"}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,7 @@ def test_search_datasets_refusals(
     else:
         r = requests.post(url, json=body, timeout=30)
     assert r.status_code == 400
-    assert r.json() == {"error_code": "INVALID_PARAMETER_VALUE", "message": message}
+    assert r.json() == {"error_code": "INVALID_PARAMETER_VALUE", "message": message, **CLASSIFIED}
 
 
 # -- upload-artifact ------------------------------------------------------------------------
@@ -138,7 +140,11 @@ def test_upload_artifact(server: ServerProcess, client: MlflowClient) -> None:
     for params, data, message in refusals:
         r = requests.post(url, params=params, data=data, timeout=60)
         assert r.status_code == 400
-        assert r.json() == {"error_code": "INVALID_PARAMETER_VALUE", "message": message}
+        assert r.json() == {
+            "error_code": "INVALID_PARAMETER_VALUE",
+            "message": message,
+            **CLASSIFIED,
+        }
     r = requests.post(url, params={"run_uuid": run_id, "path": "../x.txt"}, data=b"x", timeout=30)
     assert r.status_code == 400 and r.json()["message"].startswith("Invalid path")
     r = requests.post(
@@ -157,7 +163,7 @@ def test_proxy_serves_any_path_under_the_artifact_root(server: ServerProcess) ->
     top = f"loose-{uuid.uuid4().hex[:8]}"
     for rel, data in ((f"{top}/a.txt", b"alpha"), (f"{top}/some/dir/b.json", b"{}")):
         r = requests.put(f"{base}/{rel}", data=data, timeout=30)
-        assert (r.status_code, r.json()) == (200, {}), r.text
+        assert (r.status_code, r.content) == (200, b""), r.text
         assert (artifact_root(server) / rel).read_bytes() == data
         assert requests.get(f"{base}/{rel}", timeout=30).content == data
     r = requests.get(base, params={"path": top}, timeout=30)
@@ -213,6 +219,10 @@ def test_experiment_with_an_mlflow_artifacts_location(
     with mlflow.start_run() as run:
         mlflow.log_artifact(str(tmp_path / "model.txt"), "m")
     run_id = run.info.run_id
+    # Reported as MLflow's proxying server reports it.
+    assert (
+        client.get_run(run_id).info.artifact_uri == f"mlflow-artifacts:/{prefix}/{run_id}/artifacts"
+    )
     # Stored under <artifact root>/<prefix>/<run_id>/artifacts, readable by either path.
     real = artifact_root(server) / prefix / run_id / "artifacts" / "m" / "model.txt"
     assert real.read_text() == "weights"
