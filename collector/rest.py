@@ -9,9 +9,10 @@ Python, Java and R clients work unchanged. Served under ``/api/2.0/mlflow/`` and
 - runs: create, get, update, delete, restore, search, log-metric, log-batch,
   log-parameter, set-tag, delete-tag, log-inputs;
 - metrics: get-history (paged with max_results / page_token), get-history-bulk-interval;
-- artifacts: list; the artifact proxy ``/api/2.0/mlflow-artifacts/artifacts/<path>``
-  (GET download, PUT upload, DELETE, and GET ``?path=`` to list);
-- ``/version`` and ``/api/3.0/mlflow/server-info`` (``/health`` is the collector's own).
+- artifacts: list (the artifact proxy and ``/get-artifact`` are in ``artifact_proxy.py``);
+- ``/version`` and ``/api/3.0/mlflow/server-info`` (``/health`` is the collector's own);
+- MLflow's UI routes, under ``/ajax-api`` only: metrics/get-history-bulk,
+  experiments/search-datasets (and upload-artifact, from ``artifact_proxy.py``).
 
 The data is the collector's store: a run logged with the flightlog SDK reads back
 through the MLflow client and the reverse, search filters and history included.
@@ -32,12 +33,14 @@ Where flightlog differs on purpose:
 - Artifacts always go through the collector. MLflow's client talks to the artifact store
   itself unless the server proxies it (``--serve-artifacts``); here a run's
   ``artifact_uri`` is answered as ``mlflow-artifacts:/<experiment_id>/<run_id>/artifacts``
-  whatever the real location (a directory or ``s3://``), the client then sends its bytes
-  to ``/api/2.0/mlflow-artifacts/artifacts/<experiment_id>/<run_id>/artifacts/...``, and
+  whatever the real location (a directory or ``s3://``; under the artifact root, the
+  proxy's path of it), the client then sends its bytes to
+  ``/api/2.0/mlflow-artifacts/artifacts/<experiment_id>/<run_id>/artifacts/...``, and
   the collector maps that path back to the run's real location. Clients need neither
   credentials for the object store nor access to the collector's disk. An experiment's
-  ``artifact_location`` reads as ``mlflow-artifacts:/<id>`` when it is the collector's
-  default (as MLflow's proxying server answers), and as given otherwise. Search filters on
+  ``artifact_location`` reads as ``mlflow-artifacts:/<path>`` when it lies under the
+  artifact root (``mlflow-artifacts:/<id>`` by default, as MLflow's proxying server
+  answers), and as given otherwise. Search filters on
   ``attributes.artifact_uri`` see the real URI.
 - Filters accept OR and parentheses (MLflow refuses them); see ``filters.py``.
 - Metric values keep +/-Infinity (MLflow's SQL store turns them into +/-1.8e308), and a
