@@ -41,3 +41,5 @@ class CollectorConfig:
     batch_id_retention_days: float = field(default_factory=settings.BATCH_ID_RETENTION_DAYS.get)
     #: Where to write {pid, host, port, store} once listening (collector.main); None: nowhere.
     port_file: str | None = None
+    #: Print the web UI's URL on stdout once listening (``flightlog ui``).
+    announce_ui: bool = False

@@ -111,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         s3_endpoint_url=args.s3_endpoint_url,
         db_path=str(store.db_path),
         port_file=args.port_file,
+        announce_ui=getattr(args, "announce_ui", False),
     )
 
 
@@ -160,6 +161,9 @@ async def serve(config: CollectorConfig) -> None:
         file=sys.stderr,
         flush=True,
     )
+    if config.announce_ui:
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"flightlog UI: http://{host}:{port}/", flush=True)
     try:
         await stop.wait()
     finally:
