@@ -136,7 +136,10 @@ class Agent:
         self.drops.forget_runs()
         self.heartbeats = Heartbeats(self.heartbeat_interval)
         self.ring: Ring | None = None
-        self._ring_wanted = True  # opened on first use (a fork child that execs never does)
+        # Opt-in (FLIGHTLOG_METRIC_RING): off, the agent has no ring and points take the
+        # in-memory queue. On, the ring opens with the agent (and in a fork child, at
+        # the fork), since log_metric's queue path only asks whether there is a ring.
+        self._ring_wanted = settings.METRIC_RING.get()
         self._ring_taken = 0  # ring positions packed so far
         self._ring_marks: dict[int, tuple[int, int]] = {}  # outbox seq -> positions
         self._ops_start = 0  # journal index where the next batch's ops start
@@ -159,6 +162,8 @@ class Agent:
         self._sender = threading.Thread(
             target=self._send_loop, name="flightlog-sender", daemon=True
         )
+        if self._ring_wanted:
+            self._open_ring()
         self._packer.start()
         self._sender.start()
         self._adopter: Adopter | None = None

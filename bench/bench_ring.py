@@ -1,8 +1,9 @@
 """Benchmark of the metric ring (issue 15), beside the previous in-memory queue.
 
-Prints, for this checkout and (``--baseline PYTHON``: an interpreter whose flightlog is
-another checkout, e.g. main's virtualenv) the previous code, each in fresh processes
-with their own store and embedded collector:
+Prints, for this checkout with FLIGHTLOG_METRIC_RING on ("ring") and off ("default"),
+and (``--baseline PYTHON``: an interpreter whose flightlog is another checkout, e.g.
+main's virtualenv) the previous code, each in fresh processes with their own store and
+embedded collector:
   (a) log_metric per call: median and p99 of blocks of 1,000 calls;
   (b) CPU per point of the training thread and of every other thread (the agent), and
       durable points/s from the first call until flush() returned, 1 metric x N steps;
@@ -103,13 +104,14 @@ def _stop_collector(store: str) -> None:
         pass
 
 
-def run(python: str, case: str, n: int) -> dict[str, float]:
+def run(python: str, case: str, n: int, ring: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="flightlog-bench-") as d:
         store = os.path.join(d, "store")
         env = dict(
             os.environ,
             FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT="60",
             FLIGHTLOG_SPOOL_DIR=os.path.join(d, "spool"),
+            FLIGHTLOG_METRIC_RING="1" if ring else "0",
         )
         proc = subprocess.run(
             [python, "-c", CHILD, case, str(n), store], capture_output=True, text=True, env=env
@@ -130,26 +132,29 @@ def main() -> None:
     p.add_argument("--points", type=int, default=2_000_000)
     p.add_argument("--baseline", help="python of a checkout to compare with (previous code)")
     args = p.parse_args()
-    sides = [("ring", sys.executable)]
+    # This checkout with FLIGHTLOG_METRIC_RING on, then off (the default), then the baseline.
+    sides = [("ring", sys.executable, True), ("default", sys.executable, False)]
     if args.baseline:
-        sides.append(("baseline", args.baseline))
-    for name, python in sides:
-        lat = run(python, "latency", 0)
+        sides.append(("baseline", args.baseline, False))
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    for name, python, ring in sides:
+        lat = run(python, "latency", 0, ring)
         print(
             f"[{name}] (a) log_metric, blocks of 1,000 calls: median {lat['median_ns']:.0f} ns, "
             f"p99 {lat['p99_ns']:.0f} ns"
         )
-    for name, python in sides:
-        r = run(python, "throughput", args.points)
+    for name, python, ring in sides:
+        r = run(python, "throughput", args.points, ring)
         print(
             f"[{name}] (b) 1 metric x {r['points']:,} steps: training thread "
             f"{r['main_cpu_us']:.3f} us CPU/point, other threads {r['agent_cpu_us']:.3f} us "
             f"CPU/point; durable after {r['total_s']:.2f} s -> "
             f"{r['points'] / r['total_s']:,.0f} points/s; stored {r['stored']:,}"
         )
-    for name, python in sides:
-        r = run(python, "sigkill", 100_000)
+    for name, python, ring in sides:
+        r = run(python, "sigkill", 100_000, ring)
         print(f"[{name}] (c) SIGKILL after 100,000 calls: {r['stored']:,} points stored")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

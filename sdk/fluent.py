@@ -390,7 +390,14 @@ def log_metric(
         step = v.metric_step(key, step)
     ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
     ring = agent.ring
-    if ring is None or ring.locked:
+    if ring is None:
+        # The default (no FLIGHTLOG_METRIC_RING): one atomic list extend of a 5-slot
+        # record (see flightlog.agent.records).
+        q = agent.queue
+        q += (rid, key, value, step, ts)
+        if len(q) >= agent.wake_len:
+            agent.on_pressure()
+    elif ring.locked:
         agent.submit_metric((rid, key, value, step, ts))
     else:
         # One record into the memory-mapped ring (see flightlog.agent.ring): a slot

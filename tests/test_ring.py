@@ -43,7 +43,7 @@ agent._adopter.join(30)
 
 
 def _env(spool: Path) -> dict[str, str]:
-    return {**os.environ, "FLIGHTLOG_SPOOL_DIR": str(spool)}
+    return {**os.environ, "FLIGHTLOG_SPOOL_DIR": str(spool), "FLIGHTLOG_METRIC_RING": "1"}
 
 
 def _kill_trainer(url: str, spool: Path, threads: int = 1) -> str:
@@ -193,3 +193,28 @@ def test_multiprocessing_workers_that_never_flush_then_the_parent_is_killed(
     _adopt(collector.url, spool)
     assert stored_points(collector.db, run_id) == 4000
     assert run_status(collector.db, run_id) == "FAILED"
+
+
+KILLED = r"""
+import os, signal, sys
+import flightlog as mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run():
+    for i in range(1000):
+        mlflow.log_metric("loss", 0.5, step=i)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_a_ring_only_when_the_setting_is_on(
+    collector: CollectorProcess, tmp_path: Path, setting: str
+) -> None:
+    spool = tmp_path / "spool"
+    env = {**_env(spool), "FLIGHTLOG_METRIC_RING": setting}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED, collector.url], env=env, timeout=60, capture_output=True
+    )
+    assert proc.returncode == -9, proc.stderr
+    # Killed, so a ring it made is left behind; with the setting off it made none.
+    assert bool(list(spool.glob("*-rings/*/ring"))) == (setting == "1")
