@@ -18,6 +18,9 @@ import flightlog
 from flightlog import context, fluent
 from flightlog.agent.embedded import stop_collector
 
+# The pg_server fixture (a throwaway PostgreSQL cluster), for any test module.
+pytest_plugins = ["pgserver"]
+
 
 @dataclass
 class CollectorProcess:
