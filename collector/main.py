@@ -10,14 +10,17 @@ import logging
 import os
 import signal
 import sys
+import urllib.parse
 from pathlib import Path
 
 from aiohttp import web
 
 from flightlog.collector.app import STOP, CollectorConfig, create_app
+from flightlog.collector.forward import SidecarConfig, create_sidecar_app
 from flightlog.collector.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PENDING_BYTES
 from flightlog.collector.liveness import DEFAULT_RUN_TIMEOUT
 from flightlog.collector.store import SqliteStore
+from flightlog.core import settings
 from flightlog.core.uris import local_store
 
 log = logging.getLogger("flightlog.collector")
@@ -85,15 +88,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(env FLIGHTLOG_S3_ENDPOINT_URL or MLFLOW_S3_ENDPOINT_URL; credentials from the "
         "usual AWS_* variables)",
     )
+    p.add_argument(
+        "--upstream",
+        default=settings.UPSTREAM.get(),
+        help="run as a node sidecar: buffer ingest under <store>/forward and forward it to "
+        "this central collector URL; other requests pass through (env FLIGHTLOG_UPSTREAM)",
+    )
+    p.add_argument(
+        "--upstream-token",
+        default=settings.UPSTREAM_TOKEN.get(),
+        help="bearer token sent to the upstream (env FLIGHTLOG_UPSTREAM_TOKEN)",
+    )
+    p.add_argument(
+        "--upstream-buffer-bytes",
+        type=int,
+        default=settings.UPSTREAM_BUFFER_MAX_BYTES.get(),
+        help="disk bytes the forward buffer may hold; beyond, ingest gets 503 "
+        "(env FLIGHTLOG_UPSTREAM_BUFFER_MAX_BYTES, default 8 GiB)",
+    )
 
 
-def config_from_args(args: argparse.Namespace) -> CollectorConfig:
-    """Validate options into a CollectorConfig."""
+def _check_exposure(args: argparse.Namespace) -> None:
     if args.host not in LOOPBACK and not args.token:
         raise SystemExit(
             f"flightlog collector: binding {args.host} exposes the store beyond this "
             "machine; pass --token or set FLIGHTLOG_TOKEN."
         )
+
+
+def sidecar_config_from_args(args: argparse.Namespace) -> SidecarConfig:
+    """Validate a node sidecar's options (``--upstream`` given)."""
+    _check_exposure(args)
+    parts = urllib.parse.urlsplit(args.upstream)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SystemExit(
+            f"flightlog collector: --upstream {args.upstream!r} is not an http(s)://host:port URL"
+        )
+    if args.upstream_buffer_bytes <= 0:
+        raise SystemExit("flightlog collector: --upstream-buffer-bytes must be > 0")
+    store = local_store(args.store, args.artifacts)
+    return SidecarConfig(
+        buffer_dir=store.directory / "forward",
+        upstream=args.upstream,
+        upstream_token=args.upstream_token,
+        buffer_max_bytes=args.upstream_buffer_bytes,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        max_body_bytes=args.ingest_max_body_bytes,
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> CollectorConfig:
+    """Validate options into a CollectorConfig."""
+    _check_exposure(args)
     store = local_store(args.store, args.artifacts)
     return CollectorConfig(
         store_uri=str(store.directory),
@@ -124,13 +172,26 @@ async def serve(config: CollectorConfig) -> None:
     """Serve until SIGTERM/SIGINT or the idle timeout."""
     store = SqliteStore(config.extra["db_path"], config.artifact_root)
     app = create_app(config, store)
+    await run_app(app, config.host, config.port, config.store_uri, config.extra.get("port_file"))
+
+
+async def serve_sidecar(config: SidecarConfig, port_file: str | None) -> None:
+    """Serve a node sidecar until SIGTERM/SIGINT."""
+    app = create_sidecar_app(config)
+    label = f"{config.buffer_dir} -> {config.upstream}"
+    await run_app(app, config.host, config.port, label, port_file)
+
+
+async def run_app(
+    app: web.Application, host: str, port: int, label: str, port_file: str | None
+) -> None:
+    """Serve ``app`` on host:port until SIGTERM/SIGINT (or the app sets STOP)."""
     stop = asyncio.Event()
     app[STOP] = stop
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    port = config.port
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
@@ -138,15 +199,12 @@ async def serve(config: CollectorConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    port_file = config.extra.get("port_file")
     if port_file:
-        _write_port_file(
-            port_file,
-            {"pid": os.getpid(), "host": config.host, "port": port, "store": config.store_uri},
-        )
-    log.info("flightlog collector serving %s on http://%s:%s", config.store_uri, config.host, port)
+        payload = {"pid": os.getpid(), "host": host, "port": port, "store": label}
+        _write_port_file(port_file, payload)
+    log.info("flightlog collector serving %s on http://%s:%s", label, host, port)
     print(
-        f"flightlog collector: serving {config.store_uri} on http://{config.host}:{port}",
+        f"flightlog collector: serving {label} on http://{host}:{port}",
         file=sys.stderr,
         flush=True,
     )
@@ -170,5 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    asyncio.run(serve(config_from_args(args)))
+    if args.upstream:
+        asyncio.run(serve_sidecar(sidecar_config_from_args(args), args.port_file))
+    else:
+        asyncio.run(serve(config_from_args(args)))
     return 0
