@@ -122,10 +122,9 @@ def test_sidecar_restarted_mid_run_resumes_forwarding_where_it_stopped(
     tmp_path: Path, how: signal.Signals
 ) -> None:
     central = start_collector(tmp_path / "central", None, "--token", TOKEN)
-    # Upstream unreachable at first, so the buffer holds batches when the sidecar dies.
-    sidecar = start_sidecar(tmp_path / "node", f"http://127.0.0.1:{free_port()}")
+    sidecar = start_sidecar(tmp_path / "node", central.url)
     port = sidecar.port
-    n, pauses = 300_000, (100_000,)
+    n, pauses = 400_000, (100_000,)
     child = Child(
         tmp_path,
         TRAINER.format(url=sidecar.url, n=n, every=50_000, pauses=pauses),
@@ -136,11 +135,15 @@ def test_sidecar_restarted_mid_run_resumes_forwarding_where_it_stopped(
     try:
         while int(child.expect("at")) < pauses[0]:
             pass
+        # The upstream goes away too, so the buffer holds batches when the sidecar dies.
+        central.stop(signal.SIGKILL)
+        child.send("go")
+        child.expect("at")
         wait_until(lambda: backlog(sidecar) > 0, 30, "acknowledged batches in the buffer")
         sidecar.stop(how)
         assert list((tmp_path / "node" / "forward").rglob("*.seg"))
-        child.send("go")
         child.expect("at")  # the trainer's agent spools while the sidecar is away
+        central = start_collector(tmp_path / "central", central.port, "--token", TOKEN)
         sidecar = start_sidecar(tmp_path / "node", central.url, port)
         assert child.expect("flushed", timeout=240) == "True"
         child.expect("done")
