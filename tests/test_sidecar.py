@@ -142,7 +142,7 @@ def test_sidecar_restarted_mid_run_resumes_forwarding_where_it_stopped(
         wait_until(lambda: backlog(sidecar) > 0, 30, "acknowledged batches in the buffer")
         sidecar.stop(how)
         assert list((tmp_path / "node" / "forward").rglob("*.seg"))
-        child.expect("at")  # the trainer's agent spools while the sidecar is away
+        # (the trainer's agent spools while the sidecar is away)
         central = start_collector(tmp_path / "central", central.port, "--token", TOKEN)
         sidecar = start_sidecar(tmp_path / "node", central.url, port)
         assert child.expect("flushed", timeout=240) == "True"
