@@ -27,20 +27,40 @@ log = logging.getLogger("flightlog.collector")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The collector's command-line options."""
+def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> None:
+    """The collector's command-line options.
+
+    With ``mlflow_names`` (``flightlog server``), the store and artifact root options are
+    spelled as ``mlflow server`` spells them (the collector's names still work) and the
+    port defaults to MLflow's 5000.
+    """
+    store_flags = ("--backend-store-uri", "--store") if mlflow_names else ("--store",)
+    artifact_flags = (
+        ("--default-artifact-root", "--artifacts") if mlflow_names else ("--artifacts",)
+    )
+    default_port = 5000 if mlflow_names else 5055
     p.add_argument(
-        "--store",
+        *store_flags,
+        dest="store",
+        metavar="URI",
         default=os.environ.get("FLIGHTLOG_STORE", "./flightlog"),
         help="store URI: a directory, file: or sqlite:/// URI (default ./flightlog)",
     )
     p.add_argument(
-        "--artifacts",
+        *artifact_flags,
+        dest="artifacts",
+        metavar="URI",
         default=None,
-        help="default artifact root for new experiments (default: <store>/artifacts)",
+        help="default artifact root for new experiments, a directory or s3:// URI "
+        "(default: <store>/artifacts)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5055, help="port (0 picks a free one)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=default_port,
+        help=f"port (default {default_port}; 0 picks a free one)",
+    )
     p.add_argument(
         "--token",
         default=os.environ.get("FLIGHTLOG_TOKEN"),
@@ -223,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m flightlog.collector``."""
     p = argparse.ArgumentParser(prog="flightlog collector", description=__doc__)
     add_arguments(p)
-    args = p.parse_args(argv)
+    return run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve what the parsed options ask for: a collector, or a node sidecar (--upstream)."""
     logging.basicConfig(
         level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -9,21 +9,13 @@ flightlog sync [--spool DIR] [--tracking-uri URI]              send spools left 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import os
 import sys
 
 
 def _collector(args: argparse.Namespace) -> int:
     from flightlog.collector import main as collector_main
 
-    logging.basicConfig(
-        level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    asyncio.run(collector_main.serve(collector_main.config_from_args(args)))
-    return 0
+    return collector_main.run(args)
 
 
 def _client(args: argparse.Namespace) -> object:
@@ -72,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collector", help="run a collector (sidecar, embedded or central server)")
     collector_main.add_arguments(p)
     p.set_defaults(func=_collector)
+
+    srv = sub.add_parser(
+        "server",
+        help="run a tracking server with mlflow server's flags "
+        "(--backend-store-uri, --default-artifact-root, --host, --port)",
+    )
+    collector_main.add_arguments(srv, mlflow_names=True)
+    srv.set_defaults(func=_collector)
 
     art = sub.add_parser("artifacts", help="list and download a run's artifacts")
     art_sub = art.add_subparsers(dest="artifacts_command", required=True)
