@@ -1,4 +1,5 @@
-"""The collector's own artifact endpoints, used by the flightlog SDK and CLI.
+"""Artifact transfers through the collector: the SDK's endpoints, and the streaming both
+they and MLflow's artifact proxy (collector.rest) use.
 
     PUT    /api/flightlog/artifacts/{run_id}/{path}   upload one file (streamed)
     GET    /api/flightlog/artifacts/{run_id}/{path}   download one file (streamed)
@@ -17,8 +18,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from flightlog.collector.app import COLLECTOR, MSGPACK, Collector, extension
 from flightlog.collector.artifacts import ArtifactRepository, repository_for
+from flightlog.collector.state import COLLECTOR, MSGPACK, Collector
 from flightlog.core.artifact_paths import safe_relative_path
 from flightlog.core.validation import validate_run_id
 from flightlog.core.wire import pack
@@ -26,16 +27,52 @@ from flightlog.core.wire import pack
 CHUNK = 1 << 20
 
 
+def repository(c: Collector, artifact_uri: str) -> ArtifactRepository:
+    """The repository at an artifact URI, with the collector's S3 endpoint."""
+    return repository_for(artifact_uri, s3_endpoint=c.config.s3_endpoint_url)
+
+
 async def run_repository(c: Collector, run_id: str) -> ArtifactRepository:
     """The artifact repository rooted at a run's artifact URI."""
     validate_run_id(run_id)
-    uri = await c.read(c.store.run_experiment_artifact_uri, run_id)
-    return repository_for(uri, s3_endpoint=c.config.extra.get("s3_endpoint_url"))
+    _eid, uri = await c.read(c.store.run_artifact_location, run_id)
+    return repository(c, uri)
 
 
-async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(CHUNK):
-        yield chunk
+async def store_body(request: web.Request, repo: ArtifactRepository, rel: str) -> int:
+    """Stream the request body into ``rel``; return its size.
+
+    A body that ends before its Content-Length is refused before anything becomes visible.
+    """
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            yield chunk
+
+    return await repo.put(rel, chunks(), expected_size=request.content_length)
+
+
+async def send_file(
+    request: web.Request,
+    repo: ArtifactRepository,
+    rel: str,
+    headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    """Stream the file ``rel`` as the response body (octet-stream unless ``headers`` say)."""
+    reader = await repo.open_read(rel, chunk_size=CHUNK)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/octet-stream",
+            **(headers or {}),
+            "Content-Length": str(reader.size),
+        }
+    )
+    async with reader:
+        await response.prepare(request)
+        async for chunk in reader:
+            await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -43,8 +80,7 @@ async def upload(request: web.Request) -> web.Response:
     c = request.app[COLLECTOR]
     rel = safe_relative_path(request.match_info["path"])
     repo = await run_repository(c, request.match_info["run_id"])
-    # expected_size: a body that ends early is refused before anything becomes visible.
-    size = await repo.put(rel, _body_chunks(request), expected_size=request.content_length)
+    size = await store_body(request, repo, rel)
     return web.Response(body=pack({"path": rel, "file_size": size}), content_type=MSGPACK)
 
 
@@ -53,16 +89,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     c = request.app[COLLECTOR]
     rel = safe_relative_path(request.match_info["path"])
     repo = await run_repository(c, request.match_info["run_id"])
-    reader = await repo.open_read(rel)
-    response = web.StreamResponse(
-        headers={"Content-Type": "application/octet-stream", "Content-Length": str(reader.size)}
-    )
-    async with reader:
-        await response.prepare(request)
-        async for chunk in reader:
-            await response.write(chunk)
-    await response.write_eof()
-    return response
+    return await send_file(request, repo, rel)
 
 
 async def list_dir(request: web.Request) -> web.Response:
@@ -85,10 +112,11 @@ async def delete(request: web.Request) -> web.Response:
     return web.Response(body=pack(None), content_type=MSGPACK)
 
 
-@extension
-def add_routes(app: web.Application) -> None:
-    """Register the artifact endpoints."""
-    app.router.add_put("/api/flightlog/artifacts/{run_id}/{path:.+}", upload)
-    app.router.add_get("/api/flightlog/artifacts/{run_id}/{path:.+}", download)
-    app.router.add_delete("/api/flightlog/artifacts/{run_id}/{path:.+}", delete)
-    app.router.add_get("/api/flightlog/artifact-list/{run_id}", list_dir)
+def routes() -> list[web.RouteDef]:
+    """The SDK's artifact endpoints."""
+    return [
+        web.put("/api/flightlog/artifacts/{run_id}/{path:.+}", upload),
+        web.get("/api/flightlog/artifacts/{run_id}/{path:.+}", download),
+        web.delete("/api/flightlog/artifacts/{run_id}/{path:.+}", delete),
+        web.get("/api/flightlog/artifact-list/{run_id}", list_dir),
+    ]

@@ -41,6 +41,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
+from flightlog.core import settings
 from flightlog.core.artifact_paths import TEMP_PREFIX, safe_relative_path
 from flightlog.core.entities import FileInfo
 from flightlog.core.exceptions import (
@@ -79,7 +80,6 @@ _DELETE_BATCH = 1000
 
 # Environment variables naming the S3 endpoint, read when no endpoint is passed. The
 # flightlog name wins over MLflow's, so both tools can point at different stores.
-ENV_S3_ENDPOINT = ("FLIGHTLOG_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
 
 
 class ArtifactReader:
@@ -574,9 +574,7 @@ class S3ArtifactRepository:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes, got {part_size}")
         if endpoint_url is None:
-            endpoint_url = next(
-                (os.environ[name] for name in ENV_S3_ENDPOINT if os.environ.get(name)), None
-            )
+            endpoint_url = settings.S3_ENDPOINT_URL.get()
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url

@@ -19,10 +19,26 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from flightlog.collector.store import SqliteStore
+
+class SeriesSource(Protocol):
+    """The store queries downsampling needs (collector.store_api.Store has them)."""
+
+    def series_extent(self, run_id: str, key: str) -> tuple[int, int, int]:
+        """(points, smallest step, largest step) of a series; (0, 0, 0) when it is empty."""
+        ...
+
+    def metric_history(
+        self, run_id: str, key: str
+    ) -> tuple[array[int], array[float], array[float]]:
+        """The whole series."""
+        ...
+
+    def block_summaries(self, run_id: str, key: str) -> array[float]:
+        """The series' block summaries (:func:`block_summary`), concatenated in order."""
+        ...
+
 
 BLOCK = 256
 _FIELDS = 10  # min v, min step, min ts, max v, max step, max ts, last v, last step, last ts, n
@@ -167,15 +183,9 @@ def _non_decreasing(values: Sequence[float]) -> bool:
     return all(a <= b for a, b in pairwise(values))
 
 
-def sampled_series(store: SqliteStore, run_id: str, key: str, max_points: int) -> Points:
+def sampled_series(store: SeriesSource, run_id: str, key: str, max_points: int) -> Points:
     """At most ``max_points`` points of one series (all of them when it is short enough)."""
-    conn = store.reader()
-    row = conn.execute(
-        "SELECT COALESCE(SUM(n), 0), MIN(min_step), MAX(max_step), COUNT(*) FROM metric_chunks"
-        " WHERE run_uuid = ? AND key = ?",
-        (run_id, key),
-    ).fetchone()
-    total, lo, hi = int(row[0]), row[1], row[2]
+    total, lo, hi = store.series_extent(run_id, key)
     if total <= max_points:
         return store.metric_history(run_id, key)
     buckets = max(1, max_points // 3)
@@ -189,12 +199,7 @@ def sampled_series(store: SqliteStore, run_id: str, key: str, max_points: int) -
             if fast is not None:
                 return fast
         return bucketed(steps, vals, ts, lo, hi, buckets)
-    summary = array("d")
-    for (blob,) in conn.execute(
-        "SELECT summary FROM metric_chunks WHERE run_uuid = ? AND key = ? ORDER BY chunk_id",
-        (run_id, key),
-    ):
-        summary.frombytes(blob)
+    summary = store.block_summaries(run_id, key)
     f = [summary[i::_FIELDS] for i in range(_FIELDS)]
     if _non_decreasing(f[7]):
         fast = bucketed_sorted(

@@ -11,33 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
 
-from flightlog.collector.app import COLLECTOR, extension, run_in_background
+from flightlog.collector.state import COLLECTOR, run_in_background
 
 log = logging.getLogger("flightlog.collector")
 
-DEFAULT_RETENTION_DAYS = 30.0
 PERIOD_S = 3600.0
-
-
-def retention_days() -> float:
-    """FLIGHTLOG_BATCH_ID_RETENTION_DAYS, validated (a non-negative number)."""
-    raw = os.environ.get("FLIGHTLOG_BATCH_ID_RETENTION_DAYS", "")
-    if not raw:
-        return DEFAULT_RETENTION_DAYS
-    try:
-        days = float(raw)
-    except ValueError:
-        raise ValueError(f"FLIGHTLOG_BATCH_ID_RETENTION_DAYS={raw!r} is not a number") from None
-    if days < 0:
-        raise ValueError(f"FLIGHTLOG_BATCH_ID_RETENTION_DAYS={raw!r} must be >= 0")
-    return days
 
 
 async def _prune_forever(app: web.Application, days: float) -> None:
@@ -53,12 +37,11 @@ async def _prune_forever(app: web.Application, days: float) -> None:
         await asyncio.sleep(PERIOD_S)
 
 
-@extension
-def add_housekeeping(app: web.Application) -> None:
+def setup(app: web.Application) -> None:
     """Prune old batch ids for as long as the application runs."""
 
     def start(app: web.Application) -> Coroutine[Any, Any, None] | None:
-        days = retention_days()
+        days = app[COLLECTOR].config.batch_id_retention_days
         return _prune_forever(app, days) if days > 0 else None
 
     run_in_background(app, start)

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from flightlog.collector.app import COLLECTOR, extension, run_in_background
+from flightlog.collector.state import COLLECTOR, run_in_background
 
 log = logging.getLogger("flightlog.collector")
 
@@ -56,8 +56,7 @@ async def _watch(app: web.Application, timeout: float) -> None:
             )
 
 
-@extension
-def add_liveness(app: web.Application) -> None:
+def setup(app: web.Application) -> None:
     """Run the heartbeat watch for as long as the application runs."""
 
     def start(app: web.Application) -> Coroutine[Any, Any, None] | None:

@@ -15,24 +15,26 @@ from pathlib import Path
 
 from aiohttp import web
 
-from flightlog.collector.app import STOP, CollectorConfig, create_app
+from flightlog.collector.app import create_app
+from flightlog.collector.config import CollectorConfig
 from flightlog.collector.forward import SidecarConfig, create_sidecar_app
-from flightlog.collector.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PENDING_BYTES
-from flightlog.collector.liveness import DEFAULT_RUN_TIMEOUT
+from flightlog.collector.state import STOP
 from flightlog.collector.store import SqliteStore
 from flightlog.core import settings
-from flightlog.core.uris import local_store
+from flightlog.core.uris import DB_NAME, local_store
 
 log = logging.getLogger("flightlog.collector")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> None:
-    """The collector's command-line options.
+    """The collector's command-line options; defaults from the environment (core.settings).
 
     With ``mlflow_names`` (``flightlog server``), the store and artifact root options are
     spelled as ``mlflow server`` spells them (the collector's names still work) and the
     port defaults to MLflow's 5000.
+
+    :raises SettingError: a FLIGHTLOG_* variable does not parse.
     """
     store_flags = ("--backend-store-uri", "--store") if mlflow_names else ("--store",)
     artifact_flags = (
@@ -43,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> 
         *store_flags,
         dest="store",
         metavar="URI",
-        default=os.environ.get("FLIGHTLOG_STORE", "./flightlog"),
+        default=settings.STORE.get(),
         help="store URI: a directory, file: or sqlite:/// URI (default ./flightlog)",
     )
     p.add_argument(
@@ -63,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> 
     )
     p.add_argument(
         "--token",
-        default=os.environ.get("FLIGHTLOG_TOKEN"),
+        default=settings.TOKEN.get(),
         help="bearer token required on every endpoint but /health "
         "(env FLIGHTLOG_TOKEN); required when binding a non-loopback address",
     )
@@ -81,29 +83,26 @@ def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> 
     p.add_argument(
         "--run-timeout",
         type=float,
-        default=float(os.environ.get("FLIGHTLOG_RUN_TIMEOUT") or DEFAULT_RUN_TIMEOUT),
+        default=settings.RUN_TIMEOUT.get(),
         help="seconds without a heartbeat before a RUNNING run is marked FAILED; 0: never "
-        f"(env FLIGHTLOG_RUN_TIMEOUT, default {DEFAULT_RUN_TIMEOUT:.0f})",
+        f"(env FLIGHTLOG_RUN_TIMEOUT, default {settings.RUN_TIMEOUT.default:.0f})",
     )
     p.add_argument(
         "--ingest-max-body-bytes",
         type=int,
-        default=int(os.environ.get("FLIGHTLOG_INGEST_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
+        default=settings.INGEST_MAX_BODY_BYTES.get(),
         help="largest ingest batch; larger ones get 413 (env FLIGHTLOG_INGEST_MAX_BODY_BYTES)",
     )
     p.add_argument(
         "--ingest-max-pending-bytes",
         type=int,
-        default=int(
-            os.environ.get("FLIGHTLOG_INGEST_MAX_PENDING_BYTES") or DEFAULT_MAX_PENDING_BYTES
-        ),
+        default=settings.INGEST_MAX_PENDING_BYTES.get(),
         help="ingest bytes in flight at once; beyond, 503 with Retry-After "
         "(env FLIGHTLOG_INGEST_MAX_PENDING_BYTES)",
     )
     p.add_argument(
         "--s3-endpoint-url",
-        default=os.environ.get("FLIGHTLOG_S3_ENDPOINT_URL")
-        or os.environ.get("MLFLOW_S3_ENDPOINT_URL"),
+        default=settings.S3_ENDPOINT_URL.get(),
         help="S3-compatible endpoint for s3:// artifact locations "
         "(env FLIGHTLOG_S3_ENDPOINT_URL or MLFLOW_S3_ENDPOINT_URL; credentials from the "
         "usual AWS_* variables)",
@@ -173,11 +172,9 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         run_timeout=args.run_timeout,
         ingest_max_body_bytes=args.ingest_max_body_bytes,
         ingest_max_pending_bytes=args.ingest_max_pending_bytes,
-        extra={
-            "db_path": str(store.db_path),
-            "port_file": args.port_file,
-            "s3_endpoint_url": args.s3_endpoint_url,
-        },
+        s3_endpoint_url=args.s3_endpoint_url,
+        db_path=str(store.db_path),
+        port_file=args.port_file,
     )
 
 
@@ -190,9 +187,10 @@ def _write_port_file(path: str, payload: dict[str, object]) -> None:
 
 async def serve(config: CollectorConfig) -> None:
     """Serve until SIGTERM/SIGINT or the idle timeout."""
-    store = SqliteStore(config.extra["db_path"], config.artifact_root)
+    db_path = config.db_path or str(Path(config.store_uri) / DB_NAME)
+    store = SqliteStore(db_path, config.artifact_root)
     app = create_app(config, store)
-    await run_app(app, config.host, config.port, config.store_uri, config.extra.get("port_file"))
+    await run_app(app, config.host, config.port, config.store_uri, config.port_file)
 
 
 async def serve_sidecar(config: SidecarConfig, port_file: str | None) -> None:
@@ -249,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Serve what the parsed options ask for: a collector, or a node sidecar (--upstream)."""
     logging.basicConfig(
-        level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
+        level=settings.LOG_LEVEL.get(),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if args.upstream:

@@ -53,43 +53,47 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import posixpath
-import sqlite3
 import uuid
 from array import array
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import lru_cache, wraps
+from collections.abc import Awaitable, Callable, Sequence
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 
-from flightlog.collector.app import COLLECTOR, Collector, extension
+from flightlog.collector.artifact_api import repository, send_file, store_body
 from flightlog.collector.artifacts import ArtifactRepository, repository_for
-from flightlog.collector.search import (
-    ACTIVE_ONLY,
-    ALL,
-    DELETED_ONLY,
-    search_experiment_ids,
-    search_run_ids,
+from flightlog.collector.errors import ENDPOINT_NOT_FOUND, MLFLOW_HTTP_STATUS
+from flightlog.collector.request_args import (
+    Args,
+    double_arg,
+    id_arg,
+    int64_arg,
+    invalid,
+    json_args,
+    key_values_arg,
+    list_arg,
+    max_results_arg,
+    missing,
+    run_id_arg,
+    string_arg,
+    string_list_arg,
+    view_type_arg,
 )
-from flightlog.collector.store import DEFAULT_EXPERIMENT_ID, Row, SqliteStore
+from flightlog.collector.state import COLLECTOR, Collector
+from flightlog.collector.store import DEFAULT_EXPERIMENT_ID
+from flightlog.collector.store_api import Row, Store
 from flightlog.core import validation as v
 from flightlog.core.artifact_paths import safe_relative_path
 from flightlog.core.entities import RunStatus
 from flightlog.core.exceptions import (
-    BAD_REQUEST,
-    INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
     INVALID_STATE,
-    RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
-    RESOURCE_EXHAUSTED,
-    UNAUTHENTICATED,
     MlflowException,
 )
 from flightlog.core.run_names import generate_run_name
@@ -102,21 +106,6 @@ ARTIFACTS_PREFIXES = (
     "/api/2.0/mlflow-artifacts/artifacts",
     "/ajax-api/2.0/mlflow-artifacts/artifacts",
 )
-ENDPOINT_NOT_FOUND = "ENDPOINT_NOT_FOUND"
-
-# MLflow's ERROR_CODE_TO_HTTP_STATUS for the codes flightlog raises. It differs from the
-# collector's own table in one place: MLflow answers INVALID_STATE with 500.
-MLFLOW_HTTP_STATUS: dict[str, int] = {
-    INVALID_PARAMETER_VALUE: 400,
-    BAD_REQUEST: 400,
-    RESOURCE_ALREADY_EXISTS: 400,
-    RESOURCE_DOES_NOT_EXIST: 404,
-    ENDPOINT_NOT_FOUND: 404,
-    UNAUTHENTICATED: 401,
-    RESOURCE_EXHAUSTED: 429,
-    INVALID_STATE: 500,
-    INTERNAL_ERROR: 500,
-}
 
 # MLflow's limits (mlflow/utils/validation.py and the REST API reference).
 MAX_METRICS_PER_BATCH = 1000
@@ -129,37 +118,14 @@ MAX_RESULTS_PER_RUN = 2500
 MAX_DATASET_NAME_SIZE = 500
 MAX_DATASET_DIGEST_SIZE = 36
 
-_VIEW_TYPES = {"ACTIVE_ONLY": ACTIVE_ONLY, "DELETED_ONLY": DELETED_ONLY, "ALL": ALL}
 _HISTORY_TOKEN_VERSION = 1
 _PROXY_SCHEME = "mlflow-artifacts"
 _ARTIFACT_CHUNK = 1 << 20
 
-Args = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # -- errors and JSON -----------------------------------------------------------------------
-
-
-def _error(e: MlflowException) -> web.Response:
-    return web.Response(
-        status=MLFLOW_HTTP_STATUS.get(e.error_code, 500),
-        body=orjson.dumps({"error_code": e.error_code, "message": e.message}),
-        content_type="application/json",
-    )
-
-
-def _api(fn: Handler) -> Handler:
-    """Answer an MlflowException as MLflow does: its JSON body and MLflow's HTTP status."""
-
-    @wraps(fn)
-    async def handler(request: web.Request) -> web.StreamResponse:
-        try:
-            return await fn(request)
-        except MlflowException as e:
-            return _error(e)
-
-    return handler
 
 
 def _json(body: dict[str, Any]) -> web.Response:
@@ -173,192 +139,6 @@ def _double(x: float) -> float | str:
     if x != x:
         return "NaN"
     return "Infinity" if x > 0 else "-Infinity"
-
-
-# -- request arguments ---------------------------------------------------------------------
-
-
-def _invalid(name: str, value: Any) -> MlflowException:
-    return MlflowException(
-        f"Invalid value {json.dumps(value, default=str)} for parameter '{name}' supplied: "
-        f"Hint: Value was of type '{type(value).__name__}'. See the API docs for more "
-        "information about request parameters.",
-        INVALID_PARAMETER_VALUE,
-    )
-
-
-def _missing_arg(name: str) -> MlflowException:
-    return MlflowException(
-        f"Missing value for required parameter '{name}'. See the API docs for more "
-        "information about request parameters.",
-        INVALID_PARAMETER_VALUE,
-    )
-
-
-async def _args(request: web.Request, lists: Iterable[str] = ()) -> Args:
-    """The request's arguments: the query string of a GET, else the JSON body.
-
-    In a query string a list field is its repeated parameter (``?run_ids=a&run_ids=b``).
-    """
-    if request.method == "GET":
-        list_fields = set(lists)
-        out: Args = {}
-        for name in request.query:
-            if name not in out:
-                out[name] = (
-                    request.query.getall(name) if name in list_fields else request.query[name]
-                )
-        return out
-    data = await request.read()
-    if not data.strip():
-        return {}
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise MlflowException("Request body is not valid JSON", BAD_REQUEST) from None
-    if isinstance(body, str):
-        # Old MLflow clients send their JSON encoded twice; MLflow's server decodes again.
-        try:
-            body = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise MlflowException("Request body is not valid JSON", BAD_REQUEST) from None
-    if not isinstance(body, dict):
-        raise MlflowException("Request body must be a JSON object", BAD_REQUEST)
-    return body
-
-
-def _str(a: Args, name: str, *, required: bool = False, default: str | None = None) -> Any:
-    value = a.get(name)
-    if value is None:
-        if required:
-            raise _missing_arg(name)
-        return default
-    if not isinstance(value, str):
-        raise _invalid(name, value)
-    if required and value == "":
-        raise _missing_arg(name)
-    return value
-
-
-def _id_str(a: Args, name: str, *, required: bool = False) -> Any:
-    """An id field: a string, though some clients send experiment ids as numbers."""
-    value = a.get(name)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return _str(a, name, required=required)
-
-
-def _run_id(a: Args) -> str:
-    # ``run_uuid`` is MLflow's older name, still sent by old clients.
-    run_id = a.get("run_id") or a.get("run_uuid")
-    if run_id is None or run_id == "":
-        raise _missing_arg("run_id")
-    if not isinstance(run_id, str):
-        raise _invalid("run_id", run_id)
-    return run_id
-
-
-def _int64(a: Args, name: str, *, required: bool = False, default: int | None = None) -> Any:
-    """An int64 field, sent as a JSON number or a string of digits (protobuf's JSON)."""
-    value = a.get(name)
-    if value is None:
-        if required:
-            raise _missing_arg(name)
-        return default
-    if isinstance(value, bool):
-        raise _invalid(name, value)
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str):
-        try:
-            number = int(value.strip())
-        except ValueError:
-            raise _invalid(name, value) from None
-    else:
-        raise _invalid(name, value)
-    if not -(2**63) <= number < 2**63:
-        raise _invalid(name, value)
-    return number
-
-
-def _float(a: Args, name: str, *, path: str | None = None) -> float:
-    """A double field: a JSON number, or "NaN", "Infinity", "-Infinity" or a numeric string."""
-    value = a.get(name)
-    shown = path or name
-    if value is None:
-        raise _missing_arg(shown)
-    if isinstance(value, bool):
-        raise _invalid(shown, value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)  # accepts "NaN", "Infinity", "-Infinity" and "1.5"
-        except ValueError:
-            raise _invalid(shown, value) from None
-    raise _invalid(shown, value)
-
-
-def _list(a: Args, name: str) -> list[Any]:
-    value = a.get(name)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _invalid(name, value)
-    return value
-
-
-def _str_list(a: Args, name: str) -> list[str]:
-    items = _list(a, name)
-    out = []
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
-            item = str(item)
-        if not isinstance(item, str):
-            raise _invalid(name, items)
-        out.append(item)
-    return out
-
-
-def _key_values(a: Args, name: str) -> list[tuple[str, str]]:
-    """A repeated {key, value} field (tags, params) as (key, value) pairs, values strings."""
-    out = []
-    for i, item in enumerate(_list(a, name)):
-        if not isinstance(item, dict):
-            raise _invalid(f"{name}[{i}]", item)
-        key = item.get("key")
-        if key is None or key == "":
-            raise _missing_arg(f"{name}[{i}].key")
-        if not isinstance(key, str):
-            raise _invalid(f"{name}[{i}].key", key)
-        value = item.get("value")
-        if value is None:
-            value = ""  # an unset proto string field is ""
-        elif not isinstance(value, str):
-            raise _invalid(f"{name}[{i}].value", value)
-        out.append((key, value))
-    return out
-
-
-def _view_type(a: Args, name: str) -> int:
-    value = a.get(name)
-    if value is None or value == "":
-        return ACTIVE_ONLY
-    if isinstance(value, str):
-        if value.upper() in _VIEW_TYPES:
-            return _VIEW_TYPES[value.upper()]
-        if value.isdigit():
-            value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value in (1, 2, 3):
-        return value
-    raise _invalid(name, value)
-
-
-def _max_results(a: Args, default: int) -> int:
-    value = _int64(a, "max_results", default=default)
-    return default if value is None else int(value)
 
 
 # -- what a REST client sees ----------------------------------------------------------------
@@ -384,7 +164,7 @@ def rest_artifact_uri(experiment_id: str, run_id: str, real_uri: str) -> str:
     return real_uri
 
 
-def _experiment_json(store: SqliteStore, exp: Row) -> dict[str, Any]:
+def _experiment_json(store: Store, exp: Row) -> dict[str, Any]:
     eid = str(exp["experiment_id"])
     location = exp["artifact_location"]
     if location == f"{store.artifact_root}/{eid}":
@@ -402,125 +182,8 @@ def _experiment_json(store: SqliteStore, exp: Row) -> dict[str, Any]:
     return out
 
 
-def _metrics_json(conn: sqlite3.Cursor, ids: tuple[str]) -> dict[str, str]:
-    """Each run's latest metrics as a JSON array, by run id (``ids``: a JSON id list).
-
-    SQLite writes each metric's JSON up to its value (``{"key":..,"timestamp":..,
-    "step":..,"value":``, the value last so that what follows it is always ``}``), and
-    orjson writes all the page's values in one call: the shortest text that reads back
-    as the same double, which SQLite's own JSON (15 digits) is not. NaN (stored as
-    NULL) and the infinities arrive as the strings protobuf's JSON mapping uses.
-    """
-    rows = conn.execute(
-        "SELECT run_uuid, '{\"key\":' || json_quote(key) || ',\"timestamp\":' || timestamp"
-        " || ',\"step\":' || step || ',\"value\":',"
-        " CASE WHEN is_nan THEN 'NaN' WHEN value > 1.7976931348623157e308 THEN 'Infinity'"
-        " WHEN value < -1.7976931348623157e308 THEN '-Infinity' ELSE value END"
-        " FROM latest_metrics WHERE run_uuid IN (SELECT value FROM json_each(?))"
-        " ORDER BY run_uuid, key",
-        ids,
-    ).fetchall()
-    if not rows:
-        return {}
-    run_ids, heads, values = zip(*rows, strict=True)
-    # Floats never contain a comma, and neither do the three strings.
-    texts = list(map(str.__add__, heads, orjson.dumps(values)[1:-1].decode().split(",")))
-    out: dict[str, str] = {}
-    start = 0
-    # Rows come in run id order, so a run's metrics are the next `count` texts.
-    for run_id, count in Counter(run_ids).items():
-        out[run_id] = "[" + "},".join(texts[start : start + count]) + "}]"
-        start += count
-    return out
-
-
-def _load_runs_json(store: SqliteStore, run_ids: Sequence[str]) -> list[str]:
-    """Runs as MLflow JSON text (one object each), in the order of ``run_ids``.
-
-    Unknown ids are skipped. One query per table for the whole page: a JSON array
-    parameter stands for the id list, so 50,000 ids need neither 50,000 queries nor
-    SQLite's bound-parameter limit. The text is assembled without a Python object per
-    param, tag or metric: SQLite writes each run's params and tags as a JSON array
-    (``json_group_array``; strings and integers are exact in its JSON), and the metrics
-    as :func:`_metrics_json` says. The fields are those MLflow's server sends (a
-    metric's value comes last in its object, which JSON readers do not mind); empty
-    ``inputs`` and ``outputs`` are left out (MLflow sends ``{}``; the client builds the
-    same Run either way, and parses two messages less per run).
-    """
-    if not run_ids:
-        return []
-    # Plain tuples, not the store's sqlite3.Row: a page of runs is tens of thousands of rows.
-    conn = store.reader().cursor()
-    conn.row_factory = None
-    ids = (orjson.dumps(list(run_ids)).decode(),)
-    where = "run_uuid IN (SELECT value FROM json_each(?))"
-    infos: dict[str, str] = {}
-    dumps = orjson.dumps
-    for r in conn.execute(
-        "SELECT run_uuid, experiment_id, run_name, user_id, status, start_time, end_time,"
-        f" artifact_uri, lifecycle_stage FROM runs WHERE {where}",
-        ids,
-    ):
-        run_id, eid = r[0], str(r[1])
-        info: dict[str, Any] = {
-            "run_uuid": run_id,
-            "experiment_id": eid,
-            "run_name": r[2],
-            "user_id": r[3],
-            "status": r[4],
-            "start_time": r[5],
-        }
-        if r[6] is not None:
-            info["end_time"] = r[6]
-        info["artifact_uri"] = rest_artifact_uri(eid, run_id, r[7])
-        info["lifecycle_stage"] = r[8]
-        info["run_id"] = run_id
-        infos[run_id] = dumps(info).decode()
-    metrics = _metrics_json(conn, ids)
-    arrays: list[dict[str, str]] = []
-    for table in ("params", "tags"):
-        arrays.append(
-            dict(
-                conn.execute(
-                    "SELECT run_uuid, json_group_array(json_object('key', key, 'value', value))"
-                    f" FROM {table} WHERE {where} GROUP BY run_uuid",
-                    ids,
-                ).fetchall()
-            )
-        )
-    params, tags = arrays
-    inputs: dict[str, list[dict[str, Any]]] = {}
-    for r in conn.execute(
-        f"SELECT run_uuid, dataset_json, tags_json FROM run_inputs WHERE {where} ORDER BY input_id",
-        ids,
-    ):
-        entry: dict[str, Any] = {}
-        input_tags = orjson.loads(r[2])
-        if input_tags:
-            entry["tags"] = input_tags
-        entry["dataset"] = orjson.loads(r[1])
-        inputs.setdefault(r[0], []).append(entry)
-    out: list[str] = []
-    for run_id in run_ids:
-        info_text = infos.get(run_id)
-        if info_text is None:
-            continue
-        data: list[str] = []
-        if run_id in metrics:
-            data.append('"metrics":' + metrics[run_id])
-        if run_id in params:
-            data.append('"params":' + params[run_id])
-        if run_id in tags:
-            data.append('"tags":' + tags[run_id])
-        text = '{"info":' + info_text + ',"data":{' + ",".join(data) + "}"
-        if run_id in inputs:
-            text += ',"inputs":' + dumps({"dataset_inputs": inputs[run_id]}).decode()
-        out.append(text + "}")
-    return out
-
-
-def _load_run(store: SqliteStore, run_id: str) -> dict[str, Any]:
-    runs = _load_runs_json(store, [run_id])
+def _load_run(store: Store, run_id: str) -> dict[str, Any]:
+    runs = store.runs_json([run_id], rest_artifact_uri)
     if not runs:
         raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
     run: dict[str, Any] = orjson.loads(runs[0])
@@ -545,40 +208,32 @@ def _check_location(location: str) -> None:
         ) from None
 
 
-def _s3_endpoint_of(c: Collector) -> str | None:
-    endpoint = c.config.extra.get("s3_endpoint_url")
-    return endpoint if isinstance(endpoint, str) else None
-
-
-@_api
 async def create_experiment(request: web.Request) -> web.Response:
     """POST experiments/create: ``{name, artifact_location?, tags?}`` -> ``{experiment_id}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    name = v.validate_experiment_name(_str(a, "name", required=True))
-    location = _str(a, "artifact_location") or None
+    a = await json_args(request)
+    name = v.validate_experiment_name(string_arg(a, "name", required=True))
+    location = string_arg(a, "artifact_location") or None
     if location is not None:
         _check_location(location)
-    tags = {v.validate_key("tag", k): val for k, val in _key_values(a, "tags")}
+    tags = {v.validate_key("tag", k): val for k, val in key_values_arg(a, "tags")}
     eid = await c.write(c.store.create_experiment, name, location, tags)
     return _json({"experiment_id": eid})
 
 
-@_api
 async def get_experiment(request: web.Request) -> web.Response:
     """GET experiments/get?experiment_id= -> ``{experiment}`` (deleted ones too)."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    exp = await c.read(_experiment, c, _id_str(a, "experiment_id", required=True))
+    a = await json_args(request)
+    exp = await c.read(_experiment, c, id_arg(a, "experiment_id", required=True))
     return _json({"experiment": _experiment_json(c.store, exp)})
 
 
-@_api
 async def get_experiment_by_name(request: web.Request) -> web.Response:
     """GET experiments/get-by-name?experiment_name= -> ``{experiment}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    name = _str(a, "experiment_name", required=True)
+    a = await json_args(request)
+    name = string_arg(a, "experiment_name", required=True)
     exp = await c.read(c.store.get_experiment_by_name, name)
     if exp is None:
         raise MlflowException(
@@ -587,23 +242,21 @@ async def get_experiment_by_name(request: web.Request) -> web.Response:
     return _json({"experiment": _experiment_json(c.store, exp)})
 
 
-@_api
 async def search_experiments(request: web.Request) -> web.Response:
     """experiments/search: ``{view_type, max_results, filter, order_by, page_token}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request, lists=("order_by",))
-    view_type = _view_type(a, "view_type")
-    max_results = _max_results(a, MAX_RESULTS_DEFAULT)
-    filter_string = _str(a, "filter") or None
-    order_by = _str_list(a, "order_by") or None
-    page_token = _str(a, "page_token") or None
+    a = await json_args(request, lists=("order_by",))
+    view_type = view_type_arg(a, "view_type")
+    max_results = max_results_arg(a, MAX_RESULTS_DEFAULT)
+    filter_string = string_arg(a, "filter") or None
+    order_by = string_list_arg(a, "order_by") or None
+    page_token = string_arg(a, "page_token") or None
 
     def work() -> dict[str, Any]:
-        ids, token = search_experiment_ids(
-            c.store.reader(), view_type, max_results, filter_string, order_by, page_token
+        exps, token = c.store.search_experiments(
+            view_type, max_results, filter_string, order_by, page_token
         )
         out: dict[str, Any] = {}
-        exps = c.store.list_experiments(ids)
         if exps:
             out["experiments"] = [_experiment_json(c.store, e) for e in exps]
         if token:
@@ -631,33 +284,30 @@ def _require_active_experiment(exp: Row, experiment_id: str) -> None:
         )
 
 
-@_api
 async def delete_experiment(request: web.Request) -> web.Response:
     """POST experiments/delete: ``{experiment_id}``; its runs are deleted with it."""
     c = request.app[COLLECTOR]
-    eid = _id_str(await _args(request), "experiment_id", required=True)
+    eid = id_arg(await json_args(request), "experiment_id", required=True)
     _require_experiment_stage(await c.read(_experiment, c, eid), "active", eid)
     await c.write(c.store.delete_experiment, eid)
     return _json({})
 
 
-@_api
 async def restore_experiment(request: web.Request) -> web.Response:
     """POST experiments/restore: ``{experiment_id}``; its runs come back with it."""
     c = request.app[COLLECTOR]
-    eid = _id_str(await _args(request), "experiment_id", required=True)
+    eid = id_arg(await json_args(request), "experiment_id", required=True)
     _require_experiment_stage(await c.read(_experiment, c, eid), "deleted", eid)
     await c.write(c.store.restore_experiment, eid)
     return _json({})
 
 
-@_api
 async def update_experiment(request: web.Request) -> web.Response:
     """POST experiments/update: ``{experiment_id, new_name}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    eid = _id_str(a, "experiment_id", required=True)
-    new_name = v.validate_experiment_name(_str(a, "new_name", required=True))
+    a = await json_args(request)
+    eid = id_arg(a, "experiment_id", required=True)
+    new_name = v.validate_experiment_name(string_arg(a, "new_name", required=True))
     exp = await c.read(_experiment, c, eid)
     if exp["lifecycle_stage"] != "active":
         raise MlflowException("Cannot rename a non-active experiment.", INVALID_STATE)
@@ -665,26 +315,24 @@ async def update_experiment(request: web.Request) -> web.Response:
     return _json({})
 
 
-@_api
 async def set_experiment_tag(request: web.Request) -> web.Response:
     """POST experiments/set-experiment-tag: ``{experiment_id, key, value}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    eid = _id_str(a, "experiment_id", required=True)
-    key = v.validate_key("tag", _str(a, "key", required=True))
-    value = _str(a, "value", default="")
+    a = await json_args(request)
+    eid = id_arg(a, "experiment_id", required=True)
+    key = v.validate_key("tag", string_arg(a, "key", required=True))
+    value = string_arg(a, "value", default="")
     _require_active_experiment(await c.read(_experiment, c, eid), eid)
     await c.write(c.store.set_experiment_tag, eid, key, value)
     return _json({})
 
 
-@_api
 async def delete_experiment_tag(request: web.Request) -> web.Response:
     """POST experiments/delete-experiment-tag: ``{experiment_id, key}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    eid = _id_str(a, "experiment_id", required=True)
-    key = _str(a, "key", required=True)
+    a = await json_args(request)
+    eid = id_arg(a, "experiment_id", required=True)
+    key = string_arg(a, "key", required=True)
     _require_active_experiment(await c.read(_experiment, c, eid), eid)
     await c.write(c.store.delete_experiment_tag, eid, key)
     return _json({})
@@ -698,21 +346,20 @@ def _raise_first(errors: list[dict[str, str]]) -> None:
         raise MlflowException(errors[0]["message"], errors[0]["error_code"])
 
 
-@_api
 async def create_run(request: web.Request) -> web.Response:
     """POST runs/create: ``{experiment_id, user_id, run_name, start_time, tags}`` -> ``{run}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    eid = _id_str(a, "experiment_id") or str(DEFAULT_EXPERIMENT_ID)
-    tags = {v.validate_key("tag", k): v.tag_value(k, val) for k, val in _key_values(a, "tags")}
-    run_name = _str(a, "run_name") or tags.get("mlflow.runName") or generate_run_name()
+    a = await json_args(request)
+    eid = id_arg(a, "experiment_id") or str(DEFAULT_EXPERIMENT_ID)
+    tags = {v.validate_key("tag", k): v.tag_value(k, val) for k, val in key_values_arg(a, "tags")}
+    run_name = string_arg(a, "run_name") or tags.get("mlflow.runName") or generate_run_name()
     if len(run_name) > v.MAX_RUN_NAME_LENGTH:
         raise MlflowException(
             f"Run name is {len(run_name)} characters long; the limit is {v.MAX_RUN_NAME_LENGTH}.",
             INVALID_PARAMETER_VALUE,
         )
     tags["mlflow.runName"] = run_name
-    start_time = _int64(a, "start_time", default=0)
+    start_time = int64_arg(a, "start_time", default=0)
     exp = await c.read(_experiment, c, eid)
     _require_active_experiment(exp, eid)
     run_id = uuid.uuid4().hex
@@ -720,7 +367,7 @@ async def create_run(request: web.Request) -> web.Response:
         "run_id": run_id,
         "experiment_id": eid,
         "run_name": run_name,
-        "user_id": _str(a, "user_id", default=""),
+        "user_id": string_arg(a, "user_id", default=""),
         "start_time": start_time,
         "tags": tags,
     }
@@ -729,25 +376,23 @@ async def create_run(request: web.Request) -> web.Response:
     return _json({"run": await c.read(_load_run, c.store, run_id)})
 
 
-@_api
 async def get_run(request: web.Request) -> web.Response:
     """GET runs/get?run_id= -> ``{run}`` (deleted runs too, as in MLflow)."""
     c = request.app[COLLECTOR]
-    run_id = _run_id(await _args(request))
+    run_id = run_id_arg(await json_args(request))
     return _json({"run": await c.read(_load_run, c.store, run_id)})
 
 
-@_api
 async def update_run(request: web.Request) -> web.Response:
     """POST runs/update: ``{run_id, status?, end_time?, run_name?}`` -> ``{run_info}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    run_id = _run_id(a)
-    status = _str(a, "status")
+    a = await json_args(request)
+    run_id = run_id_arg(a)
+    status = string_arg(a, "status")
     if status is not None and status not in RunStatus.ALL:
-        raise _invalid("status", status)
-    end_time = _int64(a, "end_time")
-    run_name = _str(a, "run_name")
+        raise invalid("status", status)
+    end_time = int64_arg(a, "end_time")
+    run_name = string_arg(a, "run_name")
     if status is None and end_time is not None:
         # The store sets end_time together with a status; keep the run's own status.
         status = (await c.read(_load_run, c.store, run_id))["info"]["status"]
@@ -756,19 +401,17 @@ async def update_run(request: web.Request) -> web.Response:
     return _json({"run_info": (await c.read(_load_run, c.store, run_id))["info"]})
 
 
-@_api
 async def delete_run(request: web.Request) -> web.Response:
     """POST runs/delete: ``{run_id}``."""
     c = request.app[COLLECTOR]
-    await c.write(c.store.delete_run, _run_id(await _args(request)))
+    await c.write(c.store.delete_run, run_id_arg(await json_args(request)))
     return _json({})
 
 
-@_api
 async def restore_run(request: web.Request) -> web.Response:
     """POST runs/restore: ``{run_id}``."""
     c = request.app[COLLECTOR]
-    await c.write(c.store.restore_run, _run_id(await _args(request)))
+    await c.write(c.store.restore_run, run_id_arg(await json_args(request)))
     return _json({})
 
 
@@ -776,21 +419,21 @@ def _metric_point(m: Args, path: str) -> tuple[str, float, int, int]:
     """(key, value, timestamp ms, step) of a Metric message, checked."""
     key = m.get("key")
     if key is None or key == "":
-        raise _missing_arg(f"{path}key")
+        raise missing(f"{path}key")
     if not isinstance(key, str):
-        raise _invalid(f"{path}key", key)
+        raise invalid(f"{path}key", key)
     v.validate_key("metric", key)
-    value = _float(m, "value", path=f"{path}value")
-    timestamp = _int64(m, "timestamp", default=None)
+    value = double_arg(m, "value", path=f"{path}value")
+    timestamp = int64_arg(m, "timestamp", default=None)
     if timestamp is None:
-        raise _missing_arg(f"{path}timestamp")
+        raise missing(f"{path}timestamp")
     if timestamp < 0:
         raise MlflowException(
             f"Invalid value {timestamp} for parameter '{path}timestamp' supplied: metric "
             f"'{key}' (value={value}). Timestamp must be a nonnegative long (64-bit integer)",
             INVALID_PARAMETER_VALUE,
         )
-    step = _int64(m, "step", default=0)
+    step = int64_arg(m, "step", default=0)
     return key, value, timestamp, step
 
 
@@ -809,12 +452,11 @@ def _series(
     return [(key, *cols) for key, cols in by_key.items()]
 
 
-@_api
 async def log_metric(request: web.Request) -> web.Response:
     """POST runs/log-metric: ``{run_id, key, value, timestamp, step?}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    run_id = _run_id(a)
+    a = await json_args(request)
+    run_id = run_id_arg(a)
     point = _metric_point(a, "")
     await c.write(c.store.write_run, run_id, (), _series([point]))
     return _json({})
@@ -852,7 +494,6 @@ def _tags_op(pairs: Sequence[tuple[str, str]]) -> tuple[str, dict[str, Any]]:
     return "set_tags", {"tags": tags}
 
 
-@_api
 async def log_batch(request: web.Request) -> web.Response:
     """POST runs/log-batch: ``{run_id, metrics, params, tags}``, stored all or nothing."""
     c = request.app[COLLECTOR]
@@ -871,11 +512,11 @@ async def log_batch(request: web.Request) -> web.Response:
             f"bytes, got a request of size {len(raw)}.",
             INVALID_PARAMETER_VALUE,
         )
-    a = await _args(request)
-    run_id = _run_id(a)
-    metrics = _list(a, "metrics")
-    params = _key_values(a, "params")
-    tags = _key_values(a, "tags")
+    a = await json_args(request)
+    run_id = run_id_arg(a)
+    metrics = list_arg(a, "metrics")
+    params = key_values_arg(a, "params")
+    tags = key_values_arg(a, "tags")
     _check_batch_limit("metrics", MAX_METRICS_PER_BATCH, len(metrics))
     _check_batch_limit("params", MAX_PARAMS_TAGS_PER_BATCH, len(params))
     _check_batch_limit("tags", MAX_PARAMS_TAGS_PER_BATCH, len(tags))
@@ -885,7 +526,7 @@ async def log_batch(request: web.Request) -> web.Response:
     points = []
     for i, m in enumerate(metrics):
         if not isinstance(m, dict):
-            raise _invalid(f"metrics[{i}]", m)
+            raise invalid(f"metrics[{i}]", m)
         points.append(_metric_point(m, f"metrics[{i}]."))
     ops = []
     if params:
@@ -896,35 +537,32 @@ async def log_batch(request: web.Request) -> web.Response:
     return _json({})
 
 
-@_api
 async def log_param(request: web.Request) -> web.Response:
     """POST runs/log-parameter: ``{run_id, key, value}``; a changed value is an error."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    run_id = _run_id(a)
-    op = _params_op([(_str(a, "key", required=True), _str(a, "value", default=""))])
+    a = await json_args(request)
+    run_id = run_id_arg(a)
+    op = _params_op([(string_arg(a, "key", required=True), string_arg(a, "value", default=""))])
     await c.write(c.store.write_run, run_id, [op])
     return _json({})
 
 
-@_api
 async def set_tag(request: web.Request) -> web.Response:
     """POST runs/set-tag: ``{run_id, key, value}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    run_id = _run_id(a)
-    op = _tags_op([(_str(a, "key", required=True), _str(a, "value", default=""))])
+    a = await json_args(request)
+    run_id = run_id_arg(a)
+    op = _tags_op([(string_arg(a, "key", required=True), string_arg(a, "value", default=""))])
     await c.write(c.store.write_run, run_id, [op])
     return _json({})
 
 
-@_api
 async def delete_tag(request: web.Request) -> web.Response:
     """POST runs/delete-tag: ``{run_id, key}``; a tag that is not there is an error."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    run_id = _run_id(a)
-    key = _str(a, "key", required=True)
+    a = await json_args(request)
+    run_id = run_id_arg(a)
+    key = string_arg(a, "key", required=True)
     await c.write(c.store.write_run, run_id, [("delete_tag", {"key": key})])
     return _json({})
 
@@ -933,13 +571,15 @@ def _dataset_input(item: Any, i: int) -> tuple[str, str, str, str]:
     """(name, digest, dataset JSON, tags JSON) of one DatasetInput message, checked."""
     path = f"datasets[{i}]"
     if not isinstance(item, dict):
-        raise _invalid(path, item)
+        raise invalid(path, item)
     dataset = item.get("dataset")
     if not isinstance(dataset, dict):
-        raise _missing_arg(f"{path}.dataset")
+        raise missing(f"{path}.dataset")
     clean: dict[str, str] = {}
     for field in ("name", "digest", "source_type", "source", "schema", "profile"):
-        value = _str(dataset, field, required=field in ("name", "digest", "source_type", "source"))
+        value = string_arg(
+            dataset, field, required=field in ("name", "digest", "source_type", "source")
+        )
         if value is not None:
             clean[field] = value
     if len(clean["name"]) > MAX_DATASET_NAME_SIZE:
@@ -952,7 +592,7 @@ def _dataset_input(item: Any, i: int) -> tuple[str, str, str, str]:
             f"Dataset digest exceeds the maximum length of {MAX_DATASET_DIGEST_SIZE}",
             INVALID_PARAMETER_VALUE,
         )
-    tags = [{"key": k, "value": val} for k, val in _key_values(item, "tags")]
+    tags = [{"key": k, "value": val} for k, val in key_values_arg(item, "tags")]
     return (
         clean["name"],
         clean["digest"],
@@ -961,39 +601,36 @@ def _dataset_input(item: Any, i: int) -> tuple[str, str, str, str]:
     )
 
 
-@_api
 async def log_inputs(request: web.Request) -> web.Response:
     """POST runs/log-inputs: ``{run_id, datasets: [{dataset, tags}]}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    run_id = _run_id(a)
-    if _list(a, "models"):
+    a = await json_args(request)
+    run_id = run_id_arg(a)
+    if list_arg(a, "models"):
         raise MlflowException(
             "flightlog does not track logged models; log-inputs takes datasets only",
             INVALID_PARAMETER_VALUE,
         )
-    inputs = [_dataset_input(item, i) for i, item in enumerate(_list(a, "datasets"))]
+    inputs = [_dataset_input(item, i) for i, item in enumerate(list_arg(a, "datasets"))]
     _check_batch_limit("datasets", MAX_METRICS_PER_BATCH, len(inputs))
     await c.write(c.store.log_inputs, run_id, inputs)
     return _json({})
 
 
-@_api
 async def search_runs(request: web.Request) -> web.Response:
     """POST runs/search: ``{experiment_ids, filter, run_view_type, max_results, order_by,
     page_token}`` -> ``{runs, next_page_token}``."""
     c = request.app[COLLECTOR]
-    a = await _args(request, lists=("experiment_ids", "order_by"))
-    experiment_ids = _str_list(a, "experiment_ids")
-    filter_string = _str(a, "filter") or None
-    view_type = _view_type(a, "run_view_type")
-    max_results = _max_results(a, MAX_RESULTS_DEFAULT)
-    order_by = _str_list(a, "order_by") or None
-    page_token = _str(a, "page_token") or None
+    a = await json_args(request, lists=("experiment_ids", "order_by"))
+    experiment_ids = string_list_arg(a, "experiment_ids")
+    filter_string = string_arg(a, "filter") or None
+    view_type = view_type_arg(a, "run_view_type")
+    max_results = max_results_arg(a, MAX_RESULTS_DEFAULT)
+    order_by = string_list_arg(a, "order_by") or None
+    page_token = string_arg(a, "page_token") or None
 
     def work() -> bytes:
-        ids, token = search_run_ids(
-            c.store.reader(),
+        ids, token = c.store.search_run_ids(
             experiment_ids,
             filter_string,
             view_type,
@@ -1003,7 +640,7 @@ async def search_runs(request: web.Request) -> web.Response:
         )
         parts: list[str] = []
         if ids:
-            parts.append('"runs":[' + ",".join(_load_runs_json(c.store, ids)) + "]")
+            parts.append('"runs":[' + ",".join(c.store.runs_json(ids, rest_artifact_uri)) + "]")
         if token:
             parts.append('"next_page_token":' + orjson.dumps(token).decode())
         # Encoded on the reader thread: a page of 50,000 runs is tens of megabytes.
@@ -1015,7 +652,7 @@ async def search_runs(request: web.Request) -> web.Response:
 # -- metric history -------------------------------------------------------------------------
 
 
-def _history(store: SqliteStore, run_id: str, key: str) -> list[tuple[int, int, float]]:
+def _history(store: Store, run_id: str, key: str) -> list[tuple[int, int, float]]:
     """(timestamp ms, step, value) of every point, in MLflow's order: timestamp, step, value.
 
     An unknown run has no history (MLflow answers it with an empty list, not an error).
@@ -1057,21 +694,20 @@ def _metric_json(key: str, point: tuple[int, int, float]) -> dict[str, Any]:
     return {"key": key, "value": _double(point[2]), "timestamp": point[0], "step": point[1]}
 
 
-@_api
 async def get_metric_history(request: web.Request) -> web.Response:
     """GET metrics/get-history?run_id=&metric_key=[&max_results=&page_token=]."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    run_id = _run_id(a)
-    key = _str(a, "metric_key", required=True)
-    max_results = _int64(a, "max_results")
+    a = await json_args(request)
+    run_id = run_id_arg(a)
+    key = string_arg(a, "metric_key", required=True)
+    max_results = int64_arg(a, "max_results")
     if max_results is not None and max_results <= 0:
         raise MlflowException(
             f"Invalid value {max_results} for parameter 'max_results' supplied. "
             "It must be a positive integer.",
             INVALID_PARAMETER_VALUE,
         )
-    offset = _history_offset(_str(a, "page_token"))
+    offset = _history_offset(string_arg(a, "page_token"))
 
     def work() -> bytes:
         points = _history(c.store, run_id, key)
@@ -1109,24 +745,23 @@ def _sample(points: list[tuple[int, int, float]], max_results: int) -> list[tupl
     return picks
 
 
-@_api
 async def get_metric_history_bulk_interval(request: web.Request) -> web.Response:
     """GET metrics/get-history-bulk-interval?run_ids=..&metric_key=[&start_step=&end_step=
     &max_results=]: up to max_results points per run, sampled evenly by MLflow's rule."""
     c = request.app[COLLECTOR]
-    a = await _args(request, lists=("run_ids",))
-    run_ids = _str_list(a, "run_ids")
+    a = await json_args(request, lists=("run_ids",))
+    run_ids = string_list_arg(a, "run_ids")
     if not run_ids:
-        raise _missing_arg("run_ids")
+        raise missing("run_ids")
     if len(run_ids) > MAX_RUNS_GET_METRIC_HISTORY_BULK:
         raise MlflowException(
             f"GetMetricHistoryBulkInterval request must specify at most "
             f"{MAX_RUNS_GET_METRIC_HISTORY_BULK} run_ids. Received {len(run_ids)} run_ids.",
             INVALID_PARAMETER_VALUE,
         )
-    key = _str(a, "metric_key", required=True)
-    start_step = _int64(a, "start_step")
-    end_step = _int64(a, "end_step")
+    key = string_arg(a, "metric_key", required=True)
+    start_step = int64_arg(a, "start_step")
+    end_step = int64_arg(a, "end_step")
     if (start_step is None) != (end_step is None):
         raise MlflowException(
             "If either start step or end step are specified, both must be specified.",
@@ -1138,17 +773,16 @@ async def get_metric_history_bulk_interval(request: web.Request) -> web.Response
             f"Found start_step={start_step} and end_step={end_step}.",
             INVALID_PARAMETER_VALUE,
         )
-    max_results = _max_results(a, MAX_RESULTS_PER_RUN)
+    max_results = max_results_arg(a, MAX_RESULTS_PER_RUN)
     if not 1 <= max_results <= MAX_RESULTS_PER_RUN:
         raise MlflowException(
             f"max_results must be between 1 and {MAX_RESULTS_PER_RUN}.", INVALID_PARAMETER_VALUE
         )
 
     def work() -> bytes:
-        conn = c.store.reader()
         out = []
         for run_id in run_ids:
-            if conn.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() is None:
+            if not c.store.run_exists(run_id):
                 raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
             points = [
                 (s, t, x)
@@ -1169,29 +803,16 @@ async def get_metric_history_bulk_interval(request: web.Request) -> web.Response
 # -- artifacts ------------------------------------------------------------------------------
 
 
-def _run_artifact_root(store: SqliteStore, run_id: str) -> tuple[str, str]:
-    """(experiment id, real artifact URI) of a run."""
-    row = (
-        store.reader()
-        .execute("SELECT experiment_id, artifact_uri FROM runs WHERE run_uuid = ?", (run_id,))
-        .fetchone()
-    )
-    if row is None:
-        raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
-    return str(row[0]), str(row[1])
-
-
-@_api
 async def list_artifacts(request: web.Request) -> web.Response:
     """GET artifacts/list?run_id=[&path=] -> ``{root_uri, files}`` (paths run-relative)."""
     c = request.app[COLLECTOR]
-    a = await _args(request)
-    run_id = _run_id(a)
-    path = _str(a, "path")
+    a = await json_args(request)
+    run_id = run_id_arg(a)
+    path = string_arg(a, "path")
     rel = safe_relative_path(path, allow_root=True) if path is not None else ""
-    eid, real_uri = await c.read(_run_artifact_root, c.store, run_id)
+    eid, real_uri = await c.read(c.store.run_artifact_location, run_id)
     out: dict[str, Any] = {"root_uri": rest_artifact_uri(eid, run_id, real_uri)}
-    files = await repository_for(real_uri, s3_endpoint=_s3_endpoint_of(c)).list(rel or None)
+    files = await repository(c, real_uri).list(rel or None)
     if files:
         out["files"] = [_file_json(f.path, f.is_dir, f.file_size) for f in files]
     return _json(out)
@@ -1221,7 +842,7 @@ async def _proxy_target(
             INVALID_PARAMETER_VALUE,
         )
     eid, run_id = parts[0], parts[1]
-    run_eid, real_uri = await c.read(_run_artifact_root, c.store, run_id)
+    run_eid, real_uri = await c.read(c.store.run_artifact_location, run_id)
     if run_eid != eid:
         raise MlflowException(f"Run {run_id} is not in experiment {eid}", RESOURCE_DOES_NOT_EXIST)
     rel = "/".join(parts[3:])
@@ -1230,53 +851,30 @@ async def _proxy_target(
             f"Invalid artifact path {path!r}: it names the run's artifact root, not a file",
             INVALID_PARAMETER_VALUE,
         )
-    return repository_for(real_uri, s3_endpoint=_s3_endpoint_of(c)), rel
+    return repository(c, real_uri), rel
 
 
-@_api
 async def proxy_download(request: web.Request) -> web.StreamResponse:
     """GET mlflow-artifacts/artifacts/<path>: stream one file, as an attachment."""
     c = request.app[COLLECTOR]
     repo, rel = await _proxy_target(c, request.match_info["path"], allow_root=False)
-    reader = await repo.open_read(rel, chunk_size=_ARTIFACT_CHUNK)
     name = posixpath.basename(rel).replace('"', "")
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "application/octet-stream",
-            "Content-Length": str(reader.size),
-            # An attachment, never rendered: artifacts are user content (MLflow does the same).
-            "Content-Disposition": f'attachment; filename="{name}"',
-            "X-Content-Type-Options": "nosniff",
-        }
-    )
-    async with reader:
-        await response.prepare(request)
-        async for chunk in reader:
-            await response.write(chunk)
-    await response.write_eof()
-    return response
+    # An attachment, never rendered: artifacts are user content (MLflow does the same).
+    headers = {
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    return await send_file(request, repo, rel, headers)
 
 
-@_api
 async def proxy_upload(request: web.Request) -> web.Response:
     """PUT mlflow-artifacts/artifacts/<path>: store the body, streamed in bounded memory."""
     c = request.app[COLLECTOR]
     repo, rel = await _proxy_target(c, request.match_info["path"], allow_root=False)
-
-    async def chunks() -> Any:
-        async for chunk in request.content.iter_chunked(_ARTIFACT_CHUNK):
-            yield chunk
-
-    size = await repo.put(rel, chunks())
-    expected = request.content_length
-    if expected is not None and size != expected:
-        raise MlflowException(
-            f"Upload of {rel!r} ended after {size} of {expected} bytes", INVALID_PARAMETER_VALUE
-        )
+    await store_body(request, repo, rel)
     return _json({})
 
 
-@_api
 async def proxy_delete(request: web.Request) -> web.Response:
     """DELETE mlflow-artifacts/artifacts/<path>: a file or a directory tree."""
     c = request.app[COLLECTOR]
@@ -1285,7 +883,6 @@ async def proxy_delete(request: web.Request) -> web.Response:
     return _json({})
 
 
-@_api
 async def proxy_list(request: web.Request) -> web.Response:
     """GET mlflow-artifacts/artifacts?path=<dir>: the directory's children, by base name."""
     c = request.app[COLLECTOR]
@@ -1330,16 +927,14 @@ async def search_logged_models(request: web.Request) -> web.Response:
     MLflow 3's client asks this before it downloads ``runs:/<run_id>/<path>`` (a run's
     model could hold the path); an empty answer sends it to the run's own artifacts.
     """
-    await _args(request)
+    await json_args(request)
     return _json({})
 
 
 async def endpoint_not_found(request: web.Request) -> web.Response:
     """Any other path under the API prefixes: MLflow's 404 body, not aiohttp's page."""
-    return _error(
-        MlflowException(
-            f"flightlog does not implement {request.method} {request.path}", ENDPOINT_NOT_FOUND
-        )
+    raise MlflowException(
+        f"flightlog does not implement {request.method} {request.path}", ENDPOINT_NOT_FOUND
     )
 
 
@@ -1373,19 +968,20 @@ _ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
-@extension
-def add_rest_routes(app: web.Application) -> None:
-    """Register MLflow's REST API and artifact proxy on a collector application."""
-    router = app.router
+def routes() -> list[web.RouteDef]:
+    """MLflow's REST API, its artifact proxy, ``/version`` and ``server-info``."""
+    out: list[web.RouteDef] = []
     for prefix in API_PREFIXES:
-        for method, path, handler in _ROUTES:
-            router.add_route(method, prefix + path, handler)
-        router.add_route("*", prefix + "/{tail:.*}", endpoint_not_found)
+        out += [web.route(method, prefix + path, handler) for method, path, handler in _ROUTES]
+        out.append(web.route("*", prefix + "/{tail:.*}", endpoint_not_found))
     for prefix in ARTIFACTS_PREFIXES:
-        router.add_get(prefix, proxy_list)
-        router.add_get(prefix + "/{path:.+}", proxy_download)
-        router.add_put(prefix + "/{path:.+}", proxy_upload)
-        router.add_delete(prefix + "/{path:.+}", proxy_delete)
-    router.add_get("/version", version)
+        out += [
+            web.get(prefix, proxy_list),
+            web.get(prefix + "/{path:.+}", proxy_download),
+            web.put(prefix + "/{path:.+}", proxy_upload),
+            web.delete(prefix + "/{path:.+}", proxy_delete),
+        ]
+    out.append(web.get("/version", version))
     for prefix in ("/api/3.0/mlflow", "/ajax-api/3.0/mlflow"):
-        router.add_get(prefix + "/server-info", server_info)
+        out.append(web.get(prefix + "/server-info", server_info))
+    return out

@@ -18,12 +18,29 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from flightlog.collector import downsample
 from flightlog.collector.downsample import block_summary
+from flightlog.collector.filters import register_sql_functions
+from flightlog.collector.search import search_experiment_ids, search_run_ids
+from flightlog.collector.store_api import (
+    DEFAULT_EXPERIMENT_ID,
+    DEFAULT_EXPERIMENT_NAME,
+    Op,
+    Points,
+    Row,
+    RunSeries,
+    Series,
+)
+from flightlog.core import ops, settings
 from flightlog.core.entities import RunStatus
 from flightlog.core.exceptions import (
     INVALID_PARAMETER_VALUE,
@@ -32,11 +49,6 @@ from flightlog.core.exceptions import (
     RESOURCE_DOES_NOT_EXIST,
     MlflowException,
 )
-
-DEFAULT_EXPERIMENT_ID = 0
-DEFAULT_EXPERIMENT_NAME = "Default"
-
-Row = dict[str, Any]
 
 
 def now_ms() -> int:
@@ -77,14 +89,14 @@ class SqliteStore:
         self._write_lock = threading.Lock()
         self._writer = self._connect()
         with self._write_lock:
-            self._writer.executescript(_schema_sql("schema.sql"))
-            self._run_optional_sql("search_indexes.sql")
-            self._run_optional_sql("inputs_schema.sql")
+            for script in ("schema.sql", "search_indexes.sql", "inputs_schema.sql"):
+                self._writer.executescript(_schema_sql(script))
             self._ensure_default_experiment()
 
     # -- connections -----------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        """A new connection, set up for this store (the writer's and each reader's)."""
         conn = sqlite3.connect(
             self.db_path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
@@ -94,27 +106,29 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a crash of the collector process (the
         # failure we guard against); FULL would also survive power loss at a cost per commit.
-        conn.execute(
-            f"PRAGMA synchronous={os.environ.get('FLIGHTLOG_SQLITE_SYNCHRONOUS', 'NORMAL')}"
-        )
+        # FLIGHTLOG_SQLITE_SYNCHRONOUS: validated against SQLite's four levels by the
+        # setting's parser, so nothing else reaches the PRAGMA's text.
+        conn.execute(f"PRAGMA synchronous={settings.SQLITE_SYNCHRONOUS.get()}")
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA cache_size=-65536")
         conn.row_factory = sqlite3.Row
-        self._prepare_connection(conn)
+        # The SQL functions compiled search filters call (ILIKE's lowering).
+        register_sql_functions(conn)
         return conn
 
-    def _prepare_connection(self, conn: sqlite3.Connection) -> None:
-        """Register the SQL functions compiled search filters call (ILIKE's lowering)."""
-        from flightlog.collector.filters import register_sql_functions
-
-        register_sql_functions(conn)
-
-    def _run_optional_sql(self, name: str) -> None:
-        try:
-            sql = _schema_sql(name)
-        except FileNotFoundError:
-            return
-        self._writer.executescript(sql)
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection inside one write transaction: committed when the block
+        ends, rolled back when it raises. Holds the write lock throughout."""
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection."""
@@ -153,38 +167,31 @@ class SqliteStore:
         self, name: str, artifact_location: str | None = None, tags: dict[str, str] | None = None
     ) -> str:
         """Create an experiment; its name must be unused (deleted ones included, as MLflow)."""
-        with self._write_lock:
-            conn = self._writer
+        with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM experiments WHERE name = ?", (name,)).fetchone():
                 raise MlflowException(
                     f"Experiment(name={name}) already exists.", RESOURCE_ALREADY_EXISTS
                 )
             t = now_ms()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                cur = conn.execute(
-                    "INSERT INTO experiments (name, artifact_location, lifecycle_stage,"
-                    " creation_time, last_update_time) VALUES (?, '', 'active', ?, ?)",
-                    (name, t, t),
-                )
-                exp_id = int(cur.lastrowid or 0)
-                location = (
-                    artifact_location.rstrip("/")
-                    if artifact_location
-                    else f"{self.artifact_root}/{exp_id}"
-                )
+            cur = conn.execute(
+                "INSERT INTO experiments (name, artifact_location, lifecycle_stage,"
+                " creation_time, last_update_time) VALUES (?, '', 'active', ?, ?)",
+                (name, t, t),
+            )
+            exp_id = int(cur.lastrowid or 0)
+            location = (
+                artifact_location.rstrip("/")
+                if artifact_location
+                else f"{self.artifact_root}/{exp_id}"
+            )
+            conn.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                (location, exp_id),
+            )
+            for k, v in (tags or {}).items():
                 conn.execute(
-                    "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-                    (location, exp_id),
+                    "INSERT OR REPLACE INTO experiment_tags VALUES (?, ?, ?)", (exp_id, k, v)
                 )
-                for k, v in (tags or {}).items():
-                    conn.execute(
-                        "INSERT OR REPLACE INTO experiment_tags VALUES (?, ?, ?)", (exp_id, k, v)
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         return str(exp_id)
 
     def _experiment_row(self, conn: sqlite3.Connection, where: str, arg: Any) -> Row | None:
@@ -225,8 +232,7 @@ class SqliteStore:
 
     def _set_experiment_stage(self, experiment_id: str, stage: str) -> None:
         eid = _int_id(experiment_id)
-        with self._write_lock:
-            conn = self._writer
+        with self._transaction() as conn:
             row = conn.execute(
                 "SELECT lifecycle_stage FROM experiments WHERE experiment_id = ?", (eid,)
             ).fetchone()
@@ -244,7 +250,6 @@ class SqliteStore:
                     INVALID_STATE,
                 )
             t = now_ms()
-            conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "UPDATE experiments SET lifecycle_stage = ?, last_update_time = ? "
                 "WHERE experiment_id = ?",
@@ -255,7 +260,6 @@ class SqliteStore:
                 "UPDATE runs SET lifecycle_stage = ?, deleted_time = ? WHERE experiment_id = ?",
                 (stage, t if stage == "deleted" else None, eid),
             )
-            conn.execute("COMMIT")
 
     def delete_experiment(self, experiment_id: str) -> None:
         """Mark an experiment and its runs deleted."""
@@ -268,8 +272,7 @@ class SqliteStore:
     def rename_experiment(self, experiment_id: str, new_name: str) -> None:
         """Rename an experiment (MLflow's update_experiment)."""
         eid = _int_id(experiment_id)
-        with self._write_lock:
-            conn = self._writer
+        with self._transaction() as conn:
             if conn.execute(
                 "SELECT 1 FROM experiments WHERE name = ? AND experiment_id != ?", (new_name, eid)
             ).fetchone():
@@ -286,8 +289,7 @@ class SqliteStore:
     def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
         """Set (upsert) an experiment tag."""
         eid = _int_id(experiment_id)
-        with self._write_lock:
-            conn = self._writer
+        with self._transaction() as conn:
             if not conn.execute(
                 "SELECT 1 FROM experiments WHERE experiment_id = ?", (eid,)
             ).fetchone():
@@ -298,8 +300,8 @@ class SqliteStore:
 
     def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
         """Delete an experiment tag; a missing tag is an error, as in MLflow."""
-        with self._write_lock:
-            cur = self._writer.execute(
+        with self._transaction() as conn:
+            cur = conn.execute(
                 "DELETE FROM experiment_tags WHERE experiment_id = ? AND key = ?",
                 (_int_id(experiment_id), key),
             )
@@ -311,8 +313,8 @@ class SqliteStore:
     def apply_batch(
         self,
         batch_id: str | None,
-        ops: Sequence[tuple[str, dict[str, Any]]],
-        series: Sequence[tuple[str, str, array[int], array[float], array[float]]],
+        ops: Sequence[Op],
+        series: Sequence[Series],
     ) -> tuple[bool, list[dict[str, str]]]:
         """Apply one ingest batch in one transaction.
 
@@ -323,55 +325,45 @@ class SqliteStore:
         rest of the batch is stored.
         """
         errors: list[dict[str, str]] = []
-        with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if batch_id is not None:
-                    cur = conn.execute(
-                        "INSERT OR IGNORE INTO batches VALUES (?, ?)", (batch_id, now_ms())
+        with self._transaction() as conn:
+            if batch_id is not None:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO batches VALUES (?, ?)", (batch_id, now_ms())
+                )
+                if cur.rowcount == 0:
+                    return True, []  # seen before: the (empty) transaction commits
+            known_runs: dict[str, bool] = {}
+            for name, args in ops:
+                # A savepoint per op: a failing op leaves nothing half-applied.
+                conn.execute("SAVEPOINT op")
+                try:
+                    self._apply_op(conn, name, args, known_runs)
+                except MlflowException as e:
+                    conn.execute("ROLLBACK TO op")
+                    errors.append({"op": name, "error_code": e.error_code, "message": e.message})
+                except _MALFORMED as e:
+                    # Arguments of the wrong shape: that op's fault, not the store's.
+                    conn.execute("ROLLBACK TO op")
+                    errors.append(_malformed(name, e))
+                conn.execute("RELEASE op")
+            for run_id, key, steps, vals, ts in series:
+                if not self._run_exists(conn, run_id, known_runs):
+                    errors.append(
+                        {
+                            "op": "log_metric",
+                            "error_code": RESOURCE_DOES_NOT_EXIST,
+                            "message": f"Run '{run_id}' not found; "
+                            f"{len(steps)} points of {key!r} dropped",
+                        }
                     )
-                    if cur.rowcount == 0:
-                        conn.execute("ROLLBACK")
-                        return True, []
-                known_runs: dict[str, bool] = {}
-                for name, args in ops:
-                    # A savepoint per op: a failing op leaves nothing half-applied.
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        self._apply_op(conn, name, args, known_runs)
-                    except MlflowException as e:
-                        conn.execute("ROLLBACK TO op")
-                        errors.append(
-                            {"op": name, "error_code": e.error_code, "message": e.message}
-                        )
-                    except _MALFORMED as e:
-                        # Arguments of the wrong shape: that op's fault, not the store's.
-                        conn.execute("ROLLBACK TO op")
-                        errors.append(_malformed(name, e))
-                    conn.execute("RELEASE op")
-                for run_id, key, steps, vals, ts in series:
-                    if not self._run_exists(conn, run_id, known_runs):
-                        errors.append(
-                            {
-                                "op": "log_metric",
-                                "error_code": RESOURCE_DOES_NOT_EXIST,
-                                "message": f"Run '{run_id}' not found; "
-                                f"{len(steps)} points of {key!r} dropped",
-                            }
-                        )
-                        continue
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        self._insert_series(conn, run_id, key, steps, vals, ts)
-                    except _MALFORMED as e:
-                        conn.execute("ROLLBACK TO op")
-                        errors.append(_malformed("log_metric", e))
-                    conn.execute("RELEASE op")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    self._insert_series(conn, run_id, key, steps, vals, ts)
+                except _MALFORMED as e:
+                    conn.execute("ROLLBACK TO op")
+                    errors.append(_malformed("log_metric", e))
+                conn.execute("RELEASE op")
         return False, errors
 
     def _run_exists(self, conn: sqlite3.Connection, run_id: str, cache: dict[str, bool]) -> bool:
@@ -437,62 +429,66 @@ class SqliteStore:
     def _apply_op(
         self, conn: sqlite3.Connection, name: str, a: dict[str, Any], known_runs: dict[str, bool]
     ) -> None:
-        if name == "create_run":
-            self._create_run(conn, a)
-            known_runs[a["run_id"]] = True
-            return
-        run_id = a.get("run_id")
-        if not isinstance(run_id, str) or not self._run_exists(conn, run_id, known_runs):
-            raise _missing(f"Run '{run_id}' not found")
-        if name == "log_params":
-            for k, v in a["params"].items():
-                cur = conn.execute("INSERT OR IGNORE INTO params VALUES (?, ?, ?)", (run_id, k, v))
-                if cur.rowcount == 0:
-                    old = conn.execute(
-                        "SELECT value FROM params WHERE run_uuid = ? AND key = ?", (run_id, k)
-                    ).fetchone()[0]
-                    if old != v:
-                        raise MlflowException(
-                            f"Changing param values is not allowed. Param with key={k!r} was "
-                            f"already logged with value={old!r} for run ID={run_id!r}. "
-                            f"Attempted logging new value {v!r}.",
-                            INVALID_PARAMETER_VALUE,
-                        )
-        elif name == "set_tags":
-            for k, v in a["tags"].items():
-                conn.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (run_id, k, v))
-                if k == "mlflow.runName":
-                    conn.execute("UPDATE runs SET run_name = ? WHERE run_uuid = ?", (v, run_id))
-        elif name == "delete_tag":
-            cur = conn.execute(
-                "DELETE FROM tags WHERE run_uuid = ? AND key = ?", (run_id, a["key"])
-            )
-            if cur.rowcount == 0:
-                raise _missing(f"No tag with name: {a['key']} in run with id {run_id}")
-        elif name == "update_run":
-            self._update_run(conn, run_id, a)
-        elif name == "log_metric":
-            # A single point from a client that does not send column chunks (REST API).
-            steps, vals, ts = (
-                array("q", [a["step"]]),
-                array("d", [a["value"]]),
-                array("d", [a["timestamp"] / 1000.0]),
-            )
-            self._insert_series(conn, run_id, a["key"], steps, vals, ts)
-        elif name == "heartbeat":
-            conn.execute(
-                "UPDATE runs SET last_heartbeat = ? WHERE run_uuid = ?", (now_ms(), run_id)
-            )
-            # A run failed for want of heartbeats whose agent was only cut off (collector
-            # overloaded, network down) is heard again: it is running after all.
-            if _clear_timeout_reason(conn, run_id):
-                conn.execute(
-                    "UPDATE runs SET status = 'RUNNING', end_time = NULL"
-                    " WHERE run_uuid = ? AND status = 'FAILED'",
-                    (run_id,),
-                )
-        else:
+        apply = _APPLY.get(name)
+        if apply is None:
             raise MlflowException(f"Unknown operation {name!r}", INVALID_PARAMETER_VALUE)
+        if name != ops.CREATE_RUN:
+            run_id = a.get("run_id")
+            if not isinstance(run_id, str) or not self._run_exists(conn, run_id, known_runs):
+                raise _missing(f"Run '{run_id}' not found")
+        apply(self, conn, a)
+        if name == ops.CREATE_RUN:
+            known_runs[a["run_id"]] = True
+
+    def _log_params(self, conn: sqlite3.Connection, a: dict[str, Any]) -> None:
+        run_id = a["run_id"]
+        for k, v in a["params"].items():
+            cur = conn.execute("INSERT OR IGNORE INTO params VALUES (?, ?, ?)", (run_id, k, v))
+            if cur.rowcount == 0:
+                old = conn.execute(
+                    "SELECT value FROM params WHERE run_uuid = ? AND key = ?", (run_id, k)
+                ).fetchone()[0]
+                if old != v:
+                    raise MlflowException(
+                        f"Changing param values is not allowed. Param with key={k!r} was "
+                        f"already logged with value={old!r} for run ID={run_id!r}. "
+                        f"Attempted logging new value {v!r}.",
+                        INVALID_PARAMETER_VALUE,
+                    )
+
+    def _set_tags(self, conn: sqlite3.Connection, a: dict[str, Any]) -> None:
+        run_id = a["run_id"]
+        for k, v in a["tags"].items():
+            conn.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (run_id, k, v))
+            if k == "mlflow.runName":
+                conn.execute("UPDATE runs SET run_name = ? WHERE run_uuid = ?", (v, run_id))
+
+    def _delete_tag(self, conn: sqlite3.Connection, a: dict[str, Any]) -> None:
+        run_id = a["run_id"]
+        cur = conn.execute("DELETE FROM tags WHERE run_uuid = ? AND key = ?", (run_id, a["key"]))
+        if cur.rowcount == 0:
+            raise _missing(f"No tag with name: {a['key']} in run with id {run_id}")
+
+    def _log_metric(self, conn: sqlite3.Connection, a: dict[str, Any]) -> None:
+        # A single point from a client that does not send column chunks (REST API).
+        steps, vals, ts = (
+            array("q", [a["step"]]),
+            array("d", [a["value"]]),
+            array("d", [a["timestamp"] / 1000.0]),
+        )
+        self._insert_series(conn, a["run_id"], a["key"], steps, vals, ts)
+
+    def _heartbeat(self, conn: sqlite3.Connection, a: dict[str, Any]) -> None:
+        run_id = a["run_id"]
+        conn.execute("UPDATE runs SET last_heartbeat = ? WHERE run_uuid = ?", (now_ms(), run_id))
+        # A run failed for want of heartbeats whose agent was only cut off (collector
+        # overloaded, network down) is heard again: it is running after all.
+        if _clear_timeout_reason(conn, run_id):
+            conn.execute(
+                "UPDATE runs SET status = 'RUNNING', end_time = NULL"
+                " WHERE run_uuid = ? AND status = 'FAILED'",
+                (run_id,),
+            )
 
     def _create_run(self, conn: sqlite3.Connection, a: dict[str, Any]) -> None:
         run_id = a["run_id"]
@@ -530,7 +526,8 @@ class SqliteStore:
         for k, v in (a.get("tags") or {}).items():
             conn.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (run_id, k, v))
 
-    def _update_run(self, conn: sqlite3.Connection, run_id: str, a: dict[str, Any]) -> None:
+    def _update_run(self, conn: sqlite3.Connection, a: dict[str, Any]) -> None:
+        run_id = a["run_id"]
         status = a.get("status")
         if status is not None:
             if status not in RunStatus.ALL:
@@ -602,9 +599,97 @@ class SqliteStore:
                 out[r[0]]["data"]["metrics"][r[1]] = math.nan if r[3] else r[2]
         return [out[i] for i in run_ids if i in out]
 
+    def runs_json(
+        self, run_ids: Sequence[str], artifact_uri: Callable[[str, str, str], str]
+    ) -> list[str]:
+        """Runs as MLflow JSON text (one object each), in the order of ``run_ids``.
+
+        Unknown ids are skipped. One query per table for the whole page: a JSON array
+        parameter stands for the id list, so 50,000 ids need neither 50,000 queries nor
+        SQLite's bound-parameter limit. The text is assembled without a Python object per
+        param, tag or metric: SQLite writes each run's params and tags as a JSON array
+        (``json_group_array``; strings and integers are exact in its JSON), and the metrics
+        as :func:`_metrics_json` says; ``artifact_uri(experiment_id, run_id, real_uri)``
+        gives the artifact URI clients see. The fields are those MLflow's server sends (a
+        metric's value comes last in its object, which JSON readers do not mind); empty
+        ``inputs`` and ``outputs`` are left out (MLflow sends ``{}``; the client builds the
+        same Run either way, and parses two messages less per run).
+        """
+        if not run_ids:
+            return []
+        # Plain tuples, not the store's sqlite3.Row: a page of runs is tens of thousands of rows.
+        conn = self.reader().cursor()
+        conn.row_factory = None
+        ids = (orjson.dumps(list(run_ids)).decode(),)
+        where = "run_uuid IN (SELECT value FROM json_each(?))"
+        infos: dict[str, str] = {}
+        dumps = orjson.dumps
+        for r in conn.execute(
+            "SELECT run_uuid, experiment_id, run_name, user_id, status, start_time, end_time,"
+            f" artifact_uri, lifecycle_stage FROM runs WHERE {where}",
+            ids,
+        ):
+            run_id, eid = r[0], str(r[1])
+            info: dict[str, Any] = {
+                "run_uuid": run_id,
+                "experiment_id": eid,
+                "run_name": r[2],
+                "user_id": r[3],
+                "status": r[4],
+                "start_time": r[5],
+            }
+            if r[6] is not None:
+                info["end_time"] = r[6]
+            info["artifact_uri"] = artifact_uri(eid, run_id, r[7])
+            info["lifecycle_stage"] = r[8]
+            info["run_id"] = run_id
+            infos[run_id] = dumps(info).decode()
+        metrics = _metrics_json(conn, ids)
+        arrays: list[dict[str, str]] = []
+        for table in ("params", "tags"):
+            arrays.append(
+                dict(
+                    conn.execute(
+                        "SELECT run_uuid, json_group_array(json_object('key', key, 'value', value))"
+                        f" FROM {table} WHERE {where} GROUP BY run_uuid",
+                        ids,
+                    ).fetchall()
+                )
+            )
+        params, tags = arrays
+        inputs: dict[str, list[dict[str, Any]]] = {}
+        for r in conn.execute(
+            "SELECT run_uuid, dataset_json, tags_json FROM run_inputs"
+            f" WHERE {where} ORDER BY input_id",
+            ids,
+        ):
+            entry: dict[str, Any] = {}
+            input_tags = orjson.loads(r[2])
+            if input_tags:
+                entry["tags"] = input_tags
+            entry["dataset"] = orjson.loads(r[1])
+            inputs.setdefault(r[0], []).append(entry)
+        out: list[str] = []
+        for run_id in run_ids:
+            info_text = infos.get(run_id)
+            if info_text is None:
+                continue
+            data: list[str] = []
+            if run_id in metrics:
+                data.append('"metrics":' + metrics[run_id])
+            if run_id in params:
+                data.append('"params":' + params[run_id])
+            if run_id in tags:
+                data.append('"tags":' + tags[run_id])
+            text = '{"info":' + info_text + ',"data":{' + ",".join(data) + "}"
+            if run_id in inputs:
+                text += ',"inputs":' + dumps({"dataset_inputs": inputs[run_id]}).decode()
+            out.append(text + "}")
+        return out
+
     def _set_run_stage(self, run_id: str, stage: str) -> None:
-        with self._write_lock:
-            cur = self._writer.execute(
+        with self._transaction() as conn:
+            cur = conn.execute(
                 "UPDATE runs SET lifecycle_stage = ?, deleted_time = ? WHERE run_uuid = ?",
                 (stage, now_ms() if stage == "deleted" else None, run_id),
             )
@@ -619,16 +704,23 @@ class SqliteStore:
         """Bring a deleted run back."""
         self._set_run_stage(run_id, "active")
 
-    def run_experiment_artifact_uri(self, run_id: str) -> str:
-        """A run's artifact URI."""
+    def run_exists(self, run_id: str) -> bool:
+        """Whether a run with this id exists (whatever its stage)."""
+        conn = self.reader()
+        return (
+            conn.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() is not None
+        )
+
+    def run_artifact_location(self, run_id: str) -> tuple[str, str]:
+        """(experiment id, artifact URI) of a run."""
         row = (
             self.reader()
-            .execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,))
+            .execute("SELECT experiment_id, artifact_uri FROM runs WHERE run_uuid = ?", (run_id,))
             .fetchone()
         )
         if row is None:
-            raise _missing(f"Run '{run_id}' not found")
-        return str(row[0])
+            raise _missing(f"Run with id={run_id} not found")
+        return str(row[0]), str(row[1])
 
     # -- synchronous writes for the REST API (collector/rest.py) ---------------------------
 
@@ -647,48 +739,34 @@ class SqliteStore:
     def write_run(
         self,
         run_id: str,
-        ops: Sequence[tuple[str, dict[str, Any]]],
-        series: Sequence[tuple[str, array[int], array[float], array[float]]] = (),
+        ops: Sequence[Op],
+        series: Sequence[RunSeries] = (),
     ) -> None:
         """Apply ops and (key, steps, values, timestamps) series to one active run, atomically.
 
         Unlike :meth:`apply_batch`, which stores what it can and reports the rest, the first
         failure raises and nothing is stored: a REST client gets one answer for its request.
         """
-        with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._require_active_run(conn, run_id)
-                known_runs = {run_id: True}
-                for name, args in ops:
-                    self._apply_op(conn, name, {**args, "run_id": run_id}, known_runs)
-                for key, steps, vals, ts in series:
-                    self._insert_series(conn, run_id, key, steps, vals, ts)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            self._require_active_run(conn, run_id)
+            known_runs = {run_id: True}
+            for name, args in ops:
+                self._apply_op(conn, name, {**args, "run_id": run_id}, known_runs)
+            for key, steps, vals, ts in series:
+                self._insert_series(conn, run_id, key, steps, vals, ts)
 
     def log_inputs(self, run_id: str, inputs: Sequence[tuple[str, str, str, str]]) -> None:
         """Record (name, digest, dataset JSON, tags JSON) dataset inputs of an active run.
 
         A dataset (name and digest) already logged to the run is left as it is, as in MLflow.
         """
-        with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._require_active_run(conn, run_id)
-                conn.executemany(
-                    "INSERT OR IGNORE INTO run_inputs (run_uuid, dataset_name, dataset_digest,"
-                    " dataset_json, tags_json) VALUES (?, ?, ?, ?, ?)",
-                    [(run_id, *i) for i in inputs],
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            self._require_active_run(conn, run_id)
+            conn.executemany(
+                "INSERT OR IGNORE INTO run_inputs (run_uuid, dataset_name, dataset_digest,"
+                " dataset_json, tags_json) VALUES (?, ?, ?, ?, ?)",
+                [(run_id, *i) for i in inputs],
+            )
 
     # -- metric history ----------------------------------------------------------------------
 
@@ -706,9 +784,7 @@ class SqliteStore:
             )
         ]
 
-    def metric_history(
-        self, run_id: str, key: str
-    ) -> tuple[array[int], array[float], array[float]]:
+    def metric_history(self, run_id: str, key: str) -> Points:
         """A whole series as (steps, values, timestamps in seconds) arrays."""
         steps, vals, ts = array("q"), array("d"), array("d")
         for s, v, t in self.metric_chunks(run_id, key):
@@ -717,30 +793,34 @@ class SqliteStore:
             ts.frombytes(t)
         return steps, vals, ts
 
-    # -- search -------------------------------------------------------------------------------
-
-    def search_runs(
-        self,
-        experiment_ids: Sequence[str],
-        filter_string: str | None,
-        run_view_type: int,
-        max_results: int,
-        order_by: Sequence[str] | None,
-        page_token: str | None,
-    ) -> tuple[list[Row], str | None]:
-        """One page of runs matching a filter, in order, and the next page's token."""
-        from flightlog.collector.search import search_run_ids
-
-        ids, token = search_run_ids(
-            self.reader(),
-            experiment_ids,
-            filter_string,
-            run_view_type,
-            max_results,
-            order_by,
-            page_token,
+    def series_extent(self, run_id: str, key: str) -> tuple[int, int, int]:
+        """(points, smallest step, largest step) of a series; (0, 0, 0) when it is empty."""
+        row = (
+            self.reader()
+            .execute(
+                "SELECT COALESCE(SUM(n), 0), COALESCE(MIN(min_step), 0),"
+                " COALESCE(MAX(max_step), 0) FROM metric_chunks WHERE run_uuid = ? AND key = ?",
+                (run_id, key),
+            )
+            .fetchone()
         )
-        return self.get_runs(ids), token
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def block_summaries(self, run_id: str, key: str) -> array[float]:
+        """The series' block summaries (collector.downsample), concatenated in order."""
+        summary = array("d")
+        for (blob,) in self.reader().execute(
+            "SELECT summary FROM metric_chunks WHERE run_uuid = ? AND key = ? ORDER BY chunk_id",
+            (run_id, key),
+        ):
+            summary.frombytes(blob)
+        return summary
+
+    def sampled_series(self, run_id: str, key: str, max_points: int) -> Points:
+        """At most ``max_points`` points of a series, its shape kept (collector.downsample)."""
+        return downsample.sampled_series(self, run_id, key, max_points)
+
+    # -- search -------------------------------------------------------------------------------
 
     def search_experiments(
         self,
@@ -751,12 +831,30 @@ class SqliteStore:
         page_token: str | None,
     ) -> tuple[list[Row], str | None]:
         """One page of experiments matching a filter, in order, and the next page's token."""
-        from flightlog.collector.search import search_experiment_ids
-
         ids, token = search_experiment_ids(
             self.reader(), view_type, max_results, filter_string, order_by, page_token
         )
         return self.list_experiments(ids), token
+
+    def search_run_ids(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str | None,
+        run_view_type: int,
+        max_results: int,
+        order_by: Sequence[str] | None,
+        page_token: str | None,
+    ) -> tuple[list[str], str | None]:
+        """One page of matching run ids, in order, and the next page's token."""
+        return search_run_ids(
+            self.reader(),
+            experiment_ids,
+            filter_string,
+            run_view_type,
+            max_results,
+            order_by,
+            page_token,
+        )
 
     def prune_batch_ids(self, older_than_ms: int) -> int:
         """Forget the ids of batches received before the given time; return how many.
@@ -765,10 +863,8 @@ class SqliteStore:
         retention must outlast any resend: agents resend within seconds, a spool sent
         by ``flightlog sync`` holds batches that were never acknowledged (never stored).
         """
-        with self._write_lock:
-            cur = self._writer.execute(
-                "DELETE FROM batches WHERE received_at < ?", (older_than_ms,)
-            )
+        with self._transaction() as conn:
+            cur = conn.execute("DELETE FROM batches WHERE received_at < ?", (older_than_ms,))
             return int(cur.rowcount)
 
     def fail_stale_runs(self, older_than_ms: int) -> list[str]:
@@ -778,45 +874,26 @@ class SqliteStore:
         returns their ids. Runs without a heartbeat time (not made by an agent) are
         never touched.
         """
-        with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT run_uuid FROM runs WHERE status = 'RUNNING'"
-                        " AND last_heartbeat IS NOT NULL AND last_heartbeat < ?",
-                        (older_than_ms,),
-                    )
-                ]
-                t = now_ms()
-                for run_id in ids:
-                    conn.execute(
-                        "UPDATE runs SET status = 'FAILED', end_time = ? WHERE run_uuid = ?",
-                        (t, run_id),
-                    )
-                    conn.execute(
-                        "INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
-                        (run_id, END_REASON_TAG, HEARTBEAT_TIMEOUT),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT run_uuid FROM runs WHERE status = 'RUNNING'"
+                    " AND last_heartbeat IS NOT NULL AND last_heartbeat < ?",
+                    (older_than_ms,),
+                )
+            ]
+            t = now_ms()
+            for run_id in ids:
+                conn.execute(
+                    "UPDATE runs SET status = 'FAILED', end_time = ? WHERE run_uuid = ?",
+                    (t, run_id),
+                )
+                conn.execute(
+                    "INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
+                    (run_id, END_REASON_TAG, HEARTBEAT_TIMEOUT),
+                )
         return ids
-
-    def find_stale_runs(self, older_than_ms: int) -> list[str]:
-        """RUNNING runs whose last heartbeat is older than the given time."""
-        rows = (
-            self.reader()
-            .execute(
-                "SELECT run_uuid FROM runs WHERE status = 'RUNNING' AND last_heartbeat < ?",
-                (older_than_ms,),
-            )
-            .fetchall()
-        )
-        return [r[0] for r in rows]
 
 
 END_REASON_TAG = "flightlog.endReason"
@@ -861,3 +938,49 @@ def _int_id(experiment_id: Any) -> int:
             f"Invalid experiment id {experiment_id!r}: expected an integer id.",
             INVALID_PARAMETER_VALUE,
         ) from None
+
+
+def _metrics_json(conn: sqlite3.Cursor, ids: tuple[str]) -> dict[str, str]:
+    """Each run's latest metrics as a JSON array, by run id (``ids``: a JSON id list).
+
+    SQLite writes each metric's JSON up to its value (``{"key":..,"timestamp":..,
+    "step":..,"value":``, the value last so that what follows it is always ``}``), and
+    orjson writes all the page's values in one call: the shortest text that reads back
+    as the same double, which SQLite's own JSON (15 digits) is not. NaN (stored as
+    NULL) and the infinities arrive as the strings protobuf's JSON mapping uses.
+    """
+    rows = conn.execute(
+        "SELECT run_uuid, '{\"key\":' || json_quote(key) || ',\"timestamp\":' || timestamp"
+        " || ',\"step\":' || step || ',\"value\":',"
+        " CASE WHEN is_nan THEN 'NaN' WHEN value > 1.7976931348623157e308 THEN 'Infinity'"
+        " WHEN value < -1.7976931348623157e308 THEN '-Infinity' ELSE value END"
+        " FROM latest_metrics WHERE run_uuid IN (SELECT value FROM json_each(?))"
+        " ORDER BY run_uuid, key",
+        ids,
+    ).fetchall()
+    if not rows:
+        return {}
+    run_ids, heads, values = zip(*rows, strict=True)
+    # Floats never contain a comma, and neither do the three strings.
+    texts = list(map(str.__add__, heads, orjson.dumps(values)[1:-1].decode().split(",")))
+    out: dict[str, str] = {}
+    start = 0
+    # Rows come in run id order, so a run's metrics are the next `count` texts.
+    for run_id, count in Counter(run_ids).items():
+        out[run_id] = "[" + "},".join(texts[start : start + count]) + "}]"
+        start += count
+    return out
+
+
+# The op-dispatch table: every op name of flightlog.core.ops and how this store applies
+# it. The checks for the same names are batch_checks.CHECKS; tests/test_store.py checks
+# that both tables cover exactly ops.ALL.
+_APPLY: dict[str, Callable[[SqliteStore, sqlite3.Connection, dict[str, Any]], None]] = {
+    ops.CREATE_RUN: SqliteStore._create_run,
+    ops.LOG_PARAMS: SqliteStore._log_params,
+    ops.SET_TAGS: SqliteStore._set_tags,
+    ops.DELETE_TAG: SqliteStore._delete_tag,
+    ops.UPDATE_RUN: SqliteStore._update_run,
+    ops.LOG_METRIC: SqliteStore._log_metric,
+    ops.HEARTBEAT: SqliteStore._heartbeat,
+}

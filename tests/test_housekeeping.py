@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from flightlog.agent.transport import CollectorClient
-from flightlog.collector.housekeeping import retention_days
 from flightlog.collector.store import SqliteStore, now_ms
+from flightlog.core import settings
+from flightlog.core.exceptions import SettingError
 from flightlog.core.wire import encode_batch, unpack
 from tests.conftest import start_collector
 
@@ -54,7 +55,7 @@ def test_collector_forgets_old_batch_ids_and_keeps_recent_ones(tmp_path: Path) -
 
 def test_retention_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLIGHTLOG_BATCH_ID_RETENTION_DAYS", "soon")
-    with pytest.raises(ValueError, match="FLIGHTLOG_BATCH_ID_RETENTION_DAYS='soon'"):
-        retention_days()
+    with pytest.raises(SettingError, match="FLIGHTLOG_BATCH_ID_RETENTION_DAYS='soon'"):
+        settings.BATCH_ID_RETENTION_DAYS.get()
     monkeypatch.setenv("FLIGHTLOG_BATCH_ID_RETENTION_DAYS", "0")
-    assert retention_days() == 0
+    assert settings.BATCH_ID_RETENTION_DAYS.get() == 0
