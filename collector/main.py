@@ -20,8 +20,9 @@ from flightlog.collector.config import CollectorConfig
 from flightlog.collector.forward import SidecarConfig, create_sidecar_app
 from flightlog.collector.state import STOP
 from flightlog.collector.store import SqliteStore
+from flightlog.collector.store_api import Store
 from flightlog.core import settings
-from flightlog.core.uris import DB_NAME, local_store
+from flightlog.core.uris import DB_NAME, is_database_uri, local_store, redact_password
 
 log = logging.getLogger("flightlog.collector")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -46,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> 
         dest="store",
         metavar="URI",
         default=settings.STORE.get(),
-        help="store URI: a directory, file: or sqlite:/// URI (default ./flightlog)",
+        help="store URI: a directory, file: or sqlite:/// URI, or postgresql://user:pass@"
+        "host:port/db for a database several collectors share (default ./flightlog)",
     )
     p.add_argument(
         *artifact_flags,
@@ -161,6 +163,22 @@ def sidecar_config_from_args(args: argparse.Namespace) -> SidecarConfig:
 def config_from_args(args: argparse.Namespace) -> CollectorConfig:
     """Validate options into a CollectorConfig."""
     _check_exposure(args)
+    if is_database_uri(args.store):
+        return CollectorConfig(
+            store_uri=redact_password(args.store),
+            database_uri=args.store,
+            # MLflow's server default: ./mlartifacts beside where it runs.
+            artifact_root=args.artifacts or Path("mlartifacts").resolve().as_uri(),
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            idle_timeout=args.idle_timeout,
+            run_timeout=args.run_timeout,
+            ingest_max_body_bytes=args.ingest_max_body_bytes,
+            ingest_max_pending_bytes=args.ingest_max_pending_bytes,
+            s3_endpoint_url=args.s3_endpoint_url,
+            port_file=args.port_file,
+        )
     store = local_store(args.store, args.artifacts)
     return CollectorConfig(
         store_uri=str(store.directory),
@@ -187,8 +205,14 @@ def _write_port_file(path: str, payload: dict[str, object]) -> None:
 
 async def serve(config: CollectorConfig) -> None:
     """Serve until SIGTERM/SIGINT or the idle timeout."""
-    db_path = config.db_path or str(Path(config.store_uri) / DB_NAME)
-    store = SqliteStore(db_path, config.artifact_root)
+    store: Store
+    if config.database_uri:
+        from flightlog.collector.pgstore import PostgresStore
+
+        store = PostgresStore(config.database_uri, config.artifact_root)
+    else:
+        db_path = config.db_path or str(Path(config.store_uri) / DB_NAME)
+        store = SqliteStore(db_path, config.artifact_root)
     app = create_app(config, store)
     await run_app(app, config.host, config.port, config.store_uri, config.port_file)
 

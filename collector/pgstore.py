@@ -170,8 +170,15 @@ class PostgresStore:
                 (f"{self.artifact_root}/{DEFAULT_EXPERIMENT_ID}", DEFAULT_EXPERIMENT_ID),
             )
             conn.commit()
+        # check: a connection broken while idle (the database restarted) is replaced
+        # before use instead of failing the request that draws it.
         self._pool = ConnectionPool(
-            uri, min_size=1, max_size=pool_size, open=True, kwargs={"autocommit": False}
+            uri,
+            min_size=1,
+            max_size=pool_size,
+            open=True,
+            kwargs={"autocommit": False},
+            check=ConnectionPool.check_connection,
         )
 
     def close(self) -> None:

@@ -53,3 +53,17 @@ def local_store(uri: str | os.PathLike[str], artifact_root: str | None = None) -
         db = directory / DB_NAME
     root = artifact_root or (directory / "artifacts").as_uri()
     return LocalStore(directory=directory, db_path=db, artifact_root=root)
+
+
+def is_database_uri(uri: str) -> bool:
+    """Whether a store URI names a PostgreSQL database (the collector's shared store)."""
+    return uri.startswith(("postgresql://", "postgres://"))
+
+
+def redact_password(uri: str) -> str:
+    """``uri`` with its password, if any, replaced by ``***`` (for logs and /health)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

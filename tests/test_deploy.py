@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,13 +192,17 @@ def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
     )
 
 
+def _health(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/health", timeout=5) as r:
+        body: dict[str, Any] = orjson.loads(r.read())
+        return body
+
+
 def _wait_health(url: str, proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                body: dict[str, Any] = orjson.loads(r.read())
-                return body
+            return _health(url)
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -220,6 +224,10 @@ def _train_through(
         for i in range(5000):
             flightlog.log_metric("loss", 1.0 / (i + 1), step=i)
         flightlog.log_artifact(str(tmp_path / "model.bin"))
+    # The node acknowledged on its disk; the central server has it once forwarded.
+    deadline = time.monotonic() + 60
+    while _health(node_url)["backlog_batches"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     central = MlflowClient(central_url)
     got = central.get_run(run.info.run_id)
     assert got.data.params == {"lr": "0.01"} and got.info.status == "FINISHED"
@@ -242,20 +250,20 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 p.kill()
 
 
-StoreFactory = Callable[[Path], str]
-
-
 def _sqlite_store(tmp: Path) -> str:
     return f"sqlite:///{tmp / 'central' / 'flightlog.db'}"
 
 
-BACKEND_STORES: dict[str, StoreFactory] = {"sqlite": _sqlite_store}
+BACKEND_STORES = ("postgresql", "sqlite")
 
 
-@pytest.fixture(params=sorted(BACKEND_STORES))
+@pytest.fixture(params=BACKEND_STORES)
 def backend_store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The central store: a SQLite file, or a fresh database of the test PostgreSQL."""
     (tmp_path / "central").mkdir()
-    return BACKEND_STORES[request.param](tmp_path)
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_server").create_database())
+    return _sqlite_store(tmp_path)
 
 
 def test_systemd_unit_commands_run_a_central_server_and_a_node_sidecar(
