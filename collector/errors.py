@@ -1,10 +1,10 @@
 """One error middleware for every endpoint: authentication, then errors as JSON or msgpack.
 
 Two shapes, by path. MLflow's API (``/api/2.0/mlflow``, ``/api/2.0/mlflow-artifacts``,
-``/api/3.0/mlflow`` and their ``/ajax-api`` twins) answers as MLflow's server does:
-``{"error_code", "message"}`` JSON with MLflow's HTTP status for the code (it answers
-INVALID_STATE with 500, for one). flightlog's own endpoints (``/api/flightlog/...``,
-``/health``) answer the same fields with flightlog's status table
+``/api/3.0/mlflow``, their ``/ajax-api`` twins, and ``/get-artifact``) answers as
+MLflow's server does: ``{"error_code", "message"}`` JSON with MLflow's HTTP status for
+the code (it answers INVALID_STATE with 500, for one). flightlog's own endpoints
+(``/api/flightlog/...``, ``/health``) answer the same fields with flightlog's status table
 (:meth:`MlflowException.http_status`), in msgpack when the client speaks msgpack (the
 SDK and agent) and in JSON otherwise (curl, browsers). A handler raises; it never
 builds an error response itself, and the collector never dies of a request.
@@ -43,6 +43,7 @@ MLFLOW_PREFIXES = (
     "/ajax-api/2.0/mlflow",
     "/api/3.0/mlflow",
     "/ajax-api/3.0/mlflow",
+    "/get-artifact",
 )
 
 # MLflow's ERROR_CODE_TO_HTTP_STATUS for the codes flightlog raises. It differs from the

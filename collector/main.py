@@ -26,6 +26,7 @@ from flightlog.core.uris import DB_NAME, is_database_uri, local_store, redact_pa
 
 log = logging.getLogger("flightlog.collector")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_REQUEST_LINE = 1024 * 1024  # bytes of a request line or header; past it aiohttp answers 400
 
 
 def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> None:
@@ -230,7 +231,15 @@ async def run_app(
     """Serve ``app`` on host:port until SIGTERM/SIGINT (or the app sets STOP)."""
     stop = asyncio.Event()
     app[STOP] = stop
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Long request lines: MLflow's UI and clients send GETs with hundreds of repeated
+    # run_id parameters (1,000 run ids are about 40 kB); aiohttp's default is 8,190 bytes.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        max_line_size=MAX_REQUEST_LINE,
+        max_field_size=MAX_REQUEST_LINE,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

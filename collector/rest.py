@@ -67,6 +67,7 @@ from aiohttp import web
 
 from flightlog.collector.artifact_api import repository, send_file, store_body
 from flightlog.collector.artifacts import ArtifactRepository, repository_for
+from flightlog.collector.content_types import download_headers
 from flightlog.collector.errors import ENDPOINT_NOT_FOUND, MLFLOW_HTTP_STATUS
 from flightlog.collector.request_args import (
     Args,
@@ -115,6 +116,7 @@ MAX_BATCH_LOG_REQUEST_SIZE = 1_000_000
 MAX_RESULTS_DEFAULT = 1000  # SearchRuns / SearchExperiments when max_results is not sent
 MAX_RUNS_GET_METRIC_HISTORY_BULK = 100
 MAX_RESULTS_PER_RUN = 2500
+MAX_HISTORY_BULK_RESULTS = 25000  # metrics/get-history-bulk
 MAX_DATASET_NAME_SIZE = 500
 MAX_DATASET_DIGEST_SIZE = 36
 
@@ -723,6 +725,41 @@ async def get_metric_history(request: web.Request) -> web.Response:
     return web.Response(body=await c.read(work), content_type="application/json")
 
 
+async def get_metric_history_bulk(request: web.Request) -> web.Response:
+    """GET /ajax-api/2.0/mlflow/metrics/get-history-bulk?run_id=..&metric_key=[&max_results=]:
+    the history of one metric for up to 100 runs (MLflow's UI route), runs in id order."""
+    c = request.app[COLLECTOR]
+    a = await json_args(request, lists=("run_id",))
+    run_ids = string_list_arg(a, "run_id")
+    if not run_ids:
+        raise MlflowException(
+            "GetMetricHistoryBulk request must specify at least one run_id.",
+            INVALID_PARAMETER_VALUE,
+        )
+    if len(run_ids) > MAX_RUNS_GET_METRIC_HISTORY_BULK:
+        raise MlflowException(
+            f"GetMetricHistoryBulk request cannot specify more than "
+            f"{MAX_RUNS_GET_METRIC_HISTORY_BULK} run_ids. Received {len(run_ids)} run_ids.",
+            INVALID_PARAMETER_VALUE,
+        )
+    key = a.get("metric_key")
+    if key is None:
+        raise MlflowException(
+            "GetMetricHistoryBulk request must specify a metric_key.", INVALID_PARAMETER_VALUE
+        )
+    key = string_arg(a, "metric_key")
+    max_results = min(max_results_arg(a, MAX_HISTORY_BULK_RESULTS), MAX_HISTORY_BULK_RESULTS)
+
+    def work() -> bytes:
+        out: list[dict[str, Any]] = []
+        for run_id in sorted(run_ids):
+            for point in _history(c.store, run_id, key)[: max(max_results, 0)]:
+                out.append({**_metric_json(key, point), "run_id": run_id})
+        return orjson.dumps({"metrics": out[: max(max_results, 0)]})
+
+    return web.Response(body=await c.read(work), content_type="application/json")
+
+
 def _sample(points: list[tuple[int, int, float]], max_results: int) -> list[tuple[int, int, float]]:
     """MLflow's sample of one run's points (its SQL store, 3.x), for identical answers.
 
@@ -858,13 +895,18 @@ async def proxy_download(request: web.Request) -> web.StreamResponse:
     """GET mlflow-artifacts/artifacts/<path>: stream one file, as an attachment."""
     c = request.app[COLLECTOR]
     repo, rel = await _proxy_target(c, request.match_info["path"], allow_root=False)
-    name = posixpath.basename(rel).replace('"', "")
     # An attachment, never rendered: artifacts are user content (MLflow does the same).
-    headers = {
-        "Content-Disposition": f'attachment; filename="{name}"',
-        "X-Content-Type-Options": "nosniff",
-    }
-    return await send_file(request, repo, rel, headers)
+    return await send_file(request, repo, rel, download_headers(rel))
+
+
+async def get_artifact(request: web.Request) -> web.StreamResponse:
+    """GET /get-artifact?run_id=&path=: one file of a run's artifacts (MLflow's UI route)."""
+    c = request.app[COLLECTOR]
+    a = await json_args(request)
+    run_id = run_id_arg(a)
+    rel = safe_relative_path(string_arg(a, "path", required=True))
+    _eid, real_uri = await c.read(c.store.run_artifact_location, run_id)
+    return await send_file(request, repository(c, real_uri), rel, download_headers(rel))
 
 
 async def proxy_upload(request: web.Request) -> web.Response:
@@ -971,6 +1013,8 @@ _ROUTES: list[tuple[str, str, Handler]] = [
 def routes() -> list[web.RouteDef]:
     """MLflow's REST API, its artifact proxy, ``/version`` and ``server-info``."""
     out: list[web.RouteDef] = []
+    # MLflow's UI route, served under /ajax-api only (as MLflow); before the catch-all.
+    out.append(web.get("/ajax-api/2.0/mlflow/metrics/get-history-bulk", get_metric_history_bulk))
     for prefix in API_PREFIXES:
         out += [web.route(method, prefix + path, handler) for method, path, handler in _ROUTES]
         out.append(web.route("*", prefix + "/{tail:.*}", endpoint_not_found))
@@ -981,6 +1025,7 @@ def routes() -> list[web.RouteDef]:
             web.put(prefix + "/{path:.+}", proxy_upload),
             web.delete(prefix + "/{path:.+}", proxy_delete),
         ]
+    out.append(web.get("/get-artifact", get_artifact))
     out.append(web.get("/version", version))
     for prefix in ("/api/3.0/mlflow", "/ajax-api/3.0/mlflow"):
         out.append(web.get(prefix + "/server-info", server_info))

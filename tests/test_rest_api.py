@@ -10,6 +10,7 @@ import http.client
 import json
 import math
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -523,3 +524,71 @@ def test_one_data_set_mlflow_client_then_flightlog_sdk(
     runs = fl.search_runs([eid], "metrics.auc > 0.9 AND tags.team = 'ds'")
     assert [r.info.run_id for r in runs] == [run.info.run_id]
     assert [f.path for f in fl.list_artifacts(run.info.run_id)] == ["t.txt"]
+
+
+def test_ui_routes_history_bulk_and_get_artifact(
+    server: ServerProcess, client: MlflowClient
+) -> None:
+    """MLflow's UI routes: metrics/get-history-bulk (under /ajax-api) and /get-artifact."""
+    eid = new_experiment(client)
+    a, b = client.create_run(eid).info.run_id, client.create_run(eid).info.run_id
+    for run_id, scale in ((a, 1.0), (b, 2.0)):
+        for step in range(3):
+            client.log_metric(run_id, "loss", scale * step, timestamp=1000 + step, step=step)
+    url = f"{server.url}/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+    r = requests.get(url, params={"run_id": [b, a], "metric_key": "loss"}, timeout=30)
+    assert r.status_code == 200
+    got = [(m["run_id"], m["step"], m["value"]) for m in r.json()["metrics"]]
+    first, second = sorted((a, b))
+    want = {a: 1.0, b: 2.0}
+    assert got == [(rid, s, want[rid] * s) for rid in (first, second) for s in range(3)]
+    r = requests.get(
+        url, params={"run_id": [a], "metric_key": "loss", "max_results": 2}, timeout=30
+    )
+    assert [m["step"] for m in r.json()["metrics"]] == [0, 1]
+    r = requests.get(url, params={"metric_key": "loss"}, timeout=30)
+    assert r.status_code == 400 and r.json() == {
+        "error_code": "INVALID_PARAMETER_VALUE",
+        "message": "GetMetricHistoryBulk request must specify at least one run_id.",
+    }
+    r = requests.get(url, params={"run_id": [a] * 101, "metric_key": "loss"}, timeout=30)
+    assert r.status_code == 400 and "cannot specify more than 100 run_ids" in r.json()["message"]
+    # /get-artifact: MLflow's content type by extension, as an attachment.
+    with tempfile.TemporaryDirectory() as d:
+        for name, data in (("notes.yaml", b"a: 1\n"), ("pic.png", b"\x89PNG"), ("blob", b"\0")):
+            Path(d, name).write_bytes(data)
+            client.log_artifact(a, str(Path(d, name)), "files")
+    for name, ctype in (
+        ("notes.yaml", "text/plain"),
+        ("pic.png", "image/png"),
+        ("blob", "application/octet-stream"),
+    ):
+        r = requests.get(
+            f"{server.url}/get-artifact", params={"run_id": a, "path": f"files/{name}"}, timeout=30
+        )
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith(ctype), name
+        assert r.headers["Content-Disposition"] == f"attachment; filename={name}"
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        proxy = f"{server.url}/api/2.0/mlflow-artifacts/artifacts/{eid}/{a}/artifacts/files/{name}"
+        assert requests.get(proxy, timeout=30).headers["Content-Type"].startswith(ctype)
+    r = requests.get(
+        f"{server.url}/get-artifact", params={"run_id": a, "path": "files/none"}, timeout=30
+    )
+    assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    r = requests.get(f"{server.url}/get-artifact", params={"run_id": a}, timeout=30)
+    assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def test_long_request_line_gets_a_json_answer(server: ServerProcess) -> None:
+    """1,000 run ids in a GET (about 33 kB of URL) reach the handler's own validation."""
+    run_ids = [uuid.uuid4().hex for _ in range(1000)]
+    r = requests.get(
+        f"{server.url}/api/2.0/mlflow/metrics/get-history-bulk-interval",
+        params={"run_ids": run_ids, "metric_key": "loss"},
+        timeout=30,
+    )
+    assert len(r.request.url or "") > 8190
+    assert r.status_code == 400
+    assert r.json()["message"].startswith(
+        "GetMetricHistoryBulkInterval request must specify at most 100 run_ids."
+    )
