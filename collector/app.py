@@ -47,7 +47,13 @@ async def health(request: web.Request) -> web.Response:
     """Liveness, and which store this collector serves (the SDK checks it)."""
     c = request.app[COLLECTOR]
     return web.json_response(
-        {"status": "OK", "version": __version__, "pid": os.getpid(), "store": c.config.store_uri},
+        {
+            "status": "OK",
+            "version": __version__,
+            "pid": os.getpid(),
+            "store": c.config.store_uri,
+            "db": c.config.db_path,
+        },
         dumps=lambda o: orjson.dumps(o).decode(),
     )
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
 import sys
 import urllib.parse
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -64,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> 
         "--port",
         type=int,
         default=default_port,
-        help=f"port (default {default_port}; 0 picks a free one)",
+        help=f"port; 0 picks a free one (default {default_port})",
     )
     p.add_argument(
         "--token",
@@ -270,6 +273,22 @@ async def run_app(
         await runner.cleanup()
 
 
+def _serve_until_stopped(serving: Coroutine[Any, Any, None], host: str, port: int) -> int:
+    """Run a serving coroutine; a port already in use is one line on stderr and status 1."""
+    try:
+        asyncio.run(serving)
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"flightlog collector: port {port} on {host} is already in use "
+            "(another collector?); choose another with --port, or --port 0 for a free one",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m flightlog.collector``."""
     p = argparse.ArgumentParser(prog="flightlog collector", description=__doc__)
@@ -284,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if args.upstream:
-        asyncio.run(serve_sidecar(sidecar_config_from_args(args), args.port_file))
-    else:
-        asyncio.run(serve(config_from_args(args)))
-    return 0
+        sidecar = sidecar_config_from_args(args)
+        serving = serve_sidecar(sidecar, args.port_file)
+        return _serve_until_stopped(serving, sidecar.host, sidecar.port)
+    config = config_from_args(args)
+    return _serve_until_stopped(serve(config), config.host, config.port)

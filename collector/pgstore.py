@@ -669,6 +669,15 @@ class PostgresStore:
                 (ids,),
             ):
                 out[run_id]["data"]["metrics"][key] = math.nan if is_nan else value
+            for run_id, dataset, tags in conn.execute(
+                "SELECT run_uuid, dataset_json, tags_json FROM run_inputs"
+                " WHERE run_uuid = ANY(%s) ORDER BY input_id",
+                (ids,),
+            ):
+                inputs = out[run_id].setdefault("inputs", {"dataset_inputs": []})
+                inputs["dataset_inputs"].append(
+                    {"dataset": orjson.loads(dataset), "tags": orjson.loads(tags)}
+                )
         return [out[i] for i in ids if i in out]
 
     def runs_json(
