@@ -60,6 +60,8 @@ INGEST = "/api/flightlog/ingest"
 READ_BARRIER_SECONDS = 30.0
 #: Seconds a trainer is asked to wait when the buffer is full.
 FULL_RETRY_AFTER = 2
+#: Batches the forwarding-delay quantiles in /health are computed over.
+DELAY_WINDOW = 1000
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -85,6 +87,7 @@ class _Pending:
     length: int
     read: Callable[[], bytes | None]
     done: Callable[[], None]
+    acknowledged_at: float  # time.monotonic() when it was queued
 
 
 class ForwardBuffer:
@@ -103,6 +106,8 @@ class ForwardBuffer:
         self.forwarded = 0  # batches delivered (or dropped as rejected), in order
         self.forwarded_points = 0
         self.queued_bytes = 0
+        # Seconds from acknowledgement to the upstream's answer, of recent batches.
+        self._delays: deque[float] = deque(maxlen=DELAY_WINDOW)
         self._claims = claim_orphans(root)
         adopted_bytes = 0
         with self._cond:
@@ -136,7 +141,8 @@ class ForwardBuffer:
         done: Callable[[], None],
     ) -> int:
         self.acknowledged += 1
-        self._queue.append(_Pending(self.acknowledged, points, length, read, done))
+        item = _Pending(self.acknowledged, points, length, read, done, time.monotonic())
+        self._queue.append(item)
         self.queued_bytes += length
         self._cond.notify_all()
         return self.acknowledged
@@ -180,6 +186,7 @@ class ForwardBuffer:
             self.queued_bytes -= item.length
             self.forwarded = item.number
             self.forwarded_points += item.points
+            self._delays.append(time.monotonic() - item.acknowledged_at)
             if self.forwarded == self.adopted:
                 for claim in self._claims:
                     claim.finish()
@@ -196,6 +203,14 @@ class ForwardBuffer:
                     return False
                 self._cond.wait(left)
             return True
+
+    def delay_quantiles(self) -> dict[str, float | None]:
+        """Median and p99 forwarding delay (s) of the last DELAY_WINDOW batches."""
+        with self._cond:
+            delays = sorted(self._delays)
+        if not delays:
+            return {"p50": None, "p99": None}
+        return {"p50": delays[len(delays) // 2], "p99": delays[int(len(delays) * 0.99)]}
 
     @property
     def backlog(self) -> int:
@@ -333,6 +348,7 @@ async def health(request: web.Request) -> web.Response:
             "forwarded_batches": s.buffer.forwarded,
             "forwarded_points": s.buffer.forwarded_points,
             "rejected_batches": s.forwarder.rejected,
+            "forward_delay_seconds": s.buffer.delay_quantiles(),
             "upstream_error": s.forwarder.last_error or None,
         },
         dumps=lambda o: orjson.dumps(o).decode(),

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import json
 import logging
 import os
@@ -133,8 +134,16 @@ def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> 
     )
 
 
+def _is_loopback(host: str) -> bool:
+    # All of 127.0.0.0/8 is this machine (simulated nodes bind 127.0.0.<i>).
+    try:
+        return host in LOOPBACK or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_exposure(args: argparse.Namespace) -> None:
-    if args.host not in LOOPBACK and not args.token:
+    if not _is_loopback(args.host) and not args.token:
         raise SystemExit(
             f"flightlog collector: binding {args.host} exposes the store beyond this "
             "machine; pass --token or set FLIGHTLOG_TOKEN."
