@@ -64,7 +64,8 @@ with mlflow.start_run() as run:
     else:
         for i in range(n):
             log("loss", i * 0.001, step=i)
-    mlflow.flush()
+    # Durable: through a passing outage too (a node busy on this 2-core machine).
+    assert mlflow.MlflowClient().ctx.agent.flush(timeout=600, through_outage=True)
     print("seconds", time.perf_counter() - t0, flush=True)
 """
 
@@ -366,7 +367,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--points", type=int, default=1_000_000, help="points of the one-trainer run")
     p.add_argument("--nodes", type=int, default=8)
-    p.add_argument("--node-points", type=int, default=250_000, help="points per node's trainer")
+    p.add_argument("--node-points", type=int, default=125_000, help="points per node's trainer")
     p.add_argument("--runs", type=int, default=100_000, help="runs for the search figure")
     p.add_argument("--steady-rate", type=float, default=20_000.0)
     p.add_argument("--steady-seconds", type=float, default=20.0)
