@@ -100,7 +100,8 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def trainer(url: str, n: int, work: Path, rate: float = 0.0) -> subprocess.Popen[str]:
     script = work / "trainer.py"
-    script.write_text(TRAINER)
+    if not script.exists():  # rewriting it while another trainer starts would cut it short
+        script.write_text(TRAINER)
     env = {**os.environ, "FLIGHTLOG_TOKEN": TOKEN, "FLIGHTLOG_SPOOL_DIR": str(work / "spool")}
     log = (work / f"trainer-{uuid.uuid4().hex[:8]}.stderr").open("w")
     return subprocess.Popen(
