@@ -30,7 +30,8 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def _refuse(path: object, why: str) -> MlflowException:
-    return MlflowException(f"Invalid artifact path {path!r}: {why}", INVALID_PARAMETER_VALUE)
+    # "Invalid path" is MLflow's text (its clients and tests match on it); the detail follows.
+    return MlflowException(f"Invalid path {path!r}: {why}", INVALID_PARAMETER_VALUE)
 
 
 def safe_relative_path(path: str, *, allow_root: bool = False) -> str:
