@@ -7,6 +7,7 @@ once while the central collector is killed -9 and PostgreSQL itself is restarted
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from array import array
@@ -132,3 +133,72 @@ def test_central_killed_and_postgres_restarted_mid_run_every_point_once(
     with psycopg.connect(uri) as conn:
         row = conn.execute("SELECT status FROM runs WHERE run_uuid = %s", (run_id,)).fetchone()
     assert row == ("FINISHED",)
+
+
+NODE_TRAINER = """
+import sys
+import flightlog as mlflow
+mlflow.set_tracking_uri("{url}")
+with mlflow.start_run(run_id="{run_id}"):
+    for i in range({n}):
+        mlflow.log_metric("{key}", i * 0.5, step=i)
+        if i + 1 == {n} // 2:
+            print("half", flush=True)
+            sys.stdin.readline()  # the test breaks the central tier meanwhile
+    agent = mlflow.MlflowClient().ctx.agent
+    print("flushed", agent.flush(timeout=240, through_outage=True), flush=True)
+"""
+
+
+def test_nodes_with_two_trainers_each_log_into_one_run_through_central_outages(
+    tmp_path: Path, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = pg_server.create_database()
+    central = start_central(tmp_path, "central", uri)
+    # Each node's sidecar on its own loopback address, as separate machines would be.
+    sidecars = [
+        start_sidecar(tmp_path / f"node{i}", central.url, None, "--host", f"127.0.0.{i + 2}")
+        for i in range(4)
+    ]
+    sidecars = [
+        dataclasses.replace(s, url=s.url.replace("127.0.0.1", f"127.0.0.{i + 2}"))
+        for i, s in enumerate(sidecars)
+    ]
+    nodes = [s.url for s in sidecars]
+    monkeypatch.setenv("FLIGHTLOG_TOKEN", TOKEN)
+    run_id = MlflowClient(central.url).create_run("0").info.run_id
+    n = 60_000
+    children = [
+        Child(
+            tmp_path,
+            NODE_TRAINER.format(url=url, run_id=run_id, n=n, key=f"loss/node{i}/trainer{j}"),
+            name=f"n{i}t{j}",
+            stdin=True,
+        )
+        for i, url in enumerate(nodes)
+        for j in range(2)
+    ]
+    try:
+        for c in children:
+            c.expect("half", timeout=120)
+        central.stop(signal.SIGKILL)
+        pg_server.restart()
+        for c in children:
+            c.send("go")
+        wait_until(lambda: any(backlog(s) for s in sidecars), 30, "batches held on the nodes")
+        central = start_central(tmp_path, "central", uri, central.port)
+        for c in children:
+            assert c.expect("flushed", timeout=240) == "True"
+            assert c.wait() == 0
+        for s in sidecars:
+            wait_until(lambda s=s: backlog(s) == 0, 120, "every node to forward everything")
+    finally:
+        for c in children:
+            c.kill()
+        for s in sidecars:
+            s.stop()
+        central.stop()
+    for i in range(4):
+        for j in range(2):
+            steps = steps_in(uri, run_id, f"loss/node{i}/trainer{j}")
+            assert sorted(steps) == list(range(n)), (i, j)  # every point once
