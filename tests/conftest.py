@@ -21,7 +21,7 @@ from flightlog import context, fluent
 from flightlog.agent.embedded import stop_collector
 
 # The pg_server fixture (a throwaway PostgreSQL cluster), for any test module.
-pytest_plugins = ["pgserver"]
+pytest_plugins = ["tests.pgserver"]
 
 
 @dataclass

@@ -58,25 +58,23 @@ _HEX_ID = re.compile(r"[0-9a-f]{32}")
 _NOW_MS = 1_000_000_000_000  # epoch ms after 2001: a wall-clock time, not one we chose
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    ml = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
-    yield ml
-    ml.stop()
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def servers(
-    request: pytest.FixtureRequest,
-    mlflow_server: ServerProcess,
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServerProcess]]:
-    """mlflow server, and flightlog on each of its stores (PostgreSQL: tests/pgserver.py)."""
+    """A fresh mlflow server and flightlog on each of its stores (PostgreSQL: a fresh
+    database of tests/pgserver.py): ids are compared, so both start empty."""
     store = None
     if request.param == "postgresql":
         store = request.getfixturevalue("pg_server").create_database()
-    fl = start_flightlog_collector(tmp_path_factory.mktemp("flightlog"), store=store)
-    yield {"mlflow": mlflow_server, "flightlog": fl}
+    ml = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    try:
+        fl = start_flightlog_collector(tmp_path_factory.mktemp("flightlog"), store=store)
+    except BaseException:
+        ml.stop()
+        raise
+    yield {"mlflow": ml, "flightlog": fl}
+    ml.stop()
     fl.stop()
 
 
