@@ -77,7 +77,7 @@ def start(
     port_file = work / f"{name}.port.json"
     log = (work / f"{name}.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flightlog.collector", *argv, "--port-file", str(port_file)],
+        [sys.executable, "-m", "flightlog", "collector", *argv, "--port-file", str(port_file)],
         stdout=log,
         stderr=log,
         env={**os.environ, **(env or {})},

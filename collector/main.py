@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import errno
-import ipaddress
-import json
 import logging
-import os
-import signal
-import sys
-import urllib.parse
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
 
 from flightlog.collector.app import create_app
 from flightlog.collector.config import CollectorConfig
-from flightlog.collector.forward import SidecarConfig, create_sidecar_app
-from flightlog.collector.state import STOP
 from flightlog.collector.store import SqliteStore
 from flightlog.collector.store_api import Store
 from flightlog.core import settings
+from flightlog.core.serving import check_exposure, run_app, serve_until_stopped
 from flightlog.core.uris import DB_NAME, is_database_uri, local_store, redact_password
 
 log = logging.getLogger("flightlog.collector")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-MAX_REQUEST_LINE = 1024 * 1024  # bytes of a request line or header; past it aiohttp answers 400
 
 
 def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> None:
@@ -134,48 +118,9 @@ def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> 
     )
 
 
-def _is_loopback(host: str) -> bool:
-    # All of 127.0.0.0/8 is this machine (simulated nodes bind 127.0.0.<i>).
-    try:
-        return host in LOOPBACK or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_exposure(args: argparse.Namespace) -> None:
-    if not _is_loopback(args.host) and not args.token:
-        raise SystemExit(
-            f"flightlog collector: binding {args.host} exposes the store beyond this "
-            "machine; pass --token or set FLIGHTLOG_TOKEN."
-        )
-
-
-def sidecar_config_from_args(args: argparse.Namespace) -> SidecarConfig:
-    """Validate a node sidecar's options (``--upstream`` given)."""
-    _check_exposure(args)
-    parts = urllib.parse.urlsplit(args.upstream)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SystemExit(
-            f"flightlog collector: --upstream {args.upstream!r} is not an http(s)://host:port URL"
-        )
-    if args.upstream_buffer_bytes <= 0:
-        raise SystemExit("flightlog collector: --upstream-buffer-bytes must be > 0")
-    store = local_store(args.store, args.artifacts)
-    return SidecarConfig(
-        buffer_dir=store.directory / "forward",
-        upstream=args.upstream,
-        upstream_token=args.upstream_token,
-        buffer_max_bytes=args.upstream_buffer_bytes,
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        max_body_bytes=args.ingest_max_body_bytes,
-    )
-
-
 def config_from_args(args: argparse.Namespace) -> CollectorConfig:
     """Validate options into a CollectorConfig."""
-    _check_exposure(args)
+    check_exposure(args.host, args.token)
     if is_database_uri(args.store):
         return CollectorConfig(
             store_uri=redact_password(args.store),
@@ -209,13 +154,6 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
     )
 
 
-def _write_port_file(path: str, payload: dict[str, object]) -> None:
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, target)
-
-
 async def serve(config: CollectorConfig) -> None:
     """Serve until SIGTERM/SIGINT or the idle timeout."""
     store: Store
@@ -228,74 +166,6 @@ async def serve(config: CollectorConfig) -> None:
         store = SqliteStore(db_path, config.artifact_root)
     app = create_app(config, store)
     await run_app(app, config.host, config.port, config.store_uri, config.port_file)
-
-
-async def serve_sidecar(config: SidecarConfig, port_file: str | None) -> None:
-    """Serve a node sidecar until SIGTERM/SIGINT."""
-    app = create_sidecar_app(config)
-    label = f"{config.buffer_dir} -> {config.upstream}"
-    await run_app(app, config.host, config.port, label, port_file)
-
-
-async def run_app(
-    app: web.Application, host: str, port: int, label: str, port_file: str | None
-) -> None:
-    """Serve ``app`` on host:port until SIGTERM/SIGINT (or the app sets STOP)."""
-    stop = asyncio.Event()
-    app[STOP] = stop
-    # Long request lines: MLflow's UI and clients send GETs with hundreds of repeated
-    # run_id parameters (1,000 run ids are about 40 kB); aiohttp's default is 8,190 bytes.
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        max_line_size=MAX_REQUEST_LINE,
-        max_field_size=MAX_REQUEST_LINE,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    if port_file:
-        payload = {"pid": os.getpid(), "host": host, "port": port, "store": label}
-        _write_port_file(port_file, payload)
-    log.info("flightlog collector serving %s on http://%s:%s", label, host, port)
-    print(
-        f"flightlog collector: serving {label} on http://{host}:{port}",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        await stop.wait()
-    finally:
-        if port_file:
-            with contextlib.suppress(FileNotFoundError, ValueError, OSError):
-                current = json.loads(Path(port_file).read_text())
-                if current.get("pid") == os.getpid():
-                    Path(port_file).unlink()
-        await runner.cleanup()
-
-
-def _serve_until_stopped(serving: Coroutine[Any, Any, None], host: str, port: int) -> int:
-    """Run a serving coroutine; a port already in use is one line on stderr and status 1."""
-    try:
-        asyncio.run(serving)
-    except OSError as e:
-        if e.errno != errno.EADDRINUSE:
-            raise
-        print(
-            f"flightlog collector: port {port} on {host} is already in use "
-            "(another collector?); choose another with --port, or --port 0 for a free one",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,8 +182,10 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if args.upstream:
-        sidecar = sidecar_config_from_args(args)
-        serving = serve_sidecar(sidecar, args.port_file)
-        return _serve_until_stopped(serving, sidecar.host, sidecar.port)
+        # The sidecar is the agent's (it forwards as agents do): the flightlog CLI runs it.
+        raise SystemExit(
+            "flightlog collector: --upstream runs a node sidecar; start it with "
+            "`flightlog collector --upstream URL ...` (or python -m flightlog collector ...)"
+        )
     config = config_from_args(args)
-    return _serve_until_stopped(serve(config), config.host, config.port)
+    return serve_until_stopped(serve(config), config.host, config.port)

@@ -14,6 +14,10 @@ import sys
 
 
 def _collector(args: argparse.Namespace) -> int:
+    if getattr(args, "upstream", None):
+        from flightlog.agent import forward  # the node sidecar
+
+        return forward.run(args)
     from flightlog.collector import main as collector_main
 
     return collector_main.run(args)

@@ -1,4 +1,4 @@
-"""Node sidecars (collector/forward.py): trainer -> sidecar -> central collector, real processes.
+"""Node sidecars (agent/forward.py): trainer -> sidecar -> central collector, real processes.
 
 A sidecar is ``flightlog collector --store DIR --upstream URL``: it acknowledges a batch
 once it is fsync'ed in its buffer, forwards batches upstream in order with their batch
@@ -26,6 +26,8 @@ from flightlog.agent.transport import CollectorClient
 from flightlog.core.wire import encode_batch
 
 TOKEN = "central-secret"
+#: The flightlog CLI runs the sidecar (``flightlog collector --upstream``).
+SIDECAR_COMMAND = ("-m", "flightlog", "collector")
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +43,9 @@ def start_sidecar(
 ) -> CollectorProcess:
     """A sidecar process forwarding to ``upstream`` with the upstream token in its env."""
     env = {"FLIGHTLOG_UPSTREAM_TOKEN": token} if token else {}
-    return start_collector(buffer, port, "--upstream", upstream, *extra, env=env)
+    return start_collector(
+        buffer, port, "--upstream", upstream, *extra, env=env, command=SIDECAR_COMMAND
+    )
 
 
 def health(url: str) -> dict[str, Any]:
@@ -255,7 +259,10 @@ def test_full_buffer_answers_503_with_retry_after_and_bad_batches_400(tmp_path: 
 
 def test_sidecar_refuses_a_bad_upstream_url(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not an http"):
-        start_collector(tmp_path / "node", None, "--upstream", "ftp://x")
+        start_collector(tmp_path / "node", None, "--upstream", "ftp://x", command=SIDECAR_COMMAND)
+    # The collector module alone points to the CLI for a sidecar.
+    with pytest.raises(RuntimeError, match="flightlog collector --upstream"):
+        start_collector(tmp_path / "node2", None, "--upstream", "http://127.0.0.1:1")
 
 
 def test_many_runs_from_two_trainers_are_forwarded_in_order(tmp_path: Path) -> None:

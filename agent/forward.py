@@ -22,6 +22,7 @@ Trainers on the node talk to it over loopback exactly as to any collector:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hmac
 import logging
@@ -29,6 +30,7 @@ import os
 import random
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,16 +45,19 @@ from aiohttp import web
 from flightlog.agent.spool import ClaimedSpool, RecordRef, Segment, Spool, claim_orphans
 from flightlog.agent.transport import CollectorClient
 from flightlog.agent.worker import BACKOFF_MAX, BACKOFF_START, post_batch
+from flightlog.core import settings
 from flightlog.core.exceptions import (
     BAD_REQUEST,
     UNAUTHENTICATED,
     MlflowException,
     SpoolFull,
 )
+from flightlog.core.serving import check_exposure, run_app, serve_until_stopped
+from flightlog.core.uris import local_store
 from flightlog.core.version import __version__
 from flightlog.core.wire import decode_batch, pack
 
-log = logging.getLogger("flightlog.collector.forward")
+log = logging.getLogger("flightlog.agent.forward")
 
 MSGPACK = "application/msgpack"
 INGEST = "/api/flightlog/ingest"
@@ -434,3 +439,43 @@ def create_sidecar_app(config: SidecarConfig) -> web.Application:
     app.router.add_route("*", "/{tail:.*}", passthrough)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def sidecar_config_from_args(args: argparse.Namespace) -> SidecarConfig:
+    """Validate a node sidecar's options (``flightlog collector --upstream``)."""
+    check_exposure(args.host, args.token)
+    parts = urllib.parse.urlsplit(args.upstream)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SystemExit(
+            f"flightlog collector: --upstream {args.upstream!r} is not an http(s)://host:port URL"
+        )
+    if args.upstream_buffer_bytes <= 0:
+        raise SystemExit("flightlog collector: --upstream-buffer-bytes must be > 0")
+    store = local_store(args.store, args.artifacts)
+    return SidecarConfig(
+        buffer_dir=store.directory / "forward",
+        upstream=args.upstream,
+        upstream_token=args.upstream_token,
+        buffer_max_bytes=args.upstream_buffer_bytes,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        max_body_bytes=args.ingest_max_body_bytes,
+    )
+
+
+async def serve_sidecar(config: SidecarConfig, port_file: str | None) -> None:
+    """Serve a node sidecar until SIGTERM/SIGINT."""
+    app = create_sidecar_app(config)
+    label = f"{config.buffer_dir} -> {config.upstream}"
+    await run_app(app, config.host, config.port, label, port_file)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``flightlog collector --upstream URL`` (the collector's options)."""
+    logging.basicConfig(
+        level=settings.LOG_LEVEL.get(),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    config = sidecar_config_from_args(args)
+    return serve_until_stopped(serve_sidecar(config, args.port_file), config.host, config.port)
