@@ -40,6 +40,11 @@ def start_central(tmp: Path, name: str, uri: str, port: int | None = None) -> Co
     return start_collector(tmp / name, port, "--store", uri, "--token", TOKEN)
 
 
+def run_exists(uri: str, run_id: str) -> bool:
+    with psycopg.connect(uri) as conn:
+        return bool(conn.execute("SELECT 1 FROM runs WHERE run_uuid = %s", (run_id,)).fetchone())
+
+
 def steps_in(uri: str, run_id: str, key: str) -> array[int]:
     steps: array[int] = array("q")
     with psycopg.connect(uri) as conn, conn.cursor(binary=True) as cur:
@@ -167,6 +172,8 @@ def test_nodes_with_two_trainers_each_log_into_one_run_through_central_outages(
     nodes = [s.url for s in sidecars]
     monkeypatch.setenv("FLIGHTLOG_TOKEN", TOKEN)
     run_id = MlflowClient(central.url).create_run("0").info.run_id
+    # create_run is sent by this process's agent: wait until the central store has it.
+    wait_until(lambda: run_exists(uri, run_id), 30, "the run in the central store")
     n = 60_000
     children = [
         Child(
