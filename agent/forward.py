@@ -27,7 +27,6 @@ import asyncio
 import hmac
 import logging
 import os
-import random
 import threading
 import time
 import urllib.parse
@@ -42,9 +41,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from flightlog.agent.delivery import DeliveryLoop
+from flightlog.agent.sender import REJECTED, RETRY, Ack
 from flightlog.agent.spool import ClaimedSpool, RecordRef, Segment, Spool, claim_orphans
-from flightlog.agent.transport import CollectorClient
-from flightlog.agent.worker import BACKOFF_MAX, BACKOFF_START, post_batch
+from flightlog.agent.transport import CollectorClient, HttpSender
 from flightlog.core import settings
 from flightlog.core.exceptions import (
     BAD_REQUEST,
@@ -233,14 +233,21 @@ class ForwardBuffer:
 
 
 class Forwarder:
-    """The thread that sends buffered batches upstream, in order, until stopped."""
+    """The thread that sends buffered batches upstream, in order, until stopped.
+
+    Each batch goes through the agent's delivery loop (:mod:`flightlog.agent.delivery`:
+    backoff with jitter, Retry-After, the same bytes again after a lost answer).
+    """
 
     def __init__(self, buffer: ForwardBuffer, upstream: str, token: str | None) -> None:
         self.buffer = buffer
-        self.client = CollectorClient(upstream, token=token or "", timeout=60.0)
         self.last_error = ""
         self.rejected = 0
         self._stop = threading.Event()
+        sender = HttpSender(CollectorClient(upstream, token=token or "", timeout=60.0))
+        self.delivery = DeliveryLoop(
+            sender, wait=self._wait, on_answer=self._note, on_success=self._reachable
+        )
         self._thread = threading.Thread(target=self._run, name="flightlog-forwarder", daemon=True)
 
     def start(self) -> None:
@@ -252,8 +259,21 @@ class Forwarder:
         self._stop.set()
         self._thread.join(timeout=70)
 
+    def _wait(self, seconds: float) -> bool:
+        return not self._stop.wait(seconds)
+
+    def _note(self, ack: Ack) -> None:
+        if ack.outcome == RETRY:
+            if ack.message != self.last_error:
+                log.warning("upstream refused or unreachable, retrying: %s", ack.message)
+            self.last_error = ack.message
+
+    def _reachable(self) -> None:
+        if self.last_error:
+            log.info("upstream reachable again; %d batch(es) behind", self.buffer.backlog)
+        self.last_error = ""
+
     def _run(self) -> None:
-        delay = BACKOFF_START
         while not self._stop.is_set():
             item = self.buffer.peek(timeout=0.5)
             if item is None:
@@ -263,22 +283,14 @@ class Forwarder:
                 log.error("a damaged batch in the forward buffer was skipped")
                 self.buffer.done(item)
                 continue
-            d = post_batch(self.client, body)
-            if d.outcome == "retry":
-                if d.message != self.last_error:
-                    log.warning("upstream refused or unreachable, retrying: %s", d.message)
-                self.last_error = d.message
-                self._stop.wait(max(delay * (0.5 + random.random()), d.retry_after))
-                delay = min(delay * 2, BACKOFF_MAX)
-                continue
-            if self.last_error:
-                log.info("upstream reachable again; %d batch(es) behind", self.buffer.backlog)
-            delay, self.last_error = BACKOFF_START, ""
-            if d.outcome == "rejected":
+            ack = self.delivery.deliver(body)
+            if ack is None:
+                return  # stopping: the batch stays in the buffer for the next start
+            if ack.outcome == REJECTED:
                 # Resending the same bytes cannot succeed: keep the rest flowing.
                 self.rejected += 1
-                log.error("upstream rejected a batch, dropped: %s", d.message)
-            for error in d.errors:
+                log.error("upstream rejected a batch, dropped: %s", ack.message)
+            for error in ack.errors:
                 log.warning("upstream reported: %s", error)
             self.buffer.done(item)
 

@@ -127,7 +127,7 @@ class Overloaded(Exception):
         self.retry_after = retry_after
 
 
-class SettingError(MlflowException):
+class SettingError(MlflowException, ValueError):
     """An environment variable whose value does not parse; the message names it."""
 
     def __init__(self, message: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from flightlog import context as _context
 from flightlog import media, search
 from flightlog.agent import signals as _signals
-from flightlog.agent.worker import begin_exit
+from flightlog.agent.exit_budget import begin_exit
 from flightlog.client import MlflowClient
 from flightlog.context import flush_all
 from flightlog.core import settings
@@ -385,7 +385,7 @@ def log_metric(
         step = v.metric_step(key, step)
     ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
     q = agent.queue
-    # One atomic list extend of a 5-slot record (see flightlog.agent.worker).
+    # One atomic list extend of a 5-slot record (see flightlog.agent.records).
     q += (rid, key, value, step, ts)
     if len(q) >= agent.wake_len:
         agent.on_pressure()
