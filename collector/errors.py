@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from flightlog.collector.state import COLLECTOR, MSGPACK
+from flightlog.collector.ui import is_public_path
 from flightlog.core.exceptions import (
     BAD_REQUEST,
     INTERNAL_ERROR,
@@ -100,7 +101,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     collector = request.app[COLLECTOR]
     collector.last_activity = time.monotonic()
     token = collector.config.token
-    if token and request.path != "/health" and not _authorized(request, token):
+    # /health and the web UI's page and code (which hold no data) answer without it.
+    public = request.path == "/health" or is_public_path(request.path)
+    if token and not public and not _authorized(request, token):
         return error_response(
             request,
             UNAUTHENTICATED,

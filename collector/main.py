@@ -151,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         s3_endpoint_url=args.s3_endpoint_url,
         db_path=str(store.db_path),
         port_file=args.port_file,
+        announce_ui=getattr(args, "announce_ui", False),
     )
 
 
@@ -165,7 +166,9 @@ async def serve(config: CollectorConfig) -> None:
         db_path = config.db_path or str(Path(config.store_uri) / DB_NAME)
         store = SqliteStore(db_path, config.artifact_root)
     app = create_app(config, store)
-    await run_app(app, config.host, config.port, config.store_uri, config.port_file)
+    await run_app(
+        app, config.host, config.port, config.store_uri, config.port_file, config.announce_ui
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -856,6 +856,139 @@ class PostgresStore:
         """At most ``max_points`` points of a series, its shape kept (collector.downsample)."""
         return downsample.sampled_series(self, run_id, key, max_points)
 
+    # -- reads of the web UI ---------------------------------------------------------------
+
+    def experiment_summaries(self) -> list[Row]:
+        """Every experiment with its tags, run count and last activity (epoch ms)."""
+        out: dict[int, Row] = {}
+        with self._read() as conn:
+            for r in conn.execute(
+                "SELECT e.experiment_id, e.name, e.lifecycle_stage, e.creation_time,"
+                " e.last_update_time,"
+                " (SELECT COUNT(*) FROM runs r WHERE r.experiment_id = e.experiment_id"
+                "   AND r.lifecycle_stage = 'active'),"
+                " (SELECT MAX(GREATEST(r.start_time, COALESCE(r.end_time, 0),"
+                "   COALESCE(r.last_heartbeat, 0))) FROM runs r"
+                "   WHERE r.experiment_id = e.experiment_id)"
+                " FROM experiments e ORDER BY e.experiment_id"
+            ):
+                out[r[0]] = {
+                    "experiment_id": str(r[0]),
+                    "name": r[1],
+                    "lifecycle_stage": r[2],
+                    "creation_time": r[3],
+                    "last_update_time": r[4],
+                    "run_count": r[5],
+                    "last_activity": r[6] if r[6] is not None else r[4],
+                    "tags": {},
+                }
+            for eid, key, value in conn.execute(
+                "SELECT experiment_id, key, value FROM experiment_tags"
+            ):
+                if eid in out:
+                    out[eid]["tags"][key] = value
+        return list(out.values())
+
+    def experiment_columns(self, experiment_id: str) -> dict[str, list[str]]:
+        """The param, metric and tag keys that the experiment's runs use, sorted."""
+        eid = _int_id(experiment_id)
+        out: dict[str, list[str]] = {}
+        with self._read() as conn:
+            for field, table in (
+                ("params", "params"),
+                ("metrics", "latest_metrics"),
+                ("tags", "tags"),
+            ):
+                out[field] = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT DISTINCT t.key FROM {table} t JOIN runs r"
+                        " ON r.run_uuid = t.run_uuid WHERE r.experiment_id = %s ORDER BY t.key",
+                        (eid,),
+                    )
+                ]
+        return out
+
+    def child_run_ids(self, run_id: str) -> list[str]:
+        """Runs whose ``mlflow.parentRunId`` tag names this run."""
+        with self._read() as conn:
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' AND value = %s",
+                    (run_id,),
+                )
+            ]
+
+    def metric_series_info(self, run_id: str) -> list[Row]:
+        """Each metric key of a run with its point count and step range."""
+        with self._read() as conn:
+            return [
+                {"key": r[0], "points": int(r[1]), "min_step": r[2], "max_step": r[3]}
+                for r in conn.execute(
+                    "SELECT key, SUM(n), MIN(min_step), MAX(max_step) FROM metric_chunks"
+                    " WHERE run_uuid = %s GROUP BY key ORDER BY key",
+                    (run_id,),
+                )
+            ]
+
+    def metric_extremes(self, experiment_id: str, key: str) -> dict[str, tuple[float, float]]:
+        """Each run's smallest and largest value of one metric (NaN ignored), from the
+        chunks' block summaries, or from the values of chunks that hold NaN."""
+        from flightlog.collector.downsample import extremes, summary_extremes
+
+        found: dict[str, list[float]] = {}
+        with self._read() as conn, conn.cursor(binary=True) as cur:
+            rows = cur.execute(
+                "SELECT c.chunk_id, c.run_uuid, c.summary FROM runs r JOIN metric_chunks c"
+                " ON c.run_uuid = r.run_uuid AND c.key = %s WHERE r.experiment_id = %s",
+                (key, _int_id(experiment_id)),
+            ).fetchall()
+            for chunk_id, run_id, blob in rows:
+                got = summary_extremes(bytes(blob))
+                if got is None:
+                    vals = array("d")
+                    row = cur.execute(
+                        "SELECT vals FROM metric_chunks WHERE chunk_id = %s", (chunk_id,)
+                    ).fetchone()
+                    assert row is not None
+                    vals.frombytes(row[0])
+                    got = extremes(vals)
+                now = found.setdefault(run_id, [math.nan, math.nan])
+                now[0], now[1] = extremes((now[0], got[0]))[0], extremes((now[1], got[1]))[1]
+        return {r: (v[0], v[1]) for r, v in found.items()}
+
+    def metric_chunk_spans(
+        self, run_id: str, key: str, min_step: int | None, max_step: int | None
+    ) -> list[tuple[int, int, int, int]]:
+        """(chunk_id, points, min_step, max_step) of the chunks overlapping a step range."""
+        lo = min_step if min_step is not None else -(2**63)
+        hi = max_step if max_step is not None else 2**63 - 1
+        with self._read() as conn:
+            return [
+                (r[0], r[1], r[2], r[3])
+                for r in conn.execute(
+                    "SELECT chunk_id, n, min_step, max_step FROM metric_chunks"
+                    " WHERE run_uuid = %s AND key = %s AND max_step >= %s AND min_step <= %s"
+                    " ORDER BY chunk_id",
+                    (run_id, key, lo, hi),
+                )
+            ]
+
+    def metric_chunk_data(
+        self, chunk_ids: Sequence[int], *, summaries: bool
+    ) -> dict[int, tuple[bytes, ...]]:
+        """Chunks by id: their block summary, or their packed steps, values, timestamps."""
+        columns = "summary" if summaries else "steps, vals, ts"
+        with self._read() as conn, conn.cursor(binary=True) as cur:
+            return {
+                r[0]: tuple(bytes(b) for b in r[1:])
+                for r in cur.execute(
+                    f"SELECT chunk_id, {columns} FROM metric_chunks WHERE chunk_id = ANY(%s)",
+                    (list(chunk_ids),),
+                )
+            }
+
     # -- search ----------------------------------------------------------------------------
 
     def search_run_ids(

@@ -54,7 +54,12 @@ def write_port_file(path: str, payload: dict[str, object]) -> None:
 
 
 async def run_app(
-    app: web.Application, host: str, port: int, label: str, port_file: str | None
+    app: web.Application,
+    host: str,
+    port: int,
+    label: str,
+    port_file: str | None,
+    announce_ui: bool = False,
 ) -> None:
     """Serve ``app`` on host:port until SIGTERM/SIGINT (or the app sets STOP)."""
     stop = asyncio.Event()
@@ -87,6 +92,9 @@ async def run_app(
         file=sys.stderr,
         flush=True,
     )
+    if announce_ui:  # `flightlog ui`: the page's URL on stdout
+        shown = f"[{host}]" if ":" in host else host
+        print(f"flightlog UI: http://{shown}:{port}/", flush=True)
     try:
         await stop.wait()
     finally:
