@@ -804,6 +804,26 @@ class PostgresStore:
                     [(run_id, *i) for i in inputs],
                 )
 
+    def search_datasets(
+        self, experiment_ids: Sequence[str]
+    ) -> list[tuple[str, str, str, str | None]]:
+        """(experiment id, name, digest, context) of datasets logged to the experiments'
+        runs, each once, at most 1,000; the context is the ``mlflow.data.context`` tag."""
+        ids = [int(e) for e in experiment_ids if e.isascii() and e.isdigit() and len(e) < 19]
+        if not ids:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT r.experiment_id, i.dataset_name, i.dataset_digest,"
+                " (SELECT t ->> 'value' FROM jsonb_array_elements(i.tags_json::jsonb) AS t"
+                "  WHERE t ->> 'key' = 'mlflow.data.context' LIMIT 1)"
+                " FROM run_inputs AS i JOIN runs AS r ON r.run_uuid = i.run_uuid"
+                " WHERE r.experiment_id = ANY(%s)"
+                " ORDER BY r.experiment_id, i.dataset_name, i.dataset_digest LIMIT 1000",
+                (ids,),
+            ).fetchall()
+        return [(str(r[0]), r[1], r[2], r[3]) for r in rows]
+
     # -- metrics ---------------------------------------------------------------------------
 
     def metric_chunks(self, run_id: str, key: str) -> list[tuple[bytes, bytes, bytes]]:
