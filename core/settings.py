@@ -354,5 +354,32 @@ SQLITE_SYNCHRONOUS: Setting[str] = Setting(
     side="collector",
 )
 
+UPSTREAM: Setting[str | None] = Setting(
+    "FLIGHTLOG_UPSTREAM",
+    _optional_text,
+    None,
+    "A node sidecar's central collector: ingest is buffered on the node and forwarded there; "
+    "other requests pass through.",
+    "an http(s)://host:port URL",
+    side="collector",
+)
+UPSTREAM_TOKEN: Setting[str | None] = Setting(
+    "FLIGHTLOG_UPSTREAM_TOKEN",
+    _optional_text,
+    None,
+    "Bearer token a node sidecar sends to its upstream collector.",
+    "a token string",
+    side="collector",
+)
+UPSTREAM_BUFFER_MAX_BYTES: Setting[int] = Setting(
+    "FLIGHTLOG_UPSTREAM_BUFFER_MAX_BYTES",
+    _integer(1),
+    8 * 1024**3,
+    "Disk bytes a node sidecar's forward buffer may hold; beyond, ingest gets 503 with "
+    "Retry-After (the trainers' agents spool meanwhile).",
+    "an integer >= 1",
+    side="collector",
+)
+
 #: Every setting, in the order the README lists them.
 ALL: tuple[Setting[Any], ...] = tuple(v for v in globals().values() if isinstance(v, Setting))
