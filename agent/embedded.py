@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flightlog.agent.transport import CollectorClient
 from flightlog.core.exceptions import INTERNAL_ERROR, MlflowException
-from flightlog.core.uris import LocalStore
+from flightlog.core.uris import LocalStore, store_id
 
 DEFAULT_IDLE_TIMEOUT = 600.0
 START_TIMEOUT = 30.0
@@ -33,7 +33,7 @@ def _running_collector(store: LocalStore) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     health = CollectorClient(url, timeout=2.0).healthy(timeout=2.0)
-    if health is None or health.get("store") != str(store.directory):
+    if health is None or health.get("store_id") != store_id(store.directory):
         return None
     return url
 

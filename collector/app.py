@@ -33,9 +33,10 @@ from aiohttp import web
 
 from flightlog.collector import artifact_api, housekeeping, ingest, liveness, rest, rpc
 from flightlog.collector.config import CollectorConfig
-from flightlog.collector.errors import error_middleware
+from flightlog.collector.errors import authorized, error_middleware
 from flightlog.collector.state import COLLECTOR, STOP, Collector, run_in_background
 from flightlog.collector.store_api import Store
+from flightlog.core.uris import store_id
 from flightlog.core.version import __version__
 
 __all__ = ["COLLECTOR", "STOP", "Collector", "CollectorConfig", "create_app"]
@@ -44,12 +45,21 @@ log = logging.getLogger("flightlog.collector")
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness, and which store this collector serves (the SDK checks it)."""
+    """Liveness, and which store this collector serves (the SDK checks its ``store_id``).
+
+    The store's path and the PID only go to a client that sent the collector's token:
+    /health needs none, and a collector without a token shows them to nobody.
+    """
     c = request.app[COLLECTOR]
-    return web.json_response(
-        {"status": "OK", "version": __version__, "pid": os.getpid(), "store": c.config.store_uri},
-        dumps=lambda o: orjson.dumps(o).decode(),
-    )
+    body: dict[str, object] = {
+        "status": "OK",
+        "version": __version__,
+        "store_id": store_id(c.config.store_uri),
+    }
+    token = c.config.token
+    if token and authorized(request, token):
+        body.update(pid=os.getpid(), store=c.config.store_uri)
+    return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
 
 def _idle_watch(app: web.Application) -> Coroutine[Any, Any, None] | None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from flightlog.collector.artifact_policy import check_artifact_uri
 from flightlog.collector.artifacts import ArtifactRepository, repository_for
 from flightlog.collector.state import COLLECTOR, MSGPACK, Collector
 from flightlog.core.artifact_paths import safe_relative_path
@@ -28,7 +29,11 @@ CHUNK = 1 << 20
 
 
 def repository(c: Collector, artifact_uri: str) -> ArtifactRepository:
-    """The repository at an artifact URI, with the collector's S3 endpoint."""
+    """The repository at an artifact URI, with the collector's S3 endpoint.
+
+    :raises MlflowException: the URI is a directory outside the allowed roots.
+    """
+    check_artifact_uri(c.config, artifact_uri)
     return repository_for(artifact_uri, s3_endpoint=c.config.s3_endpoint_url)
 
 

@@ -39,5 +39,8 @@ class CollectorConfig:
     s3_endpoint_url: str | None = field(default_factory=settings.S3_ENDPOINT_URL.get)
     #: Days ingest batch ids are kept for deduplication; 0: forever (collector.housekeeping).
     batch_id_retention_days: float = field(default_factory=settings.BATCH_ID_RETENTION_DAYS.get)
+    #: Directories besides ``artifact_root`` where experiments may keep artifacts
+    #: (``--allowed-artifact-root``; collector.artifact_policy).
+    allowed_artifact_roots: tuple[str, ...] = ()
     #: Where to write {pid, host, port, store} once listening (collector.main); None: nowhere.
     port_file: str | None = None

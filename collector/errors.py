@@ -88,7 +88,8 @@ def error_response(
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _authorized(request: web.Request, token: str) -> bool:
+def authorized(request: web.Request, token: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>``."""
     given = request.headers.get("Authorization", "")
     # surrogateescape: a header that is not UTF-8 is a wrong token, not a crash.
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode())
@@ -100,7 +101,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     collector = request.app[COLLECTOR]
     collector.last_activity = time.monotonic()
     token = collector.config.token
-    if token and request.path != "/health" and not _authorized(request, token):
+    if token and request.path != "/health" and not authorized(request, token):
         return error_response(
             request,
             UNAUTHENTICATED,

@@ -81,6 +81,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(env FLIGHTLOG_INGEST_MAX_PENDING_BYTES)",
     )
     p.add_argument(
+        "--allowed-artifact-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory besides the artifact root where experiments may keep artifacts "
+        "(repeatable); other local artifact_locations are refused",
+    )
+    p.add_argument(
         "--s3-endpoint-url",
         default=settings.S3_ENDPOINT_URL.get(),
         help="S3-compatible endpoint for s3:// artifact locations "
@@ -108,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         ingest_max_body_bytes=args.ingest_max_body_bytes,
         ingest_max_pending_bytes=args.ingest_max_pending_bytes,
         s3_endpoint_url=args.s3_endpoint_url,
+        allowed_artifact_roots=tuple(os.path.abspath(r) for r in args.allowed_artifact_root),
         db_path=str(store.db_path),
         port_file=args.port_file,
     )

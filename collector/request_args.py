@@ -218,7 +218,7 @@ def view_type_arg(a: Args, name: str) -> int:
     if isinstance(value, str):
         if value.upper() in _VIEW_TYPES:
             return _VIEW_TYPES[value.upper()]
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # "²".isdigit() holds too
             value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value in (1, 2, 3):
         return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.parse
 from dataclasses import dataclass
@@ -53,3 +54,12 @@ def local_store(uri: str | os.PathLike[str], artifact_root: str | None = None) -
         db = directory / DB_NAME
     root = artifact_root or (directory / "artifacts").as_uri()
     return LocalStore(directory=directory, db_path=db, artifact_root=root)
+
+
+def store_id(directory: str | os.PathLike[str]) -> str:
+    """A store's identity in ``/health``: a digest of its directory, not the path itself.
+
+    The SDK compares it to decide whether a running collector serves its store; anyone
+    who can reach ``/health`` without the token learns neither the path nor the PID.
+    """
+    return hashlib.sha256(os.fsencode(os.path.abspath(directory))).hexdigest()[:32]
