@@ -24,7 +24,7 @@ from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 OBJECT_STORE_SCHEMES = ("s3",)
 
 
-def _local_path(uri: str) -> str | None:
+def local_path(uri: str) -> str | None:
     """The local directory a URI or path names, or None for an object store or other scheme."""
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
@@ -43,7 +43,7 @@ def allowed_roots(config: CollectorConfig) -> list[str]:
 def _real_local_roots(config: CollectorConfig) -> list[str]:
     roots = []
     for root in allowed_roots(config):
-        path = _local_path(root)
+        path = local_path(root)
         if path is not None:
             roots.append(os.path.realpath(path))
     return roots
@@ -78,7 +78,7 @@ def check_location(config: CollectorConfig, location: str) -> str:
         if not parts.netloc:
             raise _refuse(location, config, "it names no bucket")
         return location
-    path = _local_path(location)
+    path = local_path(location)
     if path is None:
         raise _refuse(location, config, f"the scheme {parts.scheme!r} is not supported")
     if parts.scheme.lower() == "file" and parts.netloc not in ("", "localhost"):
@@ -88,7 +88,7 @@ def check_location(config: CollectorConfig, location: str) -> str:
         if rel == ".." or rel.startswith("../"):
             raise _refuse(location, config, "a relative location may not leave the root")
         root = config.artifact_root
-        root_path = _local_path(root)
+        root_path = local_path(root)
         if root_path is None:  # an object-store root: a key prefix below it
             return f"{root.rstrip('/')}/{rel}"
         path = os.path.join(root_path, rel)
@@ -100,7 +100,7 @@ def check_location(config: CollectorConfig, location: str) -> str:
 
 def check_artifact_uri(config: CollectorConfig, uri: str) -> None:
     """Refuse to open a repository outside the allowed roots (an experiment stored before)."""
-    path = _local_path(uri)
+    path = local_path(uri)
     if path is None:
         return  # object stores; other schemes are refused by repository_for
     if not os.path.isabs(path) or not _under(path, _real_local_roots(config)):

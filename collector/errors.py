@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from flightlog.collector.bodies import BodyTimeout, body_abandoned, release_body
 from flightlog.collector.state import COLLECTOR, MSGPACK
 from flightlog.core.exceptions import (
     BAD_REQUEST,
@@ -30,7 +31,9 @@ from flightlog.core.exceptions import (
     RESOURCE_DOES_NOT_EXIST,
     RESOURCE_EXHAUSTED,
     UNAUTHENTICATED,
+    BodyTooLarge,
     MlflowException,
+    Overloaded,
 )
 from flightlog.core.wire import pack
 
@@ -110,13 +113,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     try:
         return await handler(request)
-    except MlflowException as e:
-        status = None if is_mlflow_path(request.path) else e.http_status()
-        return error_response(request, e.error_code, e.message, status)
-    except web.HTTPRequestEntityTooLarge as e:
-        return error_response(request, BAD_REQUEST, f"Request body too large: {e.text}", 413)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as e:
+        if not isinstance(e, web.HTTPRequestEntityTooLarge):
+            raise
+        response = error_response(request, BAD_REQUEST, f"Request body too large: {e.text}", 413)
     except Exception as e:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(request, INTERNAL_ERROR, f"{type(e).__name__}: {e}", 500)
+        response = _answer(request, e)
+    finally:
+        release_body(request)
+    if body_abandoned(request):
+        # The rest of the body was not read: answer, then close (no keep-alive).
+        response.force_close()
+    return response
+
+
+def _answer(request: web.Request, e: Exception) -> web.Response:
+    if isinstance(e, Overloaded):
+        response = error_response(request, "TEMPORARILY_UNAVAILABLE", str(e), 503)
+        response.headers["Retry-After"] = str(e.retry_after)
+        return response
+    if isinstance(e, MlflowException):
+        # A body too large or too slow is about the transport: 413/408 on every path.
+        own = not is_mlflow_path(request.path) or isinstance(e, (BodyTimeout, BodyTooLarge))
+        status = e.http_status() if own else None
+        return error_response(request, e.error_code, e.message, status)
+    log.exception("unhandled error in %s %s", request.method, request.path, exc_info=e)
+    return error_response(request, INTERNAL_ERROR, f"{type(e).__name__}: {e}", 500)

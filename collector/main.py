@@ -81,6 +81,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(env FLIGHTLOG_INGEST_MAX_PENDING_BYTES)",
     )
     p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=settings.BODY_TIMEOUT.get(),
+        help="seconds a request body may take to arrive (an upload: may pause); then 408 "
+        f"and the connection is closed (env FLIGHTLOG_BODY_TIMEOUT, default "
+        f"{settings.BODY_TIMEOUT.default:.0f})",
+    )
+    p.add_argument(
         "--allowed-artifact-root",
         action="append",
         default=[],
@@ -115,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         run_timeout=args.run_timeout,
         ingest_max_body_bytes=args.ingest_max_body_bytes,
         ingest_max_pending_bytes=args.ingest_max_pending_bytes,
+        body_timeout=args.body_timeout,
         s3_endpoint_url=args.s3_endpoint_url,
         allowed_artifact_roots=tuple(os.path.abspath(r) for r in args.allowed_artifact_root),
         db_path=str(store.db_path),
@@ -144,6 +153,11 @@ async def serve(config: CollectorConfig) -> None:
         handle_signals=False,
         max_line_size=MAX_REQUEST_LINE,
         max_field_size=MAX_REQUEST_LINE,
+        # collector.bodies decodes gzip/deflate itself, in bounded steps, counting the
+        # inflated bytes against the budget; aiohttp's decoder would inflate unbounded.
+        auto_decompress=False,
+        # Idle keep-alive connections go after this long (a slow client holds no slot).
+        keepalive_timeout=config.body_timeout,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)

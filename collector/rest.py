@@ -67,6 +67,7 @@ from aiohttp import web
 
 from flightlog.collector.artifact_api import repository, send_file, store_body
 from flightlog.collector.artifacts import ArtifactRepository
+from flightlog.collector.bodies import read_body
 from flightlog.collector.content_types import download_headers
 from flightlog.collector.errors import ENDPOINT_NOT_FOUND, MLFLOW_HTTP_STATUS
 from flightlog.collector.experiment_checks import new_experiment
@@ -500,7 +501,7 @@ async def log_batch(request: web.Request) -> web.Response:
             f"bytes, got a request of size {size}.",
             INVALID_PARAMETER_VALUE,
         )
-    raw = await request.read()
+    raw = await read_body(request)
     if len(raw) > MAX_BATCH_LOG_REQUEST_SIZE:
         raise MlflowException(
             f"Batched logging API requests must be at most {MAX_BATCH_LOG_REQUEST_SIZE} "
