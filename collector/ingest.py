@@ -10,6 +10,7 @@ import time
 from aiohttp import web
 
 from flightlog.collector.batch_checks import check_batch
+from flightlog.collector.batch_slices import slice_batch, slice_id
 from flightlog.collector.bodies import read_body
 from flightlog.collector.state import COLLECTOR, MSGPACK
 from flightlog.core.wire import decode_batch, pack
@@ -28,10 +29,20 @@ async def ingest(request: web.Request) -> web.Response:
     batch_id, _agent_id, ops, series = decode_batch(data)
     ops, series, problems = check_batch(ops, series)
     started = time.monotonic()
-    duplicate, errors = await c.write(c.store.apply_batch, batch_id, ops, series)
+    # Big batches go in slices, each its own job on the writer thread, so other writes
+    # queued meanwhile run between them (collector.batch_slices).
+    slices = slice_batch(ops, series)
+    duplicate = True
+    errors: list[dict[str, str]] = []
+    for i, (slice_ops, slice_series) in enumerate(slices):
+        dup, slice_errors = await c.write(
+            c.store.apply_batch, slice_id(batch_id, i, len(slices)), slice_ops, slice_series
+        )
+        duplicate = duplicate and dup
+        errors += slice_errors
+        if not dup:
+            c.ingested_points += sum(len(s[2]) for s in slice_series)
     c.limits.record_write(len(data), time.monotonic() - started)
-    if not duplicate:
-        c.ingested_points += sum(len(s[2]) for s in series)
     return web.Response(
         body=pack({"ok": True, "duplicate": duplicate, "errors": problems + errors}),
         content_type=MSGPACK,
