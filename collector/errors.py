@@ -114,9 +114,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except web.HTTPException as e:
-        if not isinstance(e, web.HTTPRequestEntityTooLarge):
-            raise
-        response = error_response(request, BAD_REQUEST, f"Request body too large: {e.text}", 413)
+        if e.status < 400:
+            raise  # redirects
+        # aiohttp's own answers (no route, wrong method, too large) in the same JSON shape.
+        code = ENDPOINT_NOT_FOUND if e.status == 404 else BAD_REQUEST
+        response = error_response(
+            request, code, f"{e.reason}: {request.method} {request.path}"[:500], e.status
+        )
     except Exception as e:
         response = _answer(request, e)
     finally:

@@ -14,6 +14,8 @@ def experiment_tags(tags: Any) -> dict[str, str]:
     """Tags as a {key: value} mapping (RPC) or (key, value) pairs (REST), within MLflow's limits."""
     if tags is None:
         return {}
+    if not isinstance(tags, (dict, list)):
+        raise invalid("tags", tags)
     pairs = tags.items() if isinstance(tags, dict) else tags
     out: dict[str, str] = {}
     for pair in pairs:

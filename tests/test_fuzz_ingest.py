@@ -9,8 +9,10 @@ the well-behaved run is complete.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -228,11 +230,14 @@ def test_fuzzed_frames_get_clear_errors_and_do_not_disturb_other_clients(
     seen: dict[int, int] = {}
     conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=60)
 
-    def post(path: str, body: bytes) -> tuple[int, Any]:
+    def post(path: str, body: bytes, encoding: str | None = None) -> tuple[int, Any]:
         nonlocal conn
+        headers = {"Content-Type": "application/msgpack"}
+        if encoding is not None:
+            headers["Content-Encoding"] = encoding
         for attempt in range(2):
             try:
-                conn.request("POST", path, body, {"Content-Type": "application/msgpack"})
+                conn.request("POST", path, body, headers)
                 resp = conn.getresponse()
                 return resp.status, resp.read()
             except (http.client.HTTPException, OSError):
@@ -253,10 +258,21 @@ def test_fuzzed_frames_get_clear_errors_and_do_not_disturb_other_clients(
     @given(
         frame=frames,
         target=st.sampled_from(["ingest"] * 3 + RPC_METHODS),
+        encoding=st.sampled_from([None, None, None, "gzip", "deflate", "gzip-cut", "br"]),
     )
-    def fuzz(frame: bytes, target: str) -> None:
+    def fuzz(frame: bytes, target: str, encoding: str | None) -> None:
         path = "/api/flightlog/ingest" if target == "ingest" else f"/api/flightlog/rpc/{target}"
-        status, data = post(path, frame)
+        # Compressed frames too (issue 11): whole, cut short, or in an unknown encoding.
+        if encoding in ("gzip", "gzip-cut"):
+            packed = gzip.compress(frame)
+            frame, encoding = (
+                (packed[: len(packed) // 2], "gzip")
+                if encoding == "gzip-cut"
+                else (packed, encoding)
+            )
+        elif encoding == "deflate":
+            frame = zlib.compress(frame)
+        status, data = post(path, frame, encoding)
         seen[status] = seen.get(status, 0) + 1
         # A clear answer: success, or a client error naming what is wrong; no server fault.
         assert status < 500, (status, data[:300], frame[:200])
