@@ -22,9 +22,9 @@ from collections.abc import Sequence
 
 from flightlog.collector.store_api import Op, Series
 
-#: Bounds of one slice; each takes the writer for about 0.1-0.2 s on a quiet machine.
-MAX_SLICE_SERIES = 4000
-MAX_SLICE_POINTS = 200_000
+#: Bounds of one slice; each takes the writer for well under 0.1 s on a quiet machine.
+MAX_SLICE_SERIES = 2000
+MAX_SLICE_POINTS = 100_000
 MAX_SLICE_OPS = 2000
 
 

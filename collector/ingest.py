@@ -5,6 +5,7 @@ POST /api/flightlog/ingest   one batch (flightlog.core.wire) -> {ok, duplicate, 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -13,7 +14,14 @@ from flightlog.collector.batch_checks import check_batch
 from flightlog.collector.batch_slices import slice_batch, slice_id
 from flightlog.collector.bodies import read_body
 from flightlog.collector.state import COLLECTOR, MSGPACK
+from flightlog.collector.store_api import Op, Series
 from flightlog.core.wire import decode_batch, pack
+
+
+def _decode(data: bytes) -> tuple[str | None, list[Op], list[Series], list[dict[str, str]]]:
+    batch_id, _agent_id, ops, series = decode_batch(data)
+    ops, series, problems = check_batch(ops, series)
+    return batch_id, list(ops), list(series), problems
 
 
 async def ingest(request: web.Request) -> web.Response:
@@ -26,8 +34,9 @@ async def ingest(request: web.Request) -> web.Response:
     """
     c = request.app[COLLECTOR]
     data = await read_body(request, c.config.ingest_max_body_bytes, "Ingest batch")
-    batch_id, _agent_id, ops, series = decode_batch(data)
-    ops, series, problems = check_batch(ops, series)
+    # Decoding and checking a big batch takes a while: off the event loop, so other
+    # requests are answered meanwhile.
+    batch_id, ops, series, problems = await asyncio.to_thread(_decode, data)
     started = time.monotonic()
     # Big batches go in slices, each its own job on the writer thread, so other writes
     # queued meanwhile run between them (collector.batch_slices).
