@@ -1,8 +1,10 @@
 """The node-local collector the SDK starts for a local store, and finds again later.
 
 The collector writes ``collector.json`` (pid, host, port, store) into the store
-directory once it listens. Another process reuses it after checking ``/health``
-names the same store; a file lock makes sure concurrent processes start only one.
+directory once it listens (``<name>.db.collector.json`` for a ``sqlite:///`` store, so
+that two stores in one directory never share one). Another process reuses it after
+checking that ``/health`` names the same database file; a file lock makes sure
+concurrent processes start only one.
 The collector exits after ``FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT`` seconds (default 600)
 without requests; the SDK starts a fresh one when it next needs it.
 """
@@ -33,9 +35,15 @@ def _running_collector(store: LocalStore) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     health = CollectorClient(url, timeout=2.0).healthy(timeout=2.0)
-    if health is None or health.get("store_id") != store_id(store.directory):
+    if health is None or not serves(health, store):
         return None
     return url
+
+
+def serves(health: dict[str, object], store: LocalStore) -> bool:
+    """True when a collector's /health answer names ``store`` (a digest of its database
+    file: /health shows the path itself only to a client with the token)."""
+    return health.get("store_id") == store_id(store.identity)
 
 
 def ensure_collector(store: LocalStore) -> str:
@@ -44,7 +52,7 @@ def ensure_collector(store: LocalStore) -> str:
     if url is not None:
         return url
     store.directory.mkdir(parents=True, exist_ok=True)
-    with open(store.directory / ".collector.lock", "a+") as lock:
+    with open(store.collector_lock, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             url = _running_collector(store)  # another process may have won the race
@@ -59,7 +67,7 @@ def _spawn(store: LocalStore) -> str:
     idle = os.environ.get("FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT", str(DEFAULT_IDLE_TIMEOUT))
     with contextlib.suppress(FileNotFoundError):
         store.collector_file.unlink()
-    log_path = store.directory / "collector.log"
+    log_path = store.collector_log
     cmd = [
         sys.executable,
         "-m",
@@ -73,7 +81,7 @@ def _spawn(store: LocalStore) -> str:
         "--port-file",
         str(store.collector_file),
     ]
-    if store.db_path != store.directory / "flightlog.db":
+    if not store.is_directory_store:
         cmd[4] = f"sqlite:///{store.db_path}"
     with open(log_path, "ab") as log:
         # A session of its own: the collector outlives this process and its signals.
@@ -110,11 +118,15 @@ def _spawn(store: LocalStore) -> str:
     )
 
 
-def stop_collector(store_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
-    """Stop the collector serving a store directory, if one runs. For tests and tools."""
+def stop_collector(store_dir: str | os.PathLike[str] | LocalStore, timeout: float = 10.0) -> bool:
+    """Stop the collector serving a store (or store directory), if one runs. For tests and tools."""
     import signal
 
-    f = Path(store_dir) / "collector.json"
+    f = (
+        store_dir.collector_file
+        if isinstance(store_dir, LocalStore)
+        else Path(store_dir) / "collector.json"
+    )
     try:
         pid = int(json.loads(f.read_text())["pid"])
     except (OSError, ValueError, KeyError):

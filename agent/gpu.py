@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -288,6 +289,11 @@ def _announce(message: str, *args: object) -> None:
     global _announced
     level = logging.DEBUG if _announced else logging.INFO
     _announced = True
+    if level == logging.INFO and not logger.hasHandlers():
+        # Logging is not configured (a plain script): an INFO record would go nowhere,
+        # and this line is meant to be seen once.
+        print(message % args, file=sys.stderr, flush=True)
+        return
     logger.log(level, message, *args)
 
 

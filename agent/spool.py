@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flightlog.core.exceptions import SpoolFull
+from flightlog.core.uris import LocalStore
 
 log = logging.getLogger("flightlog.agent")
 
@@ -55,18 +56,24 @@ DEFAULT_SPOOL_MAX_BYTES = 2 * 1024**3
 DEFAULT_SEGMENT_BYTES = 16 * 1024**2
 
 
-def default_spool_root(tracking_uri: str, store_dir: Path | None) -> Path:
+def default_spool_root(tracking_uri: str, store_dir: Path | LocalStore | None) -> Path:
     """The spool directory for one collector URL or local store.
 
     Spools are kept per destination, so a batch is only ever sent where it was meant to
-    go: another agent adopts a dead process's spool only for the same destination.
+    go: another agent adopts a dead process's spool only for the same destination (for a
+    local store, its database file: two ``sqlite:///`` stores in a directory have two).
     """
     base_env = os.environ.get("FLIGHTLOG_SPOOL_DIR")
     if store_dir is not None:
+        if isinstance(store_dir, LocalStore):
+            own = store_dir.spool_dir
+            key = store_dir.directory if store_dir.is_directory_store else store_dir.db_path
+        else:
+            own, key = store_dir / "spool", store_dir
         if not base_env:
-            return store_dir / "spool"
-        digest = hashlib.sha1(str(store_dir).encode()).hexdigest()[:12]
-        return Path(base_env).expanduser() / f"store-{store_dir.name}-{digest}"
+            return own
+        digest = hashlib.sha1(str(key).encode()).hexdigest()[:12]
+        return Path(base_env).expanduser() / f"store-{key.name}-{digest}"
     if base_env:
         base = Path(base_env).expanduser()
     else:

@@ -81,7 +81,7 @@ def _roots(spool: str | None, uri: str | None) -> list[tuple[Path, list[Path] | 
         roots = spool_roots(p)
         return [(r, None) for r in roots] or [(p, None)]
     if uri is not None:
-        local = None if is_collector_uri(uri) else local_store(uri).directory
+        local = None if is_collector_uri(uri) else local_store(uri)
         return [(default_spool_root(uri, local), None)]
     roots = spool_roots(_default_base())
     here = Path("flightlog", "spool").resolve()
@@ -176,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
     uri_arg = args.tracking_uri
     if uri_arg is None and args.spool is None:
         uri_arg = os.environ.get("FLIGHTLOG_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+    if args.spool is not None and not Path(args.spool).expanduser().is_dir():
+        print(f"flightlog sync: no spool directory {args.spool}", file=sys.stderr)
+        return 2
     work: list[tuple[str, ClaimedSpool]] = []
     busy: list[Path] = []
     for root, dirs in _roots(args.spool, uri_arg):

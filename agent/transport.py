@@ -8,16 +8,21 @@ event loop in the training process.
 from __future__ import annotations
 
 import http.client
-import os
 import threading
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from flightlog.core import settings
 from flightlog.core.exceptions import INTERNAL_ERROR, CollectorUnavailable, RestException
 from flightlog.core.wire import pack, unpack
 
 MSGPACK = "application/msgpack"
+#: What to do about a 401, said wherever the SDK reports one.
+TOKEN_HINT = (
+    "Set FLIGHTLOG_TOKEN (or MLFLOW_TRACKING_TOKEN) to the collector's token in the "
+    "environment of this process."
+)
 STREAM_BLOCK = 1 << 20
 
 
@@ -33,7 +38,7 @@ class CollectorClient:
         self.host = parsed.hostname
         self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self.prefix = parsed.path.rstrip("/")
-        self.token = token if token is not None else os.environ.get("FLIGHTLOG_TOKEN")
+        self.token = settings.TOKEN.resolve(token)
         self.timeout = timeout
         self._local = threading.local()
         # Called when the collector cannot be reached; returns a new base URL (the SDK
@@ -86,7 +91,11 @@ class CollectorClient:
             hdrs["Authorization"] = f"Bearer {self.token}"
         start = body.tell() if body is not None and not isinstance(body, bytes) else 0
         sunk = False  # once part of a body went to the sink, a retry would duplicate it
-        for attempt in range(2):
+        # One retry on a stale keep-alive connection and, independently, one restart of a
+        # node-local collector that went away: a read after an idle-out meets both in turn
+        # (the old connection is reset, then the port refuses).
+        retried_stale = rediscovered = False
+        while True:
             conn = self._conn()
             conn.timeout = timeout if timeout is not None else self.timeout
             try:
@@ -111,13 +120,15 @@ class CollectorClient:
                 stale = isinstance(
                     e, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
                 )
-                if attempt == 0 and stale and not sunk:
+                if stale and not retried_stale and not sunk:
+                    retried_stale = True
                     continue
                 if (
-                    attempt == 0
+                    not rediscovered
                     and self.rediscover is not None
                     and isinstance(e, ConnectionRefusedError)
                 ):
+                    rediscovered = True
                     try:
                         self._retarget(self.rediscover())
                     except Exception as re:
@@ -127,7 +138,6 @@ class CollectorClient:
                         ) from e
                     continue
                 raise CollectorUnavailable(f"collector at {self.base_url} unreachable: {e}") from e
-        raise AssertionError("unreachable")
 
     def call(self, method: str, timeout: float | None = None, **args: Any) -> Any:
         """Call an RPC method of the collector; raise its error as RestException."""
@@ -168,9 +178,10 @@ def decode_reply(status: int, data: bytes) -> Any:
             ) from None
     if status >= 400:
         if isinstance(body, dict) and "message" in body:
-            raise RestException(
-                str(body["message"]), str(body.get("error_code", INTERNAL_ERROR)), status
-            )
+            message = str(body["message"])
+            if status == 401:
+                message += f" {TOKEN_HINT}"
+            raise RestException(message, str(body.get("error_code", INTERNAL_ERROR)), status)
         text = data[:300].decode("utf-8", "replace") if data else ""
         raise RestException(f"Collector answered HTTP {status}: {text}", INTERNAL_ERROR, status)
     return body

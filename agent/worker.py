@@ -57,7 +57,7 @@ from flightlog.agent.spool import (
     claim_orphans,
     default_spool_root,
 )
-from flightlog.agent.transport import CollectorClient
+from flightlog.agent.transport import TOKEN_HINT, CollectorClient
 from flightlog.core.entities import RunStatus
 from flightlog.core.exceptions import CollectorUnavailable, MlflowException, SpoolFull
 from flightlog.core.wire import MetricTuple, encode_batch, pack, unpack
@@ -430,6 +430,8 @@ class Agent:
         self._sending_since: float | None = None  # when the sender's request began
         self._outage_told = False  # has flush() warned about the current outage?
         self._closing = False
+        self._close_marker: FlushMarker | None = None  # close()'s, while it waits
+        self._last_down = False  # did the last send get no answer at all?
         self._closed = False
         self._ops_submitted = 0  # ops and flush markers appended (under _lock)
         self._ops_taken = 0  # ... and taken by a packer (under _pack_lock)
@@ -549,6 +551,7 @@ class Agent:
         *,
         raise_errors: bool = True,
         through_outage: bool = False,
+        tell_outage: bool = True,
     ) -> bool:
         """Block until everything submitted before this call is acknowledged (True).
 
@@ -562,12 +565,15 @@ class Agent:
 
         Errors the collector reported for earlier operations (a changed param, an
         unknown run) are raised here as one MlflowException when ``raise_errors`` is set.
+        An early return for an outage is said once on stderr; ``tell_outage=False`` (the
+        end of a run, usually just before the exit, whose line says it) leaves that to
+        the next flush or the exit.
         """
         if self._pid != os.getpid():
             self._after_fork_in_child()
         marker = FlushMarker(strict=through_outage)
         ok = self._wait_marker(marker, _bounded(timeout))
-        if not ok and marker.done.is_set() and not self._outage_told:
+        if not ok and marker.done.is_set() and not self._outage_told and tell_outage:
             # Returned early for an outage: say so once per outage, since the fluent
             # flush() and end_run() return nothing that would tell.
             self._outage_told = True
@@ -642,6 +648,7 @@ class Agent:
         timeout = _bounded(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         marker = FlushMarker(strict=True)
+        self._close_marker = marker
         self._enqueue_marker(marker)
         # Only after the marker is queued: the packer stops once it sees this and an
         # empty queue, so the marker is packed first.
@@ -660,14 +667,15 @@ class Agent:
             claim.finish()
         if batches:
             where = self.outbox.spool.directory
+            why = "is unreachable" if self._last_down else "did not acknowledge them in time"
             msg = (
-                f"flightlog: the collector at {self.client.base_url} did not acknowledge "
-                f"{batches} batch(es) ({points} points) in time; "
+                f"flightlog: {batches} batch(es) ({points} points) not sent: the collector "
+                f"at {self.client.base_url} {why}; "
             )
             if memory_batches < batches:
                 msg += (
-                    f"they are kept in {where} and will be sent by the next flightlog "
-                    f"process for this collector on this node, or by `flightlog sync`."
+                    f"they are kept in {where}; `flightlog sync` (or the next flightlog run "
+                    "for this collector on this node) sends them."
                 )
             if memory_batches:
                 msg += (
@@ -865,6 +873,12 @@ class Agent:
                     if self.reachable:
                         self.outages += 1
                     self.reachable = False
+                    exit_marker = self._close_marker
+                    if exit_marker is not None and self._last_down:
+                        # Exiting with the collector down: once what is left is on disk,
+                        # waiting out the exit budget only delays the exit; the next run
+                        # or `flightlog sync` sends it.
+                        exit_marker.strict = False
                     self._settle(self.outbox.enter_outage(), False)
                     self._backoff(max(delay * (0.5 + random.random()), retry_after))
                     delay = min(delay * 2, BACKOFF_MAX)
@@ -902,11 +916,12 @@ class Agent:
     ) -> tuple[str, list[dict[str, str]], float]:
         """One attempt at POSTing a batch: ("ok" | "rejected" | "retry", errors, retry_after)."""
         d = post_batch(self.client, body, timeout)
+        self._last_down = d.status == 0  # no answer at all, not a busy or refusing one
         if d.status in (401, 403):
             self._note_error(
                 f"auth{d.status}",
-                f"The collector at {self.client.base_url} refused this client ({d.message}); "
-                "set FLIGHTLOG_TOKEN. Batches are kept in the spool until it accepts them.",
+                f"The collector at {self.client.base_url} refused this client ({d.message}). "
+                f"{TOKEN_HINT} Batches are kept in the spool until it accepts them.",
                 "UNAUTHENTICATED",
             )
         elif d.outcome == "rejected":

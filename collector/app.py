@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,7 +37,7 @@ from flightlog.collector.config import CollectorConfig
 from flightlog.collector.errors import authorized, error_middleware
 from flightlog.collector.state import COLLECTOR, STOP, Collector, run_in_background
 from flightlog.collector.store_api import Store
-from flightlog.core.uris import store_id
+from flightlog.core.uris import DB_NAME, store_id
 from flightlog.core.version import __version__
 
 __all__ = ["COLLECTOR", "STOP", "Collector", "CollectorConfig", "create_app"]
@@ -51,14 +52,15 @@ async def health(request: web.Request) -> web.Response:
     /health needs none, and a collector without a token shows them to nobody.
     """
     c = request.app[COLLECTOR]
+    db_path = c.config.db_path or str(Path(c.config.store_uri) / DB_NAME)
     body: dict[str, object] = {
         "status": "OK",
         "version": __version__,
-        "store_id": store_id(c.config.store_uri),
+        "store_id": store_id(db_path),
     }
     token = c.config.token
     if token and authorized(request, token):
-        body.update(pid=os.getpid(), store=c.config.store_uri)
+        body.update(pid=os.getpid(), store=c.config.store_uri, db=db_path)
     return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="default artifact root for new experiments (default: <store>/artifacts)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5055, help="port (0 picks a free one)")
+    p.add_argument("--port", type=int, default=5055, help="port; 0 picks a free one (default 5055)")
     p.add_argument(
         "--token",
         default=settings.TOKEN.get(),
@@ -193,6 +194,22 @@ async def serve(config: CollectorConfig) -> None:
         await runner.cleanup()
 
 
+def run(config: CollectorConfig) -> int:
+    """Serve ``config``; a port already in use is one line on stderr and status 1."""
+    try:
+        asyncio.run(serve(config))
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"flightlog collector: port {config.port} on {config.host} is already in use "
+            "(another collector?); choose another with --port, or --port 0 for a free one",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m flightlog.collector``."""
     p = argparse.ArgumentParser(prog="flightlog collector", description=__doc__)
@@ -202,5 +219,4 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.LOG_LEVEL.get(),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    asyncio.run(serve(config_from_args(args)))
-    return 0
+    return run(config_from_args(args))

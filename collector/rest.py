@@ -58,9 +58,7 @@ import posixpath
 import uuid
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
-from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -91,7 +89,7 @@ from flightlog.collector.state import COLLECTOR, Collector
 from flightlog.collector.store import DEFAULT_EXPERIMENT_ID
 from flightlog.collector.store_api import Row, Store
 from flightlog.core import validation as v
-from flightlog.core.artifact_paths import safe_relative_path
+from flightlog.core.artifact_paths import proxied_artifact_uri, safe_relative_path
 from flightlog.core.entities import RunStatus
 from flightlog.core.exceptions import (
     INVALID_PARAMETER_VALUE,
@@ -148,24 +146,9 @@ def _double(x: float) -> float | str:
 # -- what a REST client sees ----------------------------------------------------------------
 
 
-def _proxied(real_uri: str) -> bool:
-    """Whether the collector can serve this artifact location through the proxy."""
-    # urlsplit finds the scheme in the text before the first colon alone, so that text
-    # is the cache key: a page of runs shares a handful of them.
-    return _scheme_proxied(real_uri[: real_uri.find(":") + 1])
-
-
-@lru_cache(maxsize=256)
-def _scheme_proxied(head: str) -> bool:
-    scheme = urlsplit(head).scheme.lower()
-    return scheme in ("", "file", "s3") or len(scheme) == 1
-
-
 def rest_artifact_uri(experiment_id: str, run_id: str, real_uri: str) -> str:
     """A run's artifact URI as REST clients see it: the proxy's, when it can serve it."""
-    if _proxied(real_uri):
-        return f"{_PROXY_SCHEME}:/{experiment_id}/{run_id}/artifacts"
-    return real_uri
+    return proxied_artifact_uri(experiment_id, run_id, real_uri)
 
 
 def _experiment_json(store: Store, exp: Row) -> dict[str, Any]:

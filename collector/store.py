@@ -12,6 +12,7 @@ opens its own connection, which WAL lets run beside the writer.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sqlite3
@@ -598,6 +599,15 @@ class SqliteStore:
                 part,
             ):
                 out[r[0]]["data"]["metrics"][r[1]] = math.nan if r[3] else r[2]
+            for r in conn.execute(
+                "SELECT run_uuid, dataset_json, tags_json FROM run_inputs "
+                f"WHERE run_uuid IN ({marks}) ORDER BY input_id",
+                part,
+            ):
+                inputs = out[r[0]].setdefault("inputs", {"dataset_inputs": []})
+                inputs["dataset_inputs"].append(
+                    {"dataset": json.loads(r[1]), "tags": json.loads(r[2])}
+                )
         return [out[i] for i in run_ids if i in out]
 
     def runs_json(

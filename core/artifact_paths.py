@@ -11,10 +11,14 @@ repository adds a ``realpath`` check on top for symlinks (see ``artifacts.py``).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
-__all__ = ["TEMP_PREFIX", "safe_relative_path"]
+__all__ = ["PROXY_SCHEME", "TEMP_PREFIX", "proxied_artifact_uri", "safe_relative_path"]
+
+#: The scheme of artifact URIs served through a tracking server's artifact proxy.
+PROXY_SCHEME = "mlflow-artifacts"
 
 #: Name prefix of the local repository's in-progress uploads. Listings hide such files,
 #: so no artifact may carry the name: it would be stored but never listed.
@@ -90,3 +94,26 @@ def safe_relative_path(path: str, *, allow_root: bool = False) -> str:
     if len(joined.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
         raise _refuse(path, f"it is longer than {MAX_PATH_BYTES} bytes")
     return joined
+
+
+def proxies(real_uri: str) -> bool:
+    """Whether a collector serves this artifact location through its proxy (a local
+    directory or ``s3://``)."""
+    # The scheme is the text before the first colon; cached, since a page of runs shares
+    # a handful of them.
+    return _scheme_proxied(real_uri[: real_uri.find(":") + 1])
+
+
+@lru_cache(maxsize=256)
+def _scheme_proxied(head: str) -> bool:
+    scheme = head[:-1].lower()
+    return scheme in ("", "file", "s3") or len(scheme) == 1  # one letter: a Windows drive
+
+
+def proxied_artifact_uri(experiment_id: str, run_id: str, real_uri: str) -> str:
+    """A run's artifact URI as every HTTP client sees it: the collector's proxy
+    (``mlflow-artifacts:/<experiment_id>/<run_id>/artifacts``) when it serves the
+    location, which is then meaningful on any machine, else the location itself."""
+    if proxies(real_uri):
+        return f"{PROXY_SCHEME}:/{experiment_id}/{run_id}/artifacts"
+    return real_uri

@@ -167,9 +167,54 @@ class RunData:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class InputTag:
+    """A tag of a dataset input (``mlflow.data.context``: training, eval, ...)."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset as a run records it, as ``mlflow.entities.Dataset``: name, digest,
+    source (type and JSON), and optional schema and profile JSON."""
+
+    name: str
+    digest: str
+    source_type: str
+    source: str
+    schema: str | None = None
+    profile: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Dataset:
+        """Build from the JSON (REST) or collector form."""
+        return cls(
+            name=d["name"],
+            digest=d["digest"],
+            source_type=d["source_type"],
+            source=d["source"],
+            schema=d.get("schema"),
+            profile=d.get("profile"),
+        )
+
+    def to_dict(self) -> dict[str, str]:
+        """The REST form (``None`` fields left out)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """A dataset a run used, with its tags, as ``mlflow.entities.DatasetInput``."""
+
+    dataset: Dataset
+    tags: list[InputTag] = field(default_factory=list)
+
+
 @dataclass
 class RunInputs:
-    dataset_inputs: list[Any] = field(default_factory=list)
+    dataset_inputs: list[DatasetInput] = field(default_factory=list)
 
 
 @dataclass
@@ -196,6 +241,13 @@ class Run:
             lifecycle_stage=i["lifecycle_stage"],
         )
         data = d["data"]
+        inputs = [
+            DatasetInput(
+                Dataset.from_dict(item["dataset"]),
+                [InputTag(t["key"], t["value"]) for t in item.get("tags") or []],
+            )
+            for item in (d.get("inputs") or {}).get("dataset_inputs") or []
+        ]
         return cls(
             info=info,
             data=RunData(
@@ -203,6 +255,7 @@ class Run:
                 params=dict(data.get("params") or {}),
                 tags=dict(data.get("tags") or {}),
             ),
+            inputs=RunInputs(inputs),
         )
 
 

@@ -130,8 +130,9 @@ TOKEN: Setting[str | None] = Setting(
     _optional_text,
     None,
     "Bearer token: the collector requires it (any bind address but loopback needs one); "
-    "the SDK sends it.",
+    "the SDK sends it (MLflow's MLFLOW_TRACKING_TOKEN also works on the SDK side).",
     "a token string",
+    aliases=("MLFLOW_TRACKING_TOKEN",),
     side="both",
 )
 USER: Setting[str | None] = Setting(

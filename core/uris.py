@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 DB_NAME = "flightlog.db"
 
@@ -20,9 +23,73 @@ class LocalStore:
     artifact_root: str
 
     @property
+    def is_directory_store(self) -> bool:
+        """True when the store is a directory holding ``flightlog.db`` (not a named file)."""
+        return self.db_path == self.directory / DB_NAME
+
+    @property
+    def identity(self) -> str:
+        """What names this store uniquely: its database file's absolute path.
+
+        Two ``sqlite:///`` stores may share a directory; their files never do.
+        """
+        return str(self.db_path)
+
+    def _own(self, name: str) -> Path:
+        # A directory store's files keep their plain names; a named database file's carry
+        # its name, so that two stores in one directory never share a collector or spool.
+        if self.is_directory_store:
+            return self.directory / name
+        return self.directory / f"{self.db_path.name}.{name.lstrip('.')}"
+
+    @property
     def collector_file(self) -> Path:
         """Where the node-local collector serving this store writes its address."""
-        return self.directory / "collector.json"
+        return self._own("collector.json")
+
+    @property
+    def collector_lock(self) -> Path:
+        """The lock that lets only one process start this store's collector."""
+        return self._own(".collector.lock")
+
+    @property
+    def collector_log(self) -> Path:
+        """The embedded collector's log file."""
+        return self._own("collector.log")
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where batches for this store wait while its collector is away."""
+        return self._own("spool")
+
+    def exists(self) -> bool:
+        """True once the store's database file has been created."""
+        return self.db_path.is_file()
+
+
+SUPPORTED_FORMS = (
+    "http(s)://host:port (a flightlog collector), or a local store: a directory path, "
+    "file:///path/to/dir, or sqlite:///path/to.db"
+)
+# A scheme: two characters or more, so that a Windows drive ("C:") stays a path.
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+# Tracking URIs MLflow accepts as bare words.
+_BARE = frozenset({"databricks", "databricks-uc", "uc"})
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Refuse a tracking URI flightlog cannot serve (``databricks``, ``postgresql://``,
+    ...), with an error naming the forms it supports; such a URI must not become a local
+    directory of that name."""
+    m = _SCHEME.match(uri)
+    scheme = m.group(1).lower() if m else (uri.lower() if uri.lower() in _BARE else None)
+    if scheme is None or scheme in ("http", "https", "file", "sqlite"):
+        return
+    raise MlflowException(
+        f"Unsupported tracking URI {uri!r}: flightlog does not serve {scheme!r} stores. "
+        f"Supported forms: {SUPPORTED_FORMS}.",
+        INVALID_PARAMETER_VALUE,
+    )
 
 
 def is_collector_uri(uri: str) -> bool:
@@ -37,6 +104,7 @@ def local_store(uri: str | os.PathLike[str], artifact_root: str | None = None) -
     ``sqlite:///path/x.db`` URI names the file itself, with artifacts beside it.
     """
     text = os.fspath(uri)
+    check_tracking_uri(text)
     if text.startswith("sqlite:"):
         path = text[len("sqlite:") :]
         # sqlite:///rel.db is relative, sqlite:////abs.db absolute, as SQLAlchemy reads them.
@@ -56,10 +124,11 @@ def local_store(uri: str | os.PathLike[str], artifact_root: str | None = None) -
     return LocalStore(directory=directory, db_path=db, artifact_root=root)
 
 
-def store_id(directory: str | os.PathLike[str]) -> str:
-    """A store's identity in ``/health``: a digest of its directory, not the path itself.
+def store_id(identity: str) -> str:
+    """A store's identity in ``/health``: a digest of its database file's path.
 
-    The SDK compares it to decide whether a running collector serves its store; anyone
-    who can reach ``/health`` without the token learns neither the path nor the PID.
+    The SDK compares it to decide whether a running collector serves its store
+    (:attr:`LocalStore.identity`); anyone who can reach ``/health`` without the token
+    learns neither the path nor the PID.
     """
-    return hashlib.sha256(os.fsencode(os.path.abspath(directory))).hexdigest()[:32]
+    return hashlib.sha256(os.fsencode(identity)).hexdigest()[:32]

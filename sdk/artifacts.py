@@ -9,14 +9,16 @@ file is stored, so the caller may change or delete it afterwards.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import sys
 import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from flightlog.agent.transport import CollectorClient, decode_reply
 from flightlog.core.artifact_paths import safe_relative_path
@@ -188,3 +190,75 @@ class ProgressBar:
             f"{done / 1e6:9.1f}/{total / 1e6:.1f} MB"
         )
         print(line, end="" if done < total else "\n", file=self.stream, flush=True)
+
+
+# -- mlflow.artifacts: the public functions, by run id or by artifact URI -----------------
+
+# ".../<run_id>/artifacts[/<path>]": the layout of every run's artifact URI, whether the
+# proxy's (mlflow-artifacts:/<exp>/<run>/artifacts), a directory's or an object store's.
+_RUN_ARTIFACTS = re.compile(r"/([0-9a-f]{32})/artifacts(?:/(.*))?$")
+
+
+def parse_artifact_uri(artifact_uri: str) -> tuple[str, str]:
+    """``(run_id, path)`` named by an artifact URI: ``runs:/<run_id>/<path>``, a proxy
+    URI (``mlflow-artifacts:/<exp>/<run_id>/artifacts/<path>``) or a run's location."""
+    if artifact_uri.startswith("runs:/"):
+        run_id, _, path = artifact_uri[len("runs:/") :].partition("/")
+        if run_id:
+            return run_id, path.strip("/")
+    else:
+        m = _RUN_ARTIFACTS.search(urllib.parse.urlsplit(artifact_uri).path.rstrip("/"))
+        if m:
+            return m.group(1), (m.group(2) or "").strip("/")
+    raise MlflowException(
+        f"Cannot tell which run's artifacts {artifact_uri!r} names: expected "
+        "runs:/<run_id>/<path>, mlflow-artifacts:/<experiment_id>/<run_id>/artifacts/<path> "
+        "or a run's artifact URI",
+        INVALID_PARAMETER_VALUE,
+    )
+
+
+def download_artifacts(
+    artifact_uri: str | None = None,
+    run_id: str | None = None,
+    artifact_path: str | None = None,
+    dst_path: str | None = None,
+    tracking_uri: str | None = None,
+) -> str:
+    """Download an artifact file or directory and return its local path.
+
+    As ``mlflow.artifacts.download_artifacts``: either ``artifact_uri`` (any URI a run
+    reports, ``runs:/``, or ``mlflow-artifacts:/``) or ``run_id`` with ``artifact_path``.
+    The bytes come through the collector of ``tracking_uri`` (default: the one in force).
+    """
+    if (artifact_uri is None) == (run_id is None):
+        raise MlflowException(
+            "Give either artifact_uri, or run_id (with artifact_path), not both",
+            INVALID_PARAMETER_VALUE,
+        )
+    if artifact_uri is not None:
+        if artifact_path is not None:
+            raise MlflowException(
+                "artifact_path goes with run_id, not artifact_uri", INVALID_PARAMETER_VALUE
+            )
+        run_id, artifact_path = parse_artifact_uri(artifact_uri)
+    from flightlog.client import MlflowClient
+
+    assert run_id is not None
+    return MlflowClient(tracking_uri).download_artifacts(run_id, artifact_path or "", dst_path)
+
+
+def load_text(artifact_uri: str) -> str:
+    """The text of an artifact file, as ``mlflow.artifacts.load_text``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(download_artifacts(artifact_uri, dst_path=tmp)).read_text()
+
+
+def load_dict(artifact_uri: str) -> Any:
+    """A JSON or YAML artifact file as a dict, as ``mlflow.artifacts.load_dict``."""
+    text = load_text(artifact_uri)
+    if artifact_uri.endswith((".yaml", ".yml")):
+        import yaml  # the yaml extra
+
+        return yaml.safe_load(text)
+    return json.loads(text)

@@ -4,12 +4,12 @@ flightlog collector [--store URI] [--host H] [--port P] ...   run a collector
 flightlog artifacts list --run-id ID [--path DIR]             list a run's artifacts
 flightlog artifacts download --run-id ID [--path P] [--dst DIR]
 flightlog sync [--spool DIR] [--tracking-uri URI]              send spools left behind
+flightlog --version; python -m flightlog works as ``flightlog``
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -22,8 +22,21 @@ def _collector(args: argparse.Namespace) -> int:
         level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    asyncio.run(collector_main.serve(collector_main.config_from_args(args)))
-    return 0
+    return collector_main.run(collector_main.config_from_args(args))
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already gives it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and action.default not in (None, False, argparse.SUPPRESS)
+            and "default" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
 
 
 def _client(args: argparse.Namespace) -> object:
@@ -49,7 +62,7 @@ def _artifacts_download(args: argparse.Namespace) -> int:
 
     client = _client(args)
     assert isinstance(client, MlflowClient)
-    client.ctx.agent.flush()
+    client._reading.agent.flush()
     bar = artifacts.ProgressBar() if not args.quiet else None
     path = artifacts.download(client.ctx.client, args.run_id, args.path, args.dst, bar)
     print(path)
@@ -65,11 +78,19 @@ def _sync(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every subcommand."""
     from flightlog.collector import main as collector_main
+    from flightlog.core.version import __version__
 
-    parser = argparse.ArgumentParser(prog="flightlog", description="flightlog experiment tracker")
+    parser = argparse.ArgumentParser(
+        prog="flightlog", description="flightlog experiment tracker", formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"flightlog {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("collector", help="run a collector (sidecar, embedded or central server)")
+    p = sub.add_parser(
+        "collector",
+        help="run a collector (sidecar, embedded or central server)",
+        formatter_class=HelpFormatter,
+    )
     collector_main.add_arguments(p)
     p.set_defaults(func=_collector)
 
@@ -79,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("list", _artifacts_list, "list the direct children of a directory"),
         ("download", _artifacts_download, "download a file or directory"),
     ):
-        a = art_sub.add_parser(name, help=helptext)
+        a = art_sub.add_parser(name, help=helptext, formatter_class=HelpFormatter)
         a.add_argument("--run-id", required=True)
         a.add_argument(
             "--path",
@@ -99,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flightlog.agent import sync
 
     s = sub.add_parser(
-        "sync", help="send batches that processes left in a spool (offline or killed runs)"
+        "sync",
+        help="send batches that processes left in a spool (offline or killed runs)",
+        formatter_class=HelpFormatter,
     )
     sync.add_arguments(s)
     s.set_defaults(func=_sync)

@@ -20,9 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flightlog import artifacts, search
+import orjson
+
+from flightlog import artifacts, media, search
 from flightlog.context import TrackingContext, get_context
 from flightlog.core import validation as v
+from flightlog.core.artifact_paths import proxied_artifact_uri
 from flightlog.core.entities import (
     Experiment,
     FileInfo,
@@ -38,11 +41,22 @@ from flightlog.core.entities import (
 from flightlog.core.exceptions import (
     INVALID_PARAMETER_VALUE,
     INVALID_STATE,
+    RESOURCE_DOES_NOT_EXIST,
     CollectorUnavailable,
     MlflowException,
     RestException,
 )
 from flightlog.core.run_names import generate_run_name
+
+
+def _dataset_fields(dataset: Any) -> dict[str, str]:
+    """The REST fields of a dataset entity (flightlog's or mlflow's)."""
+    out = {}
+    for name in ("name", "digest", "source_type", "source", "schema", "profile"):
+        value = getattr(dataset, name, None)
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def _user() -> str:
@@ -91,6 +105,14 @@ class MlflowClient:
         return self._ctx
 
     @property
+    def _reading(self) -> TrackingContext:
+        """The connection for a read: reading a local store that does not exist fails
+        saying so, and creates neither the store nor a collector."""
+        if self._ctx is None:
+            self._ctx = get_context(self._uri, create=False)
+        return self._ctx
+
+    @property
     def tracking_uri(self) -> str:
         return self.ctx.uri
 
@@ -99,7 +121,7 @@ class MlflowClient:
 
     def _read(self, method: str, **args: Any) -> Any:
         # Reads see everything this process logged before them.
-        self.ctx.agent.flush()
+        self._reading.agent.flush()
         return self._call(method, **args)
 
     # -- experiments ----------------------------------------------------------------------
@@ -230,11 +252,25 @@ class MlflowClient:
             end_time=None,
             artifact_uri=f"{exp.artifact_location}/{run_id}/artifacts",
         )
-        return Run(info=info, data=RunData(tags=dict(clean)))
+        return self._as_seen(Run(info=info, data=RunData(tags=dict(clean))))
 
     def get_run(self, run_id: str) -> Run:
         """A run with its params, tags and the latest value of each metric."""
-        return Run.from_dict(self._read("get_run", run_id=run_id))
+        return self._as_seen(Run.from_dict(self._read("get_run", run_id=run_id)))
+
+    def _as_seen(self, run: Run) -> Run:
+        """The run with the artifact URI every client of this tracking URI sees.
+
+        Over HTTP that is the collector's proxy URI (``mlflow-artifacts:/...``), as the
+        MLflow client reports it, not a path on the collector's machine; a local store's
+        runs keep their local location, which is meaningful here.
+        """
+        if self.ctx.local is None:
+            info = run.info
+            info.artifact_uri = proxied_artifact_uri(
+                info.experiment_id, info.run_id, info.artifact_uri
+            )
+        return run
 
     def update_run(self, run_id: str, status: str | None = None, name: str | None = None) -> None:
         """Change a run's status and/or name."""
@@ -262,7 +298,7 @@ class MlflowClient:
                 "end_time": int(end_time if end_time is not None else time.time() * 1000),
             },
         )
-        self.ctx.agent.flush()
+        self.ctx.agent.flush(tell_outage=False)
 
     def delete_run(self, run_id: str) -> None:
         """Mark a run deleted."""
@@ -442,28 +478,177 @@ class MlflowClient:
                 )
             self._log_file_as(run_id, path, artifact_file)
 
-    def log_image(self, run_id: str, image: Any, artifact_file: str) -> None:
-        """Store a numpy array (HxW, HxWx3, HxWx4; uint8 or floats in [0, 1]) or PIL image."""
-        try:
-            from PIL import Image
-        except ImportError:
-            raise MlflowException("log_image needs Pillow: pip install pillow") from None
-        if not isinstance(image, Image.Image):
-            import numpy as np
+    def log_image(
+        self,
+        run_id: str,
+        image: Any,
+        artifact_file: str | None = None,
+        key: str | None = None,
+        step: int | None = None,
+        timestamp: int | None = None,
+        synchronous: bool | None = None,
+    ) -> None:
+        """Store a numpy array (HxW, HxWx3, HxWx4; uint8 or floats in [0, 1]) or PIL image.
 
-            arr = np.asarray(image)
-            if arr.dtype != np.uint8:
-                if arr.min() < 0 or arr.max() > 1:
-                    raise MlflowException(
-                        "Float images must have values in [0, 1]", INVALID_PARAMETER_VALUE
-                    )
-                arr = (arr * 255).round().astype(np.uint8)
-            image = Image.fromarray(arr)
+        Either as the file ``artifact_file``, or, with ``key`` (and ``step``), as one
+        point of an image history, as MLflow 2.x stores it (see ``flightlog.media``).
+        A history point uploads in the background unless ``synchronous``;
+        ``flush_artifact_async_logging()`` (and the end of the run) waits for it.
+        """
+        if (artifact_file is None) == (key is None):
+            raise MlflowException(
+                "log_image takes either artifact_file, or key (with step)",
+                INVALID_PARAMETER_VALUE,
+            )
+        pil = media.to_pil(image)
+        if artifact_file is not None:
+            if step is not None or timestamp is not None:
+                raise MlflowException(
+                    "step and timestamp go with key, not artifact_file", INVALID_PARAMETER_VALUE
+                )
+            self._log_pil(run_id, pil, artifact_file)
+            return
+        assert key is not None
+        ts = timestamp if timestamp is not None else media.now_ms()
+        full, small = media.history_paths(key, step or 0, ts)
+        thumb = media.thumbnail(pil)  # before returning: the caller may change the image
+        self.ctx.agent.flush()  # the run must exist at the collector
+        if synchronous:
+            self._log_pil(run_id, pil, full)
+            self._log_pil(run_id, thumb, small)
+        else:
+            media.submit(self._log_pil, run_id, pil.copy(), full)
+            media.submit(self._log_pil, run_id, thumb, small)
+        self.set_tag(run_id, media.LOGGED_IMAGES_TAG, "true")
+
+    def _log_pil(self, run_id: str, image: Any, artifact_file: str) -> None:
         suffix = Path(artifact_file).suffix or ".png"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"image{suffix}"
             image.save(path)
             self._log_file_as(run_id, path, artifact_file)
+
+    def flush_artifact_async_logging(self) -> None:
+        """Wait for the artifacts uploading in the background (image histories)."""
+        media.flush()
+
+    def log_table(self, run_id: str, data: Any, artifact_file: str) -> None:
+        """Store a table (dict of columns or DataFrame) as JSON, listed for ``load_table``."""
+        media.check_table_file(artifact_file)
+        self.log_text(run_id, media.table_json(data), artifact_file)
+        tags = self.get_run(run_id).data.tags
+        entries = media.logged_tables(tags)
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in entries:
+            self.set_tag(run_id, media.LOGGED_ARTIFACTS_TAG, json.dumps([*entries, entry]))
+
+    def load_table(
+        self,
+        experiment_id: str,
+        artifact_file: str,
+        run_ids: list[str] | None = None,
+        extra_columns: list[str] | None = None,
+    ) -> Any:
+        """One DataFrame of the table ``artifact_file`` of every run of the experiment
+        that logged it (or of ``run_ids``); ``extra_columns`` adds run attributes such
+        as ``run_id``."""
+        import pandas as pd
+
+        if run_ids is not None:
+            runs = [self.get_run(r) for r in run_ids]
+        else:
+            runs, token = [], None
+            while True:
+                page = self.search_runs([str(experiment_id)], page_token=token)
+                runs += page
+                token = page.token
+                if not token:
+                    break
+        frames = []
+        for run in runs:
+            if not any(e.get("path") == artifact_file for e in media.logged_tables(run.data.tags)):
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                local = self.download_artifacts(run.info.run_id, artifact_file, tmp)
+                df = media.read_table(Path(local).read_text())
+            for col in extra_columns or []:
+                value = getattr(run.info, col, None)
+                if value is None:
+                    raise MlflowException(
+                        f"extra column {col!r} is not a run attribute", INVALID_PARAMETER_VALUE
+                    )
+                df[col] = value
+            frames.append(df)
+        if not frames:
+            raise MlflowException(
+                f"No runs found with the table artifact {artifact_file!r}",
+                RESOURCE_DOES_NOT_EXIST,
+            )
+        return pd.concat(frames, ignore_index=True)
+
+    # -- datasets and lineage -------------------------------------------------------------
+
+    def log_inputs(
+        self,
+        run_id: str,
+        datasets: Sequence[Any] | None = None,
+        models: Sequence[Any] | None = None,
+    ) -> None:
+        """Record dataset inputs (``DatasetInput``: a dataset and its tags) of a run.
+
+        Sent to the collector's MLflow REST endpoint (``runs/log-inputs``), as MLflow's
+        client sends them. Logged models are not tracked (see the README's table).
+        """
+        if models:
+            raise MlflowException(
+                "flightlog does not track logged models; log_inputs takes datasets only",
+                INVALID_PARAMETER_VALUE,
+            )
+        items = [
+            {
+                "dataset": _dataset_fields(d.dataset),
+                "tags": [{"key": t.key, "value": t.value} for t in d.tags or []],
+            }
+            for d in datasets or []
+        ]
+        if not items:
+            return
+        self.ctx.agent.flush()  # the run must exist at the collector
+        self._rest("POST", "runs/log-inputs", {"run_id": run_id, "datasets": items})
+
+    def _rest(self, method: str, endpoint: str, body: dict[str, Any]) -> Any:
+        """One call to the collector's MLflow REST API (JSON), its error raised."""
+        try:
+            status, _, data = self.ctx.client.request(
+                method,
+                f"/api/2.0/mlflow/{endpoint}",
+                orjson.dumps(body),
+                content_type="application/json",
+                headers={"Accept": "application/json"},
+            )
+        except CollectorUnavailable as e:
+            raise RestException(str(e), "INTERNAL_ERROR", 503) from e
+        try:
+            reply = orjson.loads(data) if data else {}
+        except ValueError:
+            reply = {"message": data[:300].decode("utf-8", "replace")}
+        if status >= 400:
+            raise RestException(
+                str(reply.get("message", f"HTTP {status}")),
+                str(reply.get("error_code", "INTERNAL_ERROR")),
+                status,
+            )
+        return reply
+
+    def get_parent_run(self, run_id: str) -> Run | None:
+        """The parent of a nested run (its ``mlflow.parentRunId`` tag), or None."""
+        parent = self.get_run(run_id).data.tags.get("mlflow.parentRunId")
+        return self.get_run(parent) if parent else None
+
+    def set_experiment_tags(self, experiment_id: str, tags: dict[str, Any]) -> None:
+        """Set several tags on an experiment."""
+        for key, value in tags.items():
+            self.set_experiment_tag(experiment_id, key, value)
 
     def _log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -478,12 +663,12 @@ class MlflowClient:
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[FileInfo]:
         """The direct children of ``path`` (the root when None) in a run's artifacts."""
-        self.ctx.agent.flush()
+        self._reading.agent.flush()
         return artifacts.list_artifacts(self.ctx.client, run_id, path)
 
     def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str:
         """Download a file or directory of a run's artifacts; return its local path."""
-        self.ctx.agent.flush()
+        self._reading.agent.flush()
         return artifacts.download(self.ctx.client, run_id, path, dst_path)
 
     # -- search ---------------------------------------------------------------------------
@@ -508,7 +693,9 @@ class MlflowClient:
             order_by=list(order_by or []),
             page_token=page_token,
         )
-        return search.PagedList([Run.from_dict(r) for r in reply["runs"]], reply["next_page_token"])
+        return search.PagedList(
+            [self._as_seen(Run.from_dict(r)) for r in reply["runs"]], reply["next_page_token"]
+        )
 
     def search_experiments(
         self,
@@ -519,7 +706,7 @@ class MlflowClient:
         page_token: str | None = None,
     ) -> search.PagedList[Experiment]:
         """One page of experiments matching ``filter_string``; ``.token`` for the next."""
-        reply = self._call(
+        reply = self._read(
             "search_experiments",
             view_type=search.view(view_type),
             max_results=max_results,

@@ -17,6 +17,7 @@ from flightlog.agent.spool import default_spool_root
 from flightlog.agent.transport import CollectorClient
 from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, Agent, _env_float
 from flightlog.core.entities import Experiment
+from flightlog.core.exceptions import RESOURCE_DOES_NOT_EXIST, MlflowException
 from flightlog.core.uris import LocalStore, is_collector_uri, local_store
 
 DEFAULT_TRACKING_URI = "./flightlog"
@@ -44,7 +45,7 @@ def get_tracking_uri() -> str:
 def _key(uri: str) -> str:
     if is_collector_uri(uri):
         return uri.rstrip("/")
-    return str(local_store(uri).directory)
+    return local_store(uri).identity
 
 
 class TrackingContext:
@@ -66,7 +67,7 @@ class TrackingContext:
         # (a local store's lives inside the store), where a later process finds them.
         self.agent = Agent(
             self.client,
-            spool_root=default_spool_root(uri, self.local.directory if self.local else None),
+            spool_root=default_spool_root(uri, self.local),
             tracking_uri=self._destination(),
         )
         # Experiments this process has looked up (id -> Experiment), so start_run needs no
@@ -92,11 +93,24 @@ class TrackingContext:
         return self.local.directory if self.local else None
 
 
-def get_context(uri: str | None = None) -> TrackingContext:
-    """The (cached) context for a tracking URI, started on first use."""
+def get_context(uri: str | None = None, create: bool = True) -> TrackingContext:
+    """The (cached) context for a tracking URI, started on first use.
+
+    ``create=False`` is for reads: a local store that does not exist yet is not created
+    (nor a collector started for it); the read fails saying so.
+    """
     uri = uri or get_tracking_uri()
     k = _key(uri)
     ctx = _contexts.get(k)
+    if ctx is None and not create and not is_collector_uri(uri):
+        store = local_store(uri)
+        if not store.exists():
+            raise MlflowException(
+                f"No flightlog store at {store.db_path} (tracking URI {uri!r}): nothing has "
+                "been logged there yet, and a read creates nothing. Check the tracking URI "
+                "(--tracking-uri, FLIGHTLOG_TRACKING_URI or MLFLOW_TRACKING_URI).",
+                RESOURCE_DOES_NOT_EXIST,
+            )
     if ctx is None:
         with _lock:
             ctx = _contexts.get(k)

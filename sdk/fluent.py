@@ -12,6 +12,7 @@ clock read and a deque append. Everything else happens in the agent's thread.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
@@ -20,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from flightlog import context as _context
-from flightlog import search
+from flightlog import media, search
 from flightlog.agent import signals as _signals
 from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, _env_float, begin_exit
 from flightlog.client import MlflowClient
@@ -28,6 +29,8 @@ from flightlog.context import flush_all
 from flightlog.core import validation as v
 from flightlog.core.entities import Experiment, Metric, Param, Run, RunStatus, RunTag, ViewType
 from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+log = logging.getLogger("flightlog")
 
 _tls = threading.local()  # .stack: list[ActiveRun]; .top: (run_id, agent) of the stack top
 _process_top: list[ActiveRun] = []  # runs started in any thread, newest last
@@ -163,6 +166,46 @@ def get_experiment_by_name(name: str) -> Experiment | None:
     return MlflowClient().get_experiment_by_name(name)
 
 
+def set_experiment_tag(key: str, value: Any) -> None:
+    """Set a tag on the current experiment."""
+    client = MlflowClient()
+    client.set_experiment_tag(_resolve_experiment_id(client), key, value)
+
+
+def set_experiment_tags(tags: dict[str, Any]) -> None:
+    """Set several tags on the current experiment."""
+    client = MlflowClient()
+    client.set_experiment_tags(_resolve_experiment_id(client), tags)
+
+
+def delete_experiment_tag(key: str) -> None:
+    """Delete a tag of the current experiment."""
+    client = MlflowClient()
+    client.delete_experiment_tag(_resolve_experiment_id(client), key)
+
+
+def restore_experiment(experiment_id: str) -> None:
+    """Restore a deleted experiment (and its runs)."""
+    MlflowClient().restore_experiment(experiment_id)
+
+
+def restore_run(run_id: str) -> None:
+    """Restore a deleted run."""
+    MlflowClient().restore_run(run_id)
+
+
+def is_tracking_uri_set() -> bool:
+    """True when a tracking URI was set (``set_tracking_uri`` or the environment)."""
+    from flightlog.core import settings
+
+    return _context._tracking_uri is not None or settings.TRACKING_URI.get() is not None
+
+
+def get_parent_run(run_id: str) -> Run | None:
+    """The parent run of a nested run, or None."""
+    return MlflowClient().get_parent_run(run_id)
+
+
 def delete_experiment(experiment_id: str) -> None:
     """Mark an experiment deleted."""
     MlflowClient().delete_experiment(experiment_id)
@@ -236,7 +279,7 @@ def start_run(
         # in which case the create waits in the queue with everything else.
         agent = client.ctx.agent
         if agent.reachable:
-            agent.flush(START_RUN_SYNC_TIMEOUT)
+            agent.flush(START_RUN_SYNC_TIMEOUT, tell_outage=False)
     active = ActiveRun(run, client)
     stack.append(active)
     with _state_lock:
@@ -278,6 +321,10 @@ def end_run(status: str = RunStatus.FINISHED, *, _run: ActiveRun | None = None) 
     for sampler in run._samplers:
         sampler.stop()
     run._samplers.clear()
+    try:
+        media.flush()  # the run's background uploads land before it ends
+    except Exception as e:
+        log.error("flightlog: an artifact upload in the background failed: %s", e)
     run._client.set_terminated(run.info.run_id, status)
 
 
@@ -534,10 +581,24 @@ def log_figure(
     client.log_figure(rid, figure, artifact_file, save_kwargs=save_kwargs)
 
 
-def log_image(image: Any, artifact_file: str, run_id: str | None = None) -> None:
-    """Store a numpy array or PIL image as an image artifact of the active run."""
+def log_image(
+    image: Any,
+    artifact_file: str | None = None,
+    key: str | None = None,
+    step: int | None = None,
+    timestamp: int | None = None,
+    synchronous: bool | None = None,
+    run_id: str | None = None,
+) -> None:
+    """Store a numpy array or PIL image of the active run: as the file ``artifact_file``,
+    or, with ``key`` and ``step``, as one point of an image history (MLflow 2.x)."""
     rid, client = _run_id_for_write(run_id)
-    client.log_image(rid, image, artifact_file)
+    client.log_image(rid, image, artifact_file, key, step, timestamp, synchronous)
+
+
+def flush_artifact_async_logging() -> None:
+    """Wait for the artifacts uploading in the background (image histories)."""
+    media.flush()
 
 
 def get_artifact_uri(artifact_path: str | None = None) -> str:

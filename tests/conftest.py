@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,6 +83,25 @@ def start_collector(
         time.sleep(0.02)
     info = json.loads(port_file.read_text())
     return CollectorProcess(f"http://127.0.0.1:{info['port']}", store, proc, int(info["port"]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_collectors_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the session, stop every collector the tests left running.
+
+    Embedded collectors outlive the processes that start them (for ten idle minutes);
+    each writes a discovery file (``collector.json``, ``<db>.collector.json``) into its
+    store, and every store of this session lies under the session's base temp directory.
+    """
+    yield
+    for f in tmp_path_factory.getbasetemp().rglob("*collector.json"):
+        try:
+            pid = int(json.loads(f.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
 
 
 @pytest.fixture

@@ -63,10 +63,13 @@ def test_tutorial_artifact_examples(tracking: CollectorProcess, tmp_path: Path) 
     assert Path(local, "sub", "notes.txt").read_bytes() == b"hello"
     one = client.download_artifacts(run.info.run_id, "config/params.yaml", str(dst))
     assert Path(one).read_text() == "epochs: 3\n"
-    # Bytes land in the experiment's artifact location, under the run's artifact URI.
+    # Over HTTP the run reports the collector's proxy URI, as MLflow's client sees it;
+    # the bytes land in the experiment's artifact location, under the run's id.
     uri = mlflow.get_run(run.info.run_id).info.artifact_uri
-    assert uri.startswith("file://") and uri.endswith(f"{run.info.run_id}/artifacts")
-    on_disk = Path(uri[len("file://") :]) / "model.pkl"
+    assert uri == f"mlflow-artifacts:/{run.info.experiment_id}/{run.info.run_id}/artifacts"
+    location = mlflow.get_experiment(run.info.experiment_id).artifact_location
+    assert location.startswith("file://")
+    on_disk = Path(location[len("file://") :]) / run.info.run_id / "artifacts" / "model.pkl"
     assert on_disk.read_bytes() == b"\x80" * 1234
 
 
@@ -115,7 +118,8 @@ def test_path_traversal_refused_in_sdk(
         assert e.value.error_code == "INVALID_PARAMETER_VALUE"
     assert MlflowClient().list_artifacts(run.info.run_id) == []
     # Nothing was written next to the artifact root either.
-    root = Path(mlflow.get_run(run.info.run_id).info.artifact_uri[len("file://") :])
+    location = mlflow.get_experiment(run.info.experiment_id).artifact_location
+    root = Path(location[len("file://") :]) / run.info.run_id / "artifacts"
     assert not (root.parent / "up").exists() and not (root.parent / "evil.json").exists()
 
 

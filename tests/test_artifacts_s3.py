@@ -38,7 +38,9 @@ def test_tutorial_experiment_on_s3(s3_server: S3Server, tmp_path: Path) -> None:
             mlflow.log_artifacts("./outputs", artifact_path="outputs")
             mlflow.log_dict({"accuracy": 0.95}, "results.json")
         info = mlflow.get_run(run.info.run_id).info
-        assert info.artifact_uri == f"s3://{TEST_BUCKET}/experiments/{run.info.run_id}/artifacts"
+        # The collector serves the bucket: over HTTP the run reports its proxy URI.
+        assert info.artifact_uri == f"mlflow-artifacts:/{exp_id}/{run.info.run_id}/artifacts"
+        assert mlflow.get_experiment(exp_id).artifact_location == f"s3://{TEST_BUCKET}/experiments"
         client = MlflowClient()
         listed = {(f.path, f.is_dir, f.file_size) for f in client.list_artifacts(run.info.run_id)}
         assert listed == {

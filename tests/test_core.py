@@ -160,7 +160,9 @@ def test_experiments_with_hierarchical_names(tracking: CollectorProcess) -> None
     assert mlflow.get_experiment_by_name("nope") is None
     with mlflow.start_run(experiment_id=exp_id) as run:
         pass
-    assert run.info.artifact_uri == f"s3://my-bucket/experiments/{run.info.run_id}/artifacts"
+    # Over HTTP the run reports the collector's proxy URI; the location stays the bucket.
+    assert run.info.artifact_uri == f"mlflow-artifacts:/{exp_id}/{run.info.run_id}/artifacts"
+    assert mlflow.get_experiment(exp_id).artifact_location == "s3://my-bucket/experiments"
     with pytest.raises(MlflowException, match="No Experiment with id=999 exists"):
         mlflow.get_experiment("999")
 

@@ -86,7 +86,7 @@ def test_concurrent_processes_start_one_collector(tmp_path: Path) -> None:
 def test_sqlite_uri_and_env_tracking_uri(tmp_path: Path) -> None:
     db = tmp_path / "elsewhere" / "runs.db"
     code = LOG_SOME.replace(
-        'open("flightlog/collector.json")', f"open({str(db.parent / 'collector.json')!r})"
+        'open("flightlog/collector.json")', f"open({str(db.parent / 'runs.db.collector.json')!r})"
     )
     out = json.loads(
         run_script(tmp_path, code, env={"FLIGHTLOG_TRACKING_URI": f"sqlite:///{db}"}).stdout

@@ -1,0 +1,7 @@
+"""``python -m flightlog``: the ``flightlog`` command line."""
+
+import sys
+
+from flightlog.cli import main
+
+sys.exit(main())
