@@ -281,7 +281,7 @@ class LocalArtifactRepository:
                 _remove_dirs(created)
                 if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
                     raise MlflowException(
-                        f"Invalid artifact path {rel[:200]!r}: {exc.strerror}",
+                        f"Invalid path {rel[:200]!r}: {exc.strerror}",
                         INVALID_PARAMETER_VALUE,
                     ) from exc
                 raise

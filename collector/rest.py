@@ -863,7 +863,7 @@ async def _proxy_target(
     parts = canonical.split("/") if canonical else []
     if len(parts) < 3 or parts[2] != "artifacts":
         raise MlflowException(
-            f"Invalid artifact path {path!r}: flightlog serves artifacts per run, as "
+            f"Invalid path {path!r}: flightlog serves artifacts per run, as "
             "<experiment_id>/<run_id>/artifacts/<path>",
             INVALID_PARAMETER_VALUE,
         )
@@ -874,7 +874,7 @@ async def _proxy_target(
     rel = "/".join(parts[3:])
     if not rel and not allow_root:
         raise MlflowException(
-            f"Invalid artifact path {path!r}: it names the run's artifact root, not a file",
+            f"Invalid path {path!r}: it names the run's artifact root, not a file",
             INVALID_PARAMETER_VALUE,
         )
     return repository(c, real_uri), rel

@@ -110,16 +110,19 @@ def _lifecycle_condition(alias: str, view_type: int, what: str) -> str:
 
 
 def _check_max_results(max_results: int) -> None:
-    if (
-        isinstance(max_results, bool)
-        or not isinstance(max_results, int)
-        or not 1 <= max_results <= MAX_RESULTS_LIMIT
-    ):
-        raise MlflowException(
-            f"Invalid max_results {max_results!r}: it must be an integer from 1 to "
-            f"{MAX_RESULTS_LIMIT}; page with the returned token for more",
-            INVALID_PARAMETER_VALUE,
-        )
+    # MLflow's text first (clients and MLflow's tests match on it), flightlog's hint after.
+    if isinstance(max_results, bool) or not isinstance(max_results, int):
+        why = "It must be an integer"
+    elif max_results < 1:
+        why = "It must be a positive integer"
+    elif max_results > MAX_RESULTS_LIMIT:
+        why = f"It must be at most {MAX_RESULTS_LIMIT}; page with the returned token for more"
+    else:
+        return
+    raise MlflowException(
+        f"Invalid value {max_results!r} for parameter 'max_results' supplied. {why}",
+        INVALID_PARAMETER_VALUE,
+    )
 
 
 _EXPERIMENT_ORDER_COLUMNS = {

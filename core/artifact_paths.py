@@ -37,8 +37,9 @@ MAX_DEPTH = 256
 
 
 def _refuse(path: object, why: str) -> MlflowException:
+    # "Invalid path" is MLflow's text (its clients and tests match on it); the detail follows.
     shown = repr(path) if len(repr(path)) <= 200 else f"{repr(path)[:200]}..."
-    return MlflowException(f"Invalid artifact path {shown}: {why}", INVALID_PARAMETER_VALUE)
+    return MlflowException(f"Invalid path {shown}: {why}", INVALID_PARAMETER_VALUE)
 
 
 def safe_relative_path(path: str, *, allow_root: bool = False) -> str:

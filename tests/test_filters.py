@@ -1004,9 +1004,14 @@ def test_search_argument_errors(store: sqlite3.Connection) -> None:
         search_run_ids(store, ["1"], "", ALL, 1, None, "not a token!")
     with pytest.raises(MlflowException, match="Invalid page_token"):
         search_run_ids(store, ["1"], "", ALL, 1, None, token[:-4])
-    with pytest.raises(MlflowException, match="Invalid max_results 0"):
+    with pytest.raises(
+        MlflowException, match="Invalid value 0 for parameter 'max_results' supplied"
+    ):
         search_run_ids(store, ["1"], "", ALL, 0, None, None)
-    with pytest.raises(MlflowException, match="Invalid max_results 50001"):
+    with pytest.raises(
+        MlflowException,
+        match=r"Invalid value 50001 for parameter 'max_results' supplied\. It must be at most",
+    ):
         search_run_ids(store, ["1"], "", ALL, 50_001, None, None)
     with pytest.raises(MlflowException, match="Invalid run_view_type 4"):
         search_run_ids(store, ["1"], "", 4, 10, None, None)

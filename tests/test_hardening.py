@@ -314,7 +314,7 @@ def test_artifact_path_edge_cases_answer_400_and_leave_nothing(tmp_path: Path) -
         root = tmp_path / "store" / "artifacts" / "0" / run_id / "artifacts"
         assert call(c, "PUT", f"{base}/f", b"x")[0] == 200
         for path in ["a" * 300, "a/" * 2100 + "f", "d/" * 900 + "f", "%C3%A9" * 128]:
-            assert_invalid(call(c, "PUT", f"{base}/{path}", b"x"), "artifact path")
+            assert_invalid(call(c, "PUT", f"{base}/{path}", b"x"), "Invalid path")
         assert_invalid(call(c, "PUT", f"/api/flightlog/artifacts/{run_id}/{'a/' * 2100}f", b"x"))
         # Below a file: nothing to delete (as for a missing path), nothing to write.
         assert call(c, "DELETE", f"{base}/f/g")[0] == 200
