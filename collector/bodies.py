@@ -32,9 +32,11 @@ from flightlog.collector.limits import IngestLimits, Reservation
 from flightlog.collector.state import COLLECTOR
 from flightlog.core.exceptions import BAD_REQUEST, BodyTooLarge, MlflowException
 
-_BODY = "flightlog.body"  # the decoded body, once read (request is a mutable mapping)
-_RESERVATION = "flightlog.reservation"  # its share of the budget, until the response
-_ABANDONED = "flightlog.abandoned"  # the body was left unread
+# Per-request state (a request is a mapping): the decoded body once read, its share of
+# the budget until the response, and whether the rest of the body was left unread.
+_BODY = web.RequestKey("flightlog.body", bytes)
+_RESERVATION = web.RequestKey("flightlog.reservation", Reservation)
+_ABANDONED = web.RequestKey("flightlog.abandoned", bool)
 
 #: Most bytes one decompression step may produce: bounds a bomb's inflation per step.
 INFLATE_STEP = 256 * 1024
