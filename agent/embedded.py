@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from flightlog.agent.transport import CollectorClient
+from flightlog.core import settings
 from flightlog.core.exceptions import INTERNAL_ERROR, MlflowException
 from flightlog.core.uris import LocalStore, store_id
 
-DEFAULT_IDLE_TIMEOUT = 600.0
 START_TIMEOUT = 30.0
 
 
@@ -64,7 +64,7 @@ def ensure_collector(store: LocalStore) -> str:
 
 
 def _spawn(store: LocalStore) -> str:
-    idle = os.environ.get("FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT", str(DEFAULT_IDLE_TIMEOUT))
+    idle = str(settings.EMBEDDED_IDLE_TIMEOUT.get())
     with contextlib.suppress(FileNotFoundError):
         store.collector_file.unlink()
     log_path = store.collector_log

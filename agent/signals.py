@@ -32,11 +32,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from flightlog.agent.worker import _env_float, begin_exit, time_budget
+from flightlog.agent.exit_budget import begin_exit, time_budget
+from flightlog.core import settings
 
-# FLIGHTLOG_SIGNAL_FLUSH_TIMEOUT: seconds a SIGTERM (or Ctrl-C with a handler of the
-# program's) may spend ending runs and flushing before the signal takes its course.
-DEFAULT_SIGNAL_FLUSH_TIMEOUT = 10.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 KILLED = "KILLED"
 
@@ -48,12 +46,7 @@ _close_agents: Callable[[], None] | None = None
 
 def enabled() -> bool:
     """Whether the SDK may install its handlers (FLIGHTLOG_SIGNAL_HANDLERS, default on)."""
-    return os.environ.get("FLIGHTLOG_SIGNAL_HANDLERS", "1").strip().lower() not in (
-        "0",
-        "false",
-        "no",
-        "off",
-    )
+    return settings.SIGNAL_HANDLERS.get()
 
 
 def install(end_runs: Callable[[str], None], close_agents: Callable[[], None]) -> bool:
@@ -108,7 +101,7 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         _die_of(signum)  # a second signal: the user means it
     _handling = True
     try:
-        timeout = _env_float("FLIGHTLOG_SIGNAL_FLUSH_TIMEOUT", DEFAULT_SIGNAL_FLUSH_TIMEOUT)
+        timeout = settings.SIGNAL_FLUSH_TIMEOUT.get()
         name = signal.Signals(signum).name
         if callable(previous):
             # The program's handler decides what happens next (it may go on), so the

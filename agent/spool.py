@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
 from flightlog.core.uris import LocalStore
 
@@ -48,11 +49,10 @@ MAGIC = b"FLS1"
 SEGMENT_SUFFIX = ".seg"
 LOCK_NAME = "lock"
 TARGET_NAME = "target.json"
-# FLIGHTLOG_SPOOL_DIR: base directory of spools for collector URLs (default
-# $XDG_CACHE_HOME/flightlog/spool, i.e. ~/.cache/flightlog/spool); local stores spool
-# into <store>/spool unless it is set.
-# FLIGHTLOG_SPOOL_MAX_BYTES: disk bytes one process's spool may hold (default 2 GiB).
-DEFAULT_SPOOL_MAX_BYTES = 2 * 1024**3
+# FLIGHTLOG_SPOOL_DIR (settings.SPOOL_DIR): base directory of spools for collector URLs
+# (default $XDG_CACHE_HOME/flightlog/spool, i.e. ~/.cache/flightlog/spool); local stores
+# spool into <store>/spool unless it is set.
+DEFAULT_SPOOL_MAX_BYTES = settings.SPOOL_MAX_BYTES.default
 DEFAULT_SEGMENT_BYTES = 16 * 1024**2
 
 
@@ -63,22 +63,17 @@ def default_spool_root(tracking_uri: str, store_dir: Path | LocalStore | None) -
     go: another agent adopts a dead process's spool only for the same destination (for a
     local store, its database file: two ``sqlite:///`` stores in a directory have two).
     """
-    base_env = os.environ.get("FLIGHTLOG_SPOOL_DIR")
     if store_dir is not None:
         if isinstance(store_dir, LocalStore):
             own = store_dir.spool_dir
             key = store_dir.directory if store_dir.is_directory_store else store_dir.db_path
         else:
             own, key = store_dir / "spool", store_dir
-        if not base_env:
+        if settings.SPOOL_DIR.get() is None:
             return own
         digest = hashlib.sha1(str(key).encode()).hexdigest()[:12]
-        return Path(base_env).expanduser() / f"store-{key.name}-{digest}"
-    if base_env:
-        base = Path(base_env).expanduser()
-    else:
-        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        base = Path(cache) / "flightlog" / "spool"
+        return spool_base() / f"store-{key.name}-{digest}"
+    base = spool_base()
     parts = urllib.parse.urlsplit(tracking_uri)
     name = f"{parts.scheme}-{parts.hostname}-{parts.port or ''}"
     if parts.path.strip("/"):
@@ -86,12 +81,24 @@ def default_spool_root(tracking_uri: str, store_dir: Path | LocalStore | None) -
     return base / name
 
 
+def spool_base() -> Path:
+    """The base directory of spools: FLIGHTLOG_SPOOL_DIR, else the XDG cache's."""
+    configured = settings.SPOOL_DIR.get()
+    if configured is not None:
+        return Path(configured).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "flightlog" / "spool"
+
+
 def _write_target(root: Path, tracking_uri: str) -> None:
     target = root / TARGET_NAME
     if target.exists():
         return
     tmp = root / f".{TARGET_NAME}.{os.getpid()}"
-    tmp.write_text(json.dumps({"tracking_uri": tracking_uri}))
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"tracking_uri": tracking_uri}))
+        f.flush()
+        os.fsync(f.fileno())  # `flightlog sync` needs it to know where the batches go
     os.replace(tmp, target)
 
 
@@ -166,6 +173,9 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_target(self.root, self.tracking_uri)
         self.directory.mkdir(mode=0o700, exist_ok=True)
+        # The new entries (target.json, this directory) must survive a power cut with
+        # the segments that flush() reports as on disk.
+        _fsync_dir(self.root)
         fd = _open_lock(self.directory)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

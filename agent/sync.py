@@ -19,24 +19,26 @@ run again.
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import sys
-import time
 from pathlib import Path
 from typing import TextIO
 
+from flightlog.agent.delivery import DeliveryLoop, send_claim
+from flightlog.agent.progress import progress_bar
+from flightlog.agent.sender import Ack
 from flightlog.agent.spool import (
     LOCK_NAME,
     SEGMENT_SUFFIX,
     ClaimedSpool,
+    RecordRef,
     agent_dirs,
     default_spool_root,
     read_target,
+    spool_base,
     spool_roots,
 )
-from flightlog.agent.transport import CollectorClient
-from flightlog.agent.worker import BACKOFF_MAX, BACKOFF_START, post_batch
+from flightlog.agent.transport import CollectorClient, HttpSender
+from flightlog.core import settings
 from flightlog.core.uris import is_collector_uri, local_store
 
 DEFAULT_TIMEOUT = 60.0
@@ -64,14 +66,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _default_base() -> Path:
-    env = os.environ.get("FLIGHTLOG_SPOOL_DIR")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "flightlog" / "spool"
-
-
 def _roots(spool: str | None, uri: str | None) -> list[tuple[Path, list[Path] | None]]:
     """Spool roots to send, each with the process directories to take (None: all)."""
     if spool is not None:
@@ -83,7 +77,7 @@ def _roots(spool: str | None, uri: str | None) -> list[tuple[Path, list[Path] | 
     if uri is not None:
         local = None if is_collector_uri(uri) else local_store(uri)
         return [(default_spool_root(uri, local), None)]
-    roots = spool_roots(_default_base())
+    roots = spool_roots(spool_base())
     here = Path("flightlog", "spool").resolve()
     if here.is_dir() and here not in roots:
         roots.append(here)
@@ -102,7 +96,7 @@ def _client(uri: str) -> CollectorClient:
 
 
 class Progress:
-    """One stderr line: rewritten in place on a terminal, a line every few seconds else."""
+    """Batches and points sent: a tqdm bar on a terminal, and a last line in any case."""
 
     def __init__(self, batches: int, points: int, out: TextIO | None = None) -> None:
         self.batches = batches
@@ -110,58 +104,49 @@ class Progress:
         self.sent_batches = 0
         self.sent_points = 0
         self.out: TextIO = out or sys.stderr
-        self.tty = self.out.isatty()
-        self._last = 0.0
+        self.bar = progress_bar(batches, "flightlog sync", unit="batch", file=self.out)
 
-    def update(self, batches: int, points: int, *, final: bool = False) -> None:
+    def update(self, batches: int, points: int) -> None:
+        """Count ``batches`` more batches holding ``points`` points as sent."""
         self.sent_batches += batches
         self.sent_points += points
-        now = time.monotonic()
-        if not final and now - self._last < (0.1 if self.tty else 2.0):
-            return
-        self._last = now
-        pct = 100.0 * self.sent_batches / self.batches if self.batches else 100.0
-        width = 30
-        filled = int(width * pct / 100)
-        line = (
-            f"flightlog sync: [{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}%  "
-            f"{self.sent_batches}/{self.batches} batches, "
-            f"{self.sent_points:,}/{self.points:,} points"
+        self.bar.set_postfix_str(self._points(), refresh=False)
+        self.bar.update(batches)
+
+    def _points(self) -> str:
+        return f"{self.sent_points:,}/{self.points:,} points"
+
+    def close(self) -> None:
+        """End the bar and say what was sent (also where no bar is drawn: logs, pipes)."""
+        self.bar.close()
+        print(
+            f"flightlog sync: sent {self.sent_batches}/{self.batches} batches, {self._points()}",
+            file=self.out,
+            flush=True,
         )
-        self.out.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
-        self.out.flush()
 
 
 def _send(claim: ClaimedSpool, client: CollectorClient, progress: Progress, timeout: float) -> int:
     """Send one claimed spool; return the number of batches left unsent."""
     errors: list[str] = []
-    left = len(claim.records)
-    for ref in list(claim.records):
-        body = claim.read(ref)
-        if body is None:
+
+    def sent(ref: RecordRef, ack: Ack | None) -> None:
+        if ack is None:
             print(f"flightlog sync: a damaged record in {ref.path} was skipped", file=sys.stderr)
-            claim.done(ref)
-            left -= 1
-            progress.update(1, 0)
-            continue
-        delay, since = BACKOFF_START, time.monotonic()
-        while True:
-            d = post_batch(client, body)
-            if d.outcome != "retry":
-                break
-            if time.monotonic() - since > timeout:
-                print(
-                    f"\nflightlog sync: no progress for {timeout:.0f}s ({d.message}); "
-                    f"{left} batch(es) stay in {claim.directory}",
-                    file=sys.stderr,
-                )
-                return left
-            time.sleep(max(delay * (0.5 + random.random()), d.retry_after))
-            delay = min(delay * 2, BACKOFF_MAX)
-        errors.extend(str(e.get("message")) for e in d.errors if isinstance(e, dict))
-        claim.done(ref)
-        left -= 1
-        progress.update(1, ref.points)
+        else:
+            errors.extend(str(e.get("message")) for e in ack.errors if isinstance(e, dict))
+        progress.update(1, 0 if ack is None else ref.points)
+
+    loop = DeliveryLoop(HttpSender(client), give_up_after=timeout)
+    left = send_claim(claim, loop, sent)
+    if left:
+        why = loop.last.message if loop.last is not None else "no answer"
+        print(
+            f"\nflightlog sync: no progress for {timeout:.0f}s ({why}); "
+            f"{left} batch(es) stay in {claim.directory}",
+            file=sys.stderr,
+        )
+        return left
     if errors:
         print(
             f"flightlog sync: the collector reported {len(errors)} error(s), e.g.: "
@@ -175,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``flightlog sync``; returns the exit status."""
     uri_arg = args.tracking_uri
     if uri_arg is None and args.spool is None:
-        uri_arg = os.environ.get("FLIGHTLOG_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+        uri_arg = settings.TRACKING_URI.get()
     if args.spool is not None and not Path(args.spool).expanduser().is_dir():
         print(f"flightlog sync: no spool directory {args.spool}", file=sys.stderr)
         return 2
@@ -213,5 +198,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for _, claim in work:
             claim.finish()
-    progress.update(0, 0, final=True)
+    progress.close()
     return 1 if left else 0

@@ -100,6 +100,7 @@ from typing import Any, Literal, Protocol
 import psutil
 
 from flightlog.agent.gpu import GpuReader, load_gpu_reader
+from flightlog.core import settings
 
 try:  # POSIX only; elsewhere the election falls back to LOCAL_RANK
     import fcntl
@@ -136,35 +137,20 @@ SubmitMetrics = Callable[[str, dict[str, float], int], None]
 # below (what the SDK re-exports), then the environment, then the default.
 # ---------------------------------------------------------------------------------------
 
-ENABLE_ENV = "FLIGHTLOG_ENABLE_SYSTEM_METRICS_LOGGING"
-"""``true``/``false`` (also 1/0, yes/no, on/off): log system metrics for every run
-that does not say otherwise with ``start_run(log_system_metrics=...)``. Unset: off."""
+# The variables, their aliases (MLflow's names) and parsers are in flightlog.core.settings.
+ENABLE_ENV = settings.ENABLE_SYSTEM_METRICS_LOGGING.name
+MLFLOW_ENABLE_ENV = settings.ENABLE_SYSTEM_METRICS_LOGGING.aliases[0]
+INTERVAL_ENV = settings.SYSTEM_METRICS_SAMPLING_INTERVAL.name
+MLFLOW_INTERVAL_ENV = settings.SYSTEM_METRICS_SAMPLING_INTERVAL.aliases[0]
+NODE_ENV = settings.NODE.name
+MLFLOW_NODE_ENV = settings.NODE.aliases[0]
 
-MLFLOW_ENABLE_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
-"""MLflow's name for the same switch; read when ``ENABLE_ENV`` is unset."""
-
-INTERVAL_ENV = "FLIGHTLOG_SYSTEM_METRICS_SAMPLING_INTERVAL"
-"""Seconds between samples, a number >= 0.1 (``MIN_SAMPLING_INTERVAL``); default 10."""
-
-MLFLOW_INTERVAL_ENV = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
-"""MLflow's name for the same interval; read when ``INTERVAL_ENV`` is unset."""
-
-NODE_ENV = "FLIGHTLOG_NODE"
-"""The node label: metric names become ``system/<label>/...``. Letters, digits and
-``_ . -`` only. Unset: no label on a single node, the host name on a multi-node run."""
-
-MLFLOW_NODE_ENV = "MLFLOW_SYSTEM_METRICS_NODE_ID"
-"""MLflow's name for the node label; read when ``NODE_ENV`` is unset."""
-
-DEFAULT_SAMPLING_INTERVAL = 10.0
+DEFAULT_SAMPLING_INTERVAL = settings.SYSTEM_METRICS_SAMPLING_INTERVAL.default
 MIN_SAMPLING_INTERVAL = 0.1
 
 # Rates and CPU percentages measured over less than this are noise; they are left out.
 _MIN_WINDOW = 0.05
 _MB = 1e6
-_NODE_LABEL = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 @dataclass
@@ -200,16 +186,11 @@ def system_metrics_enabled(environ: Mapping[str, str] | None = None) -> bool:
     """Whether a run that does not pass ``log_system_metrics`` gets system metrics.
 
     Raises:
-        ValueError: the environment variable holds something other than a boolean.
+        SettingError: (a ValueError) the environment variable is not a boolean.
     """
     if _overrides.enabled is not None:
         return _overrides.enabled
-    env = os.environ if environ is None else environ
-    for name in (ENABLE_ENV, MLFLOW_ENABLE_ENV):
-        value = env.get(name)
-        if value is not None:
-            return _parse_bool(name, value)
-    return False
+    return settings.ENABLE_SYSTEM_METRICS_LOGGING.get(environ)
 
 
 def set_system_metrics_sampling_interval(seconds: float | None) -> None:
@@ -228,22 +209,11 @@ def system_metrics_sampling_interval(environ: Mapping[str, str] | None = None) -
     """The sampling interval in seconds a new sampler uses when given none.
 
     Raises:
-        ValueError: the environment variable is not a number >= 0.1.
+        SettingError: (a ValueError) the environment variable is not a number >= 0.1.
     """
     if _overrides.interval is not None:
         return _overrides.interval
-    env = os.environ if environ is None else environ
-    for name in (INTERVAL_ENV, MLFLOW_INTERVAL_ENV):
-        value = env.get(name)
-        if value is not None and value.strip():
-            try:
-                seconds = float(value)
-            except ValueError:
-                raise ValueError(
-                    f"{name}={value!r} is not a number of seconds (>= {MIN_SAMPLING_INTERVAL})"
-                ) from None
-            return _check_interval(seconds, name)
-    return DEFAULT_SAMPLING_INTERVAL
+    return settings.SYSTEM_METRICS_SAMPLING_INTERVAL.get(environ)
 
 
 def set_system_metrics_node_name(name: str | None) -> None:
@@ -263,25 +233,13 @@ def system_metrics_node_name(environ: Mapping[str, str] | None = None) -> str | 
     """The node label a new sampler uses when given none; None for MLflow's plain names.
 
     Raises:
-        ValueError: ``FLIGHTLOG_NODE`` holds characters a metric name cannot have.
+        SettingError: (a ValueError) ``FLIGHTLOG_NODE`` holds characters a metric name
+            cannot have.
     """
     if _overrides.node is not None:
         return _overrides.node
     env = os.environ if environ is None else environ
-    for name in (NODE_ENV, MLFLOW_NODE_ENV):
-        value = env.get(name)
-        if value:
-            return _check_node_name(value, name)
-    return _automatic_node_name(env)
-
-
-def _parse_bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"{name}={value!r} is not a boolean (use true or false)")
+    return settings.NODE.get(env) or _automatic_node_name(env)
 
 
 def _check_interval(seconds: float, what: str) -> float:
@@ -299,7 +257,7 @@ def _check_interval(seconds: float, what: str) -> float:
 
 
 def _check_node_name(name: str, what: str) -> str:
-    if not _NODE_LABEL.match(name):
+    if not settings.NODE_LABEL.match(name):
         raise ValueError(
             f"{what} {name!r} must be letters, digits, '_', '.' or '-' "
             "(it becomes part of every system metric's name)"

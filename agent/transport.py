@@ -8,14 +8,18 @@ event loop in the training process.
 from __future__ import annotations
 
 import http.client
+import logging
 import threading
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from flightlog.agent.sender import OK, REJECTED, RETRY, Ack, no_answer
 from flightlog.core import settings
 from flightlog.core.exceptions import INTERNAL_ERROR, CollectorUnavailable, RestException
 from flightlog.core.wire import pack, unpack
+
+log = logging.getLogger("flightlog.agent")
 
 MSGPACK = "application/msgpack"
 #: What to do about a 401, said wherever the SDK reports one.
@@ -24,6 +28,9 @@ TOKEN_HINT = (
     "environment of this process."
 )
 STREAM_BLOCK = 1 << 20
+INGEST = "/api/flightlog/ingest"
+RETRY_AFTER_MAX = 60.0  # the longest Retry-After we honour
+AUTH_RETRY_AFTER = 5.0  # a refused token is retried this slowly until it is fixed
 
 
 class CollectorClient:
@@ -78,12 +85,14 @@ class CollectorClient:
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         sink: Callable[[bytes], object] | None = None,
+        on_headers: Callable[[dict[str, str]], object] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """One HTTP exchange; raises CollectorUnavailable when no answer came back.
 
         ``body`` may be an open binary file (sent in 1 MiB blocks; give Content-Length in
         ``headers``). With ``sink``, a 200 answer's body is passed to it block by block
-        instead of being returned, so large downloads use bounded memory.
+        instead of being returned, so large downloads use bounded memory; ``on_headers``
+        gets its headers first (a progress bar's total is the Content-Length).
         """
         # Accept: the collector answers errors in msgpack to us, JSON to everyone else.
         hdrs = {"Content-Type": content_type, "Accept": MSGPACK, **(headers or {})}
@@ -107,6 +116,8 @@ class CollectorClient:
                 resp = conn.getresponse()
                 resp_headers = {k.lower(): v for k, v in resp.getheaders()}
                 if sink is not None and resp.status == 200:
+                    if on_headers is not None:
+                        on_headers(resp_headers)
                     while block := resp.read(STREAM_BLOCK):
                         sunk = True
                         sink(block)
@@ -185,3 +196,62 @@ def decode_reply(status: int, data: bytes) -> Any:
         text = data[:300].decode("utf-8", "replace") if data else ""
         raise RestException(f"Collector answered HTTP {status}: {text}", INTERNAL_ERROR, status)
     return body
+
+
+class HttpSender:
+    """The :class:`~flightlog.agent.sender.Sender` that POSTs batches to a collector."""
+
+    def __init__(self, client: CollectorClient) -> None:
+        self.client = client
+
+    def send(self, body: bytes, timeout: float | None = None) -> Ack:
+        """POST one encoded batch to the ingest endpoint, once, and classify the answer.
+
+        401/403 (a wrong or missing token) count as RETRY: the batch is kept, since the
+        same bytes go through once the token is fixed. 408, 429 and 5xx are RETRY, with
+        the Retry-After the collector sent; any other 4xx is REJECTED.
+        """
+        try:
+            status, headers, data = self.client.request("POST", INGEST, body, timeout=timeout)
+        except CollectorUnavailable as e:
+            log.debug("flightlog agent: %s", e)
+            return no_answer(str(e))
+        if status == 200:
+            try:
+                reply = unpack(data) if data else {}
+            except Exception:
+                reply = {}
+            errors = reply.get("errors") if isinstance(reply, dict) else None
+            return Ack(OK, 200, list(errors) if isinstance(errors, list) else [], 0.0, "")
+        message = f"HTTP {status}: {_reply_message(data)}"
+        if status in (401, 403):
+            return Ack(RETRY, status, [], AUTH_RETRY_AFTER, message)
+        if status in (408, 429) or status >= 500:
+            return Ack(RETRY, status, [], parse_retry_after(headers.get("retry-after")), message)
+        error = {
+            "op": "batch",
+            "error_code": "BAD_REQUEST",
+            "message": f"Collector rejected a batch ({message})",
+        }
+        return Ack(REJECTED, status, [error], 0.0, message)
+
+
+def parse_retry_after(raw: str | None) -> float:
+    """Seconds from a Retry-After header, capped; 0 when absent or an HTTP date."""
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        return 0.0  # an HTTP date: rare from our collector; the backoff still applies
+    return min(max(value, 0.0), RETRY_AFTER_MAX) if value == value else 0.0
+
+
+def _reply_message(data: bytes) -> str:
+    try:
+        reply = unpack(data)
+        if isinstance(reply, dict) and "message" in reply:
+            return str(reply["message"])
+    except Exception:
+        pass
+    return data[:500].decode("utf-8", "replace")

@@ -120,8 +120,36 @@ def _start_collector(store: Path, extra: list[str]) -> tuple[subprocess.Popen[by
     return proc, f"http://127.0.0.1:{port}"
 
 
-def run(processes: int, rate: float, seconds: float, collector_args: list[str]) -> dict[str, Any]:
-    """Run the benchmark; return its figures."""
+def _hold_budget(url: str, size: int) -> socket.socket:
+    """Start an ingest request of ``size`` body bytes and send none of them.
+
+    The collector reserves a request's Content-Length from its ingest budget before it
+    reads the body, so while this connection is open the budget is taken and every
+    other ingest is answered 503 + Retry-After, whatever the machine's speed. Closing
+    the socket gives the budget back.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        f"POST /api/flightlog/ingest HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/msgpack\r\nContent-Length: {size}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def run(
+    processes: int,
+    rate: float,
+    seconds: float,
+    collector_args: list[str],
+    hold_budget: tuple[int, float] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; return its figures.
+
+    ``hold_budget=(bytes, seconds)`` takes that much of the collector's ingest budget for
+    the first seconds of logging (:func:`_hold_budget`), so that the collector must push
+    back (503) on any machine: tests use it to check the agents honour it.
+    """
     with tempfile.TemporaryDirectory(prefix="flightlog-overload-") as d:
         store = Path(d) / "store"
         env = {**os.environ, "FLIGHTLOG_SPOOL_DIR": str(Path(d) / "spool")}
@@ -144,11 +172,15 @@ def run(processes: int, rate: float, seconds: float, collector_args: list[str]) 
                 assert c.stdout is not None
                 if c.stdout.readline().strip() != "ready":
                     raise SystemExit("a training process failed to start")
+            held = _hold_budget(url, hold_budget[0]) if hold_budget else None
             t0 = time.perf_counter()
             for c in children:
                 assert c.stdin is not None
                 c.stdin.write("go\n")
                 c.stdin.flush()
+            if held is not None and hold_budget is not None:
+                time.sleep(hold_budget[1])  # the training processes log meanwhile
+                held.close()
             results = []
             for c in children:
                 out, _ = c.communicate(timeout=600)

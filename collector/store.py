@@ -106,10 +106,10 @@ class SqliteStore:
         # overflow chains (only takes effect on a new file, before WAL is switched on).
         conn.execute("PRAGMA page_size=16384")
         conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a crash of the collector process (the
-        # failure we guard against); FULL would also survive power loss at a cost per commit.
-        # FLIGHTLOG_SQLITE_SYNCHRONOUS: validated against SQLite's four levels by the
-        # setting's parser, so nothing else reaches the PRAGMA's text.
+        # FULL by default: the collector acknowledges a batch after COMMIT and the agent
+        # then deletes its copy, so the commit must survive a power loss, not only a crash
+        # of the collector (NORMAL in WAL mode). FLIGHTLOG_SQLITE_SYNCHRONOUS is validated
+        # by the setting's parser, so nothing else reaches the PRAGMA's text.
         conn.execute(f"PRAGMA synchronous={settings.SQLITE_SYNCHRONOUS.get()}")
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA cache_size=-65536")

@@ -33,7 +33,10 @@ INVALID_STATE = "INVALID_STATE"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 UNAUTHENTICATED = "UNAUTHENTICATED"
 
-# HTTP status for each error code, as MLflow's server answers them.
+# HTTP status for each error code on flightlog's own endpoints. MLflow's server answers
+# the same except INVALID_STATE, which it sends as 500; the collector's MLflow REST API
+# keeps that (collector/rest.py MLFLOW_HTTP_STATUS). Here a state conflict is the caller's
+# error, so 400.
 HTTP_STATUS: dict[str, int] = {
     INVALID_PARAMETER_VALUE: 400,
     BAD_REQUEST: 400,
@@ -129,7 +132,7 @@ class Overloaded(Exception):
         self.retry_after = retry_after
 
 
-class SettingError(MlflowException):
+class SettingError(MlflowException, ValueError):
     """An environment variable whose value does not parse; the message names it."""
 
     def __init__(self, message: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -104,6 +105,16 @@ def _choice(*values: str) -> Callable[[str], str]:
         return upper
 
     return parse
+
+
+#: A node label: it becomes part of every system metric's name (system/<label>/...).
+NODE_LABEL = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _node_label(raw: str) -> str:
+    if not NODE_LABEL.match(raw):
+        raise ValueError("it becomes part of every system metric's name")
+    return raw
 
 
 def _text(raw: str) -> str:
@@ -256,7 +267,7 @@ SYSTEM_METRICS_SAMPLING_INTERVAL: Setting[float] = Setting(
 )
 NODE: Setting[str | None] = Setting(
     "FLIGHTLOG_NODE",
-    _optional_text,
+    _node_label,
     None,
     "This node's label in system metric names (system/<node>/...); default: the host name "
     "on multi-node launches, none on one node.",
@@ -334,8 +345,10 @@ BATCH_ID_RETENTION_DAYS: Setting[float] = Setting(
 SQLITE_SYNCHRONOUS: Setting[str] = Setting(
     "FLIGHTLOG_SQLITE_SYNCHRONOUS",
     _choice("OFF", "NORMAL", "FULL", "EXTRA"),
-    "NORMAL",
-    "SQLite's synchronous pragma for the store (WAL mode).",
+    "FULL",
+    "SQLite's synchronous pragma for the store (WAL mode). FULL: an acknowledged batch "
+    "survives a power loss or kernel panic; NORMAL: only a crash of the collector (a "
+    "little faster; the agent has deleted its copy by then).",
     "OFF, NORMAL, FULL or EXTRA",
     side="collector",
 )

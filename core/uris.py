@@ -103,7 +103,37 @@ def local_store(uri: str | os.PathLike[str], artifact_root: str | None = None) -
     A directory (``./flightlog``) holds ``flightlog.db`` and ``artifacts/``; a
     ``sqlite:///path/x.db`` URI names the file itself, with artifacts beside it.
     """
-    text = os.fspath(uri)
+    is_db, path = _store_path(os.fspath(uri))
+    if is_db:
+        db = Path(path).expanduser().resolve()
+        directory = db.parent
+    else:
+        directory = Path(path).expanduser().resolve()
+        db = directory / DB_NAME
+    root = artifact_root or (directory / "artifacts").as_uri()
+    return LocalStore(directory=directory, db_path=db, artifact_root=root)
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative local store path made absolute against the current directory.
+
+    Collector URIs and local stores named by an absolute path come back unchanged, so the
+    result no longer depends on where the process is when it is used.
+
+    :raises MlflowException: a scheme flightlog does not serve (:func:`check_tracking_uri`).
+    :raises ValueError: ``uri`` is neither a collector URI nor a local store.
+    """
+    if is_collector_uri(uri):
+        return uri
+    is_db, path = _store_path(uri)
+    if os.path.isabs(os.path.expanduser(path)):
+        return uri
+    absolute = Path(path).expanduser().resolve()
+    return f"sqlite:///{absolute}" if is_db else str(absolute)
+
+
+def _store_path(text: str) -> tuple[bool, str]:
+    """(whether it names the database file itself, its path as written) of a local store URI."""
     check_tracking_uri(text)
     if text.startswith("sqlite:"):
         path = text[len("sqlite:") :]
@@ -111,17 +141,13 @@ def local_store(uri: str | os.PathLike[str], artifact_root: str | None = None) -
         path = path[3:] if path.startswith("///") else path.lstrip("/")
         if not path:
             raise ValueError(f"{text!r} names no database file")
-        db = Path(path).expanduser().resolve()
-        directory = db.parent
-    else:
-        if text.startswith("file:"):
-            text = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
-        if is_collector_uri(text) or "://" in text:
-            raise ValueError(f"{text!r} is not a local store path")
-        directory = Path(text).expanduser().resolve()
-        db = directory / DB_NAME
-    root = artifact_root or (directory / "artifacts").as_uri()
-    return LocalStore(directory=directory, db_path=db, artifact_root=root)
+        return True, path
+    path = text
+    if text.startswith("file:"):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
+    if is_collector_uri(path) or "://" in path:
+        raise ValueError(f"{text!r} is not a local store path")
+    return False, path
 
 
 def store_id(identity: str) -> str:

@@ -12,14 +12,13 @@ import contextlib
 import json
 import os
 import re
-import sys
 import tempfile
-import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from flightlog.agent.progress import progress_bar
 from flightlog.agent.transport import CollectorClient, decode_reply
 from flightlog.core.artifact_paths import safe_relative_path
 from flightlog.core.entities import FileInfo
@@ -110,25 +109,31 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     done = 0
-    total = 0
+    total = -1  # until the answer's Content-Length is known
     try:
         with os.fdopen(fd, "wb") as out:
+
+            def headers_seen(headers: dict[str, str]) -> None:
+                nonlocal total
+                total = int(headers.get("content-length") or -1)
 
             def sink(block: bytes) -> None:
                 nonlocal done
                 out.write(block)
                 done += len(block)
                 if progress is not None:
-                    progress(rel, done, total)
+                    progress(rel, done, max(total, done))
 
             status, headers, data = client.request(
                 "GET",
                 f"/api/flightlog/artifacts/{run_id}/{_quote(rel)}",
                 sink=sink,
+                on_headers=headers_seen,
                 timeout=300.0,
             )
-            total = int(headers.get("content-length", done) or done)
             decode_reply(status, data)
+            if total < 0:
+                total = int(headers.get("content-length") or done)
         if done != total:
             raise MlflowException(f"Download of {rel!r} ended after {done} of {total} bytes")
         os.replace(tmp, dest)
@@ -171,25 +176,28 @@ def download(
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr for long transfers (quiet when not a terminal)."""
+    """Download progress, one bar per file (``flightlog.agent.progress``: tqdm on stderr,
+    drawn only when it is a terminal). A :data:`Progress` callback."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.last = 0.0
+        self.stream = stream
+        self.path: str | None = None
+        self.bar: Any = None
 
     def __call__(self, path: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.1 and done != total:
-            return
-        self.last = now
-        pct = 100.0 * done / total if total else 100.0
-        width = 30
-        filled = int(width * pct / 100)
-        line = (
-            f"\r{path[-40:]:40} [{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}% "
-            f"{done / 1e6:9.1f}/{total / 1e6:.1f} MB"
-        )
-        print(line, end="" if done < total else "\n", file=self.stream, flush=True)
+        if self.bar is None or path != self.path:
+            self.close()
+            self.path = path
+            self.bar = progress_bar(total, path[-40:], file=self.stream)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        """End the current file's bar."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # -- mlflow.artifacts: the public functions, by run id or by artifact URI -----------------

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 
 def _collector(args: argparse.Namespace) -> int:
     from flightlog.collector import main as collector_main
+    from flightlog.core import settings
 
     logging.basicConfig(
-        level=os.environ.get("FLIGHTLOG_LOG_LEVEL", "INFO"),
+        level=settings.LOG_LEVEL.get(),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     return collector_main.run(collector_main.config_from_args(args))

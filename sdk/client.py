@@ -24,6 +24,7 @@ import orjson
 
 from flightlog import artifacts, media, search
 from flightlog.context import TrackingContext, get_context
+from flightlog.core import settings
 from flightlog.core import validation as v
 from flightlog.core.artifact_paths import proxied_artifact_uri
 from flightlog.core.entities import (
@@ -61,7 +62,7 @@ def _dataset_fields(dataset: Any) -> dict[str, str]:
 
 def _user() -> str:
     try:
-        return os.environ.get("FLIGHTLOG_USER") or getpass.getuser()
+        return settings.USER.get() or getpass.getuser()
     except Exception:  # no passwd entry in some containers
         return "unknown"
 
@@ -94,6 +95,13 @@ class MlflowClient:
     """
 
     def __init__(self, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
+        if registry_uri is not None:
+            # Accepting it silently would let registry calls appear to work elsewhere.
+            raise MlflowException(
+                f"registry_uri={registry_uri!r}: flightlog has no model registry; "
+                "create the client without registry_uri (use MLflow for the registry).",
+                INVALID_PARAMETER_VALUE,
+            )
         self._uri = tracking_uri
         self._ctx: TrackingContext | None = None
 

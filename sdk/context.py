@@ -3,6 +3,10 @@
 Settings: explicit argument > ``set_tracking_uri()`` > ``FLIGHTLOG_TRACKING_URI`` >
 ``MLFLOW_TRACKING_URI`` (so existing MLflow setups keep pointing where they did) >
 ``./flightlog``.
+
+A relative local store path is made absolute when first used and stays so for the
+process: a script that changes directory mid-run (Hydra does) keeps logging to, and
+reading from, the store it started with.
 """
 
 from __future__ import annotations
@@ -15,31 +19,46 @@ from pathlib import Path
 from flightlog.agent.embedded import ensure_collector
 from flightlog.agent.spool import default_spool_root
 from flightlog.agent.transport import CollectorClient
-from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, Agent, _env_float
+from flightlog.agent.worker import Agent
+from flightlog.core import settings
 from flightlog.core.entities import Experiment
 from flightlog.core.exceptions import RESOURCE_DOES_NOT_EXIST, MlflowException
-from flightlog.core.uris import LocalStore, is_collector_uri, local_store
+from flightlog.core.uris import LocalStore, absolute_uri, is_collector_uri, local_store
 
 DEFAULT_TRACKING_URI = "./flightlog"
 _tracking_uri: str | None = None
 _lock = threading.Lock()
 _contexts: dict[str, TrackingContext] = {}
+# A relative tracking URI -> the absolute one it meant where it was first used.
+_pinned: dict[str, str] = {}
 
 
 def set_tracking_uri(uri: str | os.PathLike[str]) -> None:
     """Set where runs are recorded: ``http://host:port`` or a local store path/URI."""
     global _tracking_uri
-    _tracking_uri = os.fspath(uri)
+    text = os.fspath(uri)
+    try:
+        # A relative path means relative to where the program is when it sets it.
+        _tracking_uri = absolute_uri(text)
+    except (ValueError, MlflowException):  # not a local store: get_context says so
+        _tracking_uri = text
 
 
 def get_tracking_uri() -> str:
-    """The tracking URI in force."""
-    return (
-        _tracking_uri
-        or os.environ.get("FLIGHTLOG_TRACKING_URI")
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or DEFAULT_TRACKING_URI
-    )
+    """The tracking URI in force; a relative store path as it was first resolved."""
+    return _pin(_tracking_uri or settings.TRACKING_URI.get() or DEFAULT_TRACKING_URI)
+
+
+def _pin(uri: str) -> str:
+    """``uri``, a relative local store path made absolute the first time it is seen."""
+    pinned = _pinned.get(uri)
+    if pinned is None:
+        try:
+            pinned = absolute_uri(uri)
+        except (ValueError, MlflowException):  # not a local store: get_context says so
+            return uri
+        _pinned[uri] = pinned
+    return pinned
 
 
 def _key(uri: str) -> str:
@@ -99,7 +118,7 @@ def get_context(uri: str | None = None, create: bool = True) -> TrackingContext:
     ``create=False`` is for reads: a local store that does not exist yet is not created
     (nor a collector started for it); the read fails saying so.
     """
-    uri = uri or get_tracking_uri()
+    uri = _pin(uri) if uri else get_tracking_uri()
     k = _key(uri)
     ctx = _contexts.get(k)
     if ctx is None and not create and not is_collector_uri(uri):
@@ -127,7 +146,7 @@ def flush_all(timeout: float | None = None) -> None:
 
 
 def _at_exit() -> None:
-    timeout = _env_float("FLIGHTLOG_EXIT_FLUSH_TIMEOUT", DEFAULT_EXIT_FLUSH_TIMEOUT)
+    timeout = settings.EXIT_FLUSH_TIMEOUT.get()
     for ctx in list(_contexts.values()):
         ctx.agent.close(timeout)
 
@@ -155,4 +174,5 @@ def reset_for_tests() -> None:
     for ctx in list(_contexts.values()):
         ctx.agent.close(10.0)
     _contexts.clear()
+    _pinned.clear()
     _tracking_uri = None

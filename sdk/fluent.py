@@ -6,7 +6,8 @@ callback thread) logs into the run most recently started in the process, rather 
 silently starting a new one.
 
 ``log_metric`` is the hot path: a thread-local lookup, a set lookup for the key, a
-clock read and a deque append. Everything else happens in the agent's thread.
+clock read and one extend of the agent's queue (a plain list). Everything else happens
+in the agent's thread.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 from flightlog import context as _context
 from flightlog import media, search
 from flightlog.agent import signals as _signals
-from flightlog.agent.worker import DEFAULT_EXIT_FLUSH_TIMEOUT, _env_float, begin_exit
+from flightlog.agent.exit_budget import begin_exit
 from flightlog.client import MlflowClient
 from flightlog.context import flush_all
+from flightlog.core import settings
 from flightlog.core import validation as v
 from flightlog.core.entities import Experiment, Metric, Param, Run, RunStatus, RunTag, ViewType
 from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
@@ -169,19 +171,19 @@ def get_experiment_by_name(name: str) -> Experiment | None:
 def set_experiment_tag(key: str, value: Any) -> None:
     """Set a tag on the current experiment."""
     client = MlflowClient()
-    client.set_experiment_tag(_resolve_experiment_id(client), key, value)
+    client.set_experiment_tag(_resolve_experiment_id(), key, value)
 
 
 def set_experiment_tags(tags: dict[str, Any]) -> None:
     """Set several tags on the current experiment."""
     client = MlflowClient()
-    client.set_experiment_tags(_resolve_experiment_id(client), tags)
+    client.set_experiment_tags(_resolve_experiment_id(), tags)
 
 
 def delete_experiment_tag(key: str) -> None:
     """Delete a tag of the current experiment."""
     client = MlflowClient()
-    client.delete_experiment_tag(_resolve_experiment_id(client), key)
+    client.delete_experiment_tag(_resolve_experiment_id(), key)
 
 
 def restore_experiment(experiment_id: str) -> None:
@@ -211,15 +213,14 @@ def delete_experiment(experiment_id: str) -> None:
     MlflowClient().delete_experiment(experiment_id)
 
 
-def _resolve_experiment_id(client: MlflowClient) -> str:
+def _resolve_experiment_id() -> str:
+    """The experiment for a run started without one: set_experiment's, else the environment's."""
     if _active_experiment_id is not None:
         return _active_experiment_id
-    name = os.environ.get("FLIGHTLOG_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    name = settings.EXPERIMENT_NAME.get()
     if name:
         return set_experiment(name).experiment_id
-    return (
-        os.environ.get("FLIGHTLOG_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID") or "0"
-    )
+    return settings.EXPERIMENT_ID.get() or "0"
 
 
 # -- runs --------------------------------------------------------------------------------
@@ -267,7 +268,7 @@ def start_run(
             client.log_batch(run_id, tags=[RunTag(k, val) for k, val in tags.items()])
         run.info.status = RunStatus.RUNNING
     else:
-        exp_id = str(experiment_id) if experiment_id is not None else _resolve_experiment_id(client)
+        exp_id = str(experiment_id) if experiment_id is not None else _resolve_experiment_id()
         all_tags = dict(tags or {})
         if parent:
             all_tags["mlflow.parentRunId"] = parent
@@ -384,7 +385,7 @@ def log_metric(
         step = v.metric_step(key, step)
     ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
     q = agent.queue
-    # One atomic list extend of a 5-slot record (see flightlog.agent.worker).
+    # One atomic list extend of a 5-slot record (see flightlog.agent.records).
     q += (rid, key, value, step, ts)
     if len(q) >= agent.wake_len:
         agent.on_pressure()
@@ -485,7 +486,7 @@ def _excepthook(
     # program's own hook reports it as usual.
     global _uncaught
     _uncaught = True
-    begin_exit(_env_float("FLIGHTLOG_EXIT_FLUSH_TIMEOUT", DEFAULT_EXIT_FLUSH_TIMEOUT))
+    begin_exit(settings.EXIT_FLUSH_TIMEOUT.get())
     _end_runs_at_exit(
         RunStatus.KILLED if issubclass(exc_type, KeyboardInterrupt) else RunStatus.FAILED
     )
@@ -494,7 +495,7 @@ def _excepthook(
 
 def _at_exit() -> None:
     # Ending runs and closing agents share one budget: the exit never hangs.
-    begin_exit(_env_float("FLIGHTLOG_EXIT_FLUSH_TIMEOUT", DEFAULT_EXIT_FLUSH_TIMEOUT))
+    begin_exit(settings.EXIT_FLUSH_TIMEOUT.get())
     if _uncaught:
         return
     # A program that replaced sys.excepthook after importing flightlog still leaves the
@@ -652,7 +653,7 @@ def search_runs(
                 for e in search.all_experiments(client, ViewType.ALL, None, None, None)
             ]
         else:
-            ids = [_resolve_experiment_id(client)]
+            ids = [_resolve_experiment_id()]
     runs = search.all_runs(
         client, ids, filter_string, search.view(run_view_type), max_results, order_by
     )

@@ -82,4 +82,4 @@ def load_table(
 ) -> Any:
     """The table ``artifact_file`` of the current experiment's runs, as one DataFrame."""
     client = MlflowClient()
-    return client.load_table(_resolve_experiment_id(client), artifact_file, run_ids, extra_columns)
+    return client.load_table(_resolve_experiment_id(), artifact_file, run_ids, extra_columns)

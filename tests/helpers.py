@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 import subprocess
@@ -65,3 +66,10 @@ def run_status(db: Path, run_id: str) -> str:
         )
     finally:
         conn.close()
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, so tqdm draws on it."""
+
+    def isatty(self) -> bool:
+        return True

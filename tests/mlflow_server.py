@@ -26,6 +26,9 @@ QUIET_MLFLOW_ENV = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "GIT_PYTHON_REFRESH": "quiet",
+    # MLflow 3's server otherwise starts a job runner and several huey consumer processes
+    # (GenAI jobs, not tracking) that crowd a 2-core machine.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
 
 
@@ -86,9 +89,11 @@ def wait_healthy(server: ServerProcess, timeout: float) -> None:
 
 
 def start_mlflow_server(
-    directory: Path, *, workers: int = 1, timeout: float = 120
+    directory: Path, *, workers: int = 1, timeout: float = 120, python: str = sys.executable
 ) -> ServerProcess:
     """``mlflow server`` on 127.0.0.1 with a SQLite store and proxied artifacts in ``directory``.
+
+    ``python`` is the interpreter whose MLflow runs (bench/bench_peers.py uses its own venv).
 
     Artifacts are proxied (``--artifacts-destination``), as flightlog always does, so that
     both servers answer ``mlflow-artifacts:/`` URIs and clients upload through them.
@@ -99,7 +104,7 @@ def start_mlflow_server(
     env = {**os.environ, **QUIET_MLFLOW_ENV}
     proc = subprocess.Popen(
         [
-            sys.executable,
+            python,
             "-m",
             "mlflow",
             "server",

@@ -18,6 +18,7 @@ import pytest
 import flightlog as mlflow
 from flightlog import MlflowClient, MlflowException
 from tests.conftest import CollectorProcess, start_collector
+from tests.helpers import Terminal
 
 
 def _tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -215,7 +216,7 @@ def test_cli_list_and_download_with_progress(tracking: CollectorProcess, tmp_pat
         cwd=tmp_path,
     )
     assert (dst / "model" / "weights.bin").read_bytes() == big.read_bytes()
-    assert "100.0%" in proc.stderr and "model/weights.bin" in proc.stderr
+    assert "%|" not in proc.stderr  # stderr is not a terminal: no bar is drawn
     bad = subprocess.run(
         [*base, "artifacts", "download", "--run-id", run.info.run_id, "--path", "../x"],
         env=env,
@@ -224,6 +225,32 @@ def test_cli_list_and_download_with_progress(tracking: CollectorProcess, tmp_pat
         cwd=tmp_path,
     )
     assert bad.returncode == 1 and "escapes the artifact root" in bad.stderr
+
+
+def test_download_progress_bar_has_the_right_total(
+    tracking: CollectorProcess, tmp_path: Path
+) -> None:
+    from flightlog import artifacts
+
+    big = tmp_path / "weights.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(big, artifact_path="model")
+    seen: list[tuple[int, int]] = []
+    terminal = Terminal()
+    bar = artifacts.ProgressBar(terminal)
+
+    def progress(path: str, done: int, total: int) -> None:
+        seen.append((done, total))
+        bar(path, done, total)
+
+    client = MlflowClient()
+    artifacts.download(client.ctx.client, run.info.run_id, "model", str(tmp_path / "d"), progress)
+    # The total is the file's size from the first block on (it once read 0 until the end).
+    assert seen and all(total == 3 << 20 for _, total in seen)
+    assert seen[-1][0] == 3 << 20
+    last = terminal.getvalue().split("\r")[-1]
+    assert "model/weights.bin" in last and "100%" in last and "3.00M/3.00M" in last
 
 
 def _vm_kb(pid: int, field: str) -> int:

@@ -37,7 +37,7 @@ def test_default_store_is_started_and_reused(tmp_path: Path) -> None:
     work = tmp_path / "project"
     work.mkdir()
     first = json.loads(run_script(tmp_path, LOG_SOME, cwd=work).stdout)
-    assert first["uri"] == "./flightlog"
+    assert first["uri"] == str((work / "flightlog").resolve())
     db = work / "flightlog" / "flightlog.db"
     assert db.exists()
     assert stored_points(db, first["run_id"], "loss") == 1000

@@ -195,6 +195,47 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+FILTER_WORDS = [
+    "metrics.loss", "metrics.acc", "params.lr", "tags.t", "attributes.status", "run_name",
+    "attributes.start_time", "metrics.`a b`", "datasets.name", "=", "!=", "<", ">=", "LIKE",
+    "ILIKE", "IN", "NOT IN", "AND", "OR", "(", ")", ",", "0.5", "-1", "1e400", "NaN", "'0.1'",
+    "'%v%'", "'RUNNING'", "'", '"', "IS", "NULL",
+]  # fmt: skip
+ORDER_WORDS = [
+    "metrics.loss", "params.lr DESC", "attributes.start_time ASC", "start_time", "run_name",
+    "tags.t", "metrics.", "metrics.loss SIDEWAYS", "x y z", "",
+]  # fmt: skip
+
+
+def search_runs_args(tokens: list[str]) -> st.SearchStrategy[bytes]:
+    """search_runs' own arguments, well-formed to adversarial, so the filter parser, the
+    ordering, the view types, max_results and page tokens are reached, not only the
+    argument checks. ``tokens`` are real page tokens, which the fuzzer also cuts."""
+    filters = (
+        st.lists(st.sampled_from(FILTER_WORDS), max_size=10).map(" ".join)
+        | st.text(max_size=60)
+        | values
+    )
+    page_tokens = (
+        st.sampled_from(tokens)
+        | st.sampled_from(tokens).map(lambda t: t[: len(t) // 2])
+        | st.sampled_from(tokens).map(lambda t: t + "A")
+        | st.text(max_size=40)
+        | values
+    )
+    return st.fixed_dictionaries(
+        {"experiment_ids": st.lists(st.sampled_from(["0", "1", "999", "x"]), max_size=3)},
+        optional={
+            "filter_string": filters,
+            "run_view_type": st.sampled_from([1, 2, 3, 0, 4, -1, "1", "ALL"]) | values,
+            "max_results": st.sampled_from([1, 2, 1000, 50_000, 50_001, 0, -1]) | ints | values,
+            "order_by": st.lists(st.sampled_from(ORDER_WORDS) | st.text(max_size=20), max_size=3)
+            | values,
+            "page_token": page_tokens,
+        },
+    ).map(lambda a: msgpack.packb(a, use_bin_type=True))
+
+
 frames = (
     st.binary(max_size=2048)
     | values.map(lambda v: msgpack.packb(v, use_bin_type=True))
@@ -249,20 +290,18 @@ def test_fuzzed_frames_get_clear_errors_and_do_not_disturb_other_clients(
                     raise
         raise AssertionError("unreachable")
 
-    @settings(
-        max_examples=400,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(
-        frame=frames,
-        target=st.sampled_from(["ingest"] * 3 + RPC_METHODS),
-        encoding=st.sampled_from([None, None, None, "gzip", "deflate", "gzip-cut", "br"]),
-    )
-    def fuzz(frame: bytes, target: str, encoding: str | None) -> None:
+    searched: dict[int, int] = {}
+    # Compressed frames too (issue 11): whole, cut short, or in an unknown encoding.
+    encodings = st.sampled_from([None, None, None, "gzip", "deflate", "gzip-cut", "br"])
+
+    def requests(tokens: list[str]) -> st.SearchStrategy[tuple[str, bytes, str | None]]:
+        return st.tuples(
+            st.sampled_from(["ingest"] * 3 + RPC_METHODS), frames, encodings
+        ) | st.tuples(st.just("search_runs"), search_runs_args(tokens), encodings)
+
+    def fuzz(request: tuple[str, bytes, str | None]) -> None:
+        target, frame, encoding = request
         path = "/api/flightlog/ingest" if target == "ingest" else f"/api/flightlog/rpc/{target}"
-        # Compressed frames too (issue 11): whole, cut short, or in an unknown encoding.
         if encoding in ("gzip", "gzip-cut"):
             packed = gzip.compress(frame)
             frame, encoding = (
@@ -274,6 +313,8 @@ def test_fuzzed_frames_get_clear_errors_and_do_not_disturb_other_clients(
             frame = zlib.compress(frame)
         status, data = post(path, frame, encoding)
         seen[status] = seen.get(status, 0) + 1
+        if target == "search_runs":
+            searched[status] = searched.get(status, 0) + 1
         # A clear answer: success, or a client error naming what is wrong; no server fault.
         assert status < 500, (status, data[:300], frame[:200])
         body = unpack(data)
@@ -286,7 +327,21 @@ def test_fuzzed_frames_get_clear_errors_and_do_not_disturb_other_clients(
 
     try:
         run_id = good.expect("run")
-        fuzz()
+        # Runs to page through, and real page tokens for the fuzzer to start from.
+        for seed in (1, 2, 3):
+            assert post("/api/flightlog/ingest", _valid_batch(seed))[0] == 200
+        tokens = []
+        for order in ([], ["metrics.loss DESC"], ["params.lr", "attributes.run_name ASC"]):
+            args = {"experiment_ids": ["0"], "max_results": 1, "order_by": order}
+            status, data = post("/api/flightlog/rpc/search_runs", msgpack.packb(args))
+            assert status == 200, data
+            tokens.append(unpack(data)["next_page_token"])
+        settings(
+            max_examples=600,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )(given(request=requests(tokens))(fuzz))()
         good.expect("done", timeout=120)
         assert good.wait() == 0
         # The collector is up and serving, and the other client lost nothing.
@@ -302,3 +357,5 @@ def test_fuzzed_frames_get_clear_errors_and_do_not_disturb_other_clients(
         c.stop()
     # The fuzzer reached past the frame checks into the store, not only the decoder.
     assert seen.get(200, 0) >= 20 and seen.get(400, 0) >= 20, seen
+    # search_runs was reached with arguments it accepts and with ones it must refuse.
+    assert searched.get(200, 0) >= 10 and searched.get(400, 0) >= 10, searched

@@ -33,7 +33,7 @@ def test_quickstart_logs_into_the_default_store(tmp_path: Path) -> None:
         for line in proc.stdout.splitlines():
             name, _, value = line.partition(" : ")
             out[name.strip()] = value.strip()
-        assert out["tracking URI"] == "./flightlog"
+        assert out["tracking URI"] == str((tmp_path / "flightlog").resolve())
         assert out["store"] == str(tmp_path / "flightlog")
         assert out["run"].endswith("status=FINISHED")
         assert out["experiment"] == "quickstart/toy-regression"

@@ -221,11 +221,14 @@ def test_search_runs_filters_order_and_pages(client: MlflowClient) -> None:
     seen = []
     page = client.search_runs([eid], order_by=["metrics.acc ASC"], max_results=3)
     seen += page
+    sizes = [len(page)]
     while page.token:
         page = client.search_runs(
             [eid], order_by=["metrics.acc ASC"], max_results=3, page_token=page.token
         )
         seen += page
+        sizes.append(len(page))
+    assert sizes == [3, 3, 1]  # one page of 7 if max_results were ignored
     assert [r.info.run_name for r in seen] == [f"run-{i}" for i in range(7)]
     frame = mlflow.search_runs([eid], filter_string="params.model = 'rf'")
     assert sorted(frame["tags.mlflow.runName"]) == ["run-1", "run-3", "run-5"]

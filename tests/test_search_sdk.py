@@ -104,15 +104,19 @@ def test_client_pages_with_tokens(tracking: CollectorProcess) -> None:
             mlflow.log_metric("i", i)
     client = MlflowClient()
     seen: list[float] = []
+    sizes: list[int] = []
     token = None
     while True:
         page = client.search_runs(
             [exp], order_by=["metrics.i ASC"], max_results=10, page_token=token
         )
         seen.extend(r.data.metrics["i"] for r in page)
+        sizes.append(len(page))
         token = page.token
         if token is None:
             break
+    # Pages of max_results (a server ignoring it would answer one page of 25).
+    assert sizes == [10, 10, 5]
     assert seen == [float(i) for i in range(25)]
 
 

@@ -8,8 +8,11 @@ The blocks are taken from the tutorial file itself. What the harness changes, an
   ``("run_id")`` is replaced by the id of a real run;
 - ``time.sleep`` is a no-op, so the 100-second system-metrics loop runs in a moment.
 Blocks that use autologging or model flavors (``mlflow.sklearn``, ``mlflow.tensorflow``,
-``mlflow.pytorch``) are marked xfail(strict): no open issue asks for them yet, and the
-test will say so the day they start to pass.
+``mlflow.pytorch``) run too, marked xfail(strict): no open issue asks for them yet, and the
+test fails (XPASS) the day they start to pass.
+
+The tutorial lives in ../shared beside the repository, which CI provides; in a clone
+without it these tests skip and say so.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ from tests.conftest import CollectorProcess
 
 TUTORIAL = (
     Path(__file__).resolve().parents[2] / "shared" / "seed" / "mlflow-tracking-tutorial.zh.txt"
+)
+
+pytestmark = pytest.mark.skipif(
+    not TUTORIAL.exists(),
+    reason=f"the tutorial is not at {TUTORIAL}: it lives in ../shared beside the "
+    "repository, which CI provides (not part of a clone)",
 )
 
 
@@ -56,12 +65,30 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
 
 
 def _blocks() -> list[tuple[int, str]]:
+    """The tutorial's blocks; none without the file (the module is skipped then)."""
     if not TUTORIAL.exists():
-        pytest.fail(f"tutorial not found at {TUTORIAL}")
+        return []
     return python_blocks(TUTORIAL.read_text(encoding="utf-8"))
 
 
 UNSUPPORTED = ("mlflow.sklearn", "mlflow.tensorflow", "mlflow.pytorch")
+NOT_IMPLEMENTED = pytest.mark.xfail(
+    strict=True, reason="autologging and model flavors are not implemented (no open issue yet)"
+)
+
+
+def _cases() -> list[object]:
+    """One case per block; blocks using what flightlog lacks run as strict xfails."""
+    return [
+        pytest.param(
+            line,
+            code,
+            id=f"line{line}",
+            marks=[NOT_IMPLEMENTED] if any(name in code for name in UNSUPPORTED) else [],
+        )
+        for line, code in _blocks()
+    ]
+
 
 PRELUDE = """
 import os
@@ -100,9 +127,7 @@ def _seed_runs() -> str:
     return run.info.run_id
 
 
-@pytest.mark.parametrize(
-    ("line", "code"), _blocks(), ids=lambda v: f"line{v}" if isinstance(v, int) else ""
-)
+@pytest.mark.parametrize(("line", "code"), _cases())
 def test_tutorial_block(
     tracking: CollectorProcess,
     tmp_path: Path,
@@ -110,8 +135,6 @@ def test_tutorial_block(
     line: int,
     code: str,
 ) -> None:
-    if any(name in code for name in UNSUPPORTED):
-        pytest.xfail("autologging and model flavors are not implemented (no open issue yet)")
     pytest.importorskip("matplotlib").use("Agg")
     os.chdir(tmp_path)
     _setup_files(tmp_path)

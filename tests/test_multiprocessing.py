@@ -1,0 +1,105 @@
+"""multiprocessing children that log and never call flush() lose nothing.
+
+A child started with the fork context (``Process``, ``Pool`` workers) ends through
+``os._exit()``, so no atexit handler runs; the agent registers a multiprocessing
+finalizer in each forked child that delivers what it logged. Children started with
+the spawn context are fresh interpreters that exit normally (atexit delivers; they
+read the tracking URI from the environment like any new process). Each
+case runs in a real process against a real collector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CollectorProcess
+from tests.helpers import run_script, run_status, stored_points
+
+N = 1000
+SCRIPT = """
+import multiprocessing as mp
+import sys
+
+import flightlog as mlflow
+
+N = {n}
+
+
+def child_fluent(i):
+    # fork only: the child inherits the parent's active run.
+    for s in range(N):
+        mlflow.log_metric(f"child{{i}}", float(s), step=s)
+    return i
+
+
+def child_client(args):
+    run_id, i = args
+    client = mlflow.MlflowClient()
+    for s in range(N):
+        client.log_metric(run_id, f"child{{i}}", float(s), step=s)
+    return i
+
+
+if __name__ == "__main__":
+    method, kind = sys.argv[1], sys.argv[2]
+    mlflow.set_tracking_uri("{url}")
+    ctx = mp.get_context(method)
+    with mlflow.start_run() as run:
+        print("run", run.info.run_id, flush=True)
+        if method == "fork":
+            target, args = child_fluent, list(range(4))
+        else:
+            target, args = child_client, [(run.info.run_id, i) for i in range(4)]
+        if kind == "process":
+            procs = [ctx.Process(target=target, args=(a,)) for a in args]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+        elif kind == "pool":
+            with ctx.Pool(2) as pool:
+                assert pool.map(target, args) == [0, 1, 2, 3]
+                pool.close()  # workers exit on their own: their exit delivers
+                pool.join()
+        else:  # leaving the with block terminates the workers (SIGTERM)
+            with ctx.Pool(2) as pool:
+                assert pool.map(target, args) == [0, 1, 2, 3]
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "kind"),
+    [
+        ("fork", "process"),
+        ("fork", "pool"),
+        # Forked workers inherit the SDK's SIGTERM handler, which flushes. (Spawned
+        # workers do not have it: terminating them loses what they did not flush; the
+        # README says to close() and join() the pool, or flush() in the task.)
+        ("fork", "pool-terminate"),
+        ("spawn", "process"),
+        ("spawn", "pool"),
+    ],
+)
+def test_children_that_never_flush_lose_nothing(
+    collector: CollectorProcess, tmp_path: Path, method: str, kind: str
+) -> None:
+    code = SCRIPT.format(n=N, url=collector.url)
+    d = tmp_path / "scripts"
+    d.mkdir(exist_ok=True)
+    script = d / "mp_children.py"
+    script.write_text(code)
+    proc = run_script(
+        tmp_path,
+        f"import runpy, sys\nsys.argv = ['mp', {method!r}, {kind!r}]\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n",
+        # A spawned child is a fresh interpreter: it finds the collector through the
+        # environment, not through the parent's set_tracking_uri().
+        env={"FLIGHTLOG_TRACKING_URI": collector.url},
+        timeout=180,
+    )
+    run_id = proc.stdout.split("run ", 1)[1].split()[0]
+    assert [stored_points(collector.db, run_id, f"child{i}") for i in range(4)] == [N] * 4
+    assert run_status(collector.db, run_id) == "FINISHED"
