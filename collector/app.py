@@ -16,6 +16,8 @@ module                      what it adds
 ``rest``                    MLflow's REST API and artifact proxy, ``/version``
 ``liveness``                the heartbeat watch (RUNNING runs of dead agents end FAILED)
 ``housekeeping``            pruning of old ingest batch ids
+``ui``                      the web UI's page ``/`` and files ``/ui/...``
+``ui_api``                  the web UI's JSON endpoints ``/api/flightlog/ui/...``
 ==========================  ==========================================================
 """
 
@@ -32,7 +34,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from flightlog.collector import artifact_api, housekeeping, ingest, liveness, rest, rpc
+from flightlog.collector import (
+    artifact_api,
+    housekeeping,
+    ingest,
+    liveness,
+    rest,
+    rpc,
+    ui,
+    ui_api,
+)
 from flightlog.collector.config import CollectorConfig
 from flightlog.collector.errors import authorized, error_middleware
 from flightlog.collector.state import COLLECTOR, STOP, Collector, run_in_background
@@ -103,6 +114,8 @@ def create_app(config: CollectorConfig, store: Store) -> web.Application:
     app.add_routes(rpc.routes())
     app.add_routes(artifact_api.routes())
     app.add_routes(rest.routes())
+    app.add_routes(ui.routes())
+    app.add_routes(ui_api.routes())
     run_in_background(app, _idle_watch)
     liveness.setup(app)
     housekeeping.setup(app)

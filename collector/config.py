@@ -47,3 +47,5 @@ class CollectorConfig:
     allowed_artifact_roots: tuple[str, ...] = ()
     #: Where to write {pid, host, port, store} once listening (collector.main); None: nowhere.
     port_file: str | None = None
+    #: Print the web UI's URL on stdout once listening (``flightlog ui``).
+    announce_ui: bool = False

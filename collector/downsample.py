@@ -15,10 +15,11 @@ logged point).
 from __future__ import annotations
 
 import math
+import operator
 from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import islice
 from typing import Protocol
 
 
@@ -37,6 +38,18 @@ class SeriesSource(Protocol):
 
     def block_summaries(self, run_id: str, key: str) -> array[float]:
         """The series' block summaries (:func:`block_summary`), concatenated in order."""
+        ...
+
+    def metric_chunk_spans(
+        self, run_id: str, key: str, min_step: int | None, max_step: int | None
+    ) -> list[tuple[int, int, int, int]]:
+        """(chunk_id, points, min_step, max_step) of the chunks overlapping a step range."""
+        ...
+
+    def metric_chunk_data(
+        self, chunk_ids: Sequence[int], *, summaries: bool
+    ) -> dict[int, tuple[bytes, ...]]:
+        """Chunks by id: their block summary, or their packed steps, values, timestamps."""
         ...
 
 
@@ -87,6 +100,24 @@ def block_summary(steps: array[int], vals: array[float], ts: array[float]) -> ar
 
 
 Points = tuple["array[int]", "array[float]", "array[float]"]
+
+
+def summary_extremes(summary: bytes) -> tuple[float, float] | None:
+    """The smallest and largest value of a chunk from its block summary, or None when a
+    block holds NaN (its summary then records NaN as the block's minimum, so the caller
+    reads the chunk's values instead: see :func:`extremes`)."""
+    block = array("d")
+    block.frombytes(summary)
+    mins = block[0::_FIELDS]
+    if not math.isfinite(sum(mins)) and any(v != v for v in mins):
+        return None
+    return min(mins), max(block[3::_FIELDS])
+
+
+def extremes(values: Sequence[float]) -> tuple[float, float]:
+    """The smallest and largest value, NaN ignored (NaN, NaN when all are NaN)."""
+    real = [v for v in values if v == v]
+    return (min(real), max(real)) if real else (math.nan, math.nan)
 
 
 def bucketed(
@@ -160,7 +191,9 @@ def bucketed_sorted(
             continue
         mins = lo_v[start:end]
         maxs = hi_v[start:end]
-        if not (math.isfinite(math.fsum(mins)) and math.isfinite(math.fsum(maxs))):
+        # sum() is NaN or infinite when a value is (or, rarely, when it overflows, which
+        # only costs the slower fallback); fsum's exactness is not needed for the test.
+        if not (math.isfinite(sum(mins)) and math.isfinite(sum(maxs))):
             return None
         i_lo = start + mins.index(min(mins))
         i_hi = start + maxs.index(max(maxs))
@@ -180,7 +213,8 @@ def bucketed_sorted(
 
 
 def _non_decreasing(values: Sequence[float]) -> bool:
-    return all(a <= b for a, b in pairwise(values))
+    # map() with a C comparison: about 4x faster than a generator over pairwise().
+    return all(map(operator.le, values, islice(values, 1, None)))
 
 
 def sampled_series(store: SeriesSource, run_id: str, key: str, max_points: int) -> Points:
@@ -211,3 +245,161 @@ def sampled_series(store: SeriesSource, run_id: str, key: str, max_points: int) 
     cand_v = [*f[0], *f[3], *f[6]]
     cand_t = [*f[2], *f[5], *f[8]]
     return bucketed(cand_s, cand_v, cand_t, lo, hi, buckets)
+
+
+def _in_range(
+    steps: array[int], vals: array[float], ts: array[float], lo: int, hi: int
+) -> tuple[array[int], array[float], array[float]]:
+    """The points of a chunk whose step lies in [lo, hi]."""
+    if _non_decreasing(steps):
+        a, b = bisect_left(steps, lo), bisect_left(steps, hi + 1)
+        return steps[a:b], vals[a:b], ts[a:b]
+    keep = [i for i, s in enumerate(steps) if lo <= s <= hi]
+    return (
+        array("q", (steps[i] for i in keep)),
+        array("d", (vals[i] for i in keep)),
+        array("d", (ts[i] for i in keep)),
+    )
+
+
+def sampled_range(
+    store: SeriesSource,
+    run_id: str,
+    key: str,
+    max_points: int,
+    min_step: int | None = None,
+    max_step: int | None = None,
+) -> tuple[Points, bool]:
+    """The points of one series with ``min_step <= step <= max_step`` (None: unbounded),
+    bucketed to at most about ``max_points`` as :func:`sampled_series` does.
+
+    This is the chart read behind zooming (a narrower range gives finer buckets, down to
+    raw points once they fit) and live updates (``min_step`` past the last step shown).
+    Chunks that lie wholly inside the range are read from their block summaries when the
+    range holds at least half a block per bucket (a bucket is then at most two blocks
+    wide); chunks that straddle an edge are always read raw and cut at the edge, so the
+    result is exact at both ends. Returns the points (sorted by step) and whether they
+    were bucketed.
+    """
+    spans = store.metric_chunk_spans(run_id, key, min_step, max_step)
+    if not spans:
+        return (array("q"), array("d"), array("d")), False
+    lo = min_step if min_step is not None else min(s[2] for s in spans)
+    hi = max_step if max_step is not None else max(s[3] for s in spans)
+    buckets = max(1, max_points // 3)
+    # Summaries once there are at least half as many blocks as buckets: each block still
+    # gives its min, max and last point, so spikes stay, and reading 10 numbers per 256
+    # points beats bucketing every point in Python (100k points: ~2 ms instead of ~40).
+    total = sum(s[1] for s in spans)
+    use_summaries = total > max_points and 2 * total >= BLOCK * buckets
+    summary_ids = [
+        cid for cid, _n, c_lo, c_hi in spans if use_summaries and lo <= c_lo and c_hi <= hi
+    ]
+    summaries = store.metric_chunk_data(summary_ids, summaries=True)
+    raw = store.metric_chunk_data([s[0] for s in spans if s[0] not in summaries], summaries=False)
+    # Raw points, concatenated at C level, cut to the range chunk by chunk.
+    steps, vals, ts = array("q"), array("d"), array("d")
+    raw_counts: dict[int, int] = {}
+    for cid, _n, c_lo, c_hi in spans:
+        if cid in raw:
+            cs, cv, ct = array("q"), array("d"), array("d")
+            cs.frombytes(raw[cid][0])
+            cv.frombytes(raw[cid][1])
+            ct.frombytes(raw[cid][2])
+            if c_lo < lo or c_hi > hi:
+                cs, cv, ct = _in_range(cs, cv, ct, lo, hi)
+            raw_counts[cid] = len(cs)
+            steps.extend(cs)
+            vals.extend(cv)
+            ts.extend(ct)
+    if not summaries:
+        if len(steps) <= max_points:
+            if not _non_decreasing(steps):
+                order = sorted(range(len(steps)), key=lambda i: (steps[i], ts[i]))
+                steps = array("q", (steps[i] for i in order))
+                vals = array("d", (vals[i] for i in order))
+                ts = array("d", (ts[i] for i in order))
+            return (steps, vals, ts), False
+        if _non_decreasing(steps):
+            fast = _bucketed_points(steps, vals, ts, lo, hi, buckets) or bucketed_sorted(
+                steps, vals, steps, ts, vals, steps, ts, vals, steps, ts, lo, hi, buckets
+            )
+            if fast is not None:
+                return fast, True
+        return bucketed(steps, vals, ts, lo, hi, buckets), True
+    return _bucketed_mixed(spans, summaries, raw_counts, (steps, vals, ts), lo, hi, buckets), True
+
+
+def _bucketed_points(
+    steps: array[int], vals: array[float], ts: array[float], lo: int, hi: int, buckets: int
+) -> Points | None:
+    """:func:`bucketed_sorted` for raw points whose steps never decrease: each bucket's
+    min, max and last point, picked by index. One finiteness test for the whole series
+    instead of one per bucket makes it about twice as fast, which counts when a chart
+    holds hundreds of short series. None when a value is NaN or infinite."""
+    if not math.isfinite(sum(vals)):
+        return None
+    width = max(1, (hi - lo + buckets) // buckets)
+    keep: list[int] = []
+    n = len(steps)
+    start = 0
+    edge = lo + width
+    while start < n:
+        end = bisect_left(steps, edge, start)
+        if end == start:  # an empty bucket: jump to the one holding the next point
+            edge = lo + ((steps[start] - lo) // width + 1) * width
+            continue
+        seg = vals[start:end]
+        keep.extend(sorted({start + seg.index(min(seg)), start + seg.index(max(seg)), end - 1}))
+        start = end
+        edge += width
+    return (
+        array("q", [steps[i] for i in keep]),
+        array("d", [vals[i] for i in keep]),
+        array("d", [ts[i] for i in keep]),
+    )
+
+
+def _bucketed_mixed(
+    spans: list[tuple[int, int, int, int]],
+    summaries: dict[int, tuple[bytes, ...]],
+    raw_counts: dict[int, int],
+    raw_points: Points,
+    lo: int,
+    hi: int,
+    buckets: int,
+) -> Points:
+    """Bucket a range read from block summaries (inner chunks) and raw edge points.
+
+    Units for :func:`bucketed_sorted`: per summary block its min, max and last point; a
+    raw point is a unit whose min, max and last are itself. Units follow chunk order;
+    ``raw_points`` holds the edge chunks' points in that order, ``raw_counts`` how many
+    each chunk contributed.
+    """
+    cols: list[array[float]] = [array("d") for _ in range(9)]
+    r_steps, r_vals, r_ts = raw_points
+    r_at = 0
+    for cid, *_ in spans:
+        if cid in summaries:
+            block = array("d")
+            block.frombytes(summaries[cid][0])
+            for i, col in enumerate(cols):
+                col.extend(block[i::_FIELDS])
+            continue
+        count = raw_counts[cid]  # this chunk's share of the raw points
+        part_s = array("d", r_steps[r_at : r_at + count])
+        part_v, part_t = r_vals[r_at : r_at + count], r_ts[r_at : r_at + count]
+        r_at += count
+        for base in (0, 3, 6):
+            cols[base].extend(part_v)
+            cols[base + 1].extend(part_s)
+            cols[base + 2].extend(part_t)
+    lo_v, lo_s, lo_t, hi_v, hi_s, hi_t, la_v, la_s, la_t = cols
+    if _non_decreasing(la_s):
+        fast = bucketed_sorted(
+            la_s, lo_v, lo_s, lo_t, hi_v, hi_s, hi_t, la_v, la_s, la_t, lo, hi, buckets
+        )
+        if fast is not None:
+            return fast
+    cand_s = [int(x) for x in (*lo_s, *hi_s, *la_s)]
+    return bucketed(cand_s, [*lo_v, *hi_v, *la_v], [*lo_t, *hi_t, *la_t], lo, hi, buckets)

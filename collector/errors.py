@@ -22,6 +22,7 @@ from aiohttp import web
 
 from flightlog.collector.bodies import BodyTimeout, body_abandoned, release_body
 from flightlog.collector.state import COLLECTOR, MSGPACK
+from flightlog.collector.ui import is_public_path
 from flightlog.core.exceptions import (
     BAD_REQUEST,
     INTERNAL_ERROR,
@@ -104,7 +105,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     collector = request.app[COLLECTOR]
     collector.last_activity = time.monotonic()
     token = collector.config.token
-    if token and request.path != "/health" and not authorized(request, token):
+    # /health and the web UI's page and code (which hold no data) answer without it.
+    public = request.path == "/health" or is_public_path(request.path)
+    if token and not public and not authorized(request, token):
         return error_response(
             request,
             UNAUTHENTICATED,

@@ -129,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         allowed_artifact_roots=tuple(os.path.abspath(r) for r in args.allowed_artifact_root),
         db_path=str(store.db_path),
         port_file=args.port_file,
+        announce_ui=getattr(args, "announce_ui", False),
     )
 
 
@@ -183,6 +184,9 @@ async def serve(config: CollectorConfig) -> None:
         file=sys.stderr,
         flush=True,
     )
+    if config.announce_ui:
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"flightlog UI: http://{host}:{port}/", flush=True)
     try:
         await stop.wait()
     finally:

@@ -804,6 +804,140 @@ class SqliteStore:
             ts.frombytes(t)
         return steps, vals, ts
 
+    # -- reads for the web UI (collector/ui_api.py) -------------------------------------------
+
+    def experiment_summaries(self) -> list[Row]:
+        """Every experiment with its tags, run count and last activity (epoch ms).
+
+        Last activity is the latest start, end or heartbeat of any of its runs (the
+        experiment's own last update when it has none).
+        """
+        conn = self.reader()
+        out: dict[int, Row] = {}
+        for r in conn.execute(
+            "SELECT e.experiment_id, e.name, e.lifecycle_stage, e.creation_time,"
+            " e.last_update_time,"
+            " (SELECT COUNT(*) FROM runs r WHERE r.experiment_id = e.experiment_id"
+            "   AND r.lifecycle_stage = 'active'),"
+            " (SELECT MAX(MAX(r.start_time, COALESCE(r.end_time, 0),"
+            "   COALESCE(r.last_heartbeat, 0))) FROM runs r"
+            "   WHERE r.experiment_id = e.experiment_id)"
+            " FROM experiments e ORDER BY e.experiment_id"
+        ):
+            out[r[0]] = {
+                "experiment_id": str(r[0]),
+                "name": r[1],
+                "lifecycle_stage": r[2],
+                "creation_time": r[3],
+                "last_update_time": r[4],
+                "run_count": r[5],
+                "last_activity": r[6] if r[6] is not None else r[4],
+                "tags": {},
+            }
+        tags = conn.execute("SELECT experiment_id, key, value FROM experiment_tags")
+        for eid, key, value in tags:
+            if eid in out:
+                out[eid]["tags"][key] = value
+        return list(out.values())
+
+    def experiment_columns(self, experiment_id: str) -> dict[str, list[str]]:
+        """The param, metric and tag keys that the experiment's runs use, sorted."""
+        conn = self.reader()
+        eid = _int_id(experiment_id)
+        out: dict[str, list[str]] = {}
+        for field, table in (("params", "params"), ("metrics", "latest_metrics"), ("tags", "tags")):
+            out[field] = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT DISTINCT t.key FROM {table} t JOIN runs r ON r.run_uuid = t.run_uuid"
+                    " WHERE r.experiment_id = ? ORDER BY t.key",
+                    (eid,),
+                )
+            ]
+        return out
+
+    def child_run_ids(self, run_id: str) -> list[str]:
+        """Runs whose ``mlflow.parentRunId`` tag names this run."""
+        return [
+            r[0]
+            for r in self.reader().execute(
+                "SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' AND value = ?",
+                (run_id,),
+            )
+        ]
+
+    def metric_series_info(self, run_id: str) -> list[Row]:
+        """Each metric key of a run with its point count and step range."""
+        return [
+            {"key": r[0], "points": r[1], "min_step": r[2], "max_step": r[3]}
+            for r in self.reader().execute(
+                "SELECT key, SUM(n), MIN(min_step), MAX(max_step) FROM metric_chunks"
+                " WHERE run_uuid = ? GROUP BY key ORDER BY key",
+                (run_id,),
+            )
+        ]
+
+    def metric_extremes(self, experiment_id: str, key: str) -> dict[str, tuple[float, float]]:
+        """The smallest and largest value of one metric for each run of an experiment
+        that logged it (NaN ignored; NaN when a run logged only NaN), read from the
+        chunks' block summaries, or from the values of chunks that hold NaN."""
+        from flightlog.collector.downsample import extremes, summary_extremes
+
+        conn = self.reader()
+        found: dict[str, list[float]] = {}
+        for chunk_id, run_id, blob in conn.execute(
+            "SELECT c.chunk_id, c.run_uuid, c.summary FROM runs r JOIN metric_chunks c"
+            " ON c.run_uuid = r.run_uuid AND c.key = ? WHERE r.experiment_id = ?",
+            (key, _int_id(experiment_id)),
+        ):
+            got = summary_extremes(blob)
+            if got is None:
+                vals = array("d")
+                vals.frombytes(
+                    conn.execute(
+                        "SELECT vals FROM metric_chunks WHERE chunk_id = ?", (chunk_id,)
+                    ).fetchone()[0]
+                )
+                got = extremes(vals)
+            now = found.setdefault(run_id, [math.nan, math.nan])
+            now[0], now[1] = extremes((now[0], got[0]))[0], extremes((now[1], got[1]))[1]
+        return {r: (v[0], v[1]) for r, v in found.items()}
+
+    def metric_chunk_spans(
+        self, run_id: str, key: str, min_step: int | None, max_step: int | None
+    ) -> list[tuple[int, int, int, int]]:
+        """(chunk_id, points, min_step, max_step) of a series' chunks that overlap a step
+        range (None: unbounded), in logged order."""
+        lo = min_step if min_step is not None else -(2**63)
+        hi = max_step if max_step is not None else 2**63 - 1
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in self.reader().execute(
+                "SELECT chunk_id, n, min_step, max_step FROM metric_chunks"
+                " WHERE run_uuid = ? AND key = ? AND max_step >= ? AND min_step <= ?"
+                " ORDER BY chunk_id",
+                (run_id, key, lo, hi),
+            )
+        ]
+
+    def metric_chunk_data(
+        self, chunk_ids: Sequence[int], *, summaries: bool
+    ) -> dict[int, tuple[bytes, ...]]:
+        """Chunks by id: their block summary (``summaries=True``) or their packed
+        (steps, values, timestamps) arrays."""
+        columns = "summary" if summaries else "steps, vals, ts"
+        out: dict[int, tuple[bytes, ...]] = {}
+        conn = self.reader()
+        ids = list(chunk_ids)
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for r in conn.execute(
+                f"SELECT chunk_id, {columns} FROM metric_chunks WHERE chunk_id IN ({marks})", part
+            ):
+                out[r[0]] = tuple(r[1:])
+        return out
+
     def series_extent(self, run_id: str, key: str) -> tuple[int, int, int]:
         """(points, smallest step, largest step) of a series; (0, 0, 0) when it is empty."""
         row = (

@@ -145,6 +145,40 @@ class Store(Protocol):
         """At most ``max_points`` points of a series, its shape kept (collector.downsample)."""
         ...
 
+    # -- reads for the web UI (collector.ui_api) -------------------------------------------
+
+    def experiment_summaries(self) -> list[Row]:
+        """Every experiment with its tags, run count and last activity (epoch ms)."""
+        ...
+
+    def experiment_columns(self, experiment_id: str) -> dict[str, list[str]]:
+        """The param, metric and tag keys that the experiment's runs use, sorted."""
+        ...
+
+    def child_run_ids(self, run_id: str) -> list[str]:
+        """Runs whose ``mlflow.parentRunId`` tag names this run."""
+        ...
+
+    def metric_series_info(self, run_id: str) -> list[Row]:
+        """Each metric key of a run with its point count and step range."""
+        ...
+
+    def metric_extremes(self, experiment_id: str, key: str) -> dict[str, tuple[float, float]]:
+        """Each run's smallest and largest value of one metric (NaN ignored)."""
+        ...
+
+    def metric_chunk_spans(
+        self, run_id: str, key: str, min_step: int | None, max_step: int | None
+    ) -> list[tuple[int, int, int, int]]:
+        """(chunk_id, points, min_step, max_step) of the chunks overlapping a step range."""
+        ...
+
+    def metric_chunk_data(
+        self, chunk_ids: Sequence[int], *, summaries: bool
+    ) -> dict[int, tuple[bytes, ...]]:
+        """Chunks by id: their block summary, or their packed steps, values, timestamps."""
+        ...
+
     # -- search ----------------------------------------------------------------------------
 
     def search_run_ids(

@@ -1,6 +1,7 @@
 """The ``flightlog`` command line.
 
 flightlog collector [--store URI] [--host H] [--port P] ...   run a collector
+flightlog ui [--store URI] [--host H] [--port 5000] ...         a collector, for its web UI
 flightlog artifacts list --run-id ID [--path DIR]             list a run's artifacts
 flightlog artifacts download --run-id ID [--path P] [--dst DIR]
 flightlog sync [--spool DIR] [--tracking-uri URI]              send spools left behind
@@ -37,6 +38,12 @@ class HelpFormatter(argparse.HelpFormatter):
         ):
             text += " (default: %(default)s)"
         return text
+
+
+def _ui(args: argparse.Namespace) -> int:
+    # The same collector; it prints the page's URL on stdout once it listens.
+    args.announce_ui = True
+    return _collector(args)
 
 
 def _client(args: argparse.Namespace) -> object:
@@ -93,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     collector_main.add_arguments(p)
     p.set_defaults(func=_collector)
+
+    p = sub.add_parser(
+        "ui", help="serve a local store's web UI (a collector on port 5000), as `mlflow ui` does"
+    )
+    collector_main.add_arguments(p)
+    p.set_defaults(func=_ui, port=5000)
 
     art = sub.add_parser("artifacts", help="list and download a run's artifacts")
     art_sub = art.add_subparsers(dest="artifacts_command", required=True)

@@ -34,6 +34,11 @@ def test_pip_install_gives_one_namespace(tmp_path: Path) -> None:
     assert (pkg / "__init__.py").exists() and (pkg / "py.typed").exists()
     assert (pkg / "agent" / "worker.py").exists()
     assert (pkg / "collector" / "store.py").exists() and (pkg / "collector" / "schema.sql").exists()
+    # The whole web UI ships in the package: no Node.js, no CDN.
+    ui = pkg / "collector" / "static" / "ui"
+    assert (ui / "index.html").exists() and (ui / "app.css").exists()
+    assert {p.name for p in (ui / "js").iterdir()} >= {"main.js", "charts.js", "runs.js"}
+    assert (ui / "vendor" / "uplot" / "uPlot.esm.js").exists()
     # The installed copy imports and finds its schema (package data) on its own.
     out = subprocess.run(
         [

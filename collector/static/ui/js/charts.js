@@ -1,0 +1,432 @@
+// Metric charts on uPlot (canvas). Each line is read at about 4 points per pixel column
+// of the chart, every bucket keeping its min, max and last point, so a one-point spike
+// shows at any zoom; a drag selects a range that is fetched again at full resolution
+// (down to raw points once they fit); a double click goes back to the whole series.
+// Lines of RUNNING runs grow by fetching only the points after their last step.
+import uPlot from "../vendor/uplot/uPlot.esm.js";
+import { getJSON } from "./api.js";
+import { h, fill } from "./dom.js";
+import { num, duration } from "./format.js";
+
+export const PALETTE = [
+  "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+  "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
+];
+const SYNC_KEY = "flightlog";
+// Point budget per pixel column for one chart, shared by its lines once there are many.
+const POINTS_PER_PIXEL = 4;
+const CHART_BUDGET_PER_PIXEL = 40;
+// Runs per metrics call, to keep the URL short.
+const RUNS_PER_CALL = 100;
+
+/** Chart settings shared by every chart of a page; listeners redraw on change. */
+export class ChartSettings {
+  constructor(init = {}) {
+    this.xMode = init.xMode || "step"; // "step" | "wall" | "relative"
+    this.logY = !!init.logY;
+    this.smoothing = Number(init.smoothing || 0); // EMA weight in [0, 0.99]
+    // Compare: null, or line -> group label; each group drawn as its mean with a
+    // min-max band.
+    this.groupOf = null;
+    this.listeners = new Set();
+  }
+  set(key, value) {
+    this[key] = value;
+    for (const fn of this.listeners) fn(key);
+  }
+}
+
+/** The controls for a ChartSettings: x axis, log scale, smoothing. */
+export function settingsBar(settings) {
+  const x = h(
+    "select",
+    { "aria-label": "x axis", onchange: (e) => settings.set("xMode", e.target.value) },
+    [["step", "Step"], ["wall", "Wall time"], ["relative", "Relative time"]].map(([v, label]) =>
+      h("option", { value: v, selected: settings.xMode === v }, label),
+    ),
+  );
+  const log = h("input", {
+    type: "checkbox",
+    checked: settings.logY,
+    onchange: (e) => settings.set("logY", e.target.checked),
+  });
+  const smooth = h("input", {
+    type: "range",
+    min: 0,
+    max: 0.99,
+    step: 0.01,
+    value: String(settings.smoothing),
+    "aria-label": "smoothing",
+    oninput: (e) => settings.set("smoothing", Number(e.target.value)),
+  });
+  return h(
+    "div",
+    { class: "chart-settings" },
+    h("label", {}, "x: ", x),
+    h("label", {}, log, " log y"),
+    h("label", {}, "smoothing ", smooth),
+  );
+}
+
+/** Exponential moving average with TensorBoard's debiasing; gaps stay gaps. */
+export function smooth(values, weight) {
+  if (!weight) return values;
+  const out = new Array(values.length);
+  let last = 0;
+  let norm = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v == null || !Number.isFinite(v)) {
+      out[i] = v;
+      continue;
+    }
+    last = last * weight + (1 - weight) * v;
+    norm = norm * weight + (1 - weight);
+    out[i] = last / norm;
+  }
+  return out;
+}
+
+/** Fetch series for lines [{runId, key}] over a step range; returns them in order. */
+export async function fetchSeries(lines, points, range = {}) {
+  const byKey = new Map();
+  for (const l of lines) {
+    if (!byKey.has(l.key)) byKey.set(l.key, []);
+    byKey.get(l.key).push(l.runId);
+  }
+  const calls = [];
+  for (const [key, runs] of byKey) {
+    for (let i = 0; i < runs.length; i += RUNS_PER_CALL) {
+      calls.push(
+        getJSON("/metrics", {
+          run: runs.slice(i, i + RUNS_PER_CALL),
+          key,
+          points,
+          min_step: range.min,
+          max_step: range.max,
+          after_step: range.after,
+        }),
+      );
+    }
+  }
+  const found = new Map();
+  for (const { series } of await Promise.all(calls)) {
+    for (const s of series) found.set(`${s.run_id}\u0000${s.key}`, s);
+  }
+  return lines.map((l) => found.get(`${l.runId}\u0000${l.key}`));
+}
+
+/**
+ * One chart: lines [{runId, key, label, color, start}] (start: the run's start, epoch ms,
+ * for relative time). ``timeAxis``: always plot against time (system metrics), using
+ * relative time when the page's x is "step".
+ */
+export class MetricChart {
+  constructor(el, { title, lines, settings, height = 190, timeAxis = false }) {
+    this.el = el;
+    this.lines = lines;
+    this.settings = settings;
+    this.height = height;
+    this.timeAxis = timeAxis;
+    this.data = lines.map(() => ({ steps: [], values: [], timestamps: [] }));
+    this.range = null; // {min, max} steps while zoomed
+    this.plot = null;
+    this.title = h("div", { class: "chart-title", title }, title);
+    this.status = h("span", { class: "chart-status muted" });
+    this.box = h("div", { class: "chart-plot" });
+    fill(el, h("div", { class: "chart-head" }, this.title, this.status), this.box);
+    el.classList.add("chart");
+    el.dataset.key = lines.length === 1 ? lines[0].key : title;
+    this.title.title = el.dataset.key;
+    this.onSettings = () => this.draw();
+    settings.listeners.add(this.onSettings);
+    this.resize = new ResizeObserver(() => {
+      if (this.plot && this.width() !== this.plot.width) this.plot.setSize({ width: this.width(), height: this.height });
+    });
+    this.resize.observe(el);
+  }
+
+  width() {
+    return Math.max(200, Math.floor(this.el.clientWidth || 400) - 2);
+  }
+
+  pointsPerLine() {
+    const w = this.width();
+    const shared = Math.floor((CHART_BUDGET_PER_PIXEL * w) / this.lines.length);
+    return Math.max(150, Math.min(POINTS_PER_PIXEL * w, shared));
+  }
+
+  /** Fetch the visible range (or everything) and draw. */
+  async load() {
+    this.status.textContent = "loading…";
+    this.el.dataset.state = "loading";
+    const series = await fetchSeries(this.lines, this.pointsPerLine(), this.range || {});
+    this.data = series.map((s) => s || { steps: [], values: [], timestamps: [], sampled: false });
+    this.draw();
+  }
+
+  /** Live: fetch each line's points after its last step and append them. */
+  async poll() {
+    if (this.range) return; // zoomed in: the user is reading; pick up new points later
+    const budget = this.pointsPerLine();
+    if (this.data.some((d) => d.steps.length > 3 * budget)) return this.load(); // re-bucket
+    const fresh = await Promise.all(
+      this.lines.map((l, i) => {
+        const steps = this.data[i].steps;
+        const after = steps.length ? steps[steps.length - 1] : undefined;
+        return fetchSeries([l], budget, after === undefined ? {} : { after });
+      }),
+    );
+    let grew = false;
+    fresh.forEach(([s], i) => {
+      if (!s || !s.steps.length) return;
+      const d = this.data[i];
+      d.steps = d.steps.concat(s.steps);
+      d.values = d.values.concat(s.values);
+      d.timestamps = d.timestamps.concat(s.timestamps);
+      grew = true;
+    });
+    if (grew) this.draw();
+  }
+
+  xMode() {
+    const m = this.settings.xMode;
+    return this.timeAxis && m === "step" ? "relative" : m;
+  }
+
+  xValues(d, line) {
+    const m = this.xMode();
+    if (m === "step") return d.steps;
+    if (m === "wall") return d.timestamps;
+    const t0 = (line.start ?? 0) / 1000;
+    return d.timestamps.map((t) => t - t0);
+  }
+
+  table() {
+    const logY = this.settings.logY;
+    const ys = this.data.map((d) => {
+      let v = smooth(d.values, this.settings.smoothing);
+      if (logY) v = v.map((x) => (x != null && x > 0 ? x : null));
+      return v;
+    });
+    if (this.lines.length === 1) return [this.xValues(this.data[0], this.lines[0]), ys[0]];
+    const joined = uPlot.join(this.data.map((d, i) => [this.xValues(d, this.lines[i]), ys[i]]));
+    return this.settings.groupOf ? this.grouped(joined) : joined;
+  }
+
+  /** Per group of lines: min, max and mean at every x (each line's last value carried
+   * forward inside its own x range, since bucketed lines rarely share x values). */
+  grouped(joined) {
+    const xs = joined[0];
+    const groups = new Map();
+    this.lines.forEach((l, i) => {
+      const g = this.settings.groupOf(l) ?? "(none)";
+      if (!groups.has(g)) groups.set(g, []);
+      groups.get(g).push(i + 1);
+    });
+    const filled = joined.map((ys, k) => {
+      if (k === 0) return ys;
+      const out = ys.slice();
+      let last = null;
+      let end = ys.length - 1;
+      while (end >= 0 && ys[end] == null) end--;
+      for (let j = 0; j <= end; j++) {
+        if (out[j] == null) out[j] = last;
+        else last = out[j];
+      }
+      return out;
+    });
+    this.groupLabels = [];
+    const out = [xs];
+    for (const [g, members] of groups) {
+      const lo = new Array(xs.length);
+      const hi = new Array(xs.length);
+      const mean = new Array(xs.length);
+      for (let j = 0; j < xs.length; j++) {
+        let sum = 0;
+        let n = 0;
+        let mn = Infinity;
+        let mx = -Infinity;
+        for (const k of members) {
+          const v = filled[k][j];
+          if (v == null || !Number.isFinite(v)) continue;
+          sum += v;
+          n++;
+          if (v < mn) mn = v;
+          if (v > mx) mx = v;
+        }
+        lo[j] = n ? mn : null;
+        hi[j] = n ? mx : null;
+        mean[j] = n ? sum / n : null;
+      }
+      this.groupLabels.push(`${g} (${members.length})`);
+      out.push(lo, hi, mean);
+    }
+    return out;
+  }
+
+  lineSeries() {
+    const value = (u, v) => (v == null ? "–" : num(v));
+    if (!this.settings.groupOf || this.lines.length === 1) {
+      return this.lines.map((l) => ({ label: l.label, stroke: l.color, width: 1.25, spanGaps: true, value }));
+    }
+    return this.groupLabels.flatMap((label, i) => {
+      const color = PALETTE[i % PALETTE.length];
+      return [
+        { label: `${label} min`, stroke: `${color}66`, width: 1, spanGaps: true, points: { show: false }, value },
+        { label: `${label} max`, stroke: `${color}66`, width: 1, spanGaps: true, points: { show: false }, value },
+        { label, stroke: color, width: 2, spanGaps: true, value },
+      ];
+    });
+  }
+
+  options() {
+    const m = this.xMode();
+    const grouped = !!this.settings.groupOf && this.lines.length > 1;
+    const series = this.lineSeries();
+    const xValue =
+      m === "step" ? (u, v) => (v == null ? "" : `step ${v}`)
+      : m === "wall" ? (u, v) => (v == null ? "" : new Date(v * 1000).toLocaleString())
+      : (u, v) => (v == null ? "" : duration(v * 1000));
+    return {
+      width: this.width(),
+      height: this.height,
+      scales: { x: { time: m === "wall" }, y: { distr: this.settings.logY ? 3 : 1 } },
+      series: [{ label: m, value: xValue }, ...series],
+      // Group bands: between each group's max (2nd of its 3 series) and min (1st).
+      bands: grouped
+        ? this.groupLabels.map((_, i) => ({
+            series: [2 + 3 * i, 1 + 3 * i],
+            fill: `${PALETTE[i % PALETTE.length]}33`,
+          }))
+        : undefined,
+      axes: [
+        m === "relative" ? { values: (u, vals) => vals.map((v) => duration(v * 1000)) } : {},
+        { size: 72, values: (u, vals) => vals.map((v) => num(v)) },
+      ],
+      cursor: {
+        sync: { key: SYNC_KEY, setSeries: false },
+        drag: { x: true, y: false, setScale: false },
+      },
+      legend: { show: series.length <= 12, live: true },
+      hooks: { setSelect: [(u) => this.onSelect(u)] },
+    };
+  }
+
+  draw() {
+    const table = this.table();
+    const total = this.data.reduce((s, d) => s + d.steps.length, 0);
+    const sampled = this.data.some((d) => d.sampled);
+    this.el.dataset.points = String(total);
+    this.el.dataset.sampled = String(sampled);
+    this.el.dataset.state = "drawn";
+    const last = this.data.map((d) => (d.steps.length ? d.steps[d.steps.length - 1] : "")).join(",");
+    this.el.dataset.lastStep = last;
+    this.status.textContent = total ? (this.range ? `steps ${this.range.min}–${this.range.max} · ` : "") +
+      (sampled ? "bucketed (min/max kept)" : `${total} points`) : "no points";
+    if (this.plot) this.plot.destroy();
+    this.plot = new uPlot(this.options(), table, this.box);
+    this.plot.over.addEventListener("dblclick", () => {
+      if (!this.range) return;
+      this.range = null;
+      this.load();
+    });
+  }
+
+  async onSelect(u) {
+    const { left, width } = u.select;
+    if (width < 3) return;
+    const x0 = u.posToVal(left, "x");
+    const x1 = u.posToVal(left + width, "x");
+    u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+    this.range = this.stepsBetween(x0, x1);
+    await this.load();
+  }
+
+  /** The step range whose points lie between two x values (one point beyond each edge). */
+  stepsBetween(x0, x1) {
+    if (this.xMode() === "step") return { min: Math.floor(x0), max: Math.ceil(x1) };
+    let min = Infinity;
+    let max = -Infinity;
+    this.data.forEach((d, i) => {
+      const xs = this.xValues(d, this.lines[i]);
+      for (let j = 0; j < xs.length; j++) {
+        if (xs[j] >= x0 && xs[j] <= x1) {
+          min = Math.min(min, d.steps[Math.max(0, j - 1)]);
+          max = Math.max(max, d.steps[Math.min(xs.length - 1, j + 1)]);
+        }
+      }
+    });
+    return Number.isFinite(min) ? { min, max } : null;
+  }
+
+  destroy() {
+    this.settings.listeners.delete(this.onSettings);
+    this.resize.disconnect();
+    if (this.plot) this.plot.destroy();
+    this.plot = null;
+  }
+}
+
+/**
+ * Small multiples that exist only on screen: each chart slot is a fixed-height
+ * placeholder; a chart is created and fetched when its slot nears the viewport and
+ * destroyed when it leaves, so a run with thousands of keys costs only what is visible.
+ */
+export class LazyCharts {
+  constructor(settings) {
+    this.settings = settings;
+    this.mounted = new Map(); // slot -> MetricChart
+    this.specs = new Map(); // slot -> spec
+    this.observer = this.newObserver();
+  }
+
+  newObserver() {
+    return new IntersectionObserver((entries) => this.seen(entries), { rootMargin: "300px" });
+  }
+
+  /** A placeholder for a chart made from spec {title, lines, timeAxis} when visible. */
+  slot(spec) {
+    const el = h(
+      "div",
+      { class: "chart-slot", dataset: { key: spec.key || spec.title } },
+      h("div", { class: "chart-title" }, spec.title),
+    );
+    this.specs.set(el, spec);
+    this.observer.observe(el);
+    return el;
+  }
+
+  seen(entries) {
+    for (const e of entries) {
+      const chart = this.mounted.get(e.target);
+      if (e.isIntersecting && !chart) {
+        const spec = this.specs.get(e.target);
+        const c = new MetricChart(e.target, { ...spec, settings: this.settings });
+        this.mounted.set(e.target, c);
+        c.load().catch((err) => {
+          c.status.textContent = err.message;
+        });
+      } else if (!e.isIntersecting && chart) {
+        chart.destroy();
+        this.mounted.delete(e.target);
+        const spec = this.specs.get(e.target);
+        e.target.classList.remove("chart");
+        fill(e.target, h("div", { class: "chart-title" }, spec.title));
+      }
+    }
+  }
+
+  /** Live updates for every chart on screen. */
+  async poll() {
+    await Promise.all([...this.mounted.values()].map((c) => c.poll().catch(() => {})));
+  }
+
+  clear() {
+    for (const c of this.mounted.values()) c.destroy();
+    this.mounted.clear();
+    this.specs.clear();
+    this.observer.disconnect();
+    this.observer = this.newObserver();
+  }
+}

@@ -1,0 +1,221 @@
+// Runs compared: their curves overlaid per key, the params and latest metrics that
+// differ, and a param-vs-metric scatter for sweeps.
+import uPlot from "../vendor/uplot/uPlot.esm.js";
+import { getJSON } from "./api.js";
+import { h, fill, crumbs } from "./dom.js";
+import { num } from "./format.js";
+import { ChartSettings, LazyCharts, PALETTE, settingsBar } from "./charts.js";
+import { groupByPrefix } from "./run.js";
+
+function differs(values) {
+  const seen = new Set(values.map((v) => (v === undefined ? "\u0000missing" : String(v))));
+  return seen.size > 1;
+}
+
+// Runs shown as columns of the differences table (the charts take every run).
+const DIFF_COLUMNS = 50;
+const LIVE_MS = 2000;
+const MAX_RUNS = 1000;
+
+async function loadRuns(query) {
+  const ids = (query.get("runs") || "").split(",").filter(Boolean);
+  if (ids.length) {
+    const found = await Promise.all(ids.map((id) => getJSON(`/runs/${encodeURIComponent(id)}`)));
+    return { runs: found.map((f) => f.run), exp: found[0].experiment };
+  }
+  // ?experiment=ID[&filter=F]: every run of the experiment that the filter matches.
+  const eid = query.get("experiment");
+  if (!eid) throw new Error("No runs to compare: select runs in an experiment's table.");
+  const [{ experiment }, page] = await Promise.all([
+    getJSON(`/experiments/${encodeURIComponent(eid)}`),
+    getJSON(`/experiments/${encodeURIComponent(eid)}/runs`, { filter: query.get("filter"), max_results: MAX_RUNS }),
+  ]);
+  if (!page.runs.length) throw new Error("No run matches the filter.");
+  return { runs: page.runs, exp: experiment };
+}
+
+/** Render the compare page for ?runs=a,b,c (or ?experiment=ID&filter=F) into root. */
+export async function comparePage(root, query) {
+  const { runs, exp } = await loadRuns(query);
+  const shown = runs.slice(0, DIFF_COLUMNS);
+  crumbs([
+    ["Experiments", "#/"],
+    [exp.name, `#/experiments/${encodeURIComponent(exp.experiment_id)}`],
+    [`Compare ${runs.length} runs`, null],
+  ]);
+  const color = (i) => PALETTE[i % PALETTE.length];
+  const label = (r) => r.info.run_name || r.info.run_id.slice(0, 8);
+
+  // -- what differs -----------------------------------------------------------------------
+  const showAll = h("input", { type: "checkbox" });
+  const diffBody = h("tbody");
+  const diffRows = () => {
+    const rows = [];
+    for (const [kind, field, fmt] of [["param", "params", String], ["metric", "metrics", num]]) {
+      const keys = [...new Set(shown.flatMap((r) => Object.keys(r.data[field])))].sort();
+      for (const k of keys) {
+        if (kind === "metric" && k.startsWith("system/")) continue;
+        const vals = shown.map((r) => r.data[field][k]);
+        if (!showAll.checked && !differs(vals)) continue;
+        rows.push(h("tr", { class: kind }, h("th", {}, h("span", { class: "muted" }, `${kind} `), k),
+          vals.map((v) => h("td", {}, v === undefined ? "" : fmt(v)))));
+      }
+    }
+    fill(diffBody, rows.length ? rows : h("tr", {}, h("td", { colspan: shown.length + 1, class: "muted" }, "No differences.")));
+  };
+  showAll.addEventListener("change", diffRows);
+  diffRows();
+
+  // -- curves -------------------------------------------------------------------------------
+  const settings = new ChartSettings();
+  const charts = new LazyCharts(settings);
+  const keyRuns = new Map();
+  runs.forEach((r, i) => {
+    for (const key of Object.keys(r.data.metrics)) {
+      if (!keyRuns.has(key)) keyRuns.set(key, []);
+      keyRuns.get(key).push(i);
+    }
+  });
+  const keys = [...keyRuns.keys()].sort();
+  const slots = groupByPrefix(keys).map(([g, ks]) =>
+    h(
+      "div",
+      { class: "chart-group" },
+      g ? h("h3", {}, g) : null,
+      h(
+        "div",
+        { class: "chart-grid wide" },
+        ks.map((k) =>
+          charts.slot({
+            title: k,
+            key: k,
+            timeAxis: k.startsWith("system/"),
+            lines: keyRuns.get(k).map((i) => ({
+              runId: runs[i].info.run_id,
+              key: k,
+              label: label(runs[i]),
+              color: color(i),
+              start: runs[i].info.start_time,
+            })),
+          }),
+        ),
+      ),
+    ),
+  );
+
+  fill(
+    root,
+    h("h1", {}, `Comparing ${runs.length} runs`),
+    h("ul", { class: "legend-runs" }, shown.map((r, i) =>
+      h("li", {}, h("span", { class: "swatch", style: `background:${color(i)}` }), h("a", {
+        href: `#/experiments/${encodeURIComponent(r.info.experiment_id)}/runs/${r.info.run_id}`,
+      }, label(r))))),
+    h(
+      "section",
+      {},
+      h("h2", {}, "Differences ", h("label", { class: "muted small" }, showAll, " show all")),
+      h("div", { class: "table-scroll" }, h("table", { class: "grid diff" },
+        h("thead", {}, h("tr", {}, h("th", {}, "key"), shown.map((r, i) => h("th", { style: `color:${color(i)}` }, label(r))))),
+        diffBody)),
+      runs.length > shown.length ? h("p", { class: "muted" }, `The first ${shown.length} of ${runs.length} runs.`) : null,
+    ),
+    h("section", {}, h("h2", {}, "Parameter vs. metric"), scatter(runs)),
+    h("section", {}, h("h2", {}, "Metrics"), h("div", { class: "toolbar" }, settingsBar(settings), groupPicker(runs, settings)), slots),
+  );
+  // Live: while any compared run is RUNNING, charts on screen fetch their new points.
+  let timer = 0;
+  let stopped = false;
+  const running = new Set(runs.filter((r) => r.info.status === "RUNNING").map((r) => r.info.run_id));
+  const tick = async () => {
+    try {
+      await charts.poll();
+      const now = await Promise.all([...running].map((id) => getJSON(`/runs/${id}`)));
+      for (const f of now) if (f.run.info.status !== "RUNNING") running.delete(f.run.info.run_id);
+    } catch {
+      // retried at the next tick
+    }
+    if (!stopped && running.size) timer = setTimeout(tick, LIVE_MS);
+    else if (!stopped) await charts.poll(); // the points logged just before the end
+  };
+  if (running.size) timer = setTimeout(tick, LIVE_MS);
+  return {
+    destroy() {
+      stopped = true;
+      clearTimeout(timer);
+      charts.clear();
+    },
+  };
+}
+
+/** "Group by" a param or tag: each group drawn as its mean with a min-max band. */
+function groupPicker(runs, settings) {
+  const byId = new Map(runs.map((r) => [r.info.run_id, r]));
+  const keys = (field) => [...new Set(runs.flatMap((r) => Object.keys(r.data[field])))]
+    .filter((k) => !k.startsWith("mlflow."))
+    .sort();
+  const select = h(
+    "select",
+    {
+      "aria-label": "group by",
+      onchange: (e) => {
+        const v = e.target.value;
+        const [field, ...rest] = v.split(".");
+        const key = rest.join(".");
+        settings.set("groupOf", v ? (line) => byId.get(line.runId)?.data[field][key] : null);
+      },
+    },
+    h("option", { value: "" }, "no grouping"),
+    keys("params").map((k) => h("option", { value: `params.${k}` }, `param ${k}`)),
+    keys("tags").map((k) => h("option", { value: `tags.${k}` }, `tag ${k}`)),
+  );
+  return h("label", {}, "group by ", select);
+}
+
+/** A scatter of one param (x) against one metric's latest value (y), a point per run. */
+function scatter(runs) {
+  const params = [...new Set(runs.flatMap((r) => Object.keys(r.data.params)))].sort();
+  const metrics = [...new Set(runs.flatMap((r) => Object.keys(r.data.metrics)))].filter((k) => !k.startsWith("system/")).sort();
+  if (!params.length || !metrics.length) return h("p", { class: "muted" }, "Needs at least one param and one metric.");
+  // Start with a param and a metric that differ between the runs (a sweep's knob and score).
+  const varying = (field) => (k) => differs(runs.map((r) => r.data[field][k]));
+  const x0 = params.find(varying("params")) || params[0];
+  const y0 = metrics.find((m) => m !== x0 && varying("metrics")(m)) || metrics[0];
+  const px = h("select", { "aria-label": "param" }, params.map((p) => h("option", { value: p, selected: p === x0 }, p)));
+  const my = h("select", { "aria-label": "metric" }, metrics.map((m) => h("option", { value: m, selected: m === y0 }, m)));
+  const box = h("div", { class: "scatter" });
+  let plot = null;
+  const draw = () => {
+    const p = px.value;
+    const m = my.value;
+    const raw = runs.map((r) => r.data.params[p]);
+    const numeric = raw.every((v) => v === undefined || !Number.isNaN(Number(v)));
+    const cats = numeric ? [] : [...new Set(raw.filter((v) => v !== undefined))].sort();
+    const pts = runs
+      .map((r, i) => [numeric ? Number(raw[i]) : cats.indexOf(raw[i]), r.data.metrics[m]])
+      .filter(([x, y]) => x !== -1 && Number.isFinite(x) && y != null)
+      .sort((a, b) => a[0] - b[0]);
+    if (plot) plot.destroy();
+    plot = new uPlot(
+      {
+        width: Math.max(300, Math.min(700, box.clientWidth || 600)),
+        height: 260,
+        scales: { x: { time: false } },
+        series: [
+          { label: p, value: (u, v) => (v == null ? "" : numeric ? num(v) : cats[v]) },
+          { label: m, stroke: PALETTE[0], paths: () => null, points: { show: true, size: 8, fill: PALETTE[0] } },
+        ],
+        axes: [
+          numeric ? {} : { values: (u, vals) => vals.map((v) => cats[v] ?? "") },
+          { size: 84, values: (u, vals) => vals.map(num) },
+        ],
+        cursor: { drag: { x: false, y: false } },
+      },
+      [pts.map((q) => q[0]), pts.map((q) => q[1])],
+      box,
+    );
+  };
+  px.addEventListener("change", draw);
+  my.addEventListener("change", draw);
+  requestAnimationFrame(draw);
+  return h("div", {}, h("div", { class: "toolbar" }, h("label", {}, "x: ", px), h("label", {}, "y: ", my)), box);
+}

@@ -1,0 +1,48 @@
+// Formatting of times, durations and values for tables and legends.
+
+/** "2026-11-30 04:05:06" in local time, from epoch ms. */
+export function dateTime(ms) {
+  if (ms == null) return "";
+  const d = new Date(ms);
+  const p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ` +
+    `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+/** "1h 02m", "3.2s" from milliseconds. */
+export function duration(ms) {
+  if (ms == null || ms < 0) return "";
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(1)}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${String(Math.floor(s % 60)).padStart(2, "0")}s`;
+  const hh = Math.floor(m / 60);
+  if (hh < 48) return `${hh}h ${String(m % 60).padStart(2, "0")}m`;
+  return `${Math.floor(hh / 24)}d ${hh % 24}h`;
+}
+
+/** How long a run took (or has been running). */
+export function runDuration(info) {
+  if (!info.start_time) return "";
+  return duration((info.end_time ?? Date.now()) - info.start_time);
+}
+
+/** A metric value: null is NaN (JSON has no NaN), 4 significant digits otherwise. */
+export function num(v) {
+  if (v == null) return "NaN";
+  if (typeof v !== "number") return String(v);
+  if (Number.isInteger(v) && Math.abs(v) < 1e15) return String(v);
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(3);
+  return String(Number(v.toPrecision(5)));
+}
+
+/** "3 minutes ago" style relative time from epoch ms. */
+export function ago(ms) {
+  if (ms == null) return "";
+  const s = (Date.now() - ms) / 1000;
+  if (s < 60) return "just now";
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} days ago`;
+}

@@ -1,0 +1,219 @@
+// A run: status, times, params, tags, parent and children, description; a chart for
+// every metric key (small multiples mounted only on screen, key search, groups by
+// prefix); system metrics per node and per GPU on a time axis; artifacts. A RUNNING
+// run's page polls for its status and for the points after each chart's last step.
+import { getJSON } from "./api.js";
+import { h, fill, crumbs, statusBadge, debounce } from "./dom.js";
+import { dateTime, runDuration } from "./format.js";
+import { ChartSettings, LazyCharts, PALETTE, settingsBar } from "./charts.js";
+import { artifactBrowser } from "./artifacts.js";
+import { setQuery } from "./main.js";
+
+const LIVE_MS = 2000;
+
+function kv(entries, empty) {
+  if (!entries.length) return h("p", { class: "muted" }, empty);
+  return h(
+    "table",
+    { class: "grid kv" },
+    h("tbody", {}, entries.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))),
+  );
+}
+
+function runLink(r) {
+  return h(
+    "a",
+    { href: `#/experiments/${encodeURIComponent(r.info.experiment_id)}/runs/${r.info.run_id}` },
+    r.info.run_name || r.info.run_id,
+  );
+}
+
+// Up to this many keys are shown as one grid; more are grouped by prefix.
+const FLAT_KEYS = 12;
+
+/** Group keys by their prefix before the first "/" (train/, val/, ...); system/ last. */
+export function groupByPrefix(keys) {
+  if (keys.length <= FLAT_KEYS && !keys.some((k) => k.startsWith("system/"))) return [["", keys]];
+  const groups = new Map();
+  for (const k of keys) {
+    const i = k.indexOf("/");
+    const g = i > 0 ? k.slice(0, i) : "";
+    if (!groups.has(g)) groups.set(g, []);
+    groups.get(g).push(k);
+  }
+  const rank = (g) => (g === "" ? 0 : g === "system" ? 2 : 1);
+  return [...groups].sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
+}
+
+/** System keys grouped by node, then GPU: [[title, keys], ...]. */
+export function systemGroups(keys) {
+  const groups = new Map();
+  for (const k of keys) {
+    const parts = k.split("/"); // system/<name> or system/<node>/<name>
+    const node = parts.length > 2 ? parts.slice(1, -1).join("/") : "";
+    const name = parts[parts.length - 1];
+    const gpu = /^gpu_(\d+)_/.exec(name);
+    const title = [node && `node ${node}`, gpu ? `GPU ${gpu[1]}` : "host"].filter(Boolean).join(" · ");
+    if (!groups.has(title)) groups.set(title, []);
+    groups.get(title).push(k);
+  }
+  // Per node: the host first, then GPUs in order.
+  const order = (t) => t.replace(/host$/, " host");
+  return [...groups].sort(([a], [b]) => order(a).localeCompare(order(b), undefined, { numeric: true }));
+}
+
+/** A chart's title: the key without its group's prefix (system/gpu_0_, train/, ...). */
+export function shortName(key, group) {
+  if (key.startsWith("system/")) return key.split("/").pop().replace(/^gpu_\d+_/, "");
+  return group && key.startsWith(`${group}/`) ? key.slice(group.length + 1) : key;
+}
+
+/** Render a run's page into root. */
+export async function runPage(root, experimentId, runId, query) {
+  const rid = encodeURIComponent(runId);
+  let data = await getJSON(`/runs/${rid}`);
+  const { run, experiment } = data;
+  const info = run.info;
+  crumbs([
+    ["Experiments", "#/"],
+    [experiment.name, `#/experiments/${encodeURIComponent(info.experiment_id)}`],
+    [info.run_name || info.run_id, null],
+  ]);
+
+  const settings = new ChartSettings({
+    xMode: query.get("x"),
+    logY: query.get("log") === "1",
+    smoothing: query.get("smooth"),
+  });
+  settings.listeners.add(() => {
+    const q = new URLSearchParams();
+    if (settings.xMode !== "step") q.set("x", settings.xMode);
+    if (settings.logY) q.set("log", "1");
+    if (settings.smoothing) q.set("smooth", String(settings.smoothing));
+    setQuery(q);
+  });
+  const charts = new LazyCharts(settings);
+
+  const status = h("span", {}, statusBadge(info.status));
+  const ended = h("dd", {}, dateTime(info.end_time));
+  const took = h("dd", {}, runDuration(info));
+  const tags = run.data.tags;
+  const header = h(
+    "section",
+    { class: "run-head" },
+    h("h1", {}, info.run_name || info.run_id, " ", status),
+    tags["mlflow.note.content"] ? h("p", { class: "description" }, tags["mlflow.note.content"]) : null,
+    h(
+      "dl",
+      { class: "meta" },
+      h("dt", {}, "Run ID"), h("dd", { class: "mono" }, info.run_id),
+      h("dt", {}, "Started"), h("dd", {}, dateTime(info.start_time)),
+      h("dt", {}, "Ended"), ended,
+      h("dt", {}, "Duration"), took,
+      h("dt", {}, "User"), h("dd", {}, info.user_id),
+      h("dt", {}, "Source"), h("dd", {}, tags["mlflow.source.name"] || ""),
+      info.lifecycle_stage === "deleted" ? [h("dt", {}, "Lifecycle"), h("dd", {}, "deleted")] : null,
+      data.parent ? [h("dt", {}, "Parent"), h("dd", {}, runLink(data.parent))] : null,
+      data.children.length
+        ? [h("dt", {}, "Children"), h("dd", { class: "children" }, data.children.map((c) => h("span", {}, runLink(c), " ")))]
+        : null,
+    ),
+  );
+
+  const params = Object.entries(run.data.params).sort(([a], [b]) => a.localeCompare(b));
+  const tagRows = Object.entries(tags)
+    .filter(([k]) => k !== "mlflow.note.content")
+    .sort(([a], [b]) => a.localeCompare(b));
+
+  // -- charts -------------------------------------------------------------------------
+  const keySearch = h("input", { type: "search", class: "search", placeholder: "Search metric keys", "aria-label": "Search metric keys" });
+  const chartBox = h("div", { class: "chart-groups" });
+  const systemBox = h("div", { class: "chart-groups" });
+  const systemSection = h("section", { class: "system", hidden: true }, h("h2", {}, "System metrics"), systemBox);
+  let shownKeys = "";
+
+  const line = (key, label) => [{ runId: info.run_id, key, label, color: PALETTE[0], start: info.start_time }];
+  const grid = (title, keys, timeAxis, prefix) =>
+    h(
+      "div",
+      { class: "chart-group" },
+      title ? h("h3", {}, title, h("span", { class: "muted" }, ` · ${keys.length}`)) : null,
+      h(
+        "div",
+        { class: "chart-grid" },
+        keys.map((k) => {
+          const title = shortName(k, prefix);
+          return charts.slot({ title, key: k, lines: line(k, title), timeAxis });
+        }),
+      ),
+    );
+
+  const renderCharts = () => {
+    const q = keySearch.value.trim().toLowerCase();
+    const keys = data.metrics.map((m) => m.key).filter((k) => !q || k.toLowerCase().includes(q));
+    const signature = `${q}\u0000${keys.join("\u0000")}`;
+    if (signature === shownKeys) return;
+    shownKeys = signature;
+    charts.clear();
+    const user = keys.filter((k) => !k.startsWith("system/"));
+    const system = keys.filter((k) => k.startsWith("system/"));
+    fill(
+      chartBox,
+      user.length
+        ? groupByPrefix(user).map(([g, ks]) => grid(g, ks, false, g))
+        : h("p", { class: "muted" }, q ? "No metric key matches." : "No metrics logged."),
+    );
+    systemSection.hidden = !system.length;
+    fill(systemBox, systemGroups(system).map(([g, ks]) => grid(g, ks, true, "")));
+  };
+  keySearch.addEventListener("input", debounce(renderCharts, 150));
+
+  fill(
+    root,
+    header,
+    h(
+      "div",
+      { class: "two-col" },
+      h("section", {}, h("h2", {}, "Parameters"), kv(params, "No parameters.")),
+      h("section", {}, h("h2", {}, "Tags"), kv(tagRows, "No tags.")),
+    ),
+    h(
+      "section",
+      { class: "metrics" },
+      h("h2", {}, "Metrics"),
+      h("div", { class: "toolbar" }, keySearch, settingsBar(settings)),
+      chartBox,
+    ),
+    systemSection,
+    h("section", {}, h("h2", {}, "Artifacts"), artifactBrowser(info.run_id)),
+  );
+  renderCharts();
+
+  // -- live -----------------------------------------------------------------------------
+  let timer = 0;
+  let stopped = false;
+  const tick = async () => {
+    try {
+      data = await getJSON(`/runs/${rid}`);
+      const i = data.run.info;
+      fill(status, statusBadge(i.status));
+      ended.textContent = dateTime(i.end_time);
+      took.textContent = runDuration(i);
+      renderCharts();
+      await charts.poll();
+      if (i.status !== "RUNNING") return;
+    } catch {
+      // a failed poll is retried at the next tick
+    }
+    if (!stopped) timer = setTimeout(tick, LIVE_MS);
+  };
+  if (info.status === "RUNNING") timer = setTimeout(tick, LIVE_MS);
+
+  return {
+    destroy() {
+      stopped = true;
+      clearTimeout(timer);
+      charts.clear();
+    },
+  };
+}

@@ -1,0 +1,311 @@
+"""The JSON endpoints the web UI reads (part of the collector's documented API).
+
+    GET /api/flightlog/ui/experiments
+        every experiment with run count, last activity and tags
+    GET /api/flightlog/ui/experiments/{experiment_id}
+        the experiment
+    GET /api/flightlog/ui/experiments/{experiment_id}/columns
+        the param, metric and tag keys its runs use (the table's column picker)
+    GET /api/flightlog/ui/experiments/{experiment_id}/runs
+        ?filter=F &order_by=O (repeatable) &view=active|deleted|all
+        &max_results=N (default 1000, at most 50000) &page_token=T
+        one page of runs in the search filter language; a bad filter is a 400 whose
+        message shows the position with a caret
+    GET /api/flightlog/ui/experiments/{experiment_id}/metric-extremes?key=K
+        per run that logged K: [min, max] of its values (the table's min/max cells)
+    GET /api/flightlog/ui/runs/{run_id}
+        the run, its experiment, its parent and children, and its metric keys with their
+        point counts and step ranges
+    GET /api/flightlog/ui/metrics
+        ?run=ID (repeatable) &key=K (repeatable) &points=N (default 2000)
+        &min_step=A &max_step=B (a zoom range) | &after_step=S (live: only newer points)
+        each series as {run_id, key, steps, values, timestamps, sampled}: the raw points
+        when they fit in N, else each of N/3 equal step buckets' min, max and last point
+        (the page asks for 4 points per pixel column, so a spike is never dropped)
+    GET /api/flightlog/ui/runs/{run_id}/artifacts?path=DIR
+        the direct children of an artifact directory
+    GET /api/flightlog/ui/runs/{run_id}/artifact?path=P[&download=1]
+        a preview (text types as text/plain, raster images as themselves, the first
+        2 MiB of text) or, with download=1, the file as an attachment; HTML, SVG and
+        other types are only ever sent as attachments, so nothing a run logged runs as
+        code in the UI's origin
+
+Each answers JSON (errors as ``{"error_code", "message"}``) and obeys the token.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from aiohttp import web
+
+from flightlog.collector.artifact_api import run_repository
+from flightlog.collector.downsample import sampled_range
+from flightlog.collector.search import ACTIVE_ONLY, ALL, DELETED_ONLY, MAX_RESULTS_LIMIT
+from flightlog.collector.state import COLLECTOR
+from flightlog.core.artifact_paths import safe_relative_path
+from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core.validation import validate_run_id
+
+PREFIX = "/api/flightlog/ui"
+#: The most (run, key) series one metrics call returns.
+MAX_SERIES = 2000
+#: The most points per series a call may ask for.
+MAX_POINTS = 50_000
+#: Text previews are cut here; the page offers the download for the rest.
+TEXT_PREVIEW_BYTES = 2 << 20
+IMAGE_PREVIEW_BYTES = 32 << 20
+_VIEWS = {"active": ACTIVE_ONLY, "deleted": DELETED_ONLY, "all": ALL}
+_TEXT = {
+    ".txt", ".log", ".json", ".yaml", ".yml", ".csv", ".tsv", ".md", ".py", ".cfg",
+    ".ini", ".toml", ".out", ".err", ".sh", ".jsonl", ".mlmodel", ".mlproject",
+}  # fmt: skip
+_IMAGES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+}
+# Text-like names without an extension MLflow writes (MLmodel, MLproject, requirements).
+_TEXT_NAMES = {"MLmodel", "MLproject", "conda.yaml", "requirements.txt"}
+
+
+def _json(payload: Any) -> web.Response:
+    # orjson writes NaN and infinities as null, which charts draw as gaps.
+    return web.Response(
+        body=orjson.dumps(payload),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _int_query(request: web.Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise MlflowException(
+            f"Query parameter {name!r} must be an integer, got {raw!r}", INVALID_PARAMETER_VALUE
+        ) from None
+
+
+async def experiments(request: web.Request) -> web.Response:
+    """Every experiment with its run count and last activity."""
+    c = request.app[COLLECTOR]
+    return _json({"experiments": await c.read(c.store.experiment_summaries)})
+
+
+async def experiment(request: web.Request) -> web.Response:
+    """One experiment."""
+    c = request.app[COLLECTOR]
+    exp = await c.read(c.store.get_experiment, request.match_info["experiment_id"])
+    return _json({"experiment": exp})
+
+
+async def experiment_columns(request: web.Request) -> web.Response:
+    """The keys an experiment's runs use."""
+    c = request.app[COLLECTOR]
+    eid = request.match_info["experiment_id"]
+    await c.read(c.store.get_experiment, eid)  # a 404 for an unknown experiment
+    return _json({"columns": await c.read(c.store.experiment_columns, eid)})
+
+
+async def experiment_runs(request: web.Request) -> web.Response:
+    """One page of an experiment's runs, filtered and ordered."""
+    c = request.app[COLLECTOR]
+    eid = request.match_info["experiment_id"]
+    view = request.query.get("view", "active")
+    if view not in _VIEWS:
+        raise MlflowException(
+            f"view must be one of {', '.join(_VIEWS)}, got {view!r}", INVALID_PARAMETER_VALUE
+        )
+    max_results = _int_query(request, "max_results", 1000)
+    assert max_results is not None
+    ids, token = await c.read(
+        c.store.search_run_ids,
+        [eid],
+        request.query.get("filter") or None,
+        _VIEWS[view],
+        min(max_results, MAX_RESULTS_LIMIT),
+        request.query.getall("order_by", []) or None,
+        request.query.get("page_token") or None,
+    )
+    return _json({"runs": await c.read(c.store.get_runs, ids), "next_page_token": token})
+
+
+async def metric_extremes(request: web.Request) -> web.Response:
+    """Each run's smallest and largest value of one metric."""
+    c = request.app[COLLECTOR]
+    eid = request.match_info["experiment_id"]
+    key = request.query.get("key")
+    if not key:
+        raise MlflowException("Give the metric as key=K", INVALID_PARAMETER_VALUE)
+    await c.read(c.store.get_experiment, eid)  # a 404 for an unknown experiment
+    found = await c.read(c.store.metric_extremes, eid, key)
+    return _json({"key": key, "extremes": {r: list(v) for r, v in found.items()}})
+
+
+async def run(request: web.Request) -> web.Response:
+    """A run with its experiment, parent, children and metric keys."""
+    c = request.app[COLLECTOR]
+    run_id = validate_run_id(request.match_info["run_id"])
+
+    def work() -> dict[str, Any]:
+        store = c.store
+        found = store.get_run(run_id)
+        parent_id = found["data"]["tags"].get("mlflow.parentRunId")
+        parents = store.get_runs([parent_id]) if parent_id else []
+        return {
+            "run": found,
+            "experiment": store.get_experiment(found["info"]["experiment_id"]),
+            "parent": parents[0] if parents else None,
+            "children": store.get_runs(store.child_run_ids(run_id)),
+            "metrics": store.metric_series_info(run_id),
+        }
+
+    return _json(await c.read(work))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Chart-sized series for (run, key) pairs, over a step range or after a step."""
+    c = request.app[COLLECTOR]
+    run_ids = [validate_run_id(r) for r in request.query.getall("run", [])]
+    keys = request.query.getall("key", [])
+    if not run_ids or not keys:
+        raise MlflowException("Give at least one run=ID and one key=K", INVALID_PARAMETER_VALUE)
+    if len(run_ids) * len(keys) > MAX_SERIES:
+        raise MlflowException(
+            f"At most {MAX_SERIES} (run, key) series per call", INVALID_PARAMETER_VALUE
+        )
+    points = _int_query(request, "points", 2000)
+    assert points is not None
+    if not 3 <= points <= MAX_POINTS:
+        raise MlflowException(
+            f"points must be between 3 and {MAX_POINTS}, got {points}", INVALID_PARAMETER_VALUE
+        )
+    lo = _int_query(request, "min_step")
+    hi = _int_query(request, "max_step")
+    after = _int_query(request, "after_step")
+    if after is not None:
+        lo = after + 1 if lo is None else max(lo, after + 1)
+
+    def work() -> list[dict[str, Any]]:
+        out = []
+        for run_id in run_ids:
+            for key in keys:
+                (steps, vals, ts), sampled = sampled_range(c.store, run_id, key, points, lo, hi)
+                out.append(
+                    {
+                        "run_id": run_id,
+                        "key": key,
+                        "steps": steps.tolist(),
+                        "values": vals.tolist(),
+                        "timestamps": ts.tolist(),
+                        "sampled": sampled,
+                    }
+                )
+        return out
+
+    return _json({"series": await c.read(work)})
+
+
+async def artifact_list(request: web.Request) -> web.Response:
+    """The direct children of a run's artifact directory."""
+    c = request.app[COLLECTOR]
+    rel = safe_relative_path(request.query.get("path", ""), allow_root=True)
+    repo = await run_repository(c, request.match_info["run_id"])
+    files = await repo.list(rel or None)
+    return _json(
+        {"files": [{"path": f.path, "is_dir": f.is_dir, "file_size": f.file_size} for f in files]}
+    )
+
+
+def preview_type(path: str) -> str | None:
+    """The content type a file is previewed as, or None when it is download-only."""
+    name = posixpath.basename(path)
+    ext = posixpath.splitext(name)[1].lower()
+    if ext in _IMAGES:
+        return _IMAGES[ext]
+    if ext in _TEXT or name in _TEXT_NAMES:
+        return "text/plain; charset=utf-8"
+    return None
+
+
+def content_disposition(path: str) -> str:
+    """An attachment header naming the file (RFC 6266, with an ASCII fallback)."""
+    name = posixpath.basename(path)
+    fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+async def artifact(request: web.Request) -> web.StreamResponse:
+    """A file of a run's artifacts: a safe preview, or a download."""
+    c = request.app[COLLECTOR]
+    rel = safe_relative_path(request.query.get("path", ""))
+    repo = await run_repository(c, request.match_info["run_id"])
+    download = request.query.get("download") in ("1", "true")
+    kind = None if download else preview_type(rel)
+    if not download and kind is None:
+        raise MlflowException(
+            f"No preview for {rel!r} (HTML, SVG and binary files are download-only)",
+            INVALID_PARAMETER_VALUE,
+        )
+    reader = await repo.open_read(rel)
+    limit = reader.size
+    headers = {
+        "X-Content-Type-Options": "nosniff",
+        # Even if a browser were tricked into rendering this response as a document, it
+        # would run in a sandbox with no script and no access to the UI's origin.
+        "Content-Security-Policy": "default-src 'none'; img-src 'self'; sandbox",
+        "Cache-Control": "no-store",
+        "X-Flightlog-File-Size": str(reader.size),
+    }
+    if kind is None:
+        headers["Content-Type"] = "application/octet-stream"
+        headers["Content-Disposition"] = content_disposition(rel)
+    else:
+        headers["Content-Type"] = kind
+        cap = TEXT_PREVIEW_BYTES if kind.startswith("text/") else IMAGE_PREVIEW_BYTES
+        if reader.size > cap and not kind.startswith("text/"):
+            raise MlflowException(
+                f"{rel!r} is {reader.size} bytes, too large to preview; download it",
+                INVALID_PARAMETER_VALUE,
+            )
+        limit = min(reader.size, cap)
+        headers["X-Flightlog-Truncated"] = "1" if limit < reader.size else "0"
+    headers["Content-Length"] = str(limit)
+    response = web.StreamResponse(headers=headers)
+    sent = 0
+    async with reader:
+        await response.prepare(request)
+        async for chunk in reader:
+            if sent + len(chunk) > limit:
+                chunk = chunk[: limit - sent]
+            await response.write(chunk)
+            sent += len(chunk)
+            if sent >= limit:
+                break
+    await response.write_eof()
+    return response
+
+
+def routes() -> list[web.RouteDef]:
+    """The UI's JSON endpoints."""
+    return [
+        web.get(f"{PREFIX}/experiments", experiments),
+        web.get(f"{PREFIX}/experiments/{{experiment_id}}", experiment),
+        web.get(f"{PREFIX}/experiments/{{experiment_id}}/columns", experiment_columns),
+        web.get(f"{PREFIX}/experiments/{{experiment_id}}/runs", experiment_runs),
+        web.get(f"{PREFIX}/experiments/{{experiment_id}}/metric-extremes", metric_extremes),
+        web.get(f"{PREFIX}/runs/{{run_id}}", run),
+        web.get(f"{PREFIX}/runs/{{run_id}}/artifacts", artifact_list),
+        web.get(f"{PREFIX}/runs/{{run_id}}/artifact", artifact),
+        web.get(f"{PREFIX}/metrics", metrics),
+    ]
