@@ -1,4 +1,4 @@
-"""Fuzzing every REST route, every RPC method and the artifact endpoints (issue 11).
+"""Fuzzing every REST route, RPC method, UI route and artifact endpoint (issue 11).
 
 Each endpoint is sent maps of *its own* argument names (so the fuzzer gets past "missing
 argument" into every argument's parsing and on into the store) with values that are
@@ -6,7 +6,8 @@ often nearly right (a real run id, experiment "0", a parseable filter) and often
 (huge and negative numbers, non-ASCII digits, long strings, wrong types, nesting).
 Every answer must be a success or a clear client error, never a 5xx; no request may
 hang; afterwards the collector still serves. The routes come from the collector's own
-tables (``rest._ROUTES``, ``rpc.METHODS``), so a new endpoint is fuzzed without edits here.
+tables (``rest._ROUTES``, ``rpc.METHODS``, ``ui_api.routes()``): a new endpoint is fuzzed
+without edits here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flightlog.collector import rest, rpc
+from flightlog.collector import rest, rpc, ui_api
 from tests.conftest import CollectorProcess, start_collector
 from tests.test_hardening import new_run
 
@@ -219,6 +220,17 @@ artifact_requests = st.tuples(
 )
 
 
+#: The web UI's JSON routes (GET) and the query parameters they read.
+ui_routes = [r.path for r in ui_api.routes()]
+UI_QUERY = ["view", "max_results", "filter", "order_by", "page_token", "key", "run"]
+UI_QUERY += ["min_step", "max_step", "after_step", "points", "path", "download"]
+ui_requests = st.tuples(
+    st.sampled_from(ui_routes),
+    st.sampled_from(["0", "1", "1_0", str(2**63), "x", "٣", "%20"]),
+    st.lists(st.tuples(st.sampled_from(UI_QUERY), hostile_text | filters), max_size=5),
+)
+
+
 class Client:
     """One keep-alive connection, reopened when the collector closes it."""
 
@@ -226,6 +238,7 @@ class Client:
         self.c = c
         self.conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=60)
         self.seen: dict[tuple[str, int], int] = {}
+        self.last: dict[str, bytes] = {}  # the last answer per label, for failure messages
 
     def send(
         self, label: str, method: str, path: str, body: bytes | None, headers: dict[str, str]
@@ -244,6 +257,7 @@ class Client:
                 if attempt:
                     raise
         self.seen[(label, resp.status)] = self.seen.get((label, resp.status), 0) + 1
+        self.last[label] = data[:300]
         assert resp.status < 500, (
             method,
             path[:200],
@@ -289,10 +303,12 @@ def test_every_rest_route_rpc_method_and_artifact_endpoint_fuzzed(tmp_path: Path
     run_id = new_run(c)
 
     def restore() -> None:
-        # Keep the fuzzed run active, so later requests reach past "run is deleted".
-        body = json.dumps({"run_id": run_id}).encode()
+        # Keep the fuzzed run and its experiment active, so later requests reach past
+        # "run is deleted" (deleting an experiment deletes its runs).
         headers = {"Content-Type": "application/json"}
-        client.send("restore", "POST", "/api/2.0/mlflow/runs/restore", body, headers)
+        for what, body in [("experiments", {"experiment_id": "0"}), ("runs", {"run_id": run_id})]:
+            url = f"/api/2.0/mlflow/{what}/restore"
+            client.send("restore", "POST", url, json.dumps(body).encode(), headers)
 
     @FUZZ
     @given(rest_requests)
@@ -307,6 +323,8 @@ def test_every_rest_route_rpc_method_and_artifact_endpoint_fuzzed(tmp_path: Path
         else:
             body = json.dumps(args, default=str).encode()
             client.send(path, "POST", prefix + path, body, {"Content-Type": "application/json"})
+        if "delete" in path:
+            restore()
 
     @FUZZ
     @given(rpc_requests)
@@ -321,7 +339,7 @@ def test_every_rest_route_rpc_method_and_artifact_endpoint_fuzzed(tmp_path: Path
             body,
             {"Content-Type": "application/msgpack"},
         )
-        if method == "delete_run":
+        if method.startswith("delete"):
             restore()
 
     @settings(FUZZ, max_examples=300)
@@ -346,7 +364,16 @@ def test_every_rest_route_rpc_method_and_artifact_endpoint_fuzzed(tmp_path: Path
             kind, method, url, body if method == "PUT" else None, headers if method == "PUT" else {}
         )
 
+    @FUZZ
+    @given(ui_requests)
+    def fuzz_ui(request: tuple[str, str, list[tuple[str, str]]]) -> None:
+        route, eid, query = request
+        path = route.replace("{experiment_id}", urllib.parse.quote(eid)).replace("{run_id}", run_id)
+        query = [(k, run_id if v == RUN else v) for k, v in query]
+        client.send(route, "GET", f"{path}?{urllib.parse.urlencode(query)}", None, {})
+
     try:
+        fuzz_ui()
         fuzz_rest()
         fuzz_rpc()
         fuzz_artifacts()
@@ -360,7 +387,8 @@ def test_every_rest_route_rpc_method_and_artifact_endpoint_fuzzed(tmp_path: Path
         reached = ["/runs/search", "/experiments/search", "/runs/set-tag", "/runs/log-batch"]
         reached += ["search_runs", "search_experiments", "get_run", "proxy", "native"]
         for label in reached:
-            assert label in ok, (label, sorted(client.seen.items()))
+            statuses = {s: n for (x, s), n in client.seen.items() if x == label}
+            assert label in ok, (label, statuses, client.last.get(label))
     finally:
         client.conn.close()
         c.stop()
