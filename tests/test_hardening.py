@@ -12,6 +12,7 @@ import base64
 import http.client
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,11 +262,15 @@ def test_artifact_locations_outside_the_roots_are_refused(tmp_path: Path) -> Non
         status, body = call(
             c, "GET", API + f"experiments/get?experiment_id={created['relative/dir']}"
         )
-        # A relative location lands under the artifact root, not the collector's cwd.
-        assert (
-            body["experiment"]["artifact_location"]
-            == (tmp_path / "store" / "artifacts" / "relative" / "dir").as_uri()
-        )
+        # A relative location lands under the artifact root, not the collector's cwd:
+        # REST clients see it as the proxy's path, the store keeps the real directory.
+        assert body["experiment"]["artifact_location"] == "mlflow-artifacts:/relative/dir"
+        with sqlite3.connect(c.db) as db:
+            (stored,) = db.execute(
+                "SELECT artifact_location FROM experiments WHERE experiment_id = ?",
+                (int(created["relative/dir"]),),
+            ).fetchone()
+        assert stored == (tmp_path / "store" / "artifacts" / "relative" / "dir").as_uri()
         status, body = call(
             c, "POST", API + "runs/create", {"experiment_id": created[str(extra / "team")]}
         )
@@ -280,8 +285,6 @@ def test_artifact_locations_outside_the_roots_are_refused(tmp_path: Path) -> Non
 def test_stored_locations_outside_the_roots_are_not_written(tmp_path: Path) -> None:
     # An experiment stored before this check (or by another tool) keeps its location, but
     # the collector does not write there.
-    import sqlite3
-
     c = start_collector(tmp_path / "store")
     outside = tmp_path / "elsewhere"
     try:
