@@ -23,7 +23,7 @@ from pathlib import Path
 from flightlog.agent.transport import CollectorClient
 from flightlog.core import settings
 from flightlog.core.exceptions import INTERNAL_ERROR, MlflowException
-from flightlog.core.uris import LocalStore
+from flightlog.core.uris import LocalStore, store_id
 
 START_TIMEOUT = 30.0
 
@@ -41,8 +41,9 @@ def _running_collector(store: LocalStore) -> str | None:
 
 
 def serves(health: dict[str, object], store: LocalStore) -> bool:
-    """True when a collector's /health answer names ``store`` (its database file)."""
-    return health.get("db") == store.identity
+    """True when a collector's /health answer names ``store`` (a digest of its database
+    file: /health shows the path itself only to a client with the token)."""
+    return health.get("store_id") == store_id(store.identity)
 
 
 def ensure_collector(store: LocalStore) -> str:

@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -45,10 +46,11 @@ from flightlog.collector import (
     ui_api,
 )
 from flightlog.collector.config import CollectorConfig
-from flightlog.collector.errors import error_middleware
+from flightlog.collector.errors import authorized, error_middleware
 from flightlog.collector.state import COLLECTOR, Collector, run_in_background
 from flightlog.collector.store_api import Store
 from flightlog.core.serving import STOP
+from flightlog.core.uris import DB_NAME, store_id
 from flightlog.core.version import __version__
 
 __all__ = ["COLLECTOR", "STOP", "Collector", "CollectorConfig", "create_app"]
@@ -57,18 +59,22 @@ log = logging.getLogger("flightlog.collector")
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness, and which store this collector serves (the SDK checks it)."""
+    """Liveness, and which store this collector serves (the SDK checks its ``store_id``).
+
+    The store's path and the PID only go to a client that sent the collector's token:
+    /health needs none, and a collector without a token shows them to nobody.
+    """
     c = request.app[COLLECTOR]
-    return web.json_response(
-        {
-            "status": "OK",
-            "version": __version__,
-            "pid": os.getpid(),
-            "store": c.config.store_uri,
-            "db": c.config.db_path,
-        },
-        dumps=lambda o: orjson.dumps(o).decode(),
-    )
+    db_path = c.config.db_path or str(Path(c.config.store_uri) / DB_NAME)
+    body: dict[str, object] = {
+        "status": "OK",
+        "version": __version__,
+        "store_id": store_id(db_path),
+    }
+    token = c.config.token
+    if token and authorized(request, token):
+        body.update(pid=os.getpid(), store=c.config.store_uri, db=db_path)
+    return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
 
 def _idle_watch(app: web.Application) -> Coroutine[Any, Any, None] | None:

@@ -14,11 +14,11 @@ chunks and handed to the repository, which writes atomically).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from aiohttp import web
 
+from flightlog.collector.artifact_policy import check_artifact_uri
 from flightlog.collector.artifacts import ArtifactRepository, repository_for
+from flightlog.collector.bodies import body_chunks, decoded_size
 from flightlog.collector.state import COLLECTOR, MSGPACK, Collector
 from flightlog.core.artifact_paths import safe_relative_path
 from flightlog.core.validation import validate_run_id
@@ -28,7 +28,11 @@ CHUNK = 1 << 20
 
 
 def repository(c: Collector, artifact_uri: str) -> ArtifactRepository:
-    """The repository at an artifact URI, with the collector's S3 endpoint."""
+    """The repository at an artifact URI, with the collector's S3 endpoint.
+
+    :raises MlflowException: the URI is a directory outside the allowed roots.
+    """
+    check_artifact_uri(c.config, artifact_uri)
     return repository_for(artifact_uri, s3_endpoint=c.config.s3_endpoint_url)
 
 
@@ -45,11 +49,9 @@ async def store_body(request: web.Request, repo: ArtifactRepository, rel: str) -
     A body that ends before its Content-Length is refused before anything becomes visible.
     """
 
-    async def chunks() -> AsyncIterator[bytes]:
-        async for chunk in request.content.iter_chunked(CHUNK):
-            yield chunk
-
-    return await repo.put(rel, chunks(), expected_size=request.content_length)
+    # The size to check against is the decoded one: a gzip body's Content-Length is
+    # its compressed size, and a truncated gzip stream is refused by body_chunks.
+    return await repo.put(rel, body_chunks(request), expected_size=decoded_size(request))
 
 
 async def send_file(

@@ -38,8 +38,9 @@ from typing import Any
 
 from aiohttp import web
 
-from flightlog.collector.artifact_api import CHUNK, repository, send_file, store_body
+from flightlog.collector.artifact_api import repository, send_file, store_body
 from flightlog.collector.artifacts import ArtifactRepository
+from flightlog.collector.bodies import read_body
 from flightlog.collector.content_types import download_headers
 from flightlog.collector.request_args import json_args, run_id_arg, string_arg
 from flightlog.collector.state import COLLECTOR, Collector
@@ -48,6 +49,7 @@ from flightlog.core.artifact_paths import PROXY_SCHEME, safe_relative_path
 from flightlog.core.exceptions import (
     INVALID_PARAMETER_VALUE,
     RESOURCE_DOES_NOT_EXIST,
+    BodyTooLarge,
     MlflowException,
 )
 
@@ -232,11 +234,11 @@ async def upload_artifact(request: web.Request) -> web.Response:
     too_large = "Artifact size is too large. Max size is 10MB."
     if request.content_length is not None and request.content_length > MAX_UI_UPLOAD_BYTES:
         raise _ui_refusal(too_large)
-    data = bytearray()
-    async for chunk in request.content.iter_chunked(CHUNK):
-        data += chunk
-        if len(data) > MAX_UI_UPLOAD_BYTES:
-            raise _ui_refusal(too_large)
+    try:
+        # Decoded and counted against the memory budget like every body (collector.bodies).
+        data = await read_body(request, MAX_UI_UPLOAD_BYTES, "Artifact upload")
+    except BodyTooLarge:
+        raise _ui_refusal(too_large) from None
     if not data:
         raise _ui_refusal("Request must specify data.")
     _eid, real_uri = await c.read(c.store.run_artifact_location, run_id)

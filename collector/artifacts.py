@@ -25,6 +25,7 @@ credentials). Errors raised by the chunk iterator given to ``put`` pass through 
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.util
 import logging
 import os
@@ -270,10 +271,20 @@ class LocalArtifactRepository:
             try:
                 os.makedirs(parent, exist_ok=True)
             except (FileExistsError, NotADirectoryError) as exc:
+                _remove_dirs(created)
                 raise MlflowException(
                     f"Invalid artifact path {rel!r}: a parent of it is a file",
                     INVALID_PARAMETER_VALUE,
                 ) from exc
+            except OSError as exc:
+                # ENAMETOOLONG, ELOOP, ENOSPC...: leave no empty directories behind.
+                _remove_dirs(created)
+                if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+                    raise MlflowException(
+                        f"Invalid path {rel[:200]!r}: {exc.strerror}",
+                        INVALID_PARAMETER_VALUE,
+                    ) from exc
+                raise
             temp = os.path.join(parent, TEMP_PREFIX + uuid.uuid4().hex)
             try:
                 # O_EXCL: never reuse a file someone else created; 0o666 lets the umask
@@ -307,11 +318,7 @@ class LocalArtifactRepository:
         # cancelled) holds the file's lock, and the name must go whatever that write does.
         _remove_quietly(upload.temp)
         upload.file.close()
-        for directory in upload.created:
-            try:
-                os.rmdir(directory)
-            except OSError:
-                break  # not empty: another upload is using it, and so its parents
+        _remove_dirs(upload.created)
 
     async def put(
         self, rel_path: str, chunks: AsyncIterator[bytes], *, expected_size: int | None = None
@@ -398,6 +405,10 @@ class LocalArtifactRepository:
             for entry in entries:
                 if entry.name.startswith(TEMP_PREFIX):
                     continue
+                if not _utf8_name(entry.name):
+                    # Put there by something else: no URL or JSON can name it, and one
+                    # such name must not break the listing of the rest.
+                    continue
                 if entry.is_symlink():
                     real = os.path.realpath(entry.path)
                     if os.path.commonpath([real_root, real]) != real_root:
@@ -434,11 +445,28 @@ class LocalArtifactRepository:
         await asyncio.to_thread(self._delete, rel)
 
 
+def _utf8_name(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by the OS as surrogate escapes
+        return False
+    return True
+
+
+def _remove_dirs(created: list[str]) -> None:
+    """Remove the directories a failed upload created, deepest first."""
+    for directory in created:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            break  # not empty: another upload is using it, and so its parents
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
-        pass
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # nothing there (a parent is a file): nothing to delete
 
 
 def _rmtree(path: str) -> None:

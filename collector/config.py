@@ -35,6 +35,9 @@ class CollectorConfig:
     #: The largest ingest batch, and ingest bytes in flight at once (collector.limits).
     ingest_max_body_bytes: int = field(default_factory=settings.INGEST_MAX_BODY_BYTES.get)
     ingest_max_pending_bytes: int = field(default_factory=settings.INGEST_MAX_PENDING_BYTES.get)
+    #: Seconds a gathered request body may take to arrive, and an upload may pause;
+    #: past it, 408 and the connection is closed (collector.bodies).
+    body_timeout: float = field(default_factory=settings.BODY_TIMEOUT.get)
     #: S3-compatible endpoint for s3:// artifact locations; None: AWS itself.
     s3_endpoint_url: str | None = field(default_factory=settings.S3_ENDPOINT_URL.get)
     #: Days ingest batch ids are kept for deduplication; 0: forever (collector.housekeeping).
@@ -42,6 +45,9 @@ class CollectorConfig:
     #: A PostgreSQL URI when the store is a database (collector/pgstore.py), else None;
     #: ``store_uri`` then shows it without its password.
     database_uri: str | None = None
+    #: Directories besides ``artifact_root`` where experiments may keep artifacts
+    #: (``--allowed-artifact-root``; collector.artifact_policy).
+    allowed_artifact_roots: tuple[str, ...] = ()
     #: Where to write {pid, host, port, store} once listening (collector.main); None: nowhere.
     port_file: str | None = None
     #: Print the web UI's URL on stdout once listening (``flightlog ui``).

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from flightlog.collector.bodies import BodyTimeout, body_abandoned, release_body
 from flightlog.collector.state import COLLECTOR, MSGPACK
 from flightlog.collector.ui import is_public_path
 from flightlog.core.exceptions import (
@@ -32,7 +33,9 @@ from flightlog.core.exceptions import (
     RESOURCE_DOES_NOT_EXIST,
     RESOURCE_EXHAUSTED,
     UNAUTHENTICATED,
+    BodyTooLarge,
     MlflowException,
+    Overloaded,
 )
 from flightlog.core.wire import pack
 
@@ -105,7 +108,8 @@ def error_response(
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _authorized(request: web.Request, token: str) -> bool:
+def authorized(request: web.Request, token: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>``."""
     given = request.headers.get("Authorization", "")
     # surrogateescape: a header that is not UTF-8 is a wrong token, not a crash.
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode())
@@ -119,7 +123,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     token = collector.config.token
     # /health and the web UI's page and code (which hold no data) answer without it.
     public = request.path == "/health" or is_public_path(request.path)
-    if token and not public and not _authorized(request, token):
+    if token and not public and not authorized(request, token):
         return error_response(
             request,
             UNAUTHENTICATED,
@@ -128,13 +132,33 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     try:
         return await handler(request)
-    except MlflowException as e:
-        status = None if is_mlflow_path(request.path) else e.http_status()
-        return error_response(request, e.error_code, e.message, status)
-    except web.HTTPRequestEntityTooLarge as e:
-        return error_response(request, BAD_REQUEST, f"Request body too large: {e.text}", 413)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise  # redirects
+        # aiohttp's own answers (no route, wrong method, too large) in the same JSON shape.
+        code = ENDPOINT_NOT_FOUND if e.status == 404 else BAD_REQUEST
+        response = error_response(
+            request, code, f"{e.reason}: {request.method} {request.path}"[:500], e.status
+        )
     except Exception as e:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(request, INTERNAL_ERROR, f"{type(e).__name__}: {e}", 500)
+        response = _answer(request, e)
+    finally:
+        release_body(request)
+    if body_abandoned(request):
+        # The rest of the body was not read: answer, then close (no keep-alive).
+        response.force_close()
+    return response
+
+
+def _answer(request: web.Request, e: Exception) -> web.Response:
+    if isinstance(e, Overloaded):
+        response = error_response(request, "TEMPORARILY_UNAVAILABLE", str(e), 503)
+        response.headers["Retry-After"] = str(e.retry_after)
+        return response
+    if isinstance(e, MlflowException):
+        # A body too large or too slow is about the transport: 413/408 on every path.
+        own = not is_mlflow_path(request.path) or isinstance(e, (BodyTimeout, BodyTooLarge))
+        status = e.http_status() if own else None
+        return error_response(request, e.error_code, e.message, status)
+    log.exception("unhandled error in %s %s", request.method, request.path, exc_info=e)
+    return error_response(request, INTERNAL_ERROR, f"{type(e).__name__}: {e}", 500)

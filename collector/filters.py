@@ -154,6 +154,8 @@ _PREFIXES: dict[str, Entity] = {
     "attr": Entity.ATTRIBUTE,
     "run": Entity.ATTRIBUTE,
 }
+#: SQLite's SQLITE_MAX_LIKE_PATTERN_LENGTH: longer GLOB patterns fail as "too complex".
+MAX_LIKE_PATTERN_BYTES = 50_000
 _KEYWORDS = frozenset({"AND", "OR", "NOT", "IN", "IS", "NULL", "LIKE", "ILIKE", "ASC", "DESC"})
 _COMPARE_OPS: dict[str, CompareOp] = {
     "=": "=",
@@ -686,7 +688,16 @@ class _Parser:
                     f"{key} is a string; quote the value: {key} = '{tok.text}'",
                     tok,
                 )
-            return int(tok.text) if _INT_RE.fullmatch(tok.text) else float(tok.text)
+            if not _INT_RE.fullmatch(tok.text):
+                return float(tok.text)
+            # SQLite integers are int64 (and Python's int() stops at 4,300 digits).
+            if len(tok.text) > 20 or not -(2**63) <= int(tok.text) < 2**63:
+                raise self.error(
+                    f"The number {tok.text[:40]}{'...' if len(tok.text) > 40 else ''} is "
+                    "outside the 64-bit integer range; write it as a float (e.g. 1e30)",
+                    tok,
+                )
+            return int(tok.text)
         found = f"Expected a value after '{after.text}', found {_describe(tok, self.text)}"
         if tok.kind is _Kind.IDENT:
             if key.numeric:
@@ -698,6 +709,14 @@ class _Parser:
 
 
 def _check_like_pattern(pattern: str, tok: _Token, text: str) -> None:
+    # SQLite refuses GLOB patterns over SQLITE_MAX_LIKE_PATTERN_LENGTH bytes at match time.
+    if len(like_to_glob(pattern).encode("utf-8", "surrogatepass")) > MAX_LIKE_PATTERN_BYTES:
+        raise FilterError(
+            f"A LIKE pattern may be at most {MAX_LIKE_PATTERN_BYTES} bytes "
+            f"({len(pattern)} characters given)",
+            tok.start,
+            text,
+        )
     # A trailing escape has nothing to escape; PostgreSQL rejects it too.
     i = 0
     while i < len(pattern):

@@ -5,41 +5,53 @@ POST /api/flightlog/ingest   one batch (flightlog.core.wire) -> {ok, duplicate, 
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiohttp import web
 
 from flightlog.collector.batch_checks import check_batch
-from flightlog.collector.errors import error_response
+from flightlog.collector.batch_slices import slice_batch, slice_id
+from flightlog.collector.bodies import read_body
 from flightlog.collector.state import COLLECTOR, MSGPACK
-from flightlog.core.exceptions import Overloaded
+from flightlog.collector.store_api import Op, Series
 from flightlog.core.wire import decode_batch, pack
+
+
+def _decode(data: bytes) -> tuple[str | None, list[Op], list[Series], list[dict[str, str]]]:
+    batch_id, _agent_id, ops, series = decode_batch(data)
+    ops, series, problems = check_batch(ops, series)
+    return batch_id, list(ops), list(series), problems
 
 
 async def ingest(request: web.Request) -> web.Response:
     """Store one msgpack batch; answer only after it is committed.
 
-    Bounded (collector.limits): 413 for a body over the limit, 503 with Retry-After
-    while the writer is behind. Ops and series that fail the checks (collector.
-    batch_checks) are reported in ``errors`` and the rest is stored.
+    Bounded (collector.limits, collector.bodies): 413 for a body over the limit once
+    decoded, 503 with Retry-After while the budget is held by others, 408 for a body that
+    does not arrive in time. Ops and series that fail the checks (collector.batch_checks)
+    are reported in ``errors`` and the rest is stored.
     """
     c = request.app[COLLECTOR]
-    try:
-        reservation = c.limits.reserve(request.content_length)
-    except Overloaded as e:
-        response = error_response(request, "TEMPORARILY_UNAVAILABLE", str(e), 503)
-        response.headers["Retry-After"] = str(e.retry_after)
-        return response
-    written = False
-    try:
-        data = await request.read()
-        reservation.resize(len(data))
-        batch_id, _agent_id, ops, series = decode_batch(data)
-        ops, series, problems = check_batch(ops, series)
-        duplicate, errors = await c.write(c.store.apply_batch, batch_id, ops, series)
-        written = True
-    finally:
-        reservation.release(written=written)
-    if not duplicate:
-        c.ingested_points += sum(len(s[2]) for s in series)
+    data = await read_body(request, c.config.ingest_max_body_bytes, "Ingest batch")
+    # Decoding and checking a big batch takes a while: off the event loop, so other
+    # requests are answered meanwhile.
+    batch_id, ops, series, problems = await asyncio.to_thread(_decode, data)
+    started = time.monotonic()
+    # Big batches go in slices, each its own job on the writer thread, so other writes
+    # queued meanwhile run between them (collector.batch_slices).
+    slices = slice_batch(ops, series)
+    duplicate = True
+    errors: list[dict[str, str]] = []
+    for i, (slice_ops, slice_series) in enumerate(slices):
+        dup, slice_errors = await c.write(
+            c.store.apply_batch, slice_id(batch_id, i, len(slices)), slice_ops, slice_series
+        )
+        duplicate = duplicate and dup
+        errors += slice_errors
+        if not dup:
+            c.ingested_points += sum(len(s[2]) for s in slice_series)
+    c.limits.record_write(len(data), time.monotonic() - started)
     return web.Response(
         body=pack({"ok": True, "duplicate": duplicate, "errors": problems + errors}),
         content_type=MSGPACK,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from flightlog.collector.app import create_app
@@ -92,6 +93,22 @@ def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> 
         "(env FLIGHTLOG_INGEST_MAX_PENDING_BYTES)",
     )
     p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=settings.BODY_TIMEOUT.get(),
+        help="seconds a request body may take to arrive (an upload: may pause); then 408 "
+        f"and the connection is closed (env FLIGHTLOG_BODY_TIMEOUT, default "
+        f"{settings.BODY_TIMEOUT.default:.0f})",
+    )
+    p.add_argument(
+        "--allowed-artifact-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory besides the artifact root where experiments may keep artifacts "
+        "(repeatable); other local artifact_locations are refused",
+    )
+    p.add_argument(
         "--s3-endpoint-url",
         default=settings.S3_ENDPOINT_URL.get(),
         help="S3-compatible endpoint for s3:// artifact locations "
@@ -118,6 +135,10 @@ def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> 
     )
 
 
+def _allowed_roots(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(os.path.abspath(r) for r in args.allowed_artifact_root)
+
+
 def config_from_args(args: argparse.Namespace) -> CollectorConfig:
     """Validate options into a CollectorConfig."""
     check_exposure(args.host, args.token)
@@ -134,7 +155,9 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
             run_timeout=args.run_timeout,
             ingest_max_body_bytes=args.ingest_max_body_bytes,
             ingest_max_pending_bytes=args.ingest_max_pending_bytes,
+            body_timeout=args.body_timeout,
             s3_endpoint_url=args.s3_endpoint_url,
+            allowed_artifact_roots=_allowed_roots(args),
             port_file=args.port_file,
         )
     store = local_store(args.store, args.artifacts)
@@ -148,7 +171,9 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         run_timeout=args.run_timeout,
         ingest_max_body_bytes=args.ingest_max_body_bytes,
         ingest_max_pending_bytes=args.ingest_max_pending_bytes,
+        body_timeout=args.body_timeout,
         s3_endpoint_url=args.s3_endpoint_url,
+        allowed_artifact_roots=_allowed_roots(args),
         db_path=str(store.db_path),
         port_file=args.port_file,
         announce_ui=getattr(args, "announce_ui", False),
@@ -167,7 +192,17 @@ async def serve(config: CollectorConfig) -> None:
         store = SqliteStore(db_path, config.artifact_root)
     app = create_app(config, store)
     await run_app(
-        app, config.host, config.port, config.store_uri, config.port_file, config.announce_ui
+        app,
+        config.host,
+        config.port,
+        config.store_uri,
+        config.port_file,
+        config.announce_ui,
+        # collector.bodies decodes gzip/deflate itself, in bounded steps, counting the
+        # inflated bytes against the budget; aiohttp's decoder would inflate unbounded.
+        auto_decompress=False,
+        # Idle keep-alive connections go after this long (a slow client holds no slot).
+        keepalive_timeout=config.body_timeout,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from flightlog.collector.bodies import read_body
 from flightlog.core.entities import ViewType
 from flightlog.core.exceptions import BAD_REQUEST, INVALID_PARAMETER_VALUE, MlflowException
 from flightlog.core.wire import unpack
@@ -30,7 +31,7 @@ _VIEW_TYPES = {
 
 async def msgpack_args(request: web.Request) -> Args:
     """The arguments of a native RPC call: a msgpack map (an empty body is no arguments)."""
-    data = await request.read()
+    data = await read_body(request)
     try:
         args = unpack(data) if data else {}
     except Exception:
@@ -73,7 +74,7 @@ async def json_args(request: web.Request, lists: Iterable[str] = ()) -> Args:
                     request.query.getall(name) if name in list_fields else request.query[name]
                 )
         return out
-    data = await request.read()
+    data = await read_body(request)
     if not data.strip():
         return {}
     try:
@@ -218,7 +219,7 @@ def view_type_arg(a: Args, name: str) -> int:
     if isinstance(value, str):
         if value.upper() in _VIEW_TYPES:
             return _VIEW_TYPES[value.upper()]
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # "²".isdigit() holds too
             value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value in (1, 2, 3):
         return value

@@ -67,8 +67,9 @@ from aiohttp import web
 
 from flightlog.collector import artifact_proxy
 from flightlog.collector.artifact_api import repository
-from flightlog.collector.artifacts import repository_for
+from flightlog.collector.bodies import read_body
 from flightlog.collector.errors import ENDPOINT_NOT_FOUND, MLFLOW_HTTP_STATUS
+from flightlog.collector.experiment_checks import new_experiment
 from flightlog.collector.request_args import (
     Args,
     double_arg,
@@ -194,27 +195,17 @@ def _experiment(c: Collector, experiment_id: str) -> Row:
     return c.store.get_experiment(experiment_id)
 
 
-def _check_location(location: str) -> None:
-    # Only locations the collector can serve through the proxy: a directory or s3://.
-    try:
-        repository_for(location)
-    except MlflowException as e:
-        raise MlflowException(
-            f"Invalid artifact_location {location!r}: {e.message}", INVALID_PARAMETER_VALUE
-        ) from None
-
-
 async def create_experiment(request: web.Request) -> web.Response:
     """POST experiments/create: ``{name, artifact_location?, tags?}`` -> ``{experiment_id}``."""
     c = request.app[COLLECTOR]
     a = await json_args(request)
-    name = v.validate_experiment_name(string_arg(a, "name", required=True))
     location = string_arg(a, "artifact_location") or None
     if location is not None:
         # mlflow-artifacts:/<prefix> is <prefix> under the artifact root (the proxy's tree).
         location = artifact_proxy.real_location(c.config.artifact_root, location)
-        _check_location(location)
-    tags = {v.validate_key("tag", k): val for k, val in key_values_arg(a, "tags")}
+    name, location, tags = new_experiment(
+        c.config, string_arg(a, "name", required=True), location, key_values_arg(a, "tags")
+    )
     eid = await c.write(c.store.create_experiment, name, location, tags)
     return _json({"experiment_id": eid})
 
@@ -319,7 +310,7 @@ async def set_experiment_tag(request: web.Request) -> web.Response:
     a = await json_args(request)
     eid = id_arg(a, "experiment_id", required=True)
     key = v.validate_key("tag", string_arg(a, "key", required=True))
-    value = string_arg(a, "value", default="")
+    value = v.experiment_tag_value(key, string_arg(a, "value", default=""))
     _require_active_experiment(await c.read(_experiment, c, eid), eid)
     await c.write(c.store.set_experiment_tag, eid, key, value)
     return _json({})
@@ -350,12 +341,9 @@ async def create_run(request: web.Request) -> web.Response:
     a = await json_args(request)
     eid = id_arg(a, "experiment_id") or str(DEFAULT_EXPERIMENT_ID)
     tags = {v.validate_key("tag", k): v.tag_value(k, val) for k, val in key_values_arg(a, "tags")}
-    run_name = string_arg(a, "run_name") or tags.get("mlflow.runName") or generate_run_name()
-    if len(run_name) > v.MAX_RUN_NAME_LENGTH:
-        raise MlflowException(
-            f"Run name is {len(run_name)} characters long; the limit is {v.MAX_RUN_NAME_LENGTH}.",
-            INVALID_PARAMETER_VALUE,
-        )
+    run_name = v.validate_run_name(
+        string_arg(a, "run_name") or tags.get("mlflow.runName") or generate_run_name()
+    )
     tags["mlflow.runName"] = run_name
     start_time = int64_arg(a, "start_time", default=0)
     exp = await c.read(_experiment, c, eid)
@@ -365,7 +353,9 @@ async def create_run(request: web.Request) -> web.Response:
         "run_id": run_id,
         "experiment_id": eid,
         "run_name": run_name,
-        "user_id": string_arg(a, "user_id", default=""),
+        "user_id": v.limit_length(
+            "user_id", string_arg(a, "user_id", default=""), v.MAX_USER_ID_LENGTH
+        ),
         "start_time": start_time,
         "tags": tags,
     }
@@ -391,6 +381,8 @@ async def update_run(request: web.Request) -> web.Response:
         raise invalid("status", status)
     end_time = int64_arg(a, "end_time")
     run_name = string_arg(a, "run_name")
+    if run_name is not None:
+        v.validate_run_name(run_name)
     if status is None and end_time is not None:
         # The store sets end_time together with a status; keep the run's own status.
         status = (await c.read(_load_run, c.store, run_id))["info"]["status"]
@@ -503,7 +495,7 @@ async def log_batch(request: web.Request) -> web.Response:
             f"bytes, got a request of size {size}.",
             INVALID_PARAMETER_VALUE,
         )
-    raw = await request.read()
+    raw = await read_body(request)
     if len(raw) > MAX_BATCH_LOG_REQUEST_SIZE:
         raise MlflowException(
             f"Batched logging API requests must be at most {MAX_BATCH_LOG_REQUEST_SIZE} "
@@ -590,7 +582,19 @@ def _dataset_input(item: Any, i: int) -> tuple[str, str, str, str]:
             f"Dataset digest exceeds the maximum length of {MAX_DATASET_DIGEST_SIZE}",
             INVALID_PARAMETER_VALUE,
         )
-    tags = [{"key": k, "value": val} for k, val in key_values_arg(item, "tags")]
+    for field, limit in (
+        ("source", v.MAX_DATASET_SOURCE_SIZE),
+        ("schema", v.MAX_DATASET_SCHEMA_SIZE),
+        ("profile", v.MAX_DATASET_PROFILE_SIZE),
+    ):
+        v.limit_length(f"{path}.dataset.{field}", clean.get(field, ""), limit)
+    tags = [
+        {
+            "key": v.limit_length(f"{path}.tags key", k, v.MAX_INPUT_TAG_KEY_SIZE),
+            "value": v.limit_length(f"{path}.tags value", val, v.MAX_INPUT_TAG_VALUE_SIZE),
+        }
+        for k, val in key_values_arg(item, "tags")
+    ]
     return (
         clean["name"],
         clean["digest"],

@@ -14,9 +14,11 @@ from typing import Any
 from aiohttp import web
 
 from flightlog.collector import search_api
+from flightlog.collector.experiment_checks import new_experiment
 from flightlog.collector.request_args import Args, id_arg, msgpack_args, string_arg
 from flightlog.collector.state import COLLECTOR, MSGPACK, Collector
 from flightlog.core.exceptions import BAD_REQUEST, MlflowException
+from flightlog.core.validation import experiment_tag_value, validate_experiment_name, validate_key
 from flightlog.core.wire import pack
 
 RpcMethod = Callable[[Collector, Args], Awaitable[Any]]
@@ -32,12 +34,10 @@ def _required(a: Args, name: str) -> str:
 
 async def create_experiment(c: Collector, a: Args) -> Any:
     """``{name, artifact_location?, tags?}`` -> ``{experiment_id}``."""
-    eid = await c.write(
-        c.store.create_experiment,
-        _required(a, "name"),
-        string_arg(a, "artifact_location"),
-        a.get("tags") or {},
+    name, location, tags = new_experiment(
+        c.config, _required(a, "name"), string_arg(a, "artifact_location") or None, a.get("tags")
     )
+    eid = await c.write(c.store.create_experiment, name, location, tags)
     return {"experiment_id": eid}
 
 
@@ -63,17 +63,15 @@ async def restore_experiment(c: Collector, a: Args) -> Any:
 
 async def rename_experiment(c: Collector, a: Args) -> Any:
     """``{experiment_id, new_name}``."""
-    await c.write(c.store.rename_experiment, _experiment_id(a), _required(a, "new_name"))
+    new_name = validate_experiment_name(_required(a, "new_name"))
+    await c.write(c.store.rename_experiment, _experiment_id(a), new_name)
 
 
 async def set_experiment_tag(c: Collector, a: Args) -> Any:
     """``{experiment_id, key, value}``."""
-    await c.write(
-        c.store.set_experiment_tag,
-        _experiment_id(a),
-        _required(a, "key"),
-        str(string_arg(a, "value", default="")),
-    )
+    key = validate_key("tag", _required(a, "key"))
+    value = experiment_tag_value(key, string_arg(a, "value", default=""))
+    await c.write(c.store.set_experiment_tag, _experiment_id(a), key, value)
 
 
 async def delete_experiment_tag(c: Collector, a: Args) -> Any:

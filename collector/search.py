@@ -50,6 +50,7 @@ from flightlog.collector.filters import (
     register_sql_functions,
 )
 from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from flightlog.core.validation import parse_experiment_id
 
 __all__ = [
     "ACTIVE_ONLY",
@@ -207,6 +208,8 @@ def _decode_token(token: str, fingerprint: str, width: int) -> list[SqlValue]:
         or len(after) != width
         or not all(v is None or isinstance(v, (str, int, float)) for v in after)
         or any(isinstance(v, bool) for v in after)
+        # SQLite integers are int64; a forged token must not reach it with a bigger one.
+        or any(isinstance(v, int) and not -(2**63) <= v < 2**63 for v in after)
     ):
         raise bad
     return after
@@ -313,13 +316,7 @@ def search_run_ids(
         experiment_ids = [experiment_ids]
     exp_ids: list[int] = []
     for exp_id in experiment_ids:
-        try:
-            exp_ids.append(int(str(exp_id)))
-        except ValueError:
-            raise MlflowException(
-                f"Invalid experiment id {exp_id!r}: experiment ids are integers",
-                INVALID_PARAMETER_VALUE,
-            ) from None
+        exp_ids.append(parse_experiment_id(exp_id))
     keys = parse_order_by(order_by, "runs")
     names = {(k.entity, k.key) for k in keys}
     if (Entity.ATTRIBUTE, "start_time") not in names:

@@ -50,6 +50,7 @@ from flightlog.core.exceptions import (
     RESOURCE_DOES_NOT_EXIST,
     MlflowException,
 )
+from flightlog.core.validation import parse_experiment_id
 
 
 def now_ms() -> int:
@@ -1096,13 +1097,7 @@ def _clear_timeout_reason(conn: sqlite3.Connection, run_id: str) -> bool:
 
 
 def _int_id(experiment_id: Any) -> int:
-    try:
-        return int(experiment_id)
-    except (TypeError, ValueError):
-        raise MlflowException(
-            f"Invalid experiment id {experiment_id!r}: expected an integer id.",
-            INVALID_PARAMETER_VALUE,
-        ) from None
+    return parse_experiment_id(experiment_id)
 
 
 def _metrics_json(conn: sqlite3.Cursor, ids: tuple[str]) -> dict[str, str]:

@@ -29,9 +29,17 @@ TEMP_PREFIX = ".flightlog-upload-"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
+#: File systems' limits (NAME_MAX, and PATH_MAX less room for the artifact root), and a
+#: depth that directory creation can reach without deep recursion.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 3072
+MAX_DEPTH = 256
+
+
 def _refuse(path: object, why: str) -> MlflowException:
     # "Invalid path" is MLflow's text (its clients and tests match on it); the detail follows.
-    return MlflowException(f"Invalid path {path!r}: {why}", INVALID_PARAMETER_VALUE)
+    shown = repr(path) if len(repr(path)) <= 200 else f"{repr(path)[:200]}..."
+    return MlflowException(f"Invalid path {shown}: {why}", INVALID_PARAMETER_VALUE)
 
 
 def safe_relative_path(path: str, *, allow_root: bool = False) -> str:
@@ -52,7 +60,8 @@ def safe_relative_path(path: str, *, allow_root: bool = False) -> str:
         a string, holds a NUL byte, has a name reserved for uploads in progress
         (:data:`TEMP_PREFIX`), is absolute (``/x``, ``\\\\server\\share``), starts
         with a drive letter (``C:``), climbs above the root (``..``, ``a/../../b``), or
-        names the root while ``allow_root`` is false.
+        names the root while ``allow_root`` is false, or exceeds the file system's
+        limits (a name over 255 bytes, a path over 3,072 bytes or 256 levels deep).
     """
     if not isinstance(path, str):
         raise _refuse(path, "must be a string")
@@ -77,7 +86,15 @@ def safe_relative_path(path: str, *, allow_root: bool = False) -> str:
         parts.append(segment)
     if not parts and not allow_root:
         raise _refuse(path, "names no file (empty path)")
-    return "/".join(parts)
+    for part in parts:
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise _refuse(path, f"a name is longer than {MAX_NAME_BYTES} bytes")
+    if len(parts) > MAX_DEPTH:
+        raise _refuse(path, f"it is {len(parts)} levels deep; the limit is {MAX_DEPTH}")
+    joined = "/".join(parts)
+    if len(joined.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise _refuse(path, f"it is longer than {MAX_PATH_BYTES} bytes")
+    return joined
 
 
 def proxies(real_uri: str) -> bool:

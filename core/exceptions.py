@@ -103,12 +103,17 @@ class SpoolFull(Exception):
 
 
 class BodyTooLarge(MlflowException):
-    """An ingest body over the configured maximum (HTTP 413)."""
+    """A request body over the configured maximum, once decoded (HTTP 413)."""
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, what: str = "Ingest batch") -> None:
+        hint = (
+            "(--ingest-max-body-bytes); send smaller batches (FLIGHTLOG_BATCH_POINTS)."
+            if what == "Ingest batch"
+            else "(decoded, whatever the Content-Encoding)."
+        )
         super().__init__(
-            f"Ingest batch of {size} bytes is larger than the collector's limit of {limit} "
-            "bytes (--ingest-max-body-bytes); send smaller batches (FLIGHTLOG_BATCH_POINTS).",
+            f"{what} of {size} bytes or more is larger than the collector's limit of "
+            f"{limit} bytes {hint}",
             BAD_REQUEST,
         )
 

@@ -60,8 +60,13 @@ async def run_app(
     label: str,
     port_file: str | None,
     announce_ui: bool = False,
+    **runner_options: Any,
 ) -> None:
-    """Serve ``app`` on host:port until SIGTERM/SIGINT (or the app sets STOP)."""
+    """Serve ``app`` on host:port until SIGTERM/SIGINT (or the app sets STOP).
+
+    ``runner_options`` go to aiohttp's ``AppRunner`` (the collector turns off aiohttp's
+    body decompression and bounds keep-alive idling).
+    """
     stop = asyncio.Event()
     app[STOP] = stop
     # Long request lines: MLflow's UI and clients send GETs with hundreds of repeated
@@ -72,6 +77,7 @@ async def run_app(
         handle_signals=False,
         max_line_size=MAX_REQUEST_LINE,
         max_field_size=MAX_REQUEST_LINE,
+        **runner_options,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -310,6 +310,14 @@ RUN_TIMEOUT: Setting[float] = Setting(
     "a number of seconds >= 0",
     side="collector",
 )
+BODY_TIMEOUT: Setting[float] = Setting(
+    "FLIGHTLOG_BODY_TIMEOUT",
+    _number(0.0, inclusive=False),
+    60.0,
+    "Seconds a request body may take to arrive (an upload: may pause); then 408.",
+    "a number of seconds > 0",
+    side="collector",
+)
 INGEST_MAX_BODY_BYTES: Setting[int] = Setting(
     "FLIGHTLOG_INGEST_MAX_BODY_BYTES",
     _integer(1),

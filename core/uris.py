@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import urllib.parse
@@ -161,3 +162,13 @@ def redact_password(uri: str) -> str:
         return uri
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def store_id(identity: str) -> str:
+    """A store's identity in ``/health``: a digest of its database file's path.
+
+    The SDK compares it to decide whether a running collector serves its store
+    (:attr:`LocalStore.identity`); anyone who can reach ``/health`` without the token
+    learns neither the path nor the PID.
+    """
+    return hashlib.sha256(os.fsencode(identity)).hexdigest()[:32]

@@ -18,6 +18,17 @@ MAX_PARAM_VAL_LENGTH = 6000
 MAX_TAG_VAL_LENGTH = 8000
 MAX_EXPERIMENT_NAME_LENGTH = 500
 MAX_RUN_NAME_LENGTH = 250
+MAX_EXPERIMENT_TAG_VAL_LENGTH = 20000
+# MLflow's runs.user_id column is VARCHAR(256); its server refuses nothing, SQL stores cut it.
+MAX_USER_ID_LENGTH = 256
+MAX_DATASET_SOURCE_SIZE = 65535
+MAX_DATASET_SCHEMA_SIZE = 1048575
+MAX_DATASET_PROFILE_SIZE = 16777215
+MAX_INPUT_TAG_KEY_SIZE = 255
+MAX_INPUT_TAG_VALUE_SIZE = 500
+# Experiment ids are SQLite INTEGERs: at most 19 ASCII digits below 2**63. Python's int()
+# would also take "1_0", " 1", "+1", "²" and Arabic-Indic digits; MLflow's server takes none.
+_EXPERIMENT_ID = re.compile(r"[0-9]{1,19}")
 
 # MLflow's rule: alphanumerics, underscores, dashes, periods, spaces, colons and slashes.
 _VALID_KEY = re.compile(r"^[/\w.\- :]*$")
@@ -139,6 +150,42 @@ def validate_experiment_name(name: Any) -> str:
             f"the limit is {MAX_EXPERIMENT_NAME_LENGTH}."
         )
     return name
+
+
+def parse_experiment_id(value: Any) -> int:
+    """An experiment id as an int: ASCII digits (or an int) in SQLite's INTEGER range.
+
+    :raises MlflowException: ``INVALID_PARAMETER_VALUE`` naming the id for anything else.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _EXPERIMENT_ID.fullmatch(value):
+        number = int(value)
+    else:
+        number = -1
+    if not 0 <= number < 2**63:
+        shown = repr(value) if len(repr(value)) <= 100 else repr(value)[:100] + "..."
+        raise _bad(f"Invalid experiment id {shown}: experiment ids are integers below 2^63.")
+    return number
+
+
+def limit_length(what: str, value: str, limit: int) -> str:
+    """Refuse a string field longer than MLflow's ``limit``, naming the field."""
+    if len(value) > limit:
+        raise _bad(f"{what} is {len(value)} characters long; the limit is {limit}.")
+    return value
+
+
+def validate_run_name(name: str) -> str:
+    """A run name within MLflow's limit (it is also the ``mlflow.runName`` tag)."""
+    return limit_length("Run name", name, MAX_RUN_NAME_LENGTH)
+
+
+def experiment_tag_value(key: str, value: Any) -> str:
+    """Stringify an experiment tag value and check MLflow's limit (20,000 characters)."""
+    return limit_length(
+        f"Experiment tag value for {key!r}", str(value), MAX_EXPERIMENT_TAG_VAL_LENGTH
+    )
 
 
 def validate_run_id(run_id: Any) -> str:

@@ -21,6 +21,7 @@ from flightlog.collector.app import create_app
 from flightlog.collector.config import CollectorConfig
 from flightlog.collector.store import SqliteStore
 from flightlog.core.exceptions import INVALID_STATE, MlflowException
+from flightlog.core.uris import store_id
 from flightlog.core.wire import encode_batch, pack, unpack
 
 pytestmark = pytest.mark.asyncio
@@ -47,7 +48,9 @@ async def _rpc(client: Client, method: str, args: dict[str, Any]) -> tuple[int, 
 async def test_health_ingest_and_rpc_read(tmp_path: Path, aiohttp_client: MakeClient) -> None:
     client = await aiohttp_client(_app(tmp_path))
     r = await client.get("/health")
-    assert r.status == 200 and (await r.json())["store"] == str(tmp_path)
+    assert r.status == 200 and (await r.json())["store_id"] == store_id(
+        str(tmp_path / "flightlog.db")
+    )
     run_id = uuid.uuid4().hex
     body = encode_batch(
         "b1",

@@ -9,8 +9,10 @@ the well-behaved run is complete.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -269,11 +271,14 @@ def test_fuzzed_frames_get_clear_errors_and_do_not_disturb_other_clients(
     seen: dict[int, int] = {}
     conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=60)
 
-    def post(path: str, body: bytes) -> tuple[int, Any]:
+    def post(path: str, body: bytes, encoding: str | None = None) -> tuple[int, Any]:
         nonlocal conn
+        headers = {"Content-Type": "application/msgpack"}
+        if encoding is not None:
+            headers["Content-Encoding"] = encoding
         for attempt in range(2):
             try:
-                conn.request("POST", path, body, {"Content-Type": "application/msgpack"})
+                conn.request("POST", path, body, headers)
                 resp = conn.getresponse()
                 return resp.status, resp.read()
             except (http.client.HTTPException, OSError):
@@ -286,16 +291,27 @@ def test_fuzzed_frames_get_clear_errors_and_do_not_disturb_other_clients(
         raise AssertionError("unreachable")
 
     searched: dict[int, int] = {}
+    # Compressed frames too (issue 11): whole, cut short, or in an unknown encoding.
+    encodings = st.sampled_from([None, None, None, "gzip", "deflate", "gzip-cut", "br"])
 
-    def requests(tokens: list[str]) -> st.SearchStrategy[tuple[str, bytes]]:
-        return st.tuples(st.sampled_from(["ingest"] * 3 + RPC_METHODS), frames) | st.tuples(
-            st.just("search_runs"), search_runs_args(tokens)
-        )
+    def requests(tokens: list[str]) -> st.SearchStrategy[tuple[str, bytes, str | None]]:
+        return st.tuples(
+            st.sampled_from(["ingest"] * 3 + RPC_METHODS), frames, encodings
+        ) | st.tuples(st.just("search_runs"), search_runs_args(tokens), encodings)
 
-    def fuzz(request: tuple[str, bytes]) -> None:
-        target, frame = request
+    def fuzz(request: tuple[str, bytes, str | None]) -> None:
+        target, frame, encoding = request
         path = "/api/flightlog/ingest" if target == "ingest" else f"/api/flightlog/rpc/{target}"
-        status, data = post(path, frame)
+        if encoding in ("gzip", "gzip-cut"):
+            packed = gzip.compress(frame)
+            frame, encoding = (
+                (packed[: len(packed) // 2], "gzip")
+                if encoding == "gzip-cut"
+                else (packed, encoding)
+            )
+        elif encoding == "deflate":
+            frame = zlib.compress(frame)
+        status, data = post(path, frame, encoding)
         seen[status] = seen.get(status, 0) + 1
         if target == "search_runs":
             searched[status] = searched.get(status, 0) + 1
