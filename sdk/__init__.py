@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         set_system_metrics_node_name,
         set_system_metrics_sampling_interval,
     )
+    from flightlog.autologging import autolog
     from flightlog.client import MlflowClient
     from flightlog.context import get_tracking_uri, set_tracking_uri
     from flightlog.core.entities import (
@@ -99,6 +100,7 @@ _PUBLIC: dict[str, str] = {
     "ViewType": "flightlog.core.entities",
     "active_run": "flightlog.fluent",
     "artifacts": "flightlog.artifacts:module",
+    "autolog": "flightlog.autologging",
     "create_experiment": "flightlog.fluent",
     "data": "flightlog.data:module",
     "delete_experiment": "flightlog.fluent",
@@ -192,6 +194,7 @@ __all__ = [
     "__version__",
     "active_run",
     "artifacts",
+    "autolog",
     "create_experiment",
     "data",
     "delete_experiment",

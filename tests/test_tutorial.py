@@ -8,8 +8,8 @@ The blocks are taken from the tutorial file itself. What the harness changes, an
   ``("run_id")`` is replaced by the id of a real run;
 - ``time.sleep`` is a no-op, so the 100-second system-metrics loop runs in a moment.
 Blocks that use autologging or model flavors (``mlflow.sklearn``, ``mlflow.tensorflow``,
-``mlflow.pytorch``) run too, marked xfail(strict): no open issue asks for them yet, and the
-test fails (XPASS) the day they start to pass.
+``mlflow.pytorch``) get a tiny ``model`` (and data) of their framework from a prelude of
+their own, and skip when the framework is not installed.
 
 The tutorial lives in ../shared beside the repository, which CI provides; in a clone
 without it these tests skip and say so.
@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import flightlog as mlflow
+from flightlog import autologging
 from tests.conftest import CollectorProcess
 
 TUTORIAL = (
@@ -71,23 +72,34 @@ def _blocks() -> list[tuple[int, str]]:
     return python_blocks(TUTORIAL.read_text(encoding="utf-8"))
 
 
-UNSUPPORTED = ("mlflow.sklearn", "mlflow.tensorflow", "mlflow.pytorch")
-NOT_IMPLEMENTED = pytest.mark.xfail(
-    strict=True, reason="autologging and model flavors are not implemented (no open issue yet)"
-)
+# Each framework block's own prelude: the ``model`` (and data) its code takes as given.
+FRAMEWORK_PRELUDES = {
+    "mlflow.sklearn.log_model": (
+        "sklearn",
+        "from sklearn.linear_model import LogisticRegression\n"
+        "model = LogisticRegression().fit(X_train, y_train)\n",
+    ),
+    "mlflow.sklearn": ("sklearn", ""),
+    "mlflow.tensorflow": (
+        "tensorflow",
+        "import numpy as _np\n"
+        "import keras as _keras\n"
+        "X_train = _np.random.default_rng(0).normal(size=(32, 2)).astype('float32')\n"
+        "y_train = (X_train[:, 0] > 0).astype('float32')\n"
+        "model = _keras.Sequential([_keras.Input(shape=(2,)), _keras.layers.Dense(1)])\n"
+        "model.compile(optimizer='adam', loss='mse')\n",
+    ),
+    "mlflow.pytorch": (
+        "pytorch_lightning",
+        "from tests.lightning_models import TinyRegressor_pytorch_lightning\n"
+        "model = TinyRegressor_pytorch_lightning()\n",
+    ),
+}
 
 
 def _cases() -> list[object]:
-    """One case per block; blocks using what flightlog lacks run as strict xfails."""
-    return [
-        pytest.param(
-            line,
-            code,
-            id=f"line{line}",
-            marks=[NOT_IMPLEMENTED] if any(name in code for name in UNSUPPORTED) else [],
-        )
-        for line, code in _blocks()
-    ]
+    """One case per block."""
+    return [pytest.param(line, code, id=f"line{line}") for line, code in _blocks()]
 
 
 PRELUDE = """
@@ -135,6 +147,13 @@ def test_tutorial_block(
     line: int,
     code: str,
 ) -> None:
+    prelude = PRELUDE
+    framework = next((v for k, v in FRAMEWORK_PRELUDES.items() if k in code), None)
+    if framework is not None:
+        pytest.importorskip(framework[0])
+        prelude += framework[1]
+        monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+        monkeypatch.setenv("PL_DISABLE_FORK", "1")
     pytest.importorskip("matplotlib").use("Agg")
     os.chdir(tmp_path)
     _setup_files(tmp_path)
@@ -143,9 +162,17 @@ def test_tutorial_block(
     source = re.sub(r"^import mlflow[ \t\r]*$", "import flightlog as mlflow", code, flags=re.M)
     source = source.replace('("run_id")', f"({run_id!r})")
     namespace: dict[str, object] = {"__name__": "__tutorial__"}
-    exec(compile(PRELUDE + textwrap.dedent(source), f"tutorial:{line}", "exec"), namespace)
+    try:
+        exec(compile(prelude + textwrap.dedent(source), f"tutorial:{line}", "exec"), namespace)
+    finally:
+        autologging.reset_for_tests()
     assert mlflow.active_run() is None, "the block left a run open"
     mlflow.flush()
+    if ".autolog(" in code:
+        run = mlflow.last_active_run()
+        assert run is not None and run.data.metrics, "autolog logged no metrics"
+        names = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+        assert "model" in names, "autolog logged no model"
 
 
 def test_every_block_was_found() -> None:
