@@ -105,7 +105,9 @@ def uninstall() -> None:
 def _die_of(signum: int) -> None:
     """Take the signal's default action: for SIGTERM and SIGINT, end the process."""
     signal.signal(signum, signal.SIG_DFL)
-    sys.stderr.flush()
+    # Not fatal if the interrupted frame was writing to stderr (a reentrant call).
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
     os.kill(os.getpid(), signum)
     # Delivered on the way back from kill(); if it was blocked, exit as the shell would.
     os._exit(128 + signum)
@@ -174,7 +176,7 @@ def _run_off_frame(steps: list[Step], wait: float, name: str) -> bool:
         return True
     _say(
         f"flightlog: on {name}: ending runs and delivering what was logged did not finish "
-        f"within {wait:g}s (the code the signal interrupted holds a lock that needs); "
+        f"within {wait:g}s (the code the signal interrupted holds a lock this needs); "
         "batches not acknowledged stay in the spool, points not yet batched are lost"
     )
     return False
