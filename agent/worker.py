@@ -128,6 +128,7 @@ class Agent:
         self._close_marker: FlushMarker | None = None  # close()'s, while it waits
         self._last_down = False  # did the last send get no answer at all?
         self._closed = False
+        self._close_finished = False
         self._ops_submitted = 0  # ops and flush markers appended (under _lock)
         self._ops_taken = 0  # ... and taken by a packer (under _pack_lock)
         self.drops.forget_runs()
@@ -311,7 +312,14 @@ class Agent:
         stderr. Returns whether everything was acknowledged.
         """
         if self._closed:
-            return True
+            marker = self._close_marker
+            if marker is None or self._close_finished:
+                return True
+            # A close in progress that cannot go on: the SIGTERM handler's helper while
+            # the main thread's close (a forked Pool worker's exit) is interrupted. The
+            # process dies when this returns, so wait, as that close would, for what
+            # it queued to be acknowledged (the packer and sender work on without it).
+            return marker.done.wait(bounded(timeout)) and marker.acked
         if self._pid != os.getpid():
             self._after_fork_in_child()
         self._closed = True
@@ -356,6 +364,7 @@ class Agent:
             print(msg, file=sys.stderr, flush=True)
         self._packer.join(timeout=1.0)
         self._sender.join(timeout=1.0)
+        self._close_finished = True
         return ok
 
     # -- the packer ---------------------------------------------------------------------
