@@ -15,6 +15,7 @@ from pathlib import Path
 from flightlog.agent.delivery import DeliveryLoop, send_claim
 from flightlog.agent.drops import DropLedger
 from flightlog.agent.sender import Ack, Sender
+from flightlog.agent.signals import keep_off_this_thread
 from flightlog.agent.spool import ClaimedSpool, RecordRef, claim_orphans
 
 log = logging.getLogger("flightlog.agent")
@@ -59,6 +60,7 @@ class Adopter:
         self.claims = []
 
     def _run(self) -> None:
+        keep_off_this_thread()  # SIGTERM goes to the main thread
         try:
             self.claims = claim_orphans(self.root, exclude=self.exclude)
             for claim in self.claims:

@@ -92,6 +92,20 @@ def install(
     return bool(_previous)
 
 
+def keep_off_this_thread() -> None:
+    """Block SIGTERM and SIGINT in the calling thread (one flightlog started).
+
+    A process-directed signal goes to any thread that does not block it. One that
+    lands on a background thread only sets Python's flag: the main thread, blocked in
+    a call no signal of its own interrupts (a Pool worker waiting for its queue's
+    lock), never runs the handler, and the process, which the default action would
+    have killed, lives on. Blocked here, the signal goes to the main thread, whose
+    blocking call it interrupts.
+    """
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no pthread_sigmask
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
 def uninstall() -> None:
     """Put the program's handlers back (tests; a program that wants its signals back)."""
     if threading.current_thread() is not threading.main_thread():
@@ -161,6 +175,7 @@ def _run_off_frame(steps: list[Step], wait: float, name: str) -> bool:
     done.acquire()
 
     def work() -> None:
+        keep_off_this_thread()  # a second signal goes to the main thread: it dies then
         try:
             for fn, arg in steps:
                 _run(fn, arg, name)

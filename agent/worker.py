@@ -52,6 +52,7 @@ from flightlog.agent.outbox import FlushMarker, Outbox
 from flightlog.agent.records import OP, RECORD, Op, clean_points, split_records
 from flightlog.agent.reported_errors import ReportedErrors
 from flightlog.agent.sender import REJECTED, Ack, Sender
+from flightlog.agent.signals import keep_off_this_thread
 from flightlog.agent.spool import Spool, default_spool_root
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
 from flightlog.core import settings
@@ -370,6 +371,7 @@ class Agent:
     # -- the packer ---------------------------------------------------------------------
 
     def _pack_loop(self) -> None:
+        keep_off_this_thread()
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
             self._wake.clear()
@@ -465,6 +467,7 @@ class Agent:
     # -- the sender -------------------------------------------------------------------------
 
     def _send_loop(self) -> None:
+        keep_off_this_thread()
         while not self._stop.is_set():
             try:
                 self._heartbeat_if_due()
