@@ -12,9 +12,14 @@ process against a real collector; before the fix each one hung until its timeout
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from flightlog.agent.transport import CollectorClient
+from flightlog.agent.worker import Agent
 from tests.conftest import CollectorProcess
 from tests.helpers import run_script, run_status, stored_points
 
@@ -131,3 +136,35 @@ def test_sigterm_to_a_forked_child_leaves_the_parents_run_alone(
     assert stored_points(collector.db, run_id, "child") == 1
     assert stored_points(collector.db, run_id, "parent") == 1
     assert run_status(collector.db, run_id) == "FINISHED"
+
+
+def _blocked_signals(native_id: int) -> int:
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("SigBlk:"))
+    return int(line.split()[1], 16)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_the_agents_threads_leave_sigterm_and_sigint_to_the_main_thread(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    # A process-directed SIGTERM that landed on the packer only set Python's flag: the
+    # main thread of a Pool worker, blocked on its task queue's lock (which the parent
+    # holds while it terminates the pool), never ran the handler and never died.
+    agent = Agent(CollectorClient(collector.url), spool_root=tmp_path / "spool")
+    try:
+        deadline = time.monotonic() + 30
+        threads = [agent._packer, agent._sender]
+        while any(t.native_id is None for t in threads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        wanted = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+        while time.monotonic() < deadline:
+            masks = [_blocked_signals(t.native_id or 0) for t in threads]
+            if all(m & wanted == wanted for m in masks):
+                break
+            time.sleep(0.01)
+        assert all(m & wanted == wanted for m in masks), [hex(m) for m in masks]
+        # ... while the thread that made the agent still takes them.
+        assert _blocked_signals(threading.get_native_id()) & wanted == 0
+    finally:
+        agent.close(10.0)
