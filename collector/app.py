@@ -35,6 +35,7 @@ from aiohttp import web
 
 from flightlog.collector import (
     artifact_api,
+    artifact_proxy,
     housekeeping,
     ingest,
     liveness,
@@ -93,6 +94,11 @@ async def _close_store(app: web.Application) -> AsyncIterator[None]:
     app[COLLECTOR].close()
 
 
+async def _nosniff(request: web.Request, response: web.StreamResponse) -> None:
+    # As MLflow's server: no answer (an artifact above all) is content-sniffed into a page.
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 def create_app(config: CollectorConfig, store: Store) -> web.Application:
     """Build the collector application around a store.
 
@@ -101,6 +107,7 @@ def create_app(config: CollectorConfig, store: Store) -> web.Application:
     """
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
     app[COLLECTOR] = Collector(config, store)
+    app.on_response_prepare.append(_nosniff)
     # First in cleanup_ctx, so closed last: the background tasks below stop before it.
     app.cleanup_ctx.append(_close_store)
     app.add_routes([web.get("/health", health)])
@@ -108,6 +115,7 @@ def create_app(config: CollectorConfig, store: Store) -> web.Application:
     app.add_routes(rpc.routes())
     app.add_routes(artifact_api.routes())
     app.add_routes(rest.routes())
+    app.add_routes(artifact_proxy.routes())
     app.add_routes(ui.routes())
     app.add_routes(ui_api.routes())
     run_in_background(app, _idle_watch)

@@ -2,7 +2,8 @@
 
 Two shapes, by path. MLflow's API (``/api/2.0/mlflow``, ``/api/2.0/mlflow-artifacts``,
 ``/api/3.0/mlflow``, their ``/ajax-api`` twins, and ``/get-artifact``) answers as
-MLflow's server does: ``{"error_code", "message"}`` JSON with MLflow's HTTP status for
+MLflow's server does: ``{"error_code", "message", "sqlstate", "error_class"}`` JSON (the
+last two MLflow 3's error classification) with MLflow's HTTP status for
 the code (it answers INVALID_STATE with 500, for one). flightlog's own endpoints
 (``/api/flightlog/...``, ``/health``) answer the same fields with flightlog's status table
 (:meth:`MlflowException.http_status`), in msgpack when the client speaks msgpack (the
@@ -61,6 +62,19 @@ MLFLOW_HTTP_STATUS: dict[str, int] = {
     INTERNAL_ERROR: 500,
 }
 
+# MLflow 3's error classification (mlflow/error_classification.py), sent beside the code:
+# (sqlstate, error_class) for the codes flightlog raises.
+_INVALID = ("KAM00", "INVALID_PARAMETER_VALUE")
+MLFLOW_ERROR_CLASS: dict[str, tuple[str, str]] = {
+    INVALID_PARAMETER_VALUE: _INVALID,
+    BAD_REQUEST: _INVALID,
+    RESOURCE_ALREADY_EXISTS: ("KAM00", "RESOURCE_ALREADY_EXISTS"),
+    RESOURCE_DOES_NOT_EXIST: ("KAM00", "RESOURCE_NOT_FOUND"),
+    ENDPOINT_NOT_FOUND: ("KAM00", "RESOURCE_NOT_FOUND"),
+    INVALID_STATE: ("XXM00", "CLIENT_INTERNAL_ERROR"),
+    INTERNAL_ERROR: ("XXM00", "CLIENT_INTERNAL_ERROR"),
+}
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -76,6 +90,8 @@ def error_response(
     """The error body for ``request``'s path, with the status for ``code`` unless given."""
     body = {"error_code": code, "message": message}
     if is_mlflow_path(request.path):
+        if code in MLFLOW_ERROR_CLASS:
+            body["sqlstate"], body["error_class"] = MLFLOW_ERROR_CLASS[code]
         return web.Response(
             status=status or MLFLOW_HTTP_STATUS.get(code, 500),
             body=orjson.dumps(body),

@@ -9,9 +9,10 @@ Python, Java and R clients work unchanged. Served under ``/api/2.0/mlflow/`` and
 - runs: create, get, update, delete, restore, search, log-metric, log-batch,
   log-parameter, set-tag, delete-tag, log-inputs;
 - metrics: get-history (paged with max_results / page_token), get-history-bulk-interval;
-- artifacts: list; the artifact proxy ``/api/2.0/mlflow-artifacts/artifacts/<path>``
-  (GET download, PUT upload, DELETE, and GET ``?path=`` to list);
-- ``/version`` and ``/api/3.0/mlflow/server-info`` (``/health`` is the collector's own).
+- artifacts: list (the artifact proxy and ``/get-artifact`` are in ``artifact_proxy.py``);
+- ``/version`` and ``/api/3.0/mlflow/server-info`` (``/health`` is the collector's own);
+- MLflow's UI routes, under ``/ajax-api`` only: metrics/get-history-bulk,
+  experiments/search-datasets (and upload-artifact, from ``artifact_proxy.py``).
 
 The data is the collector's store: a run logged with the flightlog SDK reads back
 through the MLflow client and the reverse, search filters and history included.
@@ -32,12 +33,14 @@ Where flightlog differs on purpose:
 - Artifacts always go through the collector. MLflow's client talks to the artifact store
   itself unless the server proxies it (``--serve-artifacts``); here a run's
   ``artifact_uri`` is answered as ``mlflow-artifacts:/<experiment_id>/<run_id>/artifacts``
-  whatever the real location (a directory or ``s3://``), the client then sends its bytes
-  to ``/api/2.0/mlflow-artifacts/artifacts/<experiment_id>/<run_id>/artifacts/...``, and
+  whatever the real location (a directory or ``s3://``; under the artifact root, the
+  proxy's path of it), the client then sends its bytes to
+  ``/api/2.0/mlflow-artifacts/artifacts/<experiment_id>/<run_id>/artifacts/...``, and
   the collector maps that path back to the run's real location. Clients need neither
   credentials for the object store nor access to the collector's disk. An experiment's
-  ``artifact_location`` reads as ``mlflow-artifacts:/<id>`` when it is the collector's
-  default (as MLflow's proxying server answers), and as given otherwise. Search filters on
+  ``artifact_location`` reads as ``mlflow-artifacts:/<path>`` when it lies under the
+  artifact root (``mlflow-artifacts:/<id>`` by default, as MLflow's proxying server
+  answers), and as given otherwise. Search filters on
   ``attributes.artifact_uri`` see the real URI.
 - Filters accept OR and parentheses (MLflow refuses them); see ``filters.py``.
 - Metric values keep +/-Infinity (MLflow's SQL store turns them into +/-1.8e308), and a
@@ -54,7 +57,6 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import posixpath
 import uuid
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,9 +65,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from flightlog.collector.artifact_api import repository, send_file, store_body
-from flightlog.collector.artifacts import ArtifactRepository, repository_for
-from flightlog.collector.content_types import download_headers
+from flightlog.collector import artifact_proxy
+from flightlog.collector.artifact_api import repository
+from flightlog.collector.artifacts import repository_for
 from flightlog.collector.errors import ENDPOINT_NOT_FOUND, MLFLOW_HTTP_STATUS
 from flightlog.collector.request_args import (
     Args,
@@ -98,13 +100,9 @@ from flightlog.core.exceptions import (
 from flightlog.core.run_names import generate_run_name
 from flightlog.core.version import __version__
 
-__all__ = ["API_PREFIXES", "ARTIFACTS_PREFIXES", "MLFLOW_HTTP_STATUS", "rest_artifact_uri"]
+__all__ = ["API_PREFIXES", "MLFLOW_HTTP_STATUS", "served_artifact_uri"]
 
 API_PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
-ARTIFACTS_PREFIXES = (
-    "/api/2.0/mlflow-artifacts/artifacts",
-    "/ajax-api/2.0/mlflow-artifacts/artifacts",
-)
 
 # MLflow's limits (mlflow/utils/validation.py and the REST API reference).
 MAX_METRICS_PER_BATCH = 1000
@@ -119,8 +117,6 @@ MAX_DATASET_NAME_SIZE = 500
 MAX_DATASET_DIGEST_SIZE = 36
 
 _HISTORY_TOKEN_VERSION = 1
-_PROXY_SCHEME = "mlflow-artifacts"
-_ARTIFACT_CHUNK = 1 << 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -144,16 +140,31 @@ def _double(x: float) -> float | str:
 # -- what a REST client sees ----------------------------------------------------------------
 
 
-def rest_artifact_uri(experiment_id: str, run_id: str, real_uri: str) -> str:
-    """A run's artifact URI as REST clients see it: the proxy's, when it can serve it."""
-    return proxied_artifact_uri(experiment_id, run_id, real_uri)
+def served_artifact_uri(store: Store) -> Callable[[str, str, str], str]:
+    """A run's artifact URI as REST clients see it, given (experiment id, run id, real URI).
+
+    Under the artifact root it is the proxy's path of the real location
+    (``mlflow-artifacts:/<experiment_id>/<run_id>/artifacts`` by default,
+    ``mlflow-artifacts:/<prefix>/<run_id>/artifacts`` in an experiment located at
+    ``mlflow-artifacts:/<prefix>``, as MLflow answers); elsewhere (``s3://``, an allowed
+    directory) the run's proxy path, which the proxy maps back to the real location.
+    """
+    root = store.artifact_root
+
+    def uri(experiment_id: str, run_id: str, real_uri: str) -> str:
+        served = artifact_proxy.proxy_location(root, real_uri)
+        if served != real_uri:
+            return served
+        return proxied_artifact_uri(experiment_id, run_id, real_uri)
+
+    return uri
 
 
 def _experiment_json(store: Store, exp: Row) -> dict[str, Any]:
     eid = str(exp["experiment_id"])
-    location = exp["artifact_location"]
-    if location == f"{store.artifact_root}/{eid}":
-        location = f"{_PROXY_SCHEME}:/{eid}"
+    # Under the artifact root the proxy serves it: mlflow-artifacts:/<path>, as MLflow's
+    # proxying server answers; elsewhere (s3://, an allowed directory) as stored.
+    location = artifact_proxy.proxy_location(store.artifact_root, exp["artifact_location"])
     out: dict[str, Any] = {
         "experiment_id": eid,
         "name": exp["name"],
@@ -168,7 +179,7 @@ def _experiment_json(store: Store, exp: Row) -> dict[str, Any]:
 
 
 def _load_run(store: Store, run_id: str) -> dict[str, Any]:
-    runs = store.runs_json([run_id], rest_artifact_uri)
+    runs = store.runs_json([run_id], served_artifact_uri(store))
     if not runs:
         raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
     run: dict[str, Any] = orjson.loads(runs[0])
@@ -200,6 +211,8 @@ async def create_experiment(request: web.Request) -> web.Response:
     name = v.validate_experiment_name(string_arg(a, "name", required=True))
     location = string_arg(a, "artifact_location") or None
     if location is not None:
+        # mlflow-artifacts:/<prefix> is <prefix> under the artifact root (the proxy's tree).
+        location = artifact_proxy.real_location(c.config.artifact_root, location)
         _check_location(location)
     tags = {v.validate_key("tag", k): val for k, val in key_values_arg(a, "tags")}
     eid = await c.write(c.store.create_experiment, name, location, tags)
@@ -602,6 +615,56 @@ async def log_inputs(request: web.Request) -> web.Response:
     return _json({})
 
 
+MAX_EXPERIMENT_IDS_PER_SEARCH_DATASETS = 20
+
+
+async def search_datasets(request: web.Request) -> web.Response:
+    """POST experiments/search-datasets (MLflow's UI route): ``{experiment_ids}`` ->
+    ``{dataset_summaries: [{experiment_id, name, digest, context?}]}``, at most 1,000."""
+    c = request.app[COLLECTOR]
+    content_type = request.headers.get("Content-Type")
+    # MLflow's server checks this route's Content-Type first, with these words.
+    if content_type is None:
+        raise MlflowException(
+            "Bad Request. Content-Type header is missing.", INVALID_PARAMETER_VALUE
+        )
+    if content_type.split(";")[0].strip() != "application/json":
+        raise MlflowException(
+            "Bad Request. Content-Type must be one of ['application/json'].",
+            INVALID_PARAMETER_VALUE,
+        )
+    a = await json_args(request)
+    experiment_ids = string_list_arg(a, "experiment_ids")
+    if not experiment_ids:
+        raise MlflowException(
+            "SearchDatasets request must specify at least one experiment_id.",
+            INVALID_PARAMETER_VALUE,
+        )
+    if len(experiment_ids) > MAX_EXPERIMENT_IDS_PER_SEARCH_DATASETS:
+        raise MlflowException(
+            "SearchDatasets request cannot specify more than "
+            f"{MAX_EXPERIMENT_IDS_PER_SEARCH_DATASETS} experiment_ids. Received "
+            f"{len(experiment_ids)} experiment_ids.",
+            INVALID_PARAMETER_VALUE,
+        )
+    for eid in experiment_ids:
+        if not (eid.isascii() and eid.isdigit()):
+            raise invalid("experiment_ids", eid)
+    summaries = await c.read(c.store.search_datasets, experiment_ids)
+    out: dict[str, Any] = {}
+    if summaries:
+        out["dataset_summaries"] = [
+            {
+                "experiment_id": eid,
+                "name": name,
+                "digest": digest,
+                **({"context": context} if context else {}),
+            }
+            for eid, name, digest, context in summaries
+        ]
+    return _json(out)
+
+
 async def search_runs(request: web.Request) -> web.Response:
     """POST runs/search: ``{experiment_ids, filter, run_view_type, max_results, order_by,
     page_token}`` -> ``{runs, next_page_token}``."""
@@ -625,7 +688,9 @@ async def search_runs(request: web.Request) -> web.Response:
         )
         parts: list[str] = []
         if ids:
-            parts.append('"runs":[' + ",".join(c.store.runs_json(ids, rest_artifact_uri)) + "]")
+            parts.append(
+                '"runs":[' + ",".join(c.store.runs_json(ids, served_artifact_uri(c.store))) + "]"
+            )
         if token:
             parts.append('"next_page_token":' + orjson.dumps(token).decode())
         # Encoded on the reader thread: a page of 50,000 runs is tens of megabytes.
@@ -831,7 +896,7 @@ async def list_artifacts(request: web.Request) -> web.Response:
     path = string_arg(a, "path")
     rel = safe_relative_path(path, allow_root=True) if path is not None else ""
     eid, real_uri = await c.read(c.store.run_artifact_location, run_id)
-    out: dict[str, Any] = {"root_uri": rest_artifact_uri(eid, run_id, real_uri)}
+    out: dict[str, Any] = {"root_uri": served_artifact_uri(c.store)(eid, run_id, real_uri)}
     files = await repository(c, real_uri).list(rel or None)
     if files:
         out["files"] = [_file_json(f.path, f.is_dir, f.file_size) for f in files]
@@ -843,83 +908,6 @@ def _file_json(path: str, is_dir: bool, size: int | None) -> dict[str, Any]:
     if size is not None:
         out["file_size"] = size
     return out
-
-
-async def _proxy_target(
-    c: Collector, path: str, *, allow_root: bool
-) -> tuple[ArtifactRepository, str]:
-    """The repository and run-relative path of a proxy path ``<exp>/<run>/artifacts/<rel>``.
-
-    The path is made canonical (and traversal refused) before it is split, so
-    ``1/<run>/artifacts/../../<other run>/artifacts`` cannot reach another run's files.
-    """
-    canonical = safe_relative_path(path, allow_root=True)
-    parts = canonical.split("/") if canonical else []
-    if len(parts) < 3 or parts[2] != "artifacts":
-        raise MlflowException(
-            f"Invalid path {path!r}: flightlog serves artifacts per run, as "
-            "<experiment_id>/<run_id>/artifacts/<path>",
-            INVALID_PARAMETER_VALUE,
-        )
-    eid, run_id = parts[0], parts[1]
-    run_eid, real_uri = await c.read(c.store.run_artifact_location, run_id)
-    if run_eid != eid:
-        raise MlflowException(f"Run {run_id} is not in experiment {eid}", RESOURCE_DOES_NOT_EXIST)
-    rel = "/".join(parts[3:])
-    if not rel and not allow_root:
-        raise MlflowException(
-            f"Invalid path {path!r}: it names the run's artifact root, not a file",
-            INVALID_PARAMETER_VALUE,
-        )
-    return repository(c, real_uri), rel
-
-
-async def proxy_download(request: web.Request) -> web.StreamResponse:
-    """GET mlflow-artifacts/artifacts/<path>: stream one file, as an attachment."""
-    c = request.app[COLLECTOR]
-    repo, rel = await _proxy_target(c, request.match_info["path"], allow_root=False)
-    # An attachment, never rendered: artifacts are user content (MLflow does the same).
-    return await send_file(request, repo, rel, download_headers(rel))
-
-
-async def get_artifact(request: web.Request) -> web.StreamResponse:
-    """GET /get-artifact?run_id=&path=: one file of a run's artifacts (MLflow's UI route)."""
-    c = request.app[COLLECTOR]
-    a = await json_args(request)
-    run_id = run_id_arg(a)
-    rel = safe_relative_path(string_arg(a, "path", required=True))
-    _eid, real_uri = await c.read(c.store.run_artifact_location, run_id)
-    return await send_file(request, repository(c, real_uri), rel, download_headers(rel))
-
-
-async def proxy_upload(request: web.Request) -> web.Response:
-    """PUT mlflow-artifacts/artifacts/<path>: store the body, streamed in bounded memory."""
-    c = request.app[COLLECTOR]
-    repo, rel = await _proxy_target(c, request.match_info["path"], allow_root=False)
-    await store_body(request, repo, rel)
-    return _json({})
-
-
-async def proxy_delete(request: web.Request) -> web.Response:
-    """DELETE mlflow-artifacts/artifacts/<path>: a file or a directory tree."""
-    c = request.app[COLLECTOR]
-    repo, rel = await _proxy_target(c, request.match_info["path"], allow_root=True)
-    await repo.delete(rel or None)
-    return _json({})
-
-
-async def proxy_list(request: web.Request) -> web.Response:
-    """GET mlflow-artifacts/artifacts?path=<dir>: the directory's children, by base name."""
-    c = request.app[COLLECTOR]
-    path = request.query.get("path", "")
-    repo, rel = await _proxy_target(c, path, allow_root=True)
-    files = await repo.list(rel or None)
-    out: dict[str, Any] = {}
-    if files:
-        out["files"] = [
-            _file_json(posixpath.basename(f.path), f.is_dir, f.file_size) for f in files
-        ]
-    return _json(out)
 
 
 # -- service endpoints ----------------------------------------------------------------------
@@ -998,17 +986,11 @@ def routes() -> list[web.RouteDef]:
     out: list[web.RouteDef] = []
     # MLflow's UI route, served under /ajax-api only (as MLflow); before the catch-all.
     out.append(web.get("/ajax-api/2.0/mlflow/metrics/get-history-bulk", get_metric_history_bulk))
+    out.append(web.post("/ajax-api/2.0/mlflow/experiments/search-datasets", search_datasets))
+    out += artifact_proxy.ui_routes()
     for prefix in API_PREFIXES:
         out += [web.route(method, prefix + path, handler) for method, path, handler in _ROUTES]
         out.append(web.route("*", prefix + "/{tail:.*}", endpoint_not_found))
-    for prefix in ARTIFACTS_PREFIXES:
-        out += [
-            web.get(prefix, proxy_list),
-            web.get(prefix + "/{path:.+}", proxy_download),
-            web.put(prefix + "/{path:.+}", proxy_upload),
-            web.delete(prefix + "/{path:.+}", proxy_delete),
-        ]
-    out.append(web.get("/get-artifact", get_artifact))
     out.append(web.get("/version", version))
     for prefix in ("/api/3.0/mlflow", "/ajax-api/3.0/mlflow"):
         out.append(web.get(prefix + "/server-info", server_info))

@@ -778,6 +778,27 @@ class SqliteStore:
                 [(run_id, *i) for i in inputs],
             )
 
+    def search_datasets(
+        self, experiment_ids: Sequence[str]
+    ) -> list[tuple[str, str, str, str | None]]:
+        """(experiment id, name, digest, context) of the datasets logged to runs of the
+        experiments, each once, at most 1,000 (MLflow's search-datasets); the context is the
+        input's ``mlflow.data.context`` tag, None without one."""
+        ids = [int(e) for e in experiment_ids if e.isascii() and e.isdigit() and len(e) < 19]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self.reader().execute(
+            "SELECT DISTINCT r.experiment_id, i.dataset_name, i.dataset_digest,"
+            " (SELECT json_extract(t.value, '$.value') FROM json_each(i.tags_json) AS t"
+            "  WHERE json_extract(t.value, '$.key') = 'mlflow.data.context' LIMIT 1)"
+            " FROM run_inputs AS i JOIN runs AS r ON r.run_uuid = i.run_uuid"
+            f" WHERE r.experiment_id IN ({marks})"
+            " ORDER BY r.experiment_id, i.dataset_name, i.dataset_digest LIMIT 1000",
+            ids,
+        )
+        return [(str(r[0]), r[1], r[2], r[3]) for r in rows]
+
     # -- metric history ----------------------------------------------------------------------
 
     def metric_chunks(self, run_id: str, key: str) -> list[tuple[bytes, bytes, bytes]]:

@@ -90,6 +90,12 @@ class Store(Protocol):
     def log_inputs(self, run_id: str, inputs: Sequence[tuple[str, str, str, str]]) -> None:
         """Record (name, digest, dataset JSON, tags JSON) dataset inputs of an active run."""
 
+    def search_datasets(
+        self, experiment_ids: Sequence[str]
+    ) -> list[tuple[str, str, str, str | None]]:
+        """(experiment id, name, digest, context) of datasets logged to the experiments' runs."""
+        ...
+
     # -- runs ------------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> Row:

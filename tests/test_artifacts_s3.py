@@ -61,3 +61,26 @@ def test_tutorial_experiment_on_s3(s3_server: S3Server, tmp_path: Path) -> None:
         assert Path(tree, "sub", "notes.txt").read_text() == "hello"
     finally:
         c.stop()
+
+
+def test_proxy_tree_on_an_s3_artifact_root(s3_server: S3Server, tmp_path: Path) -> None:  # noqa: F811
+    """With an s3:// artifact root, the proxy's whole tree is the bucket's prefix."""
+    import requests
+
+    c = start_collector(
+        tmp_path / "store", None, "--artifacts", f"s3://{TEST_BUCKET}/tree", env=s3_server.environ()
+    )
+    try:
+        proxy = f"{c.url}/api/2.0/mlflow-artifacts/artifacts"
+        r = requests.put(f"{proxy}/loose/dir/a.csv", data=b"a,b\n", timeout=30)
+        assert r.status_code == 200, r.text
+        head = s3_server.client.head_object(Bucket=TEST_BUCKET, Key="tree/loose/dir/a.csv")
+        assert head["ContentLength"] == 4
+        r = requests.get(f"{proxy}/loose/dir/a.csv", timeout=30)
+        assert r.content == b"a,b\n" and r.headers["Content-Type"].startswith("text/plain")
+        r = requests.get(proxy, params={"path": "loose"}, timeout=30)
+        assert r.json() == {"files": [{"path": "dir", "is_dir": True}]}
+        assert requests.delete(f"{proxy}/loose/dir", timeout=30).status_code == 200
+        assert requests.get(proxy, params={"path": "loose"}, timeout=30).json() == {}
+    finally:
+        c.stop()

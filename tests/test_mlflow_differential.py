@@ -13,12 +13,16 @@ behaviour instead of equality (see ``DELIBERATE``).
 
 from __future__ import annotations
 
+import functools
+import http.client
+import json
 import math
 import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -338,7 +342,140 @@ def scenario(url: str, tmp: Path) -> Transcript:
     rec("restore experiment", lambda: client.restore_experiment(eid))
     rec("restore experiment again", lambda: client.restore_experiment(eid))
     rec("run after restore", lambda: client.get_run(rid).info.lifecycle_stage)
+    ui_and_proxy(url, client, eid, rid, rec)
     return t
+
+
+def http_answer(r: requests.Response) -> dict[str, Any]:
+    """A raw HTTP answer as comparable data: status, base content type, and the JSON body
+    (an error's ``error_code`` and message) or the bytes with the download headers."""
+    out: dict[str, Any] = {
+        "status": r.status_code,
+        "type": r.headers.get("Content-Type", "").split(";")[0],
+    }
+    if out["type"] == "application/json" and r.content:
+        body = r.json()
+        if isinstance(body, dict) and str(body.get("message", "")).startswith("Invalid path"):
+            # MLflow's text is "Invalid path"; flightlog adds its reason after it.
+            body = {**body, "message": "Invalid path"}
+        out["json"] = body
+    else:
+        out["bytes"] = r.content
+        for header in ("Content-Disposition", "X-Content-Type-Options"):
+            out[header] = r.headers.get(header)
+    return out
+
+
+def raw_answer(url: str, method: str, path: str, body: bytes = b"") -> dict[str, Any]:
+    """Send ``path`` exactly as written (requests would remove its ``..`` segments)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    out: dict[str, Any] = {"status": response.status}
+    if data.startswith(b"{"):
+        answer = json.loads(data)
+        out["error_code"] = answer.get("error_code")
+        out["Invalid path"] = str(answer.get("message", "")).startswith("Invalid path")
+    return out
+
+
+def ui_and_proxy(
+    url: str, client: MlflowClient, eid: str, rid: str, rec: Callable[[str, Callable[[], Any]], Any]
+) -> None:
+    """MLflow's UI routes and its artifact proxy's whole tree, as raw HTTP (issue 17)."""
+    get, put, post, delete = (
+        functools.partial(requests.request, method, timeout=60)
+        for method in ("GET", "PUT", "POST", "DELETE")
+    )
+    ajax = f"{url}/ajax-api/2.0/mlflow"
+    datasets = f"{ajax}/experiments/search-datasets"
+    rec(
+        "search datasets",
+        lambda: http_answer(post(datasets, json={"experiment_ids": [eid]})),
+    )
+    rec("search datasets, none", lambda: http_answer(post(datasets, json={})))
+    rec(
+        "search datasets, 21 ids",
+        lambda: http_answer(post(datasets, json={"experiment_ids": [str(i) for i in range(21)]})),
+    )
+    rec(
+        "search datasets, text/plain",
+        lambda: http_answer(post(datasets, data=b"{}", headers={"Content-Type": "text/plain"})),
+    )
+    rec(
+        "history bulk",
+        lambda: http_answer(
+            get(f"{ajax}/metrics/get-history-bulk", params={"run_id": rid, "metric_key": "loss"})
+        ),
+    )
+    upload = f"{ajax}/upload-artifact"
+    for step, params, data in (
+        ("upload artifact", {"run_uuid": rid, "path": "ui/n.txt"}, b"note"),
+        ("upload artifact, no run", {"path": "x.txt"}, b"x"),
+        ("upload artifact, no path", {"run_uuid": rid}, b"x"),
+        ("upload artifact, no data", {"run_uuid": rid, "path": "x.txt"}, b""),
+        ("upload artifact, '..'", {"run_uuid": rid, "path": "../x.txt"}, b"x"),
+        ("upload artifact, missing run", {"run_uuid": uuid.uuid4().hex, "path": "x.txt"}, b"x"),
+        (
+            "upload artifact, 10 MB + 1",
+            {"run_uuid": rid, "path": "b.bin"},
+            b"\0" * (10 * 2**20 + 1),
+        ),
+    ):
+        rec(step, lambda p=params, d=data: http_answer(post(upload, params=p, data=d)))
+    rec("uploaded through the UI", lambda: client.list_artifacts(rid, "ui"))
+    rec(
+        "get-artifact",
+        lambda: http_answer(get(f"{url}/get-artifact", params={"run_id": rid, "path": "ui/n.txt"})),
+    )
+    # MLflow answers Flask's HTML 400 page here; flightlog its JSON error: the status only.
+    rec(
+        "get-artifact, missing path",
+        lambda: get(f"{url}/get-artifact", params={"run_id": rid}).status_code,
+    )
+
+    # The proxy's whole tree: paths that are no run's.
+    proxy = f"{url}/api/2.0/mlflow-artifacts/artifacts"
+    rec("tree put", lambda: http_answer(put(f"{proxy}/loose/a.txt", data=b"alpha")))
+    rec("tree put deep", lambda: http_answer(put(f"{proxy}/loose/x/y.json", data=b"{}")))
+    rec("tree get", lambda: http_answer(get(f"{proxy}/loose/a.txt")))
+    rec("tree list", lambda: http_answer(get(proxy, params={"path": "loose"})))
+    rec("tree list deep", lambda: http_answer(get(proxy, params={"path": "loose/x"})))
+    rec("tree delete dir", lambda: http_answer(delete(f"{proxy}/loose/x")))
+    rec("tree list after delete", lambda: http_answer(get(proxy, params={"path": "loose"})))
+    for name in ("a.txt", "c.yaml", "MLmodel", "p.png", "r.pdf", "w", "page.html", "i.svg", "s.js"):
+
+        def typed(name: str = name) -> dict[str, Any]:
+            put(f"{proxy}/types/{name}", data=b"<b>x</b>", headers={"Content-Type": "text/html"})
+            return http_answer(get(f"{proxy}/types/{name}", headers={"Accept": "text/html"}))
+
+        rec(f"content type {name}", typed)
+    for step, method, path in (
+        ("tree '..' get", "GET", "/api/2.0/mlflow-artifacts/artifacts/loose/../loose/a.txt"),
+        ("tree '..' put", "PUT", "/api/2.0/mlflow-artifacts/artifacts/../escape.txt"),
+        ("tree '..' delete", "DELETE", "/api/2.0/mlflow-artifacts/artifacts/loose/%2e%2e/loose"),
+        ("tree '..' list", "GET", "/api/2.0/mlflow-artifacts/artifacts?path=loose/../.."),
+    ):
+        rec(step, lambda m=method, p=path: raw_answer(url, m, p, b"x" if m == "PUT" else b""))
+
+    # An experiment located at mlflow-artifacts:/<prefix>, and a run of it.
+    pid = client.create_experiment("diff-prefix", artifact_location="mlflow-artifacts:/team")
+    rec("prefix experiment location", lambda: client.get_experiment(pid).artifact_location)
+    prid = client.create_run(pid).info.run_id
+    rec("prefix run artifact uri", lambda: client.get_run(prid).info.artifact_uri)
+    rec(
+        "prefix run upload",
+        lambda: client.log_text(prid, "weights", "m/model.txt"),
+    )
+    rec(
+        "prefix run file in the tree",
+        lambda: http_answer(get(f"{proxy}/team/{prid}/artifacts/m/model.txt")),
+    )
 
 
 def deliberate_differences(url: str) -> dict[str, Any]:
@@ -372,6 +509,20 @@ def test_same_calls_same_answers(servers: dict[str, ServerProcess], tmp_path: Pa
     assert fl.steps["download"] is True
     assert fl.steps["change param"] == {"error": "INVALID_PARAMETER_VALUE"}
     assert fl.steps["get run"]["params"] == {"lr": "0.1", "depth": "6", "opt": "adam"}
+    summaries = fl.steps["search datasets"]["json"]["dataset_summaries"]
+    assert [(d["name"], d.get("context")) for d in summaries] == [("iris", "train")]
+    assert fl.steps["upload artifact"]["status"] == 200
+    assert fl.steps["uploaded through the UI"] == [["ui/n.txt", False, 4]]
+    assert fl.steps["tree get"]["bytes"] == b"alpha"
+    assert fl.steps["tree '..' put"] == {
+        "status": 400,
+        "error_code": "INVALID_PARAMETER_VALUE",
+        "Invalid path": True,
+    }
+    page = fl.steps["content type page.html"]
+    assert page["Content-Disposition"] == "attachment; filename=page.html"
+    assert page["X-Content-Type-Options"] == "nosniff"
+    assert fl.steps["prefix run file in the tree"]["bytes"] == b"weights"
 
 
 def test_deliberate_differences(servers: dict[str, ServerProcess]) -> None:
