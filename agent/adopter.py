@@ -14,6 +14,8 @@ from pathlib import Path
 
 from flightlog.agent.delivery import DeliveryLoop, send_claim
 from flightlog.agent.drops import DropLedger
+from flightlog.agent.ring import claim_dead_rings, rings_root
+from flightlog.agent.ring_adopter import send_dead_ring
 from flightlog.agent.sender import Ack, Sender
 from flightlog.agent.signals import keep_off_this_thread
 from flightlog.agent.spool import ClaimedSpool, RecordRef, claim_orphans
@@ -70,6 +72,21 @@ class Adopter:
                 claim.finish()
         except Exception:
             log.exception("flightlog agent: sending a dead process's spool failed")
+        self.send_rings()
+
+    def send_rings(self) -> None:
+        """Send the metric rings of dead processes (``flightlog.agent.ring_adopter``)."""
+        try:
+            for ring in claim_dead_rings(rings_root(self.root)):
+                loop = DeliveryLoop(self.sender, wait=lambda s: not self.stop.wait(s))
+                if send_dead_ring(ring, loop, f"adopter-{ring.ring_id}"[:64]):
+                    ring.finish()
+                else:
+                    ring.release()
+                if self.stop.is_set():
+                    return
+        except Exception:
+            log.exception("flightlog agent: sending a dead process's ring failed")
 
     def _send(self, claim: ClaimedSpool) -> None:
         log.info(

@@ -155,6 +155,22 @@ class Outbox:
         self.spool.sync()
         return kept_batches, kept_points
 
+    def spooled_prefix(self) -> int:
+        """The seq of the last batch up to which every batch is acknowledged or on disk."""
+        with self.lock:
+            last = self.acked_seq
+            for entry in self.entries:
+                if entry.body is not None:
+                    break
+                last = entry.seq
+            return last
+
+    def spill(self) -> None:
+        """Move the in-memory batches to the spool now (the metric ring is full)."""
+        with self.lock:
+            if not self.closed:
+                self._spill()
+
     def enter_outage(self) -> list[FlushMarker]:
         """A send failed: spool what is in memory and settle the non-strict markers."""
         with self.lock:

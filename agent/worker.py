@@ -39,6 +39,7 @@ import threading
 import time
 import uuid
 import weakref
+from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,15 @@ from flightlog.agent.heartbeats import Heartbeats
 from flightlog.agent.outbox import FlushMarker, Outbox
 from flightlog.agent.records import OP, RECORD, Op, clean_points, split_records
 from flightlog.agent.reported_errors import ReportedErrors
+from flightlog.agent.ring import Ring, batch_id, rings_root
+from flightlog.agent.ring import columns as ring_columns
 from flightlog.agent.sender import REJECTED, Ack, Sender
 from flightlog.agent.signals import keep_off_this_thread
 from flightlog.agent.spool import Spool, default_spool_root
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
 from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
-from flightlog.core.wire import MetricTuple, encode_batch
+from flightlog.core.wire import MetricTuple, encode_batch, encode_raw_batch
 
 __all__ = ["Agent", "FlushMarker", "Op", "begin_exit", "time_budget"]
 
@@ -134,6 +137,15 @@ class Agent:
         self._ops_taken = 0  # ... and taken by a packer (under _pack_lock)
         self.drops.forget_runs()
         self.heartbeats = Heartbeats(self.heartbeat_interval)
+        self.ring: Ring | None = None
+        # Opt-in (FLIGHTLOG_METRIC_RING): off, the agent has no ring and points take the
+        # in-memory queue. On, the ring opens with the agent (and in a fork child, at
+        # the fork), since log_metric's queue path only asks whether there is a ring.
+        self._ring_wanted = settings.METRIC_RING.get()
+        self._ring_taken = 0  # ring positions packed so far
+        self._ring_marks: dict[int, tuple[int, int]] = {}  # outbox seq -> positions
+        self._ops_start = 0  # journal index where the next batch's ops start
+        self._ring_lock = threading.Lock()  # _ring_marks and the ring's acked positions
         spool = Spool(
             self.spool_root,
             owner=self.agent_id,
@@ -152,10 +164,12 @@ class Agent:
         self._sender = threading.Thread(
             target=self._send_loop, name="flightlog-sender", daemon=True
         )
+        if self._ring_wanted:
+            self._open_ring()
         self._packer.start()
         self._sender.start()
         self._adopter: Adopter | None = None
-        if adopt and self.spool_root.is_dir():
+        if adopt and (self.spool_root.is_dir() or rings_root(self.spool_root).is_dir()):
             self._adopter = Adopter(
                 self.spool_root, spool.directory, self.sender, self._stop, self.drops
             )
@@ -167,6 +181,8 @@ class Agent:
         # socket and lock must not be shared). The parent's open runs stay its own.
         self.client.reset()
         self.outbox.spool.forget_after_fork()
+        if self.ring is not None:
+            self.ring.forget_after_fork()
         if self._adopter is not None:
             self._adopter.forget_after_fork()
         self.errors = ReportedErrors()
@@ -210,20 +226,138 @@ class Agent:
             del q[-RECORD:]
             self.drops.count_point(run_id, "queue_full")
 
+    def _open_ring(self) -> Ring | None:
+        # Capacity: the queue's bound (points neither acknowledged nor on disk).
+        with self._lock:
+            if self._ring_wanted and self._pid == os.getpid():
+                self._ring_wanted = False
+                self._make_ring()
+        return self.ring
+
+    def _make_ring(self) -> None:
+        capacity = self.max_queue
+        try:
+            self.ring = Ring(rings_root(self.spool_root), self.agent_id, capacity)
+        except OSError as e:  # an unwritable spool: points take the in-memory queue
+            log.warning("flightlog: no metric ring (%s); points are kept in memory", e)
+            return
+        self.ring.limit = min(capacity, self.batch_points)
+
     def submit_metric(self, item: MetricTuple) -> None:
-        """Queue one (run_id, key, value, step, ts_seconds) point."""
-        q = self.queue
-        q += item
-        if len(q) >= self.wake_len:
-            self.on_pressure()
+        """Log one (run_id, key, value, step, ts_seconds) point."""
+        ring = self.ring
+        if ring is None and self._ring_wanted:
+            ring = self._open_ring()
+        if ring is None or self._pid != os.getpid():
+            q = self.queue
+            q += item
+            if len(q) >= self.wake_len:
+                self.on_pressure()
+            return
+        rid, key, value, step, ts = item
+        if (
+            rid.__class__ is not str
+            or key.__class__ is not str
+            or value.__class__ is not float
+            or step.__class__ is not int
+            or not -(2**63) <= step < 2**63
+            or ts.__class__ is not float
+        ):
+            # Past the call-site checks (a plug-in feeding the agent directly): the
+            # queue's path drops what the wire cannot carry and reports it at the flush.
+            q = self.queue
+            q += item
+            return
+        self.ring_write(ring.run_index(rid), ring.key_index(key), step, value, ts)
+
+    def ring_write(self, ri: int, ki: int, step: int, value: float, ts: float) -> None:
+        """Reserve a slot and write one point (the hot path's general form)."""
+        ring = self.ring
+        assert ring is not None
+        if ring.locked:
+            with ring.lock:
+                seq = next(ring.counter)
+                if seq < ring.limit:
+                    ring.write_at(seq, ri, ki, step, value, ts)
+                    return
+        else:
+            seq = next(ring.counter)
+            if seq < ring.limit:
+                ring.write_at(seq, ri, ki, step, value, ts)
+                return
+        self.ring_full(seq, ri, ki, step, value, ts)
+
+    def ring_full(self, seq: int, ri: int, ki: int, step: int, value: float, ts: float) -> None:
+        """A reserved position at or past ``ring.limit``: wake the packer, and write the
+        slot if it is free (below acked + capacity).
+
+        A full ring spills: the logging call packs what is before it and moves the
+        outbox's batches to the disk spool, which frees their slots (a bounded, rare
+        cost, as the queue's spill was). If the packer's lock stays taken (a packer
+        stuck on a slow disk) or the spool is full, the point is dropped and counted.
+        A dropped slot is marked in ``overflow`` so the reader passes it.
+        """
+        ring = self.ring
+        assert ring is not None
+        if not self._wake.is_set():
+            self._wake.set()
+        if seq < ring.acked + ring.capacity and not self._closed:
+            ring.write_at(seq, ri, ki, step, value, ts)
+            return
+        if not self._closed:
+            if self._packer_stuck:
+                got = self._pack_lock.acquire(blocking=False)
+            else:
+                got = self._pack_lock.acquire(timeout=SPILL_WAIT)
+                self._packer_stuck = not got
+            if got:
+                try:
+                    self._pack_front()
+                    self.outbox.spill()
+                    self._advance_ring()
+                except Exception:  # never raise into the training loop
+                    log.exception("flightlog agent: spilling the metric ring failed")
+                finally:
+                    self._pack_lock.release()
+            if seq < ring.acked + ring.capacity:
+                ring.write_at(seq, ri, ki, step, value, ts)
+                return
+        ring.overflow[seq] = None
+        self.drops.count_point(ring.run_names[ri], "closed" if self._closed else "queue_full")
+
+    def _advance_ring(self) -> None:
+        """Move the ring's acked positions past every batch acknowledged or on disk."""
+        ring = self.ring
+        if ring is None:
+            return
+        with self._ring_lock:
+            last = self.outbox.spooled_prefix()
+            marks = self._ring_marks
+            done = [s for s in marks if s <= last]
+            if done:
+                for s in done[:-1]:
+                    del marks[s]
+                ring.set_acked(*marks.pop(done[-1]))
+            ring.limit = min(ring.acked + ring.capacity, self._ring_taken + self.batch_points)
 
     def submit_op(self, name: str, args: dict[str, Any]) -> None:
         """Queue a non-metric operation; it is shipped in order with the metrics."""
         if name == "create_run" or name == "update_run":
             args = self.heartbeats.track(name, args)
         self._count_op()
-        q = self.queue
-        q += (OP, Op(name, args), None, None, None)
+        ring = self.ring
+        if ring is None and self._ring_wanted:
+            ring = self._open_ring()
+        if ring is None or self._pid != os.getpid():
+            q = self.queue
+            q += (OP, Op(name, args), None, None, None)
+        else:
+            # Journaled (for a process that adopts this ring) and queued in one order.
+            with ring.ops_lock:
+                pos = ring.reserved()
+                index = ring.journal_op(name, args)
+                q = self.queue
+                q += (OP, Op(name, args), index, pos, None)
         if len(q) >= self.wake_len:
             self.on_pressure()
 
@@ -292,7 +426,8 @@ class Agent:
     def _enqueue_marker(self, marker: FlushMarker) -> None:
         self._count_op()
         q = self.queue
-        q += (OP, marker, None, None, None)
+        pos = None if self.ring is None else self.ring.reserved()
+        q += (OP, marker, None, pos, None)
         self._wake.set()
 
     def _count_op(self) -> None:
@@ -342,6 +477,10 @@ class Agent:
         self._send_wake.set()
         self._wake.set()
         batches, points, memory_batches, memory_points = self.outbox.close()
+        if self.ring is not None:
+            # Everything acknowledged: the ring goes; else it stays for an adopter.
+            done = ok and self.ring.acked >= self.ring.reserved()
+            self.ring.close(remove=done)
         if self._adopter is not None:
             self._adopter.finish()
         if batches:
@@ -376,29 +515,38 @@ class Agent:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
-                while self.queue and not self._stop.is_set():
+                while (self.queue or self._ring_pending()) and not self._stop.is_set():
                     with self._pack_lock:
-                        self._pack_front()
+                        moved = self._pack_front()
                     self._packer_stuck = False
+                    if not moved:
+                        time.sleep(0.001)  # a write in flight on another thread
             except Exception:  # the thread must outlive any one failure
                 log.exception("flightlog agent: unexpected error while packing; will retry")
-            if self._closing and not self.queue:
+            if self._closing and not self.queue and not self._ring_pending():
                 self._packer_done.set()
                 self._send_wake.set()
                 return
 
-    def _pack_front(self) -> None:
-        """Take one batch from the queue's front, encode it, hand it to the outbox.
+    def _ring_pending(self) -> bool:
+        ring = self.ring
+        return ring is not None and ring.reserved() > self._ring_taken
+
+    def _pack_front(self) -> bool:
+        """Take one batch from the queue's front (and the ring), encode it, hand it to
+        the outbox. Returns whether anything was taken.
 
         Called with ``_pack_lock`` held, so batches enter the outbox in queue order.
         """
         q = self.queue
         n = min(len(q), self.wake_len)
         n -= n % RECORD
-        if n == 0:
-            return
         items = q[:n]
         del q[:n]
+        if self.ring is not None:
+            return self._pack_ring(items)
+        if n == 0:
+            return False
         columns, ops, markers = self._split(items)
         try:
             self._add_batch(columns, ops, bool(markers))
@@ -411,6 +559,142 @@ class Agent:
             for m in markers:
                 if not self.outbox.add_marker(m):
                     self._send_wake.set()
+        return True
+
+    def _pack_ring(self, items: list[Any]) -> bool:
+        """One batch of queued ops and the ring records logged before the next queued op
+        (so a run's creation never comes after its points, and a flush marker after
+        every point logged before it). Its id comes from its ring and ops positions."""
+        ring = self.ring
+        assert ring is not None
+        ops: list[list[Any]] = []
+        markers: list[FlushMarker] = []
+        ops_end = self._ops_start
+        points_in_queue: list[Any] = []
+        end = min(ring.reserved(), self._ring_taken + self.batch_points)
+        for j in range(0, len(items), RECORD):
+            if items[j] is not OP:  # a point logged before the ring existed (fork)
+                points_in_queue += items[j : j + RECORD]
+                continue
+            obj, index, pos = items[j + 1], items[j + 2], items[j + 3]
+            if obj.__class__ is Op:
+                ops.append([obj.name, obj.args])
+                if index is not None:
+                    ops_end = index + 1
+            else:
+                markers.append(obj)
+            if pos is not None:
+                end = max(end, pos)
+        with self._lock:
+            self._ops_taken += len(ops) + len(markers)
+        nxt = self.queue[:RECORD]
+        if nxt and nxt[0] is OP and nxt[3] is not None:
+            end = min(end, nxt[3])  # points logged after the next op wait for it
+        start = self._ring_taken
+        taken, chunks, extra = ring.take(start, max(end, start))
+        if taken == start and not ops and not markers and not points_in_queue:
+            return False
+        self._ring_taken = taken
+        try:
+            ops = ops + self.drops.tag_ops(force=bool(markers))
+            points = taken - start - sum(1 for e in extra if e is None)
+            if taken > start or ops_end > self._ops_start:
+                bid = batch_id(ring.ring_id, start, self._ops_start)
+                body = self._encode_ring(bid, ops, chunks, extra)
+                self._ops_start = ops_end
+                ring.cut(taken, ops_end)
+                self._add_ring_batch(
+                    bid, points, body, ops, chunks, bool(markers), (taken, ops_end)
+                )
+            elif ops:  # only the drop counters' tags: nothing an adopter re-cuts
+                body = encode_raw_batch(uuid.uuid4().hex, self.agent_id, ops, None)
+                self.outbox.add(0, body, must_keep=True)
+            self._advance_ring()
+            if points_in_queue:
+                columns, _, _ = self._split(points_in_queue)
+                self._add_batch(columns, [], False)
+        except Exception as e:
+            self.drops.count("agent_error", taken - start or 1)
+            self.errors.note("agent_error", f"a batch was lost to an agent error: {e!r}")
+            raise
+        finally:
+            self._send_wake.set()
+            for m in markers:
+                if not self.outbox.add_marker(m):
+                    self._send_wake.set()
+        return True
+
+    def _add_ring_batch(
+        self,
+        bid: str,
+        points: int,
+        body: bytes,
+        ops: list[list[Any]],
+        chunks: list[bytes],
+        flushing: bool,
+        mark: tuple[int, int],
+    ) -> None:
+        try:
+            with self._ring_lock:
+                seq = self.outbox.add(points, body, must_keep=not points)
+                self._ring_marks[seq] = mark
+            self.shipped_points += points
+        except SpoolFull:
+            # As the queue's path: drop the points, keep the operations, same batch id
+            # (an adopter's copy of this batch is then a duplicate, not a second run).
+            ring = self.ring
+            assert ring is not None
+            ri = array("I")
+            for chunk in chunks:
+                ri.frombytes(memoryview(chunk).cast("I")[0::10].tobytes())
+            run_ids = [ring.run_names[i] for i in ri]
+            reason = "closed" if self.outbox.closed else "spool_full"
+            self.drops.count_points(run_ids, reason)
+            if reason == "closed":
+                return
+            ops = ops + self.drops.tag_ops(force=flushing)
+            if ops:
+                try:
+                    seq = self.outbox.add(
+                        0, encode_raw_batch(bid, self.agent_id, ops, None), must_keep=True
+                    )
+                    with self._ring_lock:
+                        self._ring_marks[seq] = mark
+                except SpoolFull:  # closed meanwhile
+                    self.drops.count("closed", len(ops))
+        finally:
+            self.drops.warn_if_due()
+
+    def _encode_ring(
+        self,
+        bid: str,
+        ops: list[list[Any]],
+        chunks: list[bytes],
+        extra: list[Any],
+    ) -> bytes:
+        ring = self.ring
+        assert ring is not None
+        if not chunks and not any(e is not None for e in extra):
+            return encode_raw_batch(bid, self.agent_id, ops, None)
+        ri, ki, steps, vals, ts = ring_columns(chunks) if chunks else (b"",) * 5
+        kept = [e for e in extra if e is not None]
+        if kept:  # points that found the ring full (rare): appended as arrays
+            cols = list(zip(*kept, strict=True))
+            ri += array("I", cols[0]).tobytes()
+            ki += array("I", cols[1]).tobytes()
+            steps += array("q", cols[2]).tobytes()
+            vals += array("d", cols[3]).tobytes()
+            ts += array("d", cols[4]).tobytes()
+        m = {
+            "runs": list(ring.run_names),
+            "keys": list(ring.key_names),
+            "ri": ri,
+            "ki": ki,
+            "vals": vals,
+            "steps": steps,
+            "ts": ts,
+        }
+        return encode_raw_batch(bid, self.agent_id, ops, m)
 
     def _split(
         self, items: list[Any]
@@ -493,6 +777,7 @@ class Agent:
                 if ack.errors:
                     self.errors.record(ack.errors)
                 self._settle(self.outbox.ack(entry), True)
+                self._advance_ring()
             except Exception:  # the thread must outlive any one failure
                 log.exception("flightlog agent: unexpected error while sending; will retry")
                 self._backoff(BACKOFF_MAX)

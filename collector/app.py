@@ -46,8 +46,9 @@ from flightlog.collector import (
 )
 from flightlog.collector.config import CollectorConfig
 from flightlog.collector.errors import error_middleware
-from flightlog.collector.state import COLLECTOR, STOP, Collector, run_in_background
+from flightlog.collector.state import COLLECTOR, Collector, run_in_background
 from flightlog.collector.store_api import Store
+from flightlog.core.serving import STOP
 from flightlog.core.version import __version__
 
 __all__ = ["COLLECTOR", "STOP", "Collector", "CollectorConfig", "create_app"]

@@ -39,6 +39,9 @@ class CollectorConfig:
     s3_endpoint_url: str | None = field(default_factory=settings.S3_ENDPOINT_URL.get)
     #: Days ingest batch ids are kept for deduplication; 0: forever (collector.housekeeping).
     batch_id_retention_days: float = field(default_factory=settings.BATCH_ID_RETENTION_DAYS.get)
+    #: A PostgreSQL URI when the store is a database (collector/pgstore.py), else None;
+    #: ``store_uri`` then shows it without its password.
+    database_uri: str | None = None
     #: Where to write {pid, host, port, store} once listening (collector.main); None: nowhere.
     port_file: str | None = None
     #: Print the web UI's URL on stdout once listening (``flightlog ui``).

@@ -49,7 +49,8 @@ other comparison false).
 
 The module holds four parts that must agree: the tokenizer and parser (text to a typed
 AST, or a :class:`FilterError` naming the 0-based position), ``parse_order_by``, the
-SQL compiler (AST to a parameterised WHERE fragment for SQLite), and a pure-Python
+SQL compiler (AST to a parameterised WHERE fragment, for SQLite or PostgreSQL: a
+:class:`Dialect`), and a pure-Python
 reference evaluator that the tests hold the SQL to.
 """
 
@@ -62,7 +63,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict
 
 from flightlog.core.exceptions import FilterError
 
@@ -70,9 +71,12 @@ __all__ = [
     "EXPERIMENT_ATTRIBUTES",
     "MAX_CONDITIONS",
     "MAX_NESTING",
+    "POSTGRES",
     "RUN_ATTRIBUTES",
+    "SQLITE",
     "And",
     "Compare",
+    "Dialect",
     "Entity",
     "ExperimentRecord",
     "Expr",
@@ -82,6 +86,7 @@ __all__ = [
     "Like",
     "Or",
     "OrderKey",
+    "PostgresDialect",
     "RunRecord",
     "SqlFragment",
     "Target",
@@ -837,10 +842,10 @@ def like_matches(value: str, pattern: str, case_sensitive: bool) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# SQL compiler (SQLite)
+# SQL compiler (SQLite and PostgreSQL)
 # ---------------------------------------------------------------------------------------
 
-SqlValue = str | int | float | None
+SqlValue = str | int | float | None | list[int]
 
 
 class SqlFragment(NamedTuple):
@@ -848,6 +853,82 @@ class SqlFragment(NamedTuple):
 
     sql: str
     params: list[SqlValue]
+
+
+class Dialect:
+    """What differs between the SQL engines search compiles to; SQLite's by default.
+
+    Compiled SQL always uses ``?`` placeholders and never contains literal text from the
+    user (every key and value is bound), so :meth:`execute` can adapt placeholders.
+    """
+
+    name = "sqlite"
+    #: A WHERE term that is always true.
+    true = "1"
+    #: Null-safe equality (NULL equals NULL), for keyset page boundaries.
+    null_safe_eq = "IS"
+
+    def like(self, column: str, pattern: str, case_sensitive: bool, params: list[SqlValue]) -> str:
+        """A LIKE (or ILIKE) of ``column`` against the language's ``pattern``."""
+        if case_sensitive:
+            params.append(like_to_glob(pattern))
+            return f"{column} GLOB ?"
+        params.append(like_to_glob(pattern.lower()))
+        return f"flightlog_lower({column}) GLOB ?"
+
+    def in_list(self, values: Sequence[SqlValue], params: list[SqlValue]) -> str:
+        """The parenthesised right side of ``IN`` for a list of values."""
+        if len(values) > _INLINE_IN_VALUES:
+            # One JSON parameter keeps long lists under SQLite's bound-parameter limit.
+            params.append(json.dumps(list(values)))
+            return "(SELECT value FROM json_each(?))"
+        params.extend(values)
+        return "(" + ", ".join("?" * len(values)) + ")"
+
+    def in_ids(self, column: str, ids: list[int], params: list[SqlValue]) -> str:
+        """``column`` is one of the integer ``ids``."""
+        return f"{column} IN {self.in_list(ids, params)}"
+
+    def execute(self, conn: Any, sql: str, params: Sequence[SqlValue]) -> list[tuple[Any, ...]]:
+        """Run a compiled query and return its rows as tuples."""
+        return [tuple(row) for row in conn.execute(sql, params).fetchall()]
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL: native LIKE, ``= ANY`` arrays, ``%s`` placeholders.
+
+    ILIKE lower-cases through ICU's root collation, which folds all of Unicode as
+    Python's ``str.lower`` does (PostgreSQL's own ``lower`` under the C locale folds
+    ASCII only); the pattern is lower-cased in Python.
+    """
+
+    name = "postgresql"
+    true = "TRUE"
+    null_safe_eq = "IS NOT DISTINCT FROM"
+
+    def like(self, column: str, pattern: str, case_sensitive: bool, params: list[SqlValue]) -> str:
+        # The language's LIKE is PostgreSQL's: % _ and a backslash escape.
+        if case_sensitive:
+            params.append(pattern)
+            return f"{column} LIKE ?"
+        params.append(pattern.lower())
+        return f'lower({column} COLLATE "und-x-icu") LIKE ?'
+
+    def in_list(self, values: Sequence[SqlValue], params: list[SqlValue]) -> str:
+        params.extend(values)
+        return "(" + ", ".join("?" * len(values)) + ")"
+
+    def in_ids(self, column: str, ids: list[int], params: list[SqlValue]) -> str:
+        params.append(list(ids))
+        return f"{column} = ANY(?)"
+
+    def execute(self, conn: Any, sql: str, params: Sequence[SqlValue]) -> list[tuple[Any, ...]]:
+        assert "%" not in sql, "compiled SQL holds no literal text"
+        return [tuple(row) for row in conn.execute(sql.replace("?", "%s"), params).fetchall()]
+
+
+SQLITE = Dialect()
+POSTGRES = PostgresDialect()
 
 
 def register_sql_functions(conn: sqlite3.Connection) -> None:
@@ -887,7 +968,9 @@ _EXPERIMENT_COLUMNS = {
 ENTITY_TABLES = {Entity.METRIC: "latest_metrics", Entity.PARAM: "params", Entity.TAG: "tags"}
 
 
-def _value_condition(cond: Condition, column: str, params: list[SqlValue], is_metric: bool) -> str:
+def _value_condition(
+    cond: Condition, column: str, params: list[SqlValue], is_metric: bool, dialect: Dialect
+) -> str:
     """The condition on one value column; NULL (missing) never matches."""
     if isinstance(cond, Compare):
         params.append(cond.value)
@@ -896,34 +979,27 @@ def _value_condition(cond: Condition, column: str, params: list[SqlValue], is_me
             return f"(x.is_nan = 1 OR {column} != ?)"
         return f"{column} {cond.op} ?"
     if isinstance(cond, Like):
-        if cond.case_sensitive:
-            params.append(like_to_glob(cond.pattern))
-            return f"{column} GLOB ?"
-        params.append(like_to_glob(cond.pattern.lower()))
-        return f"flightlog_lower({column}) GLOB ?"
+        return dialect.like(column, cond.pattern, cond.case_sensitive, params)
     if isinstance(cond, InList):
-        if len(cond.values) > _INLINE_IN_VALUES:
-            params.append(json.dumps(cond.values))
-            marks = "SELECT value FROM json_each(?)"
-        else:
-            params.extend(cond.values)
-            marks = ", ".join("?" * len(cond.values))
+        marks = dialect.in_list(cond.values, params)
         if cond.negated:
             if is_metric:
-                return f"(x.is_nan = 1 OR {column} NOT IN ({marks}))"
-            return f"{column} NOT IN ({marks})"
-        return f"{column} IN ({marks})"
+                return f"(x.is_nan = 1 OR {column} NOT IN {marks})"
+            return f"{column} NOT IN {marks}"
+        return f"{column} IN {marks}"
     raise AssertionError(f"not a value condition: {cond!r}")
 
 
-def _compile_condition(cond: Condition, target: Target, params: list[SqlValue]) -> str:
+def _compile_condition(
+    cond: Condition, target: Target, params: list[SqlValue], dialect: Dialect
+) -> str:
     key = cond.key
     if key.entity is Entity.ATTRIBUTE:
         columns = RUN_COLUMNS if target == "runs" else _EXPERIMENT_COLUMNS
         column = columns[key.name]
         if isinstance(cond, IsNull):
             return f"{column} IS {'NOT ' if cond.negated else ''}NULL"
-        return _value_condition(cond, column, params, is_metric=False)
+        return _value_condition(cond, column, params, False, dialect)
     # A keyed value lives in a side table. Selecting the matching ids lets SQLite walk
     # the (key, value) index instead of probing every run (see search_indexes.sql).
     if target == "runs":
@@ -934,16 +1010,18 @@ def _compile_condition(cond: Condition, target: Target, params: list[SqlValue]) 
     if isinstance(cond, IsNull):
         membership = "IN" if cond.negated else "NOT IN"
         return f"{outer} {membership} (SELECT x.{id_column} FROM {table} x WHERE x.key = ?)"
-    where = _value_condition(cond, "x.value", params, key.entity is Entity.METRIC)
+    where = _value_condition(cond, "x.value", params, key.entity is Entity.METRIC, dialect)
     return f"{outer} IN (SELECT x.{id_column} FROM {table} x WHERE x.key = ? AND {where})"
 
 
-def compile_filter(expr: Expr | None, target: Target = "runs") -> SqlFragment:
+def compile_filter(
+    expr: Expr | None, target: Target = "runs", dialect: Dialect = SQLITE
+) -> SqlFragment:
     """Compile a parsed filter to a WHERE fragment over ``runs r`` or ``experiments e``.
 
     Every key and value is a bound parameter; only fixed SQL text is emitted. The
     fragment calls ``flightlog_lower`` for ILIKE: see :func:`register_sql_functions`.
-    ``None`` compiles to ``1`` (everything).
+    ``None`` compiles to the dialect's TRUE (everything).
     """
     params: list[SqlValue] = []
 
@@ -952,10 +1030,10 @@ def compile_filter(expr: Expr | None, target: Target = "runs") -> SqlFragment:
             return "(" + " AND ".join(walk(o) for o in node.operands) + ")"
         if isinstance(node, Or):
             return "(" + " OR ".join(walk(o) for o in node.operands) + ")"
-        return _compile_condition(node, target, params)
+        return _compile_condition(node, target, params, dialect)
 
     if expr is None:
-        return SqlFragment("1", [])
+        return SqlFragment(dialect.true, [])
     return SqlFragment(walk(expr), params)
 
 

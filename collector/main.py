@@ -3,47 +3,57 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import errno
-import json
 import logging
-import os
-import signal
-import sys
 from pathlib import Path
-
-from aiohttp import web
 
 from flightlog.collector.app import create_app
 from flightlog.collector.config import CollectorConfig
-from flightlog.collector.state import STOP
 from flightlog.collector.store import SqliteStore
+from flightlog.collector.store_api import Store
 from flightlog.core import settings
-from flightlog.core.uris import DB_NAME, local_store
+from flightlog.core.serving import check_exposure, run_app, serve_until_stopped
+from flightlog.core.uris import DB_NAME, is_database_uri, local_store, redact_password
 
 log = logging.getLogger("flightlog.collector")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-MAX_REQUEST_LINE = 1024 * 1024  # bytes of a request line or header; past it aiohttp answers 400
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> None:
     """The collector's command-line options; defaults from the environment (core.settings).
+
+    With ``mlflow_names`` (``flightlog server``), the store and artifact root options are
+    spelled as ``mlflow server`` spells them (the collector's names still work) and the
+    port defaults to MLflow's 5000.
 
     :raises SettingError: a FLIGHTLOG_* variable does not parse.
     """
+    store_flags = ("--backend-store-uri", "--store") if mlflow_names else ("--store",)
+    artifact_flags = (
+        ("--default-artifact-root", "--artifacts") if mlflow_names else ("--artifacts",)
+    )
+    default_port = 5000 if mlflow_names else 5055
     p.add_argument(
-        "--store",
+        *store_flags,
+        dest="store",
+        metavar="URI",
         default=settings.STORE.get(),
-        help="store URI: a directory, file: or sqlite:/// URI (default ./flightlog)",
+        help="store URI: a directory, file: or sqlite:/// URI, or postgresql://user:pass@"
+        "host:port/db for a database several collectors share (default ./flightlog)",
     )
     p.add_argument(
-        "--artifacts",
+        *artifact_flags,
+        dest="artifacts",
+        metavar="URI",
         default=None,
-        help="default artifact root for new experiments (default: <store>/artifacts)",
+        help="default artifact root for new experiments, a directory or s3:// URI "
+        "(default: <store>/artifacts)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5055, help="port; 0 picks a free one (default 5055)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=default_port,
+        help=f"port; 0 picks a free one (default {default_port})",
+    )
     p.add_argument(
         "--token",
         default=settings.TOKEN.get(),
@@ -88,14 +98,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(env FLIGHTLOG_S3_ENDPOINT_URL or MLFLOW_S3_ENDPOINT_URL; credentials from the "
         "usual AWS_* variables)",
     )
+    p.add_argument(
+        "--upstream",
+        default=settings.UPSTREAM.get(),
+        help="run as a node sidecar: buffer ingest under <store>/forward and forward it to "
+        "this central collector URL; other requests pass through (env FLIGHTLOG_UPSTREAM)",
+    )
+    p.add_argument(
+        "--upstream-token",
+        default=settings.UPSTREAM_TOKEN.get(),
+        help="bearer token sent to the upstream (env FLIGHTLOG_UPSTREAM_TOKEN)",
+    )
+    p.add_argument(
+        "--upstream-buffer-bytes",
+        type=int,
+        default=settings.UPSTREAM_BUFFER_MAX_BYTES.get(),
+        help="disk bytes the forward buffer may hold; beyond, ingest gets 503 "
+        "(env FLIGHTLOG_UPSTREAM_BUFFER_MAX_BYTES, default 8 GiB)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> CollectorConfig:
     """Validate options into a CollectorConfig."""
-    if args.host not in LOOPBACK and not args.token:
-        raise SystemExit(
-            f"flightlog collector: binding {args.host} exposes the store beyond this "
-            "machine; pass --token or set FLIGHTLOG_TOKEN."
+    check_exposure(args.host, args.token)
+    if is_database_uri(args.store):
+        return CollectorConfig(
+            store_uri=redact_password(args.store),
+            database_uri=args.store,
+            # MLflow's server default: ./mlartifacts beside where it runs.
+            artifact_root=args.artifacts or Path("mlartifacts").resolve().as_uri(),
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            idle_timeout=args.idle_timeout,
+            run_timeout=args.run_timeout,
+            ingest_max_body_bytes=args.ingest_max_body_bytes,
+            ingest_max_pending_bytes=args.ingest_max_pending_bytes,
+            s3_endpoint_url=args.s3_endpoint_url,
+            port_file=args.port_file,
         )
     store = local_store(args.store, args.artifacts)
     return CollectorConfig(
@@ -115,89 +155,40 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
     )
 
 
-def _write_port_file(path: str, payload: dict[str, object]) -> None:
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, target)
-
-
 async def serve(config: CollectorConfig) -> None:
     """Serve until SIGTERM/SIGINT or the idle timeout."""
-    db_path = config.db_path or str(Path(config.store_uri) / DB_NAME)
-    store = SqliteStore(db_path, config.artifact_root)
+    store: Store
+    if config.database_uri:
+        from flightlog.collector.pgstore import PostgresStore
+
+        store = PostgresStore(config.database_uri, config.artifact_root)
+    else:
+        db_path = config.db_path or str(Path(config.store_uri) / DB_NAME)
+        store = SqliteStore(db_path, config.artifact_root)
     app = create_app(config, store)
-    stop = asyncio.Event()
-    app[STOP] = stop
-    # Long request lines: MLflow's UI and clients send GETs with hundreds of repeated
-    # run_id parameters (1,000 run ids are about 40 kB); aiohttp's default is 8,190 bytes.
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        max_line_size=MAX_REQUEST_LINE,
-        max_field_size=MAX_REQUEST_LINE,
+    await run_app(
+        app, config.host, config.port, config.store_uri, config.port_file, config.announce_ui
     )
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-    await site.start()
-    port = config.port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    port_file = config.port_file
-    if port_file:
-        _write_port_file(
-            port_file,
-            {"pid": os.getpid(), "host": config.host, "port": port, "store": config.store_uri},
-        )
-    log.info("flightlog collector serving %s on http://%s:%s", config.store_uri, config.host, port)
-    print(
-        f"flightlog collector: serving {config.store_uri} on http://{config.host}:{port}",
-        file=sys.stderr,
-        flush=True,
-    )
-    if config.announce_ui:
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        print(f"flightlog UI: http://{host}:{port}/", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        if port_file:
-            with contextlib.suppress(FileNotFoundError, ValueError, OSError):
-                current = json.loads(Path(port_file).read_text())
-                if current.get("pid") == os.getpid():
-                    Path(port_file).unlink()
-        await runner.cleanup()
-
-
-def run(config: CollectorConfig) -> int:
-    """Serve ``config``; a port already in use is one line on stderr and status 1."""
-    try:
-        asyncio.run(serve(config))
-    except OSError as e:
-        if e.errno != errno.EADDRINUSE:
-            raise
-        print(
-            f"flightlog collector: port {config.port} on {config.host} is already in use "
-            "(another collector?); choose another with --port, or --port 0 for a free one",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m flightlog.collector``."""
     p = argparse.ArgumentParser(prog="flightlog collector", description=__doc__)
     add_arguments(p)
-    args = p.parse_args(argv)
+    return run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve what the parsed options ask for: a collector, or a node sidecar (--upstream)."""
     logging.basicConfig(
         level=settings.LOG_LEVEL.get(),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    return run(config_from_args(args))
+    if args.upstream:
+        # The sidecar is the agent's (it forwards as agents do): the flightlog CLI runs it.
+        raise SystemExit(
+            "flightlog collector: --upstream runs a node sidecar; start it with "
+            "`flightlog collector --upstream URL ...` (or python -m flightlog collector ...)"
+        )
+    config = config_from_args(args)
+    return serve_until_stopped(serve(config), config.host, config.port)

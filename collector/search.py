@@ -1,4 +1,4 @@
-"""Run and experiment search over the SQLite store: filter, order, page.
+"""Run and experiment search over a store (SQLite, or PostgreSQL with its dialect).
 
 Both searches return ids only; the store loads the entities it needs. Order: the
 order_by keys, each with NULLs last whatever the direction (for metrics: real values,
@@ -32,10 +32,13 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from flightlog.collector.filters import (
     ENTITY_TABLES,
     RUN_COLUMNS,
+    SQLITE,
+    Dialect,
     Entity,
     OrderKey,
     SqlFragment,
@@ -95,13 +98,13 @@ def _ensure_sql_functions(conn: sqlite3.Connection) -> None:
         register_sql_functions(conn)
 
 
-def _lifecycle_condition(alias: str, view_type: int, what: str) -> str:
+def _lifecycle_condition(alias: str, view_type: int, what: str, dialect: Dialect) -> str:
     if view_type == ACTIVE_ONLY:
         return f"{alias}.lifecycle_stage = 'active'"
     if view_type == DELETED_ONLY:
         return f"{alias}.lifecycle_stage = 'deleted'"
     if view_type == ALL:
-        return "1"
+        return dialect.true
     raise MlflowException(
         f"Invalid {what} {view_type!r}: use 1 (ACTIVE_ONLY), 2 (DELETED_ONLY) or 3 (ALL)",
         INVALID_PARAMETER_VALUE,
@@ -145,7 +148,7 @@ def _order_plan(keys: list[OrderKey], target: Target) -> _OrderPlan:
             table = RUN_COLUMNS if target == "runs" else _EXPERIMENT_ORDER_COLUMNS
             value = table[key.key]
             if key.key in _NULLABLE_ATTRIBUTES:
-                columns.append(_SortColumn(f"({value} IS NULL)", True))
+                columns.append(_SortColumn(_null_rank(value), True))
             columns.append(_SortColumn(value, key.ascending))
             continue
         alias = f"o{i}"
@@ -160,10 +163,15 @@ def _order_plan(keys: list[OrderKey], target: Target) -> _OrderPlan:
             # NaN (value NULL, is_nan 1) after real values, before missing: MLflow's order.
             rank = f"(CASE WHEN {alias}.is_nan = 1 THEN 1 WHEN {value} IS NULL THEN 2 ELSE 0 END)"
         else:
-            rank = f"({value} IS NULL)"
+            rank = _null_rank(value)
         columns.append(_SortColumn(rank, True))
         columns.append(_SortColumn(value, key.ascending))
     return _OrderPlan(" ".join(joins), join_params, columns)
+
+
+def _null_rank(value: str) -> str:
+    # An integer (not a boolean) in every dialect, so page tokens hold the same JSON.
+    return f"(CASE WHEN {value} IS NULL THEN 1 ELSE 0 END)"
 
 
 def _fingerprint(*parts: object) -> str:
@@ -204,7 +212,9 @@ def _decode_token(token: str, fingerprint: str, width: int) -> list[SqlValue]:
     return after
 
 
-def _keyset_condition(columns: list[_SortColumn], after: list[SqlValue]) -> SqlFragment:
+def _keyset_condition(
+    columns: list[_SortColumn], after: list[SqlValue], dialect: Dialect
+) -> SqlFragment:
     """Rows strictly after ``after`` in the order: an OR of "equal so far, then greater".
 
     The first sort column is never NULL (a NULL rank, or a NOT NULL attribute), so the
@@ -219,7 +229,7 @@ def _keyset_condition(columns: list[_SortColumn], after: list[SqlValue]) -> SqlF
         bound.append(f"{columns[0].sql} {'>=' if columns[0].ascending else '<='} ? AND ")
         bound_params.append(after[0])
     for i, col in enumerate(columns):
-        equal = [f"{c.sql} IS ?" for c in columns[:i]]  # IS: NULL equals NULL
+        equal = [f"{c.sql} {dialect.null_safe_eq} ?" for c in columns[:i]]  # NULL = NULL
         params.extend(after[:i])
         # A NULL boundary (a rank already says "missing") has nothing strictly after it
         # within the same rank; `> NULL` is NULL, i.e. false, which is what we want.
@@ -232,7 +242,7 @@ def _keyset_condition(columns: list[_SortColumn], after: list[SqlValue]) -> SqlF
 
 
 def _search_page(
-    conn: sqlite3.Connection,
+    conn: Any,
     *,
     target: Target,
     select_id: str,
@@ -244,16 +254,17 @@ def _search_page(
     max_results: int,
     page_token: str | None,
     fingerprint: str,
+    dialect: Dialect,
 ) -> tuple[list[str], str | None]:
     expr = parse_filter(filter_string, target)
-    fragment = compile_filter(expr, target)
+    fragment = compile_filter(expr, target, dialect)
     if "flightlog_lower" in fragment.sql:
         _ensure_sql_functions(conn)
     where = [*base_where, fragment.sql]
     params: list[SqlValue] = [*plan.join_params, *base_params, *fragment.params]
     if page_token:
         after = _decode_token(page_token, fingerprint, len(plan.columns))
-        keyset = _keyset_condition(plan.columns, after)
+        keyset = _keyset_condition(plan.columns, after, dialect)
         where.append(keyset.sql)
         params.extend(keyset.params)
     select = ", ".join([select_id, *(c.sql for c in plan.columns)])
@@ -263,8 +274,7 @@ def _search_page(
         f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
     )
     params.append(max_results + 1)  # one extra row says whether another page exists
-    # tuple(): the store's connections return sqlite3.Row objects.
-    rows = [tuple(row) for row in conn.execute(sql, params).fetchall()]
+    rows = dialect.execute(conn, sql, params)
     ids = [str(row[0]) for row in rows[:max_results]]
     next_token = None
     if len(rows) > max_results:
@@ -273,17 +283,19 @@ def _search_page(
 
 
 def search_run_ids(
-    conn: sqlite3.Connection,
+    conn: Any,
     experiment_ids: Sequence[str],
     filter_string: str | None,
     run_view_type: int,
     max_results: int,
     order_by: Sequence[str] | None,
     page_token: str | None,
+    dialect: Dialect = SQLITE,
 ) -> tuple[list[str], str | None]:
     """Search runs; return one page of run ids in order and the next page's token.
 
-    :param conn: a connection to a store with ``schema.sql`` and ``search_indexes.sql``.
+    :param conn: a connection to a store with ``schema.sql`` and ``search_indexes.sql``
+        (or the PostgreSQL store's schema, with ``dialect=POSTGRES``).
     :param experiment_ids: experiments to search (MLflow's string ids); none finds none.
     :param filter_string: the filter language of :mod:`flightlog.collector.filters`.
     :param run_view_type: 1 ACTIVE_ONLY, 2 DELETED_ONLY, 3 ALL (MLflow's ``ViewType``).
@@ -296,7 +308,7 @@ def search_run_ids(
     :raises MlflowException: ``INVALID_PARAMETER_VALUE`` for other bad arguments.
     """
     _check_max_results(max_results)
-    lifecycle = _lifecycle_condition("r", run_view_type, "run_view_type")
+    lifecycle = _lifecycle_condition("r", run_view_type, "run_view_type", dialect)
     if isinstance(experiment_ids, str):  # a lone id, not its characters
         experiment_ids = [experiment_ids]
     exp_ids: list[int] = []
@@ -327,10 +339,9 @@ def search_run_ids(
         # sorting the whole experiment.
         experiments: SqlFragment = SqlFragment("r.experiment_id = ?", [unique_ids[0]])
     else:
-        # One JSON parameter instead of one per id keeps long experiment lists under
-        # SQLite's bound-parameter limit.
+        id_params: list[SqlValue] = []
         experiments = SqlFragment(
-            "r.experiment_id IN (SELECT value FROM json_each(?))", [json.dumps(unique_ids)]
+            dialect.in_ids("r.experiment_id", unique_ids, id_params), id_params
         )
     return _search_page(
         conn,
@@ -344,16 +355,18 @@ def search_run_ids(
         max_results=max_results,
         page_token=page_token,
         fingerprint=fingerprint,
+        dialect=dialect,
     )
 
 
 def search_experiment_ids(
-    conn: sqlite3.Connection,
+    conn: Any,
     view_type: int,
     max_results: int,
     filter_string: str | None,
     order_by: Sequence[str] | None,
     page_token: str | None,
+    dialect: Dialect = SQLITE,
 ) -> tuple[list[str], str | None]:
     """Search experiments; return one page of experiment ids (strings) and the next token.
 
@@ -370,7 +383,7 @@ def search_experiment_ids(
     :raises MlflowException: ``INVALID_PARAMETER_VALUE`` for other bad arguments.
     """
     _check_max_results(max_results)
-    lifecycle = _lifecycle_condition("e", view_type, "view_type")
+    lifecycle = _lifecycle_condition("e", view_type, "view_type", dialect)
     keys = parse_order_by(order_by, "experiments")
     if not any(k.entity is Entity.ATTRIBUTE and k.key == "experiment_id" for k in keys):
         keys.append(OrderKey(Entity.ATTRIBUTE, "experiment_id", False))
@@ -387,4 +400,5 @@ def search_experiment_ids(
         max_results=max_results,
         page_token=page_token,
         fingerprint=fingerprint,
+        dialect=dialect,
     )

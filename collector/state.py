@@ -57,7 +57,6 @@ class Collector:
 
 COLLECTOR = web.AppKey("collector", Collector)
 #: Set to stop the process (collector.main waits on it; the idle watch sets it).
-STOP = web.AppKey("stop", asyncio.Event)
 
 
 def run_in_background(

@@ -242,6 +242,15 @@ SPOOL_MAX_BYTES: Setting[int] = Setting(
     "Bytes one process may keep in the spool; past it points are dropped and counted.",
     "a number of bytes >= 0",
 )
+METRIC_RING: Setting[bool] = Setting(
+    "FLIGHTLOG_METRIC_RING",
+    _boolean,
+    False,
+    "Keep queued metric points in a memory-mapped file in the spool directory so that a "
+    "SIGKILLed or OOM-killed process loses none (the next flightlog process on the node "
+    "sends them); costs about 130 ns per log_metric call and lowers peak throughput.",
+    "true or false",
+)
 EMBEDDED_IDLE_TIMEOUT: Setting[float] = Setting(
     "FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT",
     _number(0.0, inclusive=False),
@@ -342,6 +351,33 @@ SQLITE_SYNCHRONOUS: Setting[str] = Setting(
     "survives a power loss or kernel panic; NORMAL: only a crash of the collector (a "
     "little faster; the agent has deleted its copy by then).",
     "OFF, NORMAL, FULL or EXTRA",
+    side="collector",
+)
+
+UPSTREAM: Setting[str | None] = Setting(
+    "FLIGHTLOG_UPSTREAM",
+    _optional_text,
+    None,
+    "A node sidecar's central collector: ingest is buffered on the node and forwarded there; "
+    "other requests pass through.",
+    "an http(s)://host:port URL",
+    side="collector",
+)
+UPSTREAM_TOKEN: Setting[str | None] = Setting(
+    "FLIGHTLOG_UPSTREAM_TOKEN",
+    _optional_text,
+    None,
+    "Bearer token a node sidecar sends to its upstream collector.",
+    "a token string",
+    side="collector",
+)
+UPSTREAM_BUFFER_MAX_BYTES: Setting[int] = Setting(
+    "FLIGHTLOG_UPSTREAM_BUFFER_MAX_BYTES",
+    _integer(1),
+    8 * 1024**3,
+    "Disk bytes a node sidecar's forward buffer may hold; beyond, ingest gets 503 with "
+    "Retry-After (the trainers' agents spool meanwhile).",
+    "an integer >= 1",
     side="collector",
 )
 

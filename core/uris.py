@@ -147,3 +147,17 @@ def _store_path(text: str) -> tuple[bool, str]:
     if is_collector_uri(path) or "://" in path:
         raise ValueError(f"{text!r} is not a local store path")
     return False, path
+
+
+def is_database_uri(uri: str) -> bool:
+    """Whether a store URI names a PostgreSQL database (the collector's shared store)."""
+    return uri.startswith(("postgresql://", "postgres://"))
+
+
+def redact_password(uri: str) -> str:
+    """``uri`` with its password, if any, replaced by ``***`` (for logs and /health)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

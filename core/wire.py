@@ -49,25 +49,36 @@ def encode_batch(
     batch_id: str, agent_id: str, ops: list[list[Any]], columns: Sequence[Sequence[Any]]
 ) -> bytes:
     """Pack ops and metric columns (run_ids, keys, values, steps, ts_seconds) into a batch."""
+    if not columns or not len(columns[0]):
+        return encode_raw_batch(batch_id, agent_id, ops, None)
+    run_ids, keys, vals, steps, ts = columns
+    runs, ri = _dictionary(run_ids)
+    key_names, ki = _dictionary(keys)
+    m = {
+        "runs": runs,
+        "keys": key_names,
+        "ri": ri,
+        "ki": ki,
+        "vals": _le(array("d", vals)),
+        "steps": _le(array("q", steps)),
+        "ts": _le(array("d", ts)),
+    }
+    return encode_raw_batch(batch_id, agent_id, ops, m)
+
+
+def encode_raw_batch(
+    batch_id: str, agent_id: str, ops: list[list[Any]], m: dict[str, Any] | None
+) -> bytes:
+    """Pack ops and an already columnar ``m`` map (little-endian array bytes, as in the
+    module docstring) into a batch: the metric ring hands its columns over this way."""
     body: dict[str, Any] = {
         "v": WIRE_VERSION,
         "batch_id": batch_id,
         "agent_id": agent_id,
         "ops": ops,
     }
-    if columns and len(columns[0]):
-        run_ids, keys, vals, steps, ts = columns
-        runs, ri = _dictionary(run_ids)
-        key_names, ki = _dictionary(keys)
-        body["m"] = {
-            "runs": runs,
-            "keys": key_names,
-            "ri": ri,
-            "ki": ki,
-            "vals": _le(array("d", vals)),
-            "steps": _le(array("q", steps)),
-            "ts": _le(array("d", ts)),
-        }
+    if m is not None:
+        body["m"] = m
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
 

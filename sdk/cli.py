@@ -11,19 +11,17 @@ flightlog --version; python -m flightlog works as ``flightlog``
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
 def _collector(args: argparse.Namespace) -> int:
-    from flightlog.collector import main as collector_main
-    from flightlog.core import settings
+    if getattr(args, "upstream", None):
+        from flightlog.agent import forward  # the node sidecar
 
-    logging.basicConfig(
-        level=settings.LOG_LEVEL.get(),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    return collector_main.run(collector_main.config_from_args(args))
+        return forward.run(args)
+    from flightlog.collector import main as collector_main
+
+    return collector_main.run(args)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -100,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     collector_main.add_arguments(p)
     p.set_defaults(func=_collector)
+
+    srv = sub.add_parser(
+        "server",
+        help="run a tracking server with mlflow server's flags "
+        "(--backend-store-uri, --default-artifact-root, --host, --port)",
+        formatter_class=HelpFormatter,
+    )
+    collector_main.add_arguments(srv, mlflow_names=True)
+    srv.set_defaults(func=_collector)
 
     p = sub.add_parser(
         "ui", help="serve a local store's web UI (a collector on port 5000), as `mlflow ui` does"

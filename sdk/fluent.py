@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import struct
 import sys
 import threading
 import time
@@ -25,6 +26,9 @@ from flightlog import context as _context
 from flightlog import media, search
 from flightlog.agent import signals as _signals
 from flightlog.agent.exit_budget import begin_exit
+from flightlog.agent.ring import HEADER as _HEADER
+from flightlog.agent.ring import RECORD as _RECORD
+from flightlog.agent.ring import RECORD_FORMAT as _RECORD_FORMAT
 from flightlog.client import MlflowClient
 from flightlog.context import flush_all
 from flightlog.core import settings
@@ -42,6 +46,7 @@ _state_lock = threading.RLock()
 _active_experiment_id: str | None = None
 _last_active_run_id: str | None = None
 _seen_keys = v._seen_metric_keys
+_pack_into = _RECORD_FORMAT.pack_into
 _time = time.time
 START_RUN_SYNC_TIMEOUT = 10.0
 
@@ -389,11 +394,44 @@ def log_metric(
     elif step.__class__ is not int:
         step = v.metric_step(key, step)
     ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
-    q = agent.queue
-    # One atomic list extend of a 5-slot record (see flightlog.agent.records).
-    q += (rid, key, value, step, ts)
-    if len(q) >= agent.wake_len:
-        agent.on_pressure()
+    ring = agent.ring
+    if ring is None:
+        # The default (no FLIGHTLOG_METRIC_RING): one atomic list extend of a 5-slot
+        # record (see flightlog.agent.records).
+        q = agent.queue
+        q += (rid, key, value, step, ts)
+        if len(q) >= agent.wake_len:
+            agent.on_pressure()
+    elif ring.locked:
+        agent.submit_metric((rid, key, value, step, ts))
+    else:
+        # One record into the memory-mapped ring (see flightlog.agent.ring): a slot
+        # reserved with next(), atomic under the GIL, then one pack_into.
+        ri = ring.runs.get(rid)
+        if ri is None:
+            ri = ring.run_index(rid)
+        ki = ring.keys.get(key)
+        if ki is None:
+            ki = ring.key_index(key)
+        seq = next(ring.counter)
+        if seq < ring.limit:
+            try:
+                _pack_into(
+                    ring.mm,
+                    _HEADER + (seq % ring.capacity) * _RECORD,
+                    ri,
+                    ki,
+                    step,
+                    value,
+                    ts,
+                    seq + 1,
+                )
+            except struct.error:
+                ring.overflow[seq] = None  # the reader passes this slot
+                v.metric_step(key, step)  # raises: a step out of the int64 range
+                raise
+        else:
+            agent.ring_full(seq, ri, ki, step, value, ts)
     if synchronous:
         agent.flush()
 

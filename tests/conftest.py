@@ -20,6 +20,9 @@ import flightlog
 from flightlog import context, fluent
 from flightlog.agent.embedded import stop_collector
 
+# The pg_server fixture (a throwaway PostgreSQL cluster), for any test module.
+pytest_plugins = ["tests.pgserver"]
+
 
 @dataclass
 class CollectorProcess:
@@ -47,7 +50,11 @@ def free_port() -> int:
 
 
 def start_collector(
-    store: Path, port: int | None = None, *extra: str, env: dict[str, str] | None = None
+    store: Path,
+    port: int | None = None,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    command: tuple[str, ...] = ("-m", "flightlog.collector"),
 ) -> CollectorProcess:
     """Start ``python -m flightlog.collector`` and wait until it answers /health."""
     port = port or free_port()
@@ -59,8 +66,7 @@ def start_collector(
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "flightlog.collector",
+            *command,
             "--store",
             str(store),
             "--port",

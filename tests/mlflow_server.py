@@ -130,8 +130,11 @@ def start_mlflow_server(
     return server
 
 
-def start_flightlog_collector(directory: Path, *, timeout: float = 60) -> ServerProcess:
-    """A flightlog collector process on 127.0.0.1 serving a fresh store in ``directory``."""
+def start_flightlog_collector(
+    directory: Path, *, timeout: float = 60, store: str | None = None
+) -> ServerProcess:
+    """A flightlog collector process on 127.0.0.1 serving a fresh store in ``directory``
+    (or ``store``, e.g. a PostgreSQL URI, with artifacts under ``directory``)."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = directory / "collector.log"
@@ -141,7 +144,7 @@ def start_flightlog_collector(directory: Path, *, timeout: float = 60) -> Server
             "-m",
             "flightlog.collector",
             "--store",
-            str(directory / "store"),
+            store or str(directory / "store"),
             "--port",
             str(port),
         ],

@@ -23,16 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from flightlog.collector.filters import (
     EXPERIMENT_ATTRIBUTES,
     MAX_CONDITIONS,
     MAX_NESTING,
+    POSTGRES,
     RUN_ATTRIBUTES,
+    SQLITE,
     And,
     Compare,
+    Dialect,
     Entity,
     ExperimentRecord,
     Expr,
@@ -166,13 +169,95 @@ def store(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     conn.close()
 
 
-@pytest.fixture(scope="module")
-def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connection]:
-    # One file for all hypothesis examples: each example clears and refills it, which is
-    # much faster than creating a database per example.
-    conn = _open_store(tmp_path_factory.mktemp("search") / "store.db")
-    yield conn
-    conn.close()
+class SearchDb:
+    """A store database the property tests fill and search: SQLite or PostgreSQL.
+
+    ``conn`` takes the helpers' ``?`` SQL on either (PostgreSQL's is wrapped to use
+    ``%s``) and works as a ``with`` block committing the refill; ``dialect`` is what
+    search compiles to.
+    """
+
+    def __init__(self, conn: Any, dialect: Dialect) -> None:
+        self.conn = conn
+        self.dialect = dialect
+
+    def search_runs(self, *args: Any) -> tuple[list[str], str | None]:
+        return search_run_ids(self.conn.raw, *args, self.dialect)
+
+    def search_experiments(self, *args: Any) -> tuple[list[str], str | None]:
+        return search_experiment_ids(self.conn.raw, *args, self.dialect)
+
+
+class _SqliteConn:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self.raw.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return self.raw.executemany(sql, rows)
+
+    def __enter__(self) -> _SqliteConn:
+        self.raw.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.raw.__exit__(*exc)
+
+
+class _PgConn:
+    """An autocommit psycopg connection taking ``?`` placeholders."""
+
+    def __init__(self, conn: Any) -> None:
+        self.raw = conn
+
+    @staticmethod
+    def _check(params: Any) -> None:
+        # PostgreSQL text cannot hold NUL; the SQLite store can. Not a search question.
+        if any(isinstance(p, str) and "\x00" in p for p in params):
+            assume(False)
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        self._check(params)
+        return self.raw.execute(sql.replace("?", "%s"), params)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        rows = list(rows)
+        for row in rows:
+            self._check(row)
+        with self.raw.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), rows)
+
+    def __enter__(self) -> _PgConn:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SearchDb]:
+    # One database for all hypothesis examples: each example clears and refills it,
+    # which is much faster than creating a database per example.
+    if request.param == "sqlite":
+        conn = _open_store(tmp_path_factory.mktemp("search") / "store.db")
+        yield SearchDb(_SqliteConn(conn), SQLITE)
+        conn.close()
+        return
+    import psycopg
+
+    from flightlog.collector.pgstore import PostgresStore
+
+    uri = request.getfixturevalue("pg_server").create_database()
+    PostgresStore(uri, "/artifacts").close()  # migrates the new database
+    with psycopg.connect(uri, autocommit=True) as pg:
+        # The helpers insert runs of experiments they never create, as SQLite (foreign
+        # keys off) lets them.
+        pg.execute("ALTER TABLE runs DROP CONSTRAINT runs_experiment_id_fkey")
+        yield SearchDb(_PgConn(pg), POSTGRES)
 
 
 def _all_pages(fetch: Callable[[str | None], tuple[list[str], str | None]]) -> list[str]:
@@ -1385,7 +1470,7 @@ def _reference_order(records: list[dict[str, Any]], keys: list[OrderKey]) -> lis
     page_size=st.integers(1, 4),
 )
 def test_search_runs_matches_reference(
-    shared_store: sqlite3.Connection,
+    shared_store: SearchDb,
     runs: list[tuple[RunRecord, int]],
     flt: tuple[Expr | None, str],
     order_by: list[str] | None,
@@ -1395,10 +1480,10 @@ def test_search_runs_matches_reference(
 ) -> None:
     expr, text = flt
     assert parse_filter(text, "runs") == expr, text
-    with shared_store:
-        _clear(shared_store)
+    with shared_store.conn as conn:
+        _clear(conn)
         for run, exp_id in runs:
-            _insert_run(shared_store, run, exp_id)
+            _insert_run(conn, run, exp_id)
 
     stages = {ACTIVE_ONLY: {"active"}, DELETED_ONLY: {"deleted"}, ALL: {"active", "deleted"}}[view]
     matching = [
@@ -1416,10 +1501,10 @@ def test_search_runs_matches_reference(
         keys.append(OrderKey(Entity.ATTRIBUTE, "run_id", True))
     expected = [r["run_id"] for r in _reference_order(matching, keys)]
 
-    ids, token = search_run_ids(shared_store, experiments, text, view, 1000, order_by, None)
+    ids, token = shared_store.search_runs(experiments, text, view, 1000, order_by, None)
     assert (ids, token) == (expected, None), (text, order_by)
     paged = _all_pages(
-        lambda tok: search_run_ids(shared_store, experiments, text, view, page_size, order_by, tok)
+        lambda tok: shared_store.search_runs(experiments, text, view, page_size, order_by, tok)
     )
     assert paged == expected, (text, order_by, page_size)
 
@@ -1434,7 +1519,7 @@ def test_search_runs_matches_reference(
             and run["lifecycle_stage"] in stages
             and evaluate_run(part, run)
         }
-        got, _ = search_run_ids(shared_store, experiments, part_text, view, 1000, None, None)
+        got, _ = shared_store.search_runs(experiments, part_text, view, 1000, None, None)
         assert set(got) == want, part_text
 
 
@@ -1501,7 +1586,7 @@ def experiment_records(draw: st.DrawFn) -> list[ExperimentRecord]:
     page_size=st.integers(1, 3),
 )
 def test_search_experiments_matches_reference(
-    shared_store: sqlite3.Connection,
+    shared_store: SearchDb,
     experiments: list[ExperimentRecord],
     flt: tuple[Expr | None, str],
     order_by: list[str] | None,
@@ -1510,10 +1595,10 @@ def test_search_experiments_matches_reference(
 ) -> None:
     expr, text = flt
     assert parse_filter(text, "experiments") == expr, text
-    with shared_store:
-        _clear(shared_store)
+    with shared_store.conn as conn:
+        _clear(conn)
         for exp in experiments:
-            _insert_experiment(shared_store, exp)
+            _insert_experiment(conn, exp)
     stages = {ACTIVE_ONLY: {"active"}, DELETED_ONLY: {"deleted"}, ALL: {"active", "deleted"}}[view]
     matching = [
         dict(e)
@@ -1525,9 +1610,9 @@ def test_search_experiments_matches_reference(
         keys.append(OrderKey(Entity.ATTRIBUTE, "experiment_id", False))
     expected = [e["experiment_id"] for e in _reference_order(matching, keys)]
 
-    got = search_experiment_ids(shared_store, view, 1000, text, order_by, None)
+    got = shared_store.search_experiments(view, 1000, text, order_by, None)
     assert got == (expected, None), (text, order_by)
     paged = _all_pages(
-        lambda tok: search_experiment_ids(shared_store, view, page_size, text, order_by, tok)
+        lambda tok: shared_store.search_experiments(view, page_size, text, order_by, tok)
     )
     assert paged == expected

@@ -62,11 +62,18 @@ _HEX_ID = re.compile(r"[0-9a-f]{32}")
 _NOW_MS = 1_000_000_000_000  # epoch ms after 2001: a wall-clock time, not one we chose
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def servers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, ServerProcess]]:
+    """A fresh mlflow server and flightlog on each of its stores (PostgreSQL: a fresh
+    database of tests/pgserver.py): ids are compared, so both start empty."""
+    store = None
+    if request.param == "postgresql":
+        store = request.getfixturevalue("pg_server").create_database()
     ml = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
     try:
-        fl = start_flightlog_collector(tmp_path_factory.mktemp("flightlog"))
+        fl = start_flightlog_collector(tmp_path_factory.mktemp("flightlog"), store=store)
     except BaseException:
         ml.stop()
         raise

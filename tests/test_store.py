@@ -26,16 +26,27 @@ from flightlog.core.entities import ViewType
 from flightlog.core.exceptions import MlflowException
 
 
-def _sqlite(tmp: Path) -> Store:
+def _sqlite(tmp: Path, request: pytest.FixtureRequest) -> Store:
     return SqliteStore(tmp / "flightlog.db", (tmp / "artifacts").as_uri())
 
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {"sqlite": _sqlite}
+def _postgresql(tmp: Path, request: pytest.FixtureRequest) -> Store:
+    # A fresh database of the session's throwaway cluster (tests/pgserver.py) per test.
+    from flightlog.collector.pgstore import PostgresStore
+
+    server = request.getfixturevalue("pg_server")
+    return PostgresStore(server.create_database(), (tmp / "artifacts").as_uri())
+
+
+BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Store]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgresql,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = BACKENDS[request.param](tmp_path)
+    s = BACKENDS[request.param](tmp_path, request)
     try:
         yield s
     finally:

@@ -1,0 +1,220 @@
+"""The metric ring: a process killed without its exit loses nothing it logged.
+
+Real processes throughout: a trainer logs, then is SIGKILLed (as the OOM killer would)
+with no flush; the next flightlog process on the node for the same collector adopts its
+ring, sends every point exactly once and ends the run FAILED.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CollectorProcess, start_collector
+from helpers import run_status, stored_points
+
+TRAINER = r"""
+import os, signal, sys, threading
+import flightlog as mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+threads = int(sys.argv[2])
+with mlflow.start_run() as r:
+    print(r.info.run_id, flush=True)
+    def work(t):
+        for i in range(100_000 // threads):
+            mlflow.log_metric(f"loss{t}", i * 0.5, step=i)
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+NEXT_AGENT = r"""
+import sys, time
+import flightlog as mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+agent = mlflow.MlflowClient().ctx.agent
+agent._adopter.join(30)
+"""
+
+
+def _env(spool: Path) -> dict[str, str]:
+    return {**os.environ, "FLIGHTLOG_SPOOL_DIR": str(spool), "FLIGHTLOG_METRIC_RING": "1"}
+
+
+def _kill_trainer(url: str, spool: Path, threads: int = 1) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAINER, url, str(threads)],
+        capture_output=True,
+        text=True,
+        env=_env(spool),
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr
+    return proc.stdout.split()[0]
+
+
+def _adopt(url: str, spool: Path) -> float:
+    began = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", NEXT_AGENT, url],
+        check=True,
+        env=_env(spool),
+        timeout=60,
+        capture_output=True,
+    )
+    return time.monotonic() - began
+
+
+def _check(c: CollectorProcess, run_id: str, spool: Path, points: int = 100_000) -> None:
+    assert stored_points(c.db, run_id) == points
+    assert run_status(c.db, run_id) == "FAILED"
+    assert not list(spool.glob("*-rings/*/ring"))
+
+
+def test_sigkill_after_100k_calls_loses_nothing(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    run_id = _kill_trainer(collector.url, spool)
+    took = _adopt(collector.url, spool)
+    _check(collector, run_id, spool)
+    assert took < 10
+
+
+def test_sigkill_with_four_threads_logging(collector: CollectorProcess, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    run_id = _kill_trainer(collector.url, spool, threads=4)
+    _adopt(collector.url, spool)
+    _check(collector, run_id, spool)
+
+
+def test_sigkill_with_the_collector_down(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    store = tmp_path / "store"
+    c = start_collector(store)
+    port = c.port
+    c.stop()
+    run_id = _kill_trainer(c.url, spool)
+    rings = list(spool.glob("*-rings/*/ring"))
+    assert rings  # left for whoever comes next
+    c = start_collector(store, port)
+    try:
+        _adopt(c.url, spool)
+        _check(c, run_id, spool)
+    finally:
+        c.stop()
+
+
+FORKED = r"""
+import os, signal, sys
+import flightlog as mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run() as r:
+    print(r.info.run_id, flush=True)
+    mlflow.log_metric("parent", 1.0)
+    pid = os.fork()
+    if pid == 0:  # the child logs into the parent's run, then dies unflushed
+        for i in range(100_000):
+            mlflow.log_metric("child", 0.5, step=i)
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+WORKERS = r"""
+import multiprocessing as mp, os, signal, sys
+import flightlog as mlflow
+
+def work(args):
+    run_id, w = args
+    for i in range(1000):
+        mlflow.log_metric(f"w{w}", 0.5, step=i, run_id=run_id)
+    return w
+
+if __name__ == "__main__":
+    url, method, kind = sys.argv[1:4]
+    os.environ["FLIGHTLOG_TRACKING_URI"] = url
+    mlflow.set_tracking_uri(url)
+    ctx = mp.get_context(method)
+    with mlflow.start_run() as r:
+        print(r.info.run_id, flush=True)
+        jobs = [(r.info.run_id, w) for w in range(4)]
+        if kind == "process":
+            ps = [ctx.Process(target=work, args=(j,)) for j in jobs]
+            for p in ps: p.start()
+            for p in ps: p.join()
+        else:
+            pool = ctx.Pool(4)
+            pool.map(work, jobs)
+            pool.close()
+            pool.join()
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _script(script: str, *args: str, spool: Path) -> str:
+    # From a file: spawn-context children import the worker function from __main__.
+    path = spool.parent / "script.py"
+    path.write_text(script)
+    proc = subprocess.run(
+        [sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        env=_env(spool),
+        timeout=180,
+    )
+    assert proc.returncode == -9, proc.stderr
+    return proc.stdout.split()[0]
+
+
+def test_sigkill_of_a_forked_child_and_its_parent(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    run_id = _script(FORKED, collector.url, spool=spool)
+    _adopt(collector.url, spool)
+    assert stored_points(collector.db, run_id, "child") == 100_000
+    assert stored_points(collector.db, run_id, "parent") == 1
+    assert run_status(collector.db, run_id) == "FAILED"
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("kind", ["process", "pool"])
+def test_multiprocessing_workers_that_never_flush_then_the_parent_is_killed(
+    collector: CollectorProcess, tmp_path: Path, method: str, kind: str
+) -> None:
+    spool = tmp_path / "spool"
+    run_id = _script(WORKERS, collector.url, method, kind, spool=spool)
+    _adopt(collector.url, spool)
+    assert stored_points(collector.db, run_id) == 4000
+    assert run_status(collector.db, run_id) == "FAILED"
+
+
+KILLED = r"""
+import os, signal, sys
+import flightlog as mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run():
+    for i in range(1000):
+        mlflow.log_metric("loss", 0.5, step=i)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_a_ring_only_when_the_setting_is_on(
+    collector: CollectorProcess, tmp_path: Path, setting: str
+) -> None:
+    spool = tmp_path / "spool"
+    env = {**_env(spool), "FLIGHTLOG_METRIC_RING": setting}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED, collector.url], env=env, timeout=60, capture_output=True
+    )
+    assert proc.returncode == -9, proc.stderr
+    # Killed, so a ring it made is left behind; with the setting off it made none.
+    assert bool(list(spool.glob("*-rings/*/ring"))) == (setting == "1")
