@@ -17,6 +17,7 @@ from flightlog.agent.drops import DropLedger
 from flightlog.agent.ring import claim_dead_rings, rings_root
 from flightlog.agent.ring_adopter import send_dead_ring
 from flightlog.agent.sender import Ack, Sender
+from flightlog.agent.signals import keep_off_this_thread
 from flightlog.agent.spool import ClaimedSpool, RecordRef, claim_orphans
 
 log = logging.getLogger("flightlog.agent")
@@ -61,6 +62,7 @@ class Adopter:
         self.claims = []
 
     def _run(self) -> None:
+        keep_off_this_thread()  # SIGTERM goes to the main thread
         try:
             self.claims = claim_orphans(self.root, exclude=self.exclude)
             for claim in self.claims:

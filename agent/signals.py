@@ -19,10 +19,20 @@ handlers can only be set there), in front of whatever handler the program had:
 
 A second signal while the first is being handled gets the default action at once.
 ``FLIGHTLOG_SIGNAL_HANDLERS=0`` leaves signals entirely to the program.
+
+The handler runs on the main thread between two bytecodes of whatever it interrupted,
+which may hold a lock that is not reentrant (an ``Event``'s, the outbox's, one of
+the program's). Ending runs and closing agents take such locks, so the handler does
+not do that work itself: a helper thread does it, and the handler waits for it on a
+lock of its own, for the flush timeout and a second more. If the helper is stuck
+behind the interrupted frame, the signal still takes its course when that wait ends
+(batches already in the outbox stay in the spool; points still in the queue are lost):
+the handler can never hang the process.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
@@ -37,11 +47,15 @@ from flightlog.core import settings
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 KILLED = "KILLED"
+# Seconds the handler waits for its helper beyond the flush timeout: every wait the
+# helper makes is already cut to that budget, so past it the helper is stuck.
+HELPER_GRACE = 1.0
 
 _previous: dict[int, Any] = {}  # signal -> the handler we stand in front of
 _handling = False
 _end_runs: Callable[[str], None] | None = None
 _close_agents: Callable[[], None] | None = None
+_forget_ended: Callable[[], None] | None = None
 
 
 def enabled() -> bool:
@@ -49,17 +63,24 @@ def enabled() -> bool:
     return settings.SIGNAL_HANDLERS.get()
 
 
-def install(end_runs: Callable[[str], None], close_agents: Callable[[], None]) -> bool:
+def install(
+    end_runs: Callable[[str], None],
+    close_agents: Callable[[], None],
+    forget_ended: Callable[[], None] | None = None,
+) -> bool:
     """Put flightlog's handlers in front of the program's; idempotent.
 
-    ``end_runs(status)`` ends every active run; ``close_agents()`` delivers or spools
-    what is queued before the process dies. Returns whether anything is installed;
-    outside the main thread nothing can be, and the next call tries again.
+    ``end_runs(status)`` ends every active run and ``close_agents()`` delivers or
+    spools what is queued before the process dies; both run on a helper thread.
+    ``forget_ended()`` runs on the main thread before the program's own handler, to
+    drop what that thread still holds of the runs the helper ended; it must take no
+    lock. Returns whether anything is installed; outside the main thread nothing can
+    be, and the next call tries again.
     """
-    global _end_runs, _close_agents
+    global _end_runs, _close_agents, _forget_ended
     if not enabled() or threading.current_thread() is not threading.main_thread():
         return bool(_previous)
-    _end_runs, _close_agents = end_runs, close_agents
+    _end_runs, _close_agents, _forget_ended = end_runs, close_agents, forget_ended
     for sig in SIGNALS:
         if sig in _previous:
             continue
@@ -69,6 +90,20 @@ def install(end_runs: Callable[[str], None], close_agents: Callable[[], None]) -
         signal.signal(sig, _handle)
         _previous[sig] = current
     return bool(_previous)
+
+
+def keep_off_this_thread() -> None:
+    """Block SIGTERM and SIGINT in the calling thread (one flightlog started).
+
+    A process-directed signal goes to any thread that does not block it. One that
+    lands on a background thread only sets Python's flag: the main thread, blocked in
+    a call no signal of its own interrupts (a Pool worker waiting for its queue's
+    lock), never runs the handler, and the process, which the default action would
+    have killed, lives on. Blocked here, the signal goes to the main thread, whose
+    blocking call it interrupts.
+    """
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no pthread_sigmask
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
 
 def uninstall() -> None:
@@ -84,7 +119,9 @@ def uninstall() -> None:
 def _die_of(signum: int) -> None:
     """Take the signal's default action: for SIGTERM and SIGINT, end the process."""
     signal.signal(signum, signal.SIG_DFL)
-    sys.stderr.flush()
+    # Not fatal if the interrupted frame was writing to stderr (a reentrant call).
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
     os.kill(os.getpid(), signum)
     # Delivered on the way back from kill(); if it was blocked, exit as the shell would.
     os._exit(128 + signum)
@@ -107,11 +144,13 @@ def _handle(signum: int, frame: FrameType | None) -> None:
             # The program's handler decides what happens next (it may go on), so the
             # budget is only for ending the runs, not the start of the process's exit.
             with time_budget(timeout):
-                _run(_end_runs, KILLED, name)
+                _run_off_frame([(_end_runs, KILLED)], timeout + HELPER_GRACE, name)
         else:
             begin_exit(timeout)
-            _run(_end_runs, KILLED, name)
-            _run(_close_agents, None, name)
+            steps = [(_end_runs, KILLED), (_close_agents, None)]
+            _run_off_frame(steps, timeout + HELPER_GRACE, name)
+        if callable(previous):
+            _run(_forget_ended, None, name)
     finally:
         _handling = False
     if callable(previous):
@@ -120,11 +159,54 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         _die_of(signum)
 
 
+Step = tuple[Callable[..., None] | None, str | None]
+
+
+def _run_off_frame(steps: list[Step], wait: float, name: str) -> bool:
+    """Run ``steps`` in order on a helper thread; wait at most ``wait`` seconds for them.
+
+    Only primitives made here are waited on (a raw ``_thread`` lock and thread, not
+    ``threading.Thread``, whose start takes a module lock the interrupted frame may
+    hold), so this returns in bounded time whatever the interrupted frame holds.
+    Returns whether the steps finished; if not, the helper is left behind (it ends
+    with the process, or finishes its steps late if the program goes on).
+    """
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def work() -> None:
+        keep_off_this_thread()  # a second signal goes to the main thread: it dies then
+        try:
+            for fn, arg in steps:
+                _run(fn, arg, name)
+        finally:
+            done.release()
+
+    try:
+        _thread.start_new_thread(work, ())
+    except RuntimeError as e:  # no thread to be had (interpreter shutting down)
+        _say(f"flightlog: on {name}: runs not ended: {e}")
+        return False
+    if done.acquire(timeout=wait):
+        return True
+    _say(
+        f"flightlog: on {name}: ending runs and delivering what was logged did not finish "
+        f"within {wait:g}s (the code the signal interrupted holds a lock this needs); "
+        "batches not acknowledged stay in the spool, points not yet batched are lost"
+    )
+    return False
+
+
+def _say(message: str) -> None:
+    # Writing may fail too (stderr closed, or the interrupted frame was writing to it).
+    with contextlib.suppress(Exception):
+        print(message, file=sys.stderr, flush=True)
+
+
 def _run(fn: Callable[..., None] | None, arg: str | None, name: str) -> None:
     if fn is None:
         return
     try:
         fn(arg) if arg is not None else fn()
     except Exception as e:  # the signal must take its course whatever happens here
-        with contextlib.suppress(Exception):
-            print(f"flightlog: on {name}: {e}", file=sys.stderr)
+        _say(f"flightlog: on {name}: {e}")

@@ -100,6 +100,7 @@ from typing import Any, Literal, Protocol
 import psutil
 
 from flightlog.agent.gpu import GpuReader, load_gpu_reader
+from flightlog.agent.signals import keep_off_this_thread
 from flightlog.core import settings
 
 try:  # POSIX only; elsewhere the election falls back to LOCAL_RANK
@@ -829,6 +830,7 @@ class SystemSampler:
     # -- the thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        keep_off_this_thread()  # SIGTERM goes to the main thread
         try:
             self._guarded("start", self._begin)
             due = time.monotonic() + self.interval

@@ -55,6 +55,7 @@ from flightlog.agent.reported_errors import ReportedErrors
 from flightlog.agent.ring import Ring, batch_id, rings_root
 from flightlog.agent.ring import columns as ring_columns
 from flightlog.agent.sender import REJECTED, Ack, Sender
+from flightlog.agent.signals import keep_off_this_thread
 from flightlog.agent.spool import Spool, default_spool_root
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
 from flightlog.core import settings
@@ -131,6 +132,7 @@ class Agent:
         self._close_marker: FlushMarker | None = None  # close()'s, while it waits
         self._last_down = False  # did the last send get no answer at all?
         self._closed = False
+        self._close_finished = False
         self._ops_submitted = 0  # ops and flush markers appended (under _lock)
         self._ops_taken = 0  # ... and taken by a packer (under _pack_lock)
         self.drops.forget_runs()
@@ -446,7 +448,14 @@ class Agent:
         stderr. Returns whether everything was acknowledged.
         """
         if self._closed:
-            return True
+            marker = self._close_marker
+            if marker is None or self._close_finished:
+                return True
+            # A close in progress that cannot go on: the SIGTERM handler's helper while
+            # the main thread's close (a forked Pool worker's exit) is interrupted. The
+            # process dies when this returns, so wait, as that close would, for what
+            # it queued to be acknowledged (the packer and sender work on without it).
+            return marker.done.wait(bounded(timeout)) and marker.acked
         if self._pid != os.getpid():
             self._after_fork_in_child()
         self._closed = True
@@ -495,11 +504,13 @@ class Agent:
             print(msg, file=sys.stderr, flush=True)
         self._packer.join(timeout=1.0)
         self._sender.join(timeout=1.0)
+        self._close_finished = True
         return ok
 
     # -- the packer ---------------------------------------------------------------------
 
     def _pack_loop(self) -> None:
+        keep_off_this_thread()
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
             self._wake.clear()
@@ -740,6 +751,7 @@ class Agent:
     # -- the sender -------------------------------------------------------------------------
 
     def _send_loop(self) -> None:
+        keep_off_this_thread()
         while not self._stop.is_set():
             try:
                 self._heartbeat_if_due()

@@ -62,6 +62,10 @@ class ActiveRun(Run):
         super().__init__(run.info, run.data, run.inputs)
         self._client = client
         self._samplers: list[Any] = []
+        # A forked child logs to the run it inherited, but the run stays the parent's:
+        # the child's exit or a signal to it (Pool.terminate) must not end it.
+        self._pid = os.getpid()
+        self._ended = False
 
     def __enter__(self) -> ActiveRun:
         return self
@@ -250,7 +254,7 @@ def start_run(
     global _last_active_run_id
     _install_process_hooks()
     # SIGTERM and Ctrl-C end the runs KILLED (flightlog.agent.signals); main thread only.
-    _signals.install(_end_runs_at_exit, _context._at_exit)
+    _signals.install(_end_runs_at_exit, _context._at_exit, _forget_ended_runs)
     stack = _stack()
     if stack and not nested:
         raise MlflowException(
@@ -320,6 +324,7 @@ def end_run(status: str = RunStatus.FINISHED, *, _run: ActiveRun | None = None) 
         while stack and stack[-1] is not run:
             end_run(status, _run=stack[-1])
         stack.pop()
+    run._ended = True
     with _state_lock:
         if run in _process_top:
             _process_top.remove(run)
@@ -505,12 +510,23 @@ def get_metric_history(run_id: str, key: str) -> list[Metric]:
 def _end_runs_at_exit(status: str) -> None:
     """End every run still active in the process, newest first."""
     with _state_lock:
-        runs = list(reversed(_process_top))
+        runs = [run for run in reversed(_process_top) if run._pid == os.getpid()]
     for run in runs:
         try:
             end_run(status, _run=run)
         except Exception as e:  # exiting: report, never raise
             print(f"flightlog: could not end run {run.info.run_id}: {e}", file=sys.stderr)
+
+
+def _forget_ended_runs() -> None:
+    """Drop from this thread's stack the runs another thread ended (a signal's helper).
+
+    Takes no lock: it runs in a signal handler, on the thread the signal interrupted.
+    """
+    stack = _stack()
+    if any(run._ended for run in stack):
+        stack[:] = [run for run in stack if not run._ended]
+        _sync_top()
 
 
 _uncaught = False
