@@ -18,12 +18,14 @@ from flightlog.core.uris import DB_NAME, is_database_uri, local_store, redact_pa
 log = logging.getLogger("flightlog.collector")
 
 
-def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> None:
+def add_arguments(
+    p: argparse.ArgumentParser, *, mlflow_names: bool = False, port: int | None = None
+) -> None:
     """The collector's command-line options; defaults from the environment (core.settings).
 
     With ``mlflow_names`` (``flightlog server``), the store and artifact root options are
     spelled as ``mlflow server`` spells them (the collector's names still work) and the
-    port defaults to MLflow's 5000.
+    port defaults to MLflow's 5000; ``port`` sets another default (``flightlog ui``: 5000).
 
     :raises SettingError: a FLIGHTLOG_* variable does not parse.
     """
@@ -31,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser, *, mlflow_names: bool = False) -> 
     artifact_flags = (
         ("--default-artifact-root", "--artifacts") if mlflow_names else ("--artifacts",)
     )
-    default_port = 5000 if mlflow_names else 5055
+    default_port = port if port is not None else 5000 if mlflow_names else 5055
     p.add_argument(
         *store_flags,
         dest="store",

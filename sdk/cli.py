@@ -109,10 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=_collector)
 
     p = sub.add_parser(
-        "ui", help="serve a local store's web UI (a collector on port 5000), as `mlflow ui` does"
+        "ui",
+        help="serve a local store's web UI (a collector on port 5000), as `mlflow ui` does",
+        formatter_class=HelpFormatter,
     )
-    collector_main.add_arguments(p)
-    p.set_defaults(func=_ui, port=5000)
+    collector_main.add_arguments(p, port=5000)
+    p.set_defaults(func=_ui)
 
     art = sub.add_parser("artifacts", help="list and download a run's artifacts")
     art_sub = art.add_subparsers(dest="artifacts_command", required=True)
