@@ -137,48 +137,37 @@ def add_arguments(
     )
 
 
-def _allowed_roots(args: argparse.Namespace) -> tuple[str, ...]:
-    return tuple(os.path.abspath(r) for r in args.allowed_artifact_root)
-
-
 def config_from_args(args: argparse.Namespace) -> CollectorConfig:
     """Validate options into a CollectorConfig."""
     check_exposure(args.host, args.token)
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "token": args.token,
+        "idle_timeout": args.idle_timeout,
+        "run_timeout": args.run_timeout,
+        "ingest_max_body_bytes": args.ingest_max_body_bytes,
+        "ingest_max_pending_bytes": args.ingest_max_pending_bytes,
+        "body_timeout": args.body_timeout,
+        "s3_endpoint_url": args.s3_endpoint_url,
+        "allowed_artifact_roots": tuple(os.path.abspath(r) for r in args.allowed_artifact_root),
+        "port_file": args.port_file,
+        "announce_ui": getattr(args, "announce_ui", False),
+    }
     if is_database_uri(args.store):
         return CollectorConfig(
             store_uri=redact_password(args.store),
             database_uri=args.store,
             # MLflow's server default: ./mlartifacts beside where it runs.
             artifact_root=args.artifacts or Path("mlartifacts").resolve().as_uri(),
-            host=args.host,
-            port=args.port,
-            token=args.token,
-            idle_timeout=args.idle_timeout,
-            run_timeout=args.run_timeout,
-            ingest_max_body_bytes=args.ingest_max_body_bytes,
-            ingest_max_pending_bytes=args.ingest_max_pending_bytes,
-            body_timeout=args.body_timeout,
-            s3_endpoint_url=args.s3_endpoint_url,
-            allowed_artifact_roots=_allowed_roots(args),
-            port_file=args.port_file,
+            **common,
         )
     store = local_store(args.store, args.artifacts)
     return CollectorConfig(
         store_uri=str(store.directory),
         artifact_root=store.artifact_root,
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        idle_timeout=args.idle_timeout,
-        run_timeout=args.run_timeout,
-        ingest_max_body_bytes=args.ingest_max_body_bytes,
-        ingest_max_pending_bytes=args.ingest_max_pending_bytes,
-        body_timeout=args.body_timeout,
-        s3_endpoint_url=args.s3_endpoint_url,
-        allowed_artifact_roots=_allowed_roots(args),
         db_path=str(store.db_path),
-        port_file=args.port_file,
-        announce_ui=getattr(args, "announce_ui", False),
+        **common,
     )
 
 
