@@ -746,6 +746,10 @@ def parse_filter(filter_string: str | None, target: Target = "runs") -> Expr | N
     return _Parser(filter_string, target).parse()
 
 
+#: The most order_by clauses one search takes.
+MAX_ORDER_BY = 32
+
+
 def parse_order_by(order_by: Sequence[str] | None, target: Target = "runs") -> list[OrderKey]:
     """Parse ``order_by`` clauses such as ``"metrics.accuracy DESC"`` or ``"params.lr"``.
 
@@ -755,8 +759,14 @@ def parse_order_by(order_by: Sequence[str] | None, target: Target = "runs") -> l
     :return: ``(entity, key, ascending)`` per clause. With no clauses: runs get
         ``start_time DESC``; experiments ``creation_time DESC, experiment_id ASC``
         (MLflow's defaults). Tie-breakers are the search's job, not added here.
-    :raises FilterError: for a malformed clause, an unknown key, or a key given twice.
+    :raises FilterError: for a malformed clause, an unknown key, a key given twice, or more
+        than :data:`MAX_ORDER_BY` clauses (each becomes a join in SQL, and SQLite joins
+        at most 64 tables).
     """
+    if order_by is not None and not isinstance(order_by, str) and len(order_by) > MAX_ORDER_BY:
+        raise FilterError(
+            f"Too many order_by clauses ({len(order_by)}); at most {MAX_ORDER_BY} are allowed"
+        )
     if not order_by:
         if target == "runs":
             return [OrderKey(Entity.ATTRIBUTE, "start_time", False)]

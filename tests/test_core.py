@@ -70,6 +70,21 @@ def test_nan_and_inf_are_legal_metric_values(tracking: CollectorProcess) -> None
     assert math.isnan(mlflow.get_metric_history(run.info.run_id, "a")[0].value)
 
 
+def test_infinities_and_overflowing_values_in_one_series_are_all_stored(
+    tracking: CollectorProcess,
+) -> None:
+    """+inf and -inf, or two values whose sum overflows, in one block of one batch: every
+    point is stored (the block summary's sum once raised and the batch's points were lost)."""
+    values = [1e308, 1e308, math.inf, -math.inf, float("nan"), -1e308, 2.0]
+    with mlflow.start_run() as run:
+        for i, value in enumerate(values):
+            mlflow.log_metric("extreme", value, step=i)
+    history = mlflow.get_metric_history(run.info.run_id, "extreme")
+    got = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert len(got) == len(values)
+    assert got[:4] == values[:4] and math.isnan(got[4]) and got[5:] == values[5:]
+
+
 def test_nested_runs_record_parent(tracking: CollectorProcess) -> None:
     with mlflow.start_run(run_name="parent-run") as parent:
         mlflow.log_param("dataset", "iris")
