@@ -59,14 +59,11 @@ if __name__ == "__main__":
             for p in procs:
                 p.join()
             assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-        elif kind == "pool":
+        else:
             with ctx.Pool(2) as pool:
                 assert pool.map(target, args) == [0, 1, 2, 3]
                 pool.close()  # workers exit on their own: their exit delivers
                 pool.join()
-        else:  # leaving the with block terminates the workers (SIGTERM)
-            with ctx.Pool(2) as pool:
-                assert pool.map(target, args) == [0, 1, 2, 3]
 """
 
 
@@ -75,10 +72,11 @@ if __name__ == "__main__":
     [
         ("fork", "process"),
         ("fork", "pool"),
-        # Forked workers inherit the SDK's SIGTERM handler, which flushes. (Spawned
-        # workers do not have it: terminating them loses what they did not flush; the
-        # README says to close() and join() the pool, or flush() in the task.)
-        ("fork", "pool-terminate"),
+        # Not ("fork", "pool-terminate"): forked workers inherit the SDK's SIGTERM
+        # handler, which flushes, but Pool.terminate() is racy under load (a worker was
+        # seen to lose its points, or not to exit); the README calls it best-effort and
+        # says to close() and join() the pool. test_signal_handler_locks.py tests the
+        # handler itself.
         ("spawn", "process"),
         ("spawn", "pool"),
     ],
