@@ -400,7 +400,10 @@ def log_metric(
         rid, agent, kd, slots, mm, ring = _tls.top
     except AttributeError:
         rid, agent, kd, slots, mm, ring = _top_route()
-    sid = kd.get(key)  # None: a key new to this run, no ring, or an unchecked key
+    try:
+        sid = kd[key]
+    except KeyError:  # a key new to this run's ring (then checked), or no ring
+        sid = None
     if sid is None or run_id is not None or timestamp is not None:
         _log_general(rid, agent, key, value, step, timestamp, run_id)
     else:
