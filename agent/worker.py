@@ -232,6 +232,11 @@ class Agent:
                 self._make_ring()
         return self.ring
 
+    @property
+    def ring_wanted(self) -> bool:
+        """Is a metric ring still to be opened (on first use)?"""
+        return self._ring_wanted
+
     def metric_ring(self) -> Ring | None:
         """This process's metric ring (opened now if it is wanted and not open yet)."""
         ring = self.ring
@@ -308,18 +313,26 @@ class Agent:
         assert ring is not None
         if not self._wake.is_set():
             self._wake.set()
-        if seq < ring.acked + ring.capacity and not self._closed:
+        held = seq - ring.acked  # positions neither acknowledged nor on disk
+        if self._closed:
+            pass
+        elif held * 4 < ring.capacity * 3:
             ring.write_at(seq, sid, step, value, ts)
             return
-        if not self._closed:
-            if self._packer_stuck:
-                got = self._pack_lock.acquire(blocking=False)
-            else:
+        else:
+            # Past three quarters (the packer spills from half: it is behind, starved
+            # of CPU) the call packs and spills itself if the packer's lock is free; at
+            # the cap it waits for the lock a little, as the queue's spill did.
+            if held >= ring.capacity and not self._packer_stuck:
                 got = self._pack_lock.acquire(timeout=SPILL_WAIT)
                 self._packer_stuck = not got
+            else:
+                got = self._pack_lock.acquire(blocking=False)
             if got:
                 try:
-                    self._pack_front()
+                    for _ in range(ring.capacity // self.batch_points + 2):
+                        if self._ring_taken >= seq or not self._pack_front():
+                            break
                     self.outbox.spill()
                     self._advance_ring()
                 except Exception:  # never raise into the training loop
@@ -526,6 +539,7 @@ class Agent:
                     with self._pack_lock:
                         moved = self._pack_front()
                     self._packer_stuck = False
+                    self._spill_if_lagging()
                     if not moved:
                         time.sleep(0.001)  # a write in flight on another thread
             except Exception:  # the thread must outlive any one failure
@@ -534,6 +548,16 @@ class Agent:
                 self._packer_done.set()
                 self._send_wake.set()
                 return
+
+    def _spill_if_lagging(self) -> None:
+        # The collector lags (over half the ring is unacknowledged): the batches go to
+        # the disk spool, which frees their slots, so the training thread does not reach
+        # a full ring. Outside the packer's lock: a logging call at the cap may take it.
+        ring = self.ring
+        if ring is not None and ring.reserved() - ring.acked > ring.capacity // 2:
+            if not self._closed:
+                self.outbox.spill()
+                self._advance_ring()
 
     def _ring_pending(self) -> bool:
         ring = self.ring
@@ -637,7 +661,7 @@ class Agent:
         points: int,
         body: bytes,
         ops: list[list[Any]],
-        chunks: list[bytes],
+        chunks: list[Any],
         flushing: bool,
         mark: tuple[int, int],
     ) -> None:
@@ -673,7 +697,7 @@ class Agent:
         self,
         bid: str,
         ops: list[list[Any]],
-        chunks: list[bytes],
+        chunks: list[Any],
         extra: list[Any],
     ) -> bytes:
         """The batch of ring records as they are (the wire's ``r`` form) and ``ops``."""
@@ -683,7 +707,7 @@ class Agent:
         if kept:  # points that found the ring full (rare)
             chunks = [*chunks, encode_points(kept)]
         records = b"".join(chunks) if len(chunks) != 1 else chunks[0]
-        return encode_raw_batch(bid, self.agent_id, ops, None, records, ring.ids_blob)
+        return encode_raw_batch(bid, self.agent_id, ops, None, records, ring.ids_for(chunks))
 
     def _split(
         self, items: list[Any]

@@ -82,7 +82,7 @@ def encode_raw_batch(
     agent_id: str,
     ops: list[list[Any]],
     m: dict[str, Any] | None,
-    records: bytes | None = None,
+    records: bytes | memoryview | None = None,
     ids: bytes = b"",
 ) -> bytes:
     """Pack ops, an already columnar ``m`` map (little-endian array bytes, as in the

@@ -452,6 +452,13 @@ def _log_general(
         step = v.metric_step(key, step)
     if ts is None:
         ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
+    if agent.ring is None and not agent.ring_wanted:
+        # No ring (turned off, or an unwritable spool): the in-memory queue's record.
+        q = agent.queue
+        q += (rid, key, value, step, ts)
+        if len(q) >= agent.wake_len:
+            agent.on_pressure()
+        return
     _refresh_route(agent)
     agent.submit_metric((rid, key, value, step, ts))
 
