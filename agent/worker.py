@@ -139,7 +139,7 @@ class Agent:
         # The default (FLIGHTLOG_METRIC_RING=0 turns it off): the ring opens with the
         # agent (and in a fork child, at the fork). Off, or where the spool directory is
         # not writable, the agent has no ring and points take the in-memory queue.
-        self._ring_wanted = settings.METRIC_RING.get()
+        self.ring_wanted = settings.METRIC_RING.get()
         self._ring_taken = 0  # ring positions packed so far
         self._ring_marks: dict[int, tuple[int, int]] = {}  # outbox seq -> positions
         self._ops_start = 0  # journal index where the next batch's ops start
@@ -162,7 +162,7 @@ class Agent:
         self._sender = threading.Thread(
             target=self._send_loop, name="flightlog-sender", daemon=True
         )
-        if self._ring_wanted:
+        if self.ring_wanted:
             self._open_ring()
         self._packer.start()
         self._sender.start()
@@ -227,20 +227,15 @@ class Agent:
     def _open_ring(self) -> Ring | None:
         # Capacity: the queue's bound (points neither acknowledged nor on disk).
         with self._lock:
-            if self._ring_wanted and self._pid == os.getpid():
-                self._ring_wanted = False
+            if self.ring_wanted and self._pid == os.getpid():
+                self.ring_wanted = False
                 self._make_ring()
         return self.ring
-
-    @property
-    def ring_wanted(self) -> bool:
-        """Is a metric ring still to be opened (on first use)?"""
-        return self._ring_wanted
 
     def metric_ring(self) -> Ring | None:
         """This process's metric ring (opened now if it is wanted and not open yet)."""
         ring = self.ring
-        if ring is None and self._ring_wanted:
+        if ring is None and self.ring_wanted:
             ring = self._open_ring()
         if self._pid != os.getpid():
             return None
@@ -258,7 +253,7 @@ class Agent:
     def submit_metric(self, item: MetricTuple) -> None:
         """Log one (run_id, key, value, step, ts_seconds) point."""
         ring = self.ring
-        if ring is None and self._ring_wanted:
+        if ring is None and self.ring_wanted:
             ring = self._open_ring()
         if ring is None or self._pid != os.getpid():
             q = self.queue
@@ -318,6 +313,12 @@ class Agent:
             pass
         elif held * 4 < ring.capacity * 3:
             ring.write_at(seq, sid, step, value, ts)
+            # The packer is woken: until it has packed (it may wait for the GIL a
+            # while), later calls go on at full speed, up to three quarters of the ring,
+            # rather than each take this path. Never past acked + capacity.
+            soft = ring.acked + ring.capacity * 3 // 4
+            if ring.limit < soft:
+                ring.limit = soft
             return
         else:
             # Past three quarters (the packer spills from half: it is behind, starved
@@ -366,7 +367,7 @@ class Agent:
             args = self.heartbeats.track(name, args)
         self._count_op()
         ring = self.ring
-        if ring is None and self._ring_wanted:
+        if ring is None and self.ring_wanted:
             ring = self._open_ring()
         if ring is None or self._pid != os.getpid():
             q = self.queue

@@ -111,7 +111,15 @@ def _sync_top() -> None:
 # ring's slot reservation, its map, the ring). Without a ring (turned off, an unwritable
 # spool, a free-threaded build's locked ring) the key table is this empty one, never
 # filled, so every point takes the general path (``_log_general``).
-_NO_KEYS: dict[str, int] = {}
+class _NoKeys(dict[str, int]):
+    """The key table of a route without a ring: every key is missing, without the cost
+    of raising KeyError on each call."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+_NO_KEYS: dict[str, int] = _NoKeys()
 Route = tuple[str, Any, dict[str, int], Any, Any, Any]
 
 

@@ -48,7 +48,7 @@ def test_grouping_matches_reference(points: list, repeat: int) -> None:
     [
         (b"\xc1", "not valid msgpack"),
         (msgpack.packb([1, 2]), "top level must be a map"),
-        (msgpack.packb({"v": 2}), "unsupported version 2"),
+        (msgpack.packb({"v": 3}), "unsupported version 3"),
         (msgpack.packb({"v": 1, "ops": [["x"]]}), "op 0 must be"),
         (
             msgpack.packb(
@@ -135,6 +135,15 @@ def test_ring_records_of_one_metric_are_one_series() -> None:
     ],
 )
 def test_malformed_ring_records_are_named(r: object, message: str) -> None:
-    body = msgpack.packb({"v": 1, "batch_id": "b", "ops": [], "r": r}, use_bin_type=True)
+    body = msgpack.packb({"v": 2, "batch_id": "b", "ops": [], "r": r}, use_bin_type=True)
     with pytest.raises(WireError, match=message):
+        decode_batch(body)
+
+
+def test_ring_records_need_version_2() -> None:
+    # A collector from before the ring form would ignore "r"; this one refuses the mix.
+    body = msgpack.packb(
+        {"v": 1, "batch_id": "b", "ops": [], "r": {"rec": b"", "ids": b""}}, use_bin_type=True
+    )
+    with pytest.raises(WireError, match="needs version 2"):
         decode_batch(body)
