@@ -126,7 +126,8 @@ Route = tuple[str, Any, dict[str, int], Any, Any, Any]
 def _route(run_id: str, agent: Any) -> Route:
     ring = agent.metric_ring()
     if ring is None or ring.locked:
-        return (run_id, agent, _NO_KEYS, None, None, None)
+        # (A locked ring stays in the route, so _refresh_route sees it is current.)
+        return (run_id, agent, _NO_KEYS, None, None, ring)
     return (run_id, agent, ring.keys_of(run_id), ring.slots, ring.mm, ring)
 
 
@@ -522,8 +523,9 @@ def log_metrics(
             step = v.metric_step(next(iter(metrics), "step"), step)
         ts = _time()
         for key, value in metrics.items():
-            sid = kd.get(key)
-            if sid is None:
+            try:
+                sid = kd[key]
+            except KeyError:  # a key new to this run's ring: checked and interned
                 _log_general(rid, agent, key, value, step, None, None, ts)
                 continue
             if value.__class__ is not float:
