@@ -119,15 +119,18 @@ export async function fetchSeries(lines, points, range = {}) {
 /**
  * One chart: lines [{runId, key, label, color, start}] (start: the run's start, epoch ms,
  * for relative time). ``timeAxis``: always plot against time (system metrics), using
- * relative time when the page's x is "step".
+ * relative time when the page's x is "step". ``span``: () => [start, end] epoch ms, the
+ * time every chart of the page shows on a time axis (widened to the chart's own data),
+ * so a run's training and system charts line up.
  */
 export class MetricChart {
-  constructor(el, { title, lines, settings, height = 190, timeAxis = false }) {
+  constructor(el, { title, lines, settings, height = 190, timeAxis = false, span = null }) {
     this.el = el;
     this.lines = lines;
     this.settings = settings;
     this.height = height;
     this.timeAxis = timeAxis;
+    this.span = span;
     this.data = lines.map(() => ({ steps: [], values: [], timestamps: [] }));
     this.range = null; // {min, max} steps while zoomed
     this.plot = null;
@@ -291,7 +294,7 @@ export class MetricChart {
     return {
       width: this.width(),
       height: this.height,
-      scales: { x: { time: m === "wall" }, y: { distr: this.settings.logY ? 3 : 1 } },
+      scales: { x: { time: m === "wall", range: this.xRange(m) }, y: { distr: this.settings.logY ? 3 : 1 } },
       series: [{ label: m, value: xValue }, ...series],
       // Group bands: between each group's max (2nd of its 3 series) and min (1st).
       bands: grouped
@@ -313,6 +316,18 @@ export class MetricChart {
     };
   }
 
+  /** The x range of a time axis over the page's span (none while zoomed or by step). */
+  xRange(m) {
+    if (!this.span || m === "step" || this.range) return undefined;
+    return (u, min, max) => {
+      const [a, b] = this.span();
+      const t0 = m === "wall" ? 0 : this.lines[0].start ?? a;
+      const lo = (a - t0) / 1000;
+      const hi = (b - t0) / 1000;
+      return [min == null ? lo : Math.min(min, lo), max == null ? hi : Math.max(max, hi)];
+    };
+  }
+
   draw() {
     const table = this.table();
     const total = this.data.reduce((s, d) => s + d.steps.length, 0);
@@ -326,6 +341,8 @@ export class MetricChart {
       (sampled ? "bucketed (min/max kept)" : `${total} points`) : "no points";
     if (this.plot) this.plot.destroy();
     this.plot = new uPlot(this.options(), table, this.box);
+    this.el.dataset.xMin = String(this.plot.scales.x.min);
+    this.el.dataset.xMax = String(this.plot.scales.x.max);
     this.plot.over.addEventListener("dblclick", () => {
       if (!this.range) return;
       this.range = null;
