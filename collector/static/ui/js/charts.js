@@ -207,11 +207,14 @@ export class MetricChart {
 
   table() {
     const logY = this.settings.logY;
-    const ys = this.data.map((d) => {
-      let v = smooth(d.values, this.settings.smoothing);
-      if (logY) v = v.map((x) => (x != null && x > 0 ? x : null));
-      return v;
-    });
+    // A log scale has no place for zero or below: those points become gaps.
+    const positive = (v) => (logY ? v.map((x) => (x != null && x > 0 ? x : null)) : v);
+    const ys = this.data.map((d) => positive(smooth(d.values, this.settings.smoothing)));
+    if (this.withRaw()) {
+      // Smoothed lines over their raw points, drawn faint (as TensorBoard and W&B do).
+      const raw = this.data.map((d) => positive(d.values));
+      return uPlot.join(this.data.map((d, i) => [this.xValues(d, this.lines[i]), raw[i], ys[i]]));
+    }
     if (this.lines.length === 1) return [this.xValues(this.data[0], this.lines[0]), ys[0]];
     const joined = uPlot.join(this.data.map((d, i) => [this.xValues(d, this.lines[i]), ys[i]]));
     return this.settings.groupOf ? this.grouped(joined) : joined;
@@ -268,8 +271,19 @@ export class MetricChart {
     return out;
   }
 
+  /** Whether raw lines are drawn under the smoothed ones (not for grouped runs). */
+  withRaw() {
+    return !!this.settings.smoothing && !(this.settings.groupOf && this.lines.length > 1);
+  }
+
   lineSeries() {
     const value = (u, v) => (v == null ? "–" : num(v));
+    if (this.withRaw()) {
+      return this.lines.flatMap((l) => [
+        { label: `${l.label} (raw)`, stroke: `${l.color}40`, width: 1, spanGaps: true, points: { show: false }, value },
+        { label: l.label, stroke: l.color, width: 1.5, spanGaps: true, value },
+      ]);
+    }
     if (!this.settings.groupOf || this.lines.length === 1) {
       return this.lines.map((l) => ({ label: l.label, stroke: l.color, width: 1.25, spanGaps: true, value }));
     }
@@ -305,15 +319,28 @@ export class MetricChart {
         : undefined,
       axes: [
         m === "relative" ? { values: (u, vals) => vals.map((v) => duration(v * 1000)) } : {},
-        { size: 72, values: (u, vals) => vals.map((v) => num(v)) },
+        // A log axis leaves minor ticks unlabelled (null), not "NaN".
+        { size: 72, values: (u, vals) => vals.map((v) => (v == null ? "" : num(v))) },
       ],
       cursor: {
         sync: { key: SYNC_KEY, setSeries: false },
         drag: { x: true, y: false, setScale: false },
       },
       legend: { show: series.length <= 12, live: true },
-      hooks: { setSelect: [(u) => this.onSelect(u)] },
+      hooks: { setSelect: [(u) => this.onSelect(u)], draw: [(u) => this.drawn(u)] },
     };
+  }
+
+  /** What the axes show, on the element (data-x-min, data-x-ticks, data-y-ticks, ...)
+   * for tools and tests that read the page; uPlot keeps each axis's tick labels in
+   * ``_values`` (the vendored release is pinned). */
+  drawn(u) {
+    const d = this.el.dataset;
+    d.xMin = String(u.scales.x.min);
+    d.xMax = String(u.scales.x.max);
+    d.yLog = String(u.scales.y.distr === 3);
+    d.xTicks = (u.axes[0]._values || []).join("|");
+    d.yTicks = (u.axes[1]._values || []).join("|");
   }
 
   /** The x range of a time axis over the page's span (none while zoomed or by step). */
@@ -341,8 +368,6 @@ export class MetricChart {
       (sampled ? "bucketed (min/max kept)" : `${total} points`) : "no points";
     if (this.plot) this.plot.destroy();
     this.plot = new uPlot(this.options(), table, this.box);
-    this.el.dataset.xMin = String(this.plot.scales.x.min);
-    this.el.dataset.xMax = String(this.plot.scales.x.max);
     this.plot.over.addEventListener("dblclick", () => {
       if (!this.range) return;
       this.range = null;

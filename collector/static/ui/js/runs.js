@@ -3,7 +3,7 @@
 // any column, nested runs under their parent, deleted runs on request, and a selection
 // to compare. State lives in the address: ?filter=&cols=&sort=&deleted=1.
 import { getJSON, ApiError } from "./api.js";
-import { h, fill, crumbs, statusBadge } from "./dom.js";
+import { h, fill, crumbs, statusBadge, debounce } from "./dom.js";
 import { dateTime, runDuration, num } from "./format.js";
 import { setQuery } from "./main.js";
 import { groupByPrefix, shortName } from "./groups.js";
@@ -204,12 +204,16 @@ export async function runsPage(root, experimentId, query) {
     "aria-label": "metric step",
     hidden: state.agg !== "step",
     value: state.step === null ? "" : String(state.step),
-    onchange: (e) => {
-      const v = e.target.value.trim();
-      state.step = /^-?\d+$/.test(v) ? Number(v) : null;
-      relayout();
-    },
   });
+  const applyStep = () => {
+    const v = stepInput.value.trim();
+    const step = /^-?\d+$/.test(v) ? Number(v) : null;
+    if (step === state.step) return;
+    state.step = step;
+    relayout();
+  };
+  stepInput.addEventListener("input", debounce(applyStep, 400));
+  stepInput.addEventListener("change", applyStep);
   filterInput.addEventListener("keydown", (e) => {
     if (e.key === "Enter") {
       state.filter = filterInput.value.trim();
