@@ -313,6 +313,8 @@ def test_column_picker_and_compare_charts_group_keys_by_prefix(
     ids = []
     for name in ("a", "b"):
         with mlflow.start_run(experiment_id=exp_id, run_name=name) as run:
+            # More than 12 keys: the pages group them by prefix (a few stay one grid).
+            mlflow.log_metrics({f"grad/g{i:02d}": 0.1 * i for i in range(10)})
             mlflow.log_metrics({"train/loss": 1.0, "train/acc": 0.5, "val/loss": 2.0, "epoch": 1})
             mlflow.log_param("opt/name", name)
         ids.append(run.info.run_id)
@@ -323,7 +325,8 @@ def test_column_picker_and_compare_charts_group_keys_by_prefix(
     metrics = page.locator('.picker-panel fieldset[data-kind="metrics"]')
     metrics.locator("details.key-group").first.wait_for()
     groups = metrics.locator("details.key-group")
-    assert [g.get_attribute("data-group") for g in groups.all()] == ["train", "val"]
+    assert [g.get_attribute("data-group") for g in groups.all()] == ["grad", "train", "val"]
+    assert all(g.get_attribute("open") is None for g in groups.all())  # many keys: closed
     assert [t.strip() for t in metrics.locator(":scope > label.pick").all_text_contents()] == [
         "epoch"
     ]
@@ -332,12 +335,13 @@ def test_column_picker_and_compare_charts_group_keys_by_prefix(
     page.locator(".vhead .cell", has_text="acc").wait_for()
     heads = page.locator(".vhead .cell.head.metrics").all_inner_texts()
     assert heads == ["epoch", "train/acc", "train/loss"]
-    groups.first.locator("summary").click()
-    assert [t.strip() for t in groups.first.locator("label.pick").all_text_contents()] == [
+    train = metrics.locator('details.key-group[data-group="train"]')
+    train.locator("summary").click()
+    assert [t.strip() for t in train.locator("label.pick").all_text_contents()] == [
         "acc",
         "loss",
     ]
-    groups.first.locator("label.pick", has_text="loss").locator("input").uncheck()
+    train.locator("label.pick", has_text="loss").locator("input").uncheck()
     page.wait_for_function(
         "() => !document.querySelector('.vhead').textContent.includes('train/loss')"
     )
@@ -348,7 +352,7 @@ def test_column_picker_and_compare_charts_group_keys_by_prefix(
     page.goto(f"{tracking.url}/#/compare-runs?runs={','.join(ids)}")
     drawn(page, "epoch")
     sections = page.locator("details.chart-group.depth-0")
-    assert [s.get_attribute("data-group") for s in sections.all()] == ["train", "val"]
+    assert [s.get_attribute("data-group") for s in sections.all()] == ["grad", "train", "val"]
     page.get_by_label("Search metric keys").fill("loss")
     page.wait_for_function("() => document.querySelectorAll('.chart-slot').length === 2")
     assert sorted(s.get_attribute("data-key") or "" for s in page.locator(".chart-slot").all()) == [

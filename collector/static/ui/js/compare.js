@@ -5,7 +5,7 @@ import { getJSON } from "./api.js";
 import { h, fill, crumbs, debounce } from "./dom.js";
 import { num } from "./format.js";
 import { ChartSettings, LazyCharts, PALETTE, settingsBar } from "./charts.js";
-import { chartSections, groupByPrefix, systemGroups } from "./groups.js";
+import { chartGroups, chartSections, systemGroups } from "./groups.js";
 
 function differs(values) {
   const seen = new Set(values.map((v) => (v === undefined ? "\u0000missing" : String(v))));
@@ -99,7 +99,8 @@ export async function comparePage(root, query) {
     const q = keySearch.value.trim().toLowerCase();
     const shownKeys = keys.filter((k) => !q || k.toLowerCase().includes(q));
     const system = shownKeys.filter((k) => k.startsWith("system/"));
-    const groups = groupByPrefix(shownKeys.filter((k) => !k.startsWith("system/")));
+    const user = (ks) => ks.filter((k) => !k.startsWith("system/"));
+    const groups = chartGroups(user(shownKeys), user(keys).length);
     if (system.length) groups.push({ id: "system", title: "system", children: systemGroups(system) });
     charts.clear();
     fill(

@@ -23,6 +23,16 @@ export function groupByPrefix(keys) {
     .map(([g, ks]) => ({ id: g, title: g, keys: ks }));
 }
 
+/** Up to this many charts are one grid; more are sections by prefix (a few charts read
+ * better side by side than each under its own heading). */
+export const FLAT_KEYS = 12;
+
+/** The chart sections for keys (those a search left of ``total`` keys): one untitled
+ * grid when the page has a few keys, else groupByPrefix. */
+export function chartGroups(keys, total = keys.length) {
+  return total <= FLAT_KEYS ? [{ id: "", title: "", keys }] : groupByPrefix(keys);
+}
+
 /** Where a system key belongs: {node, part} (part: "host", "GPU n" or "rank n"). */
 function systemPlace(key) {
   const parts = key.split("/"); // system/[<node>/][rank_<r>/]<name>

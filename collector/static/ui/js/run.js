@@ -9,7 +9,7 @@ import { dateTime, runDuration } from "./format.js";
 import { ChartSettings, LazyCharts, PALETTE, settingsBar } from "./charts.js";
 import { artifactBrowser } from "./artifacts.js";
 import { setQuery } from "./main.js";
-import { chartSections, groupByPrefix, shortName, systemGroups } from "./groups.js";
+import { chartGroups, chartSections, shortName, systemGroups } from "./groups.js";
 
 const LIVE_MS = 2000;
 
@@ -102,6 +102,7 @@ export async function runPage(root, experimentId, runId, query) {
     return charts.slot({ title, key, lines: line(key, title), timeAxis, span });
   };
   const closed = new Set(); // sections the user closed, kept while keys change
+  const userKeyCount = () => data.metrics.filter((m) => !m.key.startsWith("system/")).length;
 
   const renderCharts = () => {
     const q = keySearch.value.trim().toLowerCase();
@@ -116,7 +117,7 @@ export async function runPage(root, experimentId, runId, query) {
     fill(
       chartBox,
       user.length
-        ? chartSections(groupByPrefix(user), { slot: slotFor(false), closed, searching })
+        ? chartSections(chartGroups(user, userKeyCount()), { slot: slotFor(false), closed, searching })
         : h("p", { class: "muted" }, q ? "No metric key matches." : "No metrics logged."),
     );
     systemSection.hidden = !system.length;

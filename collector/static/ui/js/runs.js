@@ -6,7 +6,7 @@ import { getJSON, ApiError } from "./api.js";
 import { h, fill, crumbs, statusBadge, debounce } from "./dom.js";
 import { dateTime, runDuration, num } from "./format.js";
 import { setQuery } from "./main.js";
-import { groupByPrefix, shortName } from "./groups.js";
+import { FLAT_KEYS, groupByPrefix, shortName } from "./groups.js";
 
 const ROW = 28;
 // A small first page paints the table at once; larger ones follow for the rest.
@@ -443,7 +443,7 @@ function columnPicker(eid, state, changed) {
   const search = h("input", { type: "search", placeholder: "Find a column", "aria-label": "Find a column" });
   const list = h("div", { class: "picker-list" }, h("p", { class: "muted" }, "Loading…"));
   let columns = null;
-  const opened = new Set(); // prefix groups the user opened
+  const opened = new Map(); // prefix group -> open, as the user left it
   let groupBoxes = []; // [checkbox, column ids] of each prefix group
   let pickBoxes = []; // [checkbox, column id] of each column
   const chosen = () => state.cols || [];
@@ -468,7 +468,8 @@ function columnPicker(eid, state, changed) {
   };
   // A prefix (train/, val/, ...): its keys in a collapsible group whose own checkbox
   // adds or removes every column of the group.
-  const prefixGroup = (kind, g, searching) => {
+  const prefixGroup = (kind, g, searching, few) => {
+    const id = `${kind}.${g.id}`;
     const ids = g.keys.map((k) => `${kind}.${k}`);
     const all = h("input", {
       type: "checkbox",
@@ -478,14 +479,13 @@ function columnPicker(eid, state, changed) {
     groupBoxes.push([all, ids]);
     const el = h(
       "details",
-      { class: "key-group", open: searching || opened.has(`${kind}.${g.id}`), dataset: { group: g.id } },
+      // Open while searching; else as the user left it, first open when the keys are few.
+      { class: "key-group", open: searching || (opened.get(id) ?? few), dataset: { group: g.id } },
       h("summary", {}, all, ` ${g.title}/ `, h("span", { class: "muted" }, `(${g.keys.length})`)),
       g.keys.map((k) => pick(`${kind}.${k}`, shortName(k, g.title))),
     );
     el.addEventListener("toggle", () => {
-      if (searching) return;
-      if (el.open) opened.add(`${kind}.${g.id}`);
-      else opened.delete(`${kind}.${g.id}`);
+      if (!searching) opened.set(id, el.open);
     });
     return el;
   };
@@ -501,7 +501,9 @@ function columnPicker(eid, state, changed) {
         { dataset: { kind } },
         h("legend", {}, kind),
         groupByPrefix(keys).map((g) =>
-          g.title ? prefixGroup(kind, g, !!q) : g.keys.map((k) => pick(`${kind}.${k}`, k)),
+          g.title
+            ? prefixGroup(kind, g, !!q, keys.length <= FLAT_KEYS)
+            : g.keys.map((k) => pick(`${kind}.${k}`, k)),
         ),
       );
     });
