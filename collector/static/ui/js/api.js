@@ -59,12 +59,21 @@ export function endpoint(path, params) {
   return UI + path + (s ? `?${s}` : "");
 }
 
-/** Fetch an endpoint with the token; throws ApiError with the server's message. */
-export async function request(path, params, { signal } = {}) {
+/**
+ * Fetch an endpoint with the token; throws ApiError with the server's message. With
+ * ``body``, POST it as JSON (for arguments too long for a URL).
+ */
+export async function request(path, params, { signal, body } = {}) {
   for (;;) {
     const token = sessionStorage.getItem(TOKEN_KEY);
     const headers = token != null ? { Authorization: `Bearer ${token}` } : {};
-    const r = await fetch(endpoint(path, params), { headers, signal });
+    const init = { headers, signal };
+    if (body !== undefined) {
+      init.method = "POST";
+      init.body = JSON.stringify(body);
+      headers["Content-Type"] = "application/json";
+    }
+    const r = await fetch(endpoint(path, params), init);
     if (r.status === 401) {
       sessionStorage.removeItem(TOKEN_KEY);
       await askToken(token != null);
@@ -86,6 +95,11 @@ export async function request(path, params, { signal } = {}) {
 /** GET an endpoint's JSON. */
 export async function getJSON(path, params, opts) {
   return (await request(path, params, opts)).json();
+}
+
+/** POST a JSON body to an endpoint; its JSON answer. */
+export async function postJSON(path, body, opts) {
+  return (await request(path, null, { ...opts, body })).json();
 }
 
 /** Save a response as a download (works with the token, unlike a plain link). */
