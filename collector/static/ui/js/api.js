@@ -2,9 +2,10 @@
 // first 401 asks for the token once; it is kept in this tab's sessionStorage and sent as
 // "Authorization: Bearer", never put in a URL.
 import { h } from "./dom.js";
+import { UI, endpoint, takePrefetched } from "./prefetch.js";
 
 const TOKEN_KEY = "flightlog.token";
-export const UI = "/api/flightlog/ui";
+export { UI, endpoint };
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -48,16 +49,6 @@ function askToken(wrong) {
   return asking;
 }
 
-/** URL of an endpoint with query parameters (arrays repeat the name). */
-export function endpoint(path, params) {
-  const q = new URLSearchParams();
-  for (const [k, v] of Object.entries(params || {})) {
-    if (v == null || v === "") continue;
-    for (const x of Array.isArray(v) ? v : [v]) q.append(k, String(x));
-  }
-  const s = q.toString();
-  return UI + path + (s ? `?${s}` : "");
-}
 
 /**
  * Fetch an endpoint with the token; throws ApiError with the server's message. With
@@ -73,7 +64,8 @@ export async function request(path, params, { signal, body } = {}) {
       init.body = JSON.stringify(body);
       headers["Content-Type"] = "application/json";
     }
-    const r = await fetch(endpoint(path, params), init);
+    const url = endpoint(path, params);
+    const r = (body === undefined && (await takePrefetched(url))) || (await fetch(url, init));
     if (r.status === 401) {
       sessionStorage.removeItem(TOKEN_KEY);
       await askToken(token != null);

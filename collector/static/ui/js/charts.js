@@ -4,7 +4,7 @@
 // (down to raw points once they fit); a double click goes back to the whole series.
 // Lines of RUNNING runs grow by fetching only the points after their last step.
 import uPlot from "../vendor/uplot/uPlot.esm.js";
-import { postJSON } from "./api.js";
+import { getJSON, postJSON } from "./api.js";
 import { h, fill } from "./dom.js";
 import { num, duration } from "./format.js";
 
@@ -19,6 +19,7 @@ const CHART_BUDGET_PER_PIXEL = 40;
 // Runs per metrics call: 1,000 runs on a chart are one POST (the collector's work is
 // CPU-bound under one GIL, so parallel calls would only finish together, later).
 const RUNS_PER_CALL = 1000;
+const GET_RUNS = 100;
 
 /** Chart settings shared by every chart of a page; listeners redraw on change. */
 export class ChartSettings {
@@ -107,8 +108,8 @@ function withInfinite(s) {
 
 /**
  * Fetch series for lines [{runId, key}] over a step range; returns them in order. One
- * POST per key and RUNS_PER_CALL runs (run ids do not fit in a URL past ~200): the
- * collector reads every run's chunks in one query and buckets them in one pass.
+ * call per key and RUNS_PER_CALL runs, a POST past GET_RUNS (run ids no longer fit in a
+ * URL): the collector reads every run's chunks in one query and buckets them in one pass.
  */
 export async function fetchSeries(lines, points, range = {}) {
   const byKey = new Map();
@@ -119,11 +120,12 @@ export async function fetchSeries(lines, points, range = {}) {
   const calls = [];
   for (const [key, runs] of byKey) {
     for (let i = 0; i < runs.length; i += RUNS_PER_CALL) {
-      const body = { run: runs.slice(i, i + RUNS_PER_CALL), key: [key], points };
-      if (range.min != null) body.min_step = range.min;
-      if (range.max != null) body.max_step = range.max;
-      if (range.after != null) body.after_step = range.after;
-      calls.push(postJSON("/metrics", body));
+      const args = { run: runs.slice(i, i + RUNS_PER_CALL), key: [key], points };
+      if (range.min != null) args.min_step = range.min;
+      if (range.max != null) args.max_step = range.max;
+      if (range.after != null) args.after_step = range.after;
+      // A GET while the run ids fit in a URL (readable in logs and dev tools).
+      calls.push(args.run.length <= GET_RUNS ? getJSON("/metrics", args) : postJSON("/metrics", args));
     }
   }
   const found = new Map();
