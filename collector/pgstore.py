@@ -1010,6 +1010,27 @@ class PostgresStore:
                 )
             ]
 
+    def metric_chunk_spans_many(
+        self,
+        run_ids: Sequence[str],
+        keys: Sequence[str],
+        min_step: int | None,
+        max_step: int | None,
+    ) -> dict[tuple[str, str], list[tuple[int, int, int, int]]]:
+        """(run_id, key) -> the spans of that series' chunks that overlap a step range."""
+        lo = min_step if min_step is not None else -(2**63)
+        hi = max_step if max_step is not None else 2**63 - 1
+        out: dict[tuple[str, str], list[tuple[int, int, int, int]]] = {}
+        with self._read() as conn:
+            for r in conn.execute(
+                "SELECT run_uuid, key, chunk_id, n, min_step, max_step FROM metric_chunks"
+                " WHERE run_uuid = ANY(%s) AND key = ANY(%s) AND max_step >= %s"
+                " AND min_step <= %s ORDER BY chunk_id",
+                (list(run_ids), list(keys), lo, hi),
+            ):
+                out.setdefault((r[0], r[1]), []).append((r[2], r[3], r[4], r[5]))
+        return out
+
     def metric_chunk_data(
         self, chunk_ids: Sequence[int], *, summaries: bool
     ) -> dict[int, tuple[bytes, ...]]:

@@ -960,6 +960,34 @@ class SqliteStore:
             )
         ]
 
+    def metric_chunk_spans_many(
+        self,
+        run_ids: Sequence[str],
+        keys: Sequence[str],
+        min_step: int | None,
+        max_step: int | None,
+    ) -> dict[tuple[str, str], list[tuple[int, int, int, int]]]:
+        """(run_id, key) -> :meth:`metric_chunk_spans` of that series, for every pair of
+        the given runs and keys, in one query per 500 runs (the series index serves each
+        (run, key) pair of the IN lists)."""
+        lo = min_step if min_step is not None else -(2**63)
+        hi = max_step if max_step is not None else 2**63 - 1
+        out: dict[tuple[str, str], list[tuple[int, int, int, int]]] = {}
+        conn = self.reader()
+        runs, key_list = list(dict.fromkeys(run_ids)), list(dict.fromkeys(keys))
+        key_marks = ",".join("?" * len(key_list))
+        for start in range(0, len(runs), 500):
+            part = runs[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for r in conn.execute(
+                "SELECT run_uuid, key, chunk_id, n, min_step, max_step FROM metric_chunks"
+                f" WHERE run_uuid IN ({marks}) AND key IN ({key_marks})"
+                " AND max_step >= ? AND min_step <= ? ORDER BY chunk_id",
+                (*part, *key_list, lo, hi),
+            ):
+                out.setdefault((r[0], r[1]), []).append((r[2], r[3], r[4], r[5]))
+        return out
+
     def metric_chunk_data(
         self, chunk_ids: Sequence[int], *, summaries: bool
     ) -> dict[int, tuple[bytes, ...]]:

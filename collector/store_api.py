@@ -186,6 +186,17 @@ class Store(Protocol):
         """(chunk_id, points, min_step, max_step) of the chunks overlapping a step range."""
         ...
 
+    def metric_chunk_spans_many(
+        self,
+        run_ids: Sequence[str],
+        keys: Sequence[str],
+        min_step: int | None,
+        max_step: int | None,
+    ) -> dict[tuple[str, str], list[tuple[int, int, int, int]]]:
+        """(run_id, key) -> the spans of that series' chunks that overlap a step range,
+        for every pair of the given runs and keys (pairs without chunks left out)."""
+        ...
+
     def metric_chunk_data(
         self, chunk_ids: Sequence[int], *, summaries: bool
     ) -> dict[int, tuple[bytes, ...]]:

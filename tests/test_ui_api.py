@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -44,7 +45,7 @@ def get_json(url: str, token: str | None = None) -> Any:
 def test_page_and_static_files_carry_a_content_security_policy(collector: CollectorProcess) -> None:
     status, headers, body = get(collector.url + "/")
     assert status == 200
-    assert b'<script type="module" src="/ui/js/main.js">' in body
+    assert re.search(rb'<script type="module" src="/ui/v/[0-9a-f]{16}/js/main\.js">', body)
     csp = headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "object-src 'none'" in csp
     assert headers["X-Content-Type-Options"] == "nosniff"
@@ -341,7 +342,7 @@ def test_flightlog_ui_command_prints_the_url(tmp_path: Path) -> None:
         line = proc.stdout.readline().strip()
         assert line == f"flightlog UI: http://127.0.0.1:{port}/"
         status, _, body = get(line.split(": ", 1)[1])
-        assert status == 200 and b"/ui/js/main.js" in body
+        assert status == 200 and b"/js/main.js" in body
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -4,7 +4,7 @@
 // (down to raw points once they fit); a double click goes back to the whole series.
 // Lines of RUNNING runs grow by fetching only the points after their last step.
 import uPlot from "../vendor/uplot/uPlot.esm.js";
-import { getJSON } from "./api.js";
+import { getJSON, postJSON } from "./api.js";
 import { h, fill } from "./dom.js";
 import { num, duration } from "./format.js";
 
@@ -16,8 +16,10 @@ const SYNC_KEY = "flightlog";
 // Point budget per pixel column for one chart, shared by its lines once there are many.
 const POINTS_PER_PIXEL = 4;
 const CHART_BUDGET_PER_PIXEL = 40;
-// Runs per metrics call, to keep the URL short.
-const RUNS_PER_CALL = 100;
+// Runs per metrics call: 1,000 runs on a chart are one POST (the collector's work is
+// CPU-bound under one GIL, so parallel calls would only finish together, later).
+const RUNS_PER_CALL = 1000;
+const GET_RUNS = 100;
 
 /** Chart settings shared by every chart of a page; listeners redraw on change. */
 export class ChartSettings {
@@ -87,7 +89,28 @@ export function smooth(values, weight) {
   return out;
 }
 
-/** Fetch series for lines [{runId, key}] over a step range; returns them in order. */
+/**
+ * Decode a series' values in place: the collector sends +/-infinity as the strings
+ * "Infinity" and "-Infinity" (JSON has no such numbers) and NaN as null.
+ */
+export function decodeValues(values) {
+  for (let i = 0; i < values.length; i++) {
+    if (typeof values[i] === "string") values[i] = Number(values[i]);
+  }
+  return values;
+}
+
+/** Mark a fetched series that holds an infinity (its chart table maps them to gaps). */
+function withInfinite(s) {
+  s.infinite = s.values.some((v) => v === Infinity || v === -Infinity);
+  return s;
+}
+
+/**
+ * Fetch series for lines [{runId, key}] over a step range; returns them in order. One
+ * call per key and RUNS_PER_CALL runs, a POST past GET_RUNS (run ids no longer fit in a
+ * URL): the collector reads every run's chunks in one query and buckets them in one pass.
+ */
 export async function fetchSeries(lines, points, range = {}) {
   const byKey = new Map();
   for (const l of lines) {
@@ -97,21 +120,20 @@ export async function fetchSeries(lines, points, range = {}) {
   const calls = [];
   for (const [key, runs] of byKey) {
     for (let i = 0; i < runs.length; i += RUNS_PER_CALL) {
-      calls.push(
-        getJSON("/metrics", {
-          run: runs.slice(i, i + RUNS_PER_CALL),
-          key,
-          points,
-          min_step: range.min,
-          max_step: range.max,
-          after_step: range.after,
-        }),
-      );
+      const args = { run: runs.slice(i, i + RUNS_PER_CALL), key: [key], points };
+      if (range.min != null) args.min_step = range.min;
+      if (range.max != null) args.max_step = range.max;
+      if (range.after != null) args.after_step = range.after;
+      // A GET while the run ids fit in a URL (readable in logs and dev tools).
+      calls.push(args.run.length <= GET_RUNS ? getJSON("/metrics", args) : postJSON("/metrics", args));
     }
   }
   const found = new Map();
   for (const { series } of await Promise.all(calls)) {
-    for (const s of series) found.set(`${s.run_id}\u0000${s.key}`, s);
+    for (const s of series) {
+      decodeValues(s.values);
+      found.set(`${s.run_id}\u0000${s.key}`, s);
+    }
   }
   return lines.map((l) => found.get(`${l.runId}\u0000${l.key}`));
 }
@@ -164,7 +186,7 @@ export class MetricChart {
     this.status.textContent = "loading…";
     this.el.dataset.state = "loading";
     const series = await fetchSeries(this.lines, this.pointsPerLine(), this.range || {});
-    this.data = series.map((s) => s || { steps: [], values: [], timestamps: [], sampled: false });
+    this.data = series.map((s) => withInfinite(s || { steps: [], values: [], timestamps: [], sampled: false }));
     this.draw();
   }
 
@@ -173,20 +195,30 @@ export class MetricChart {
     if (this.range) return; // zoomed in: the user is reading; pick up new points later
     const budget = this.pointsPerLine();
     if (this.data.some((d) => d.steps.length > 3 * budget)) return this.load(); // re-bucket
-    const fresh = await Promise.all(
-      this.lines.map((l, i) => {
-        const steps = this.data[i].steps;
-        const after = steps.length ? steps[steps.length - 1] : undefined;
-        return fetchSeries([l], budget, after === undefined ? {} : { after });
+    // One call per distinct last step (usually one for the whole chart), not per line:
+    // a chart of 1,000 RUNNING runs must not send 1,000 requests every tick.
+    const byAfter = new Map();
+    this.lines.forEach((l, i) => {
+      const steps = this.data[i].steps;
+      const after = steps.length ? steps[steps.length - 1] : null;
+      if (!byAfter.has(after)) byAfter.set(after, []);
+      byAfter.get(after).push(i);
+    });
+    const fresh = new Array(this.lines.length);
+    await Promise.all(
+      [...byAfter].map(async ([after, idx]) => {
+        const got = await fetchSeries(idx.map((i) => this.lines[i]), budget, after === null ? {} : { after });
+        idx.forEach((i, j) => { fresh[i] = got[j]; });
       }),
     );
     let grew = false;
-    fresh.forEach(([s], i) => {
+    fresh.forEach((s, i) => {
       if (!s || !s.steps.length) return;
       const d = this.data[i];
       d.steps = d.steps.concat(s.steps);
       d.values = d.values.concat(s.values);
       d.timestamps = d.timestamps.concat(s.timestamps);
+      d.infinite = d.infinite || withInfinite(s).infinite;
       grew = true;
     });
     if (grew) this.draw();
@@ -207,12 +239,16 @@ export class MetricChart {
 
   table() {
     const logY = this.settings.logY;
-    // A log scale has no place for zero or below: those points become gaps.
-    const positive = (v) => (logY ? v.map((x) => (x != null && x > 0 ? x : null)) : v);
-    const ys = this.data.map((d) => positive(smooth(d.values, this.settings.smoothing)));
+    // Infinities cannot be placed on a scale, nor zero or below on a log scale: drawn
+    // as gaps (an infinity is shown in the legend).
+    const drawable = (d, v) => {
+      if (logY) return v.map((x) => (x != null && x > 0 && x !== Infinity ? x : null));
+      return d.infinite ? v.map((x) => (Number.isFinite(x) ? x : null)) : v;
+    };
+    const ys = this.data.map((d) => drawable(d, smooth(d.values, this.settings.smoothing)));
     if (this.withRaw()) {
       // Smoothed lines over their raw points, drawn faint (as TensorBoard and W&B do).
-      const raw = this.data.map((d) => positive(d.values));
+      const raw = this.data.map((d) => drawable(d, d.values));
       return uPlot.join(this.data.map((d, i) => [this.xValues(d, this.lines[i]), raw[i], ys[i]]));
     }
     if (this.lines.length === 1) return [this.xValues(this.data[0], this.lines[0]), ys[0]];
@@ -277,7 +313,12 @@ export class MetricChart {
   }
 
   lineSeries() {
-    const value = (u, v) => (v == null ? "–" : num(v));
+    // A gap in a single line may be an infinity: the legend shows it from the data.
+    const value = (u, v, si, idx) => {
+      if (v != null) return num(v);
+      const raw = this.lines.length === 1 && idx != null ? this.data[0].values[idx] : null;
+      return raw === Infinity || raw === -Infinity ? num(raw) : "–";
+    };
     if (this.withRaw()) {
       return this.lines.flatMap((l) => [
         { label: `${l.label} (raw)`, stroke: `${l.color}40`, width: 1, spanGaps: true, points: { show: false }, value },

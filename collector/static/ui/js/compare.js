@@ -202,7 +202,7 @@ function scatter(runs) {
     const cats = numeric ? [] : [...new Set(raw.filter((v) => v !== undefined))].sort();
     const pts = runs
       .map((r, i) => [numeric ? Number(raw[i]) : cats.indexOf(raw[i]), r.data.metrics[m]])
-      .filter(([x, y]) => x !== -1 && Number.isFinite(x) && y != null)
+      .filter(([x, y]) => x !== -1 && Number.isFinite(x) && Number.isFinite(y))
       .sort((a, b) => a[0] - b[0]);
     if (plot) plot.destroy();
     plot = new uPlot(
