@@ -978,6 +978,21 @@ class PostgresStore:
                 now[0], now[1] = extremes((now[0], got[0]))[0], extremes((now[1], got[1]))[1]
         return {r: (v[0], v[1]) for r, v in found.items()}
 
+    def metric_values_at_step(
+        self, experiment_id: str, key: str, step: int
+    ) -> dict[str, tuple[int, float]]:
+        """Per run: (step, value) of its point with the largest step <= ``step``."""
+        from flightlog.collector.step_values import values_at_step
+
+        with self._read() as conn:
+            spans = conn.execute(
+                "SELECT c.chunk_id, c.run_uuid, c.min_step, c.max_step FROM runs r"
+                " JOIN metric_chunks c ON c.run_uuid = r.run_uuid AND c.key = %s"
+                " WHERE r.experiment_id = %s AND c.min_step <= %s",
+                (key, _int_id(experiment_id), step),
+            ).fetchall()
+        return values_at_step(spans, lambda ids: self.metric_chunk_data(ids, summaries=False), step)
+
     def metric_chunk_spans(
         self, run_id: str, key: str, min_step: int | None, max_step: int | None
     ) -> list[tuple[int, int, int, int]]:

@@ -173,6 +173,13 @@ class Store(Protocol):
         """Each run's smallest and largest value of one metric (NaN ignored)."""
         ...
 
+    def metric_values_at_step(
+        self, experiment_id: str, key: str, step: int
+    ) -> dict[str, tuple[int, float]]:
+        """Per run: (step, value) of its point of a metric with the largest step at or
+        before ``step`` (the latest of those at that step); runs without one are absent."""
+        ...
+
     def metric_chunk_spans(
         self, run_id: str, key: str, min_step: int | None, max_step: int | None
     ) -> list[tuple[int, int, int, int]]:

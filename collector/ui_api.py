@@ -14,6 +14,10 @@
         message shows the position with a caret
     GET /api/flightlog/ui/experiments/{experiment_id}/metric-extremes?key=K
         per run that logged K: [min, max] of its values (the table's min/max cells)
+    GET /api/flightlog/ui/experiments/{experiment_id}/metric-at-step?key=K&step=S
+        per run that logged K at or before step S: [step, value] of its point with the
+        largest such step (the latest logged there), so a metric logged every 100 steps
+        still has a value at step 250 (the table's "at step" cells)
     GET /api/flightlog/ui/runs/{run_id}
         the run, its experiment, its parent and children, and its metric keys with their
         point counts and step ranges
@@ -56,7 +60,7 @@ from flightlog.collector.request_args import json_args, string_list_arg
 from flightlog.collector.search import ACTIVE_ONLY, ALL, DELETED_ONLY, MAX_RESULTS_LIMIT
 from flightlog.collector.series_cache import cache_for
 from flightlog.collector.state import COLLECTOR
-from flightlog.collector.ui_json import json_floats, json_runs
+from flightlog.collector.ui_json import json_float, json_floats, json_runs
 from flightlog.core.artifact_paths import safe_relative_path
 from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from flightlog.core.validation import validate_run_id
@@ -183,16 +187,37 @@ async def experiment_runs(request: web.Request) -> web.Response:
     return _json({"runs": await c.read(work), "next_page_token": token})
 
 
-async def metric_extremes(request: web.Request) -> web.Response:
-    """Each run's smallest and largest value of one metric."""
+async def _experiment_metric(request: web.Request) -> tuple[str, str]:
+    """(experiment id, metric key) of a per-run metric read; a 404 for an unknown
+    experiment, a 400 without a key."""
     c = request.app[COLLECTOR]
     eid = request.match_info["experiment_id"]
     key = request.query.get("key")
     if not key:
         raise MlflowException("Give the metric as key=K", INVALID_PARAMETER_VALUE)
-    await c.read(c.store.get_experiment, eid)  # a 404 for an unknown experiment
+    await c.read(c.store.get_experiment, eid)
+    return eid, key
+
+
+async def metric_extremes(request: web.Request) -> web.Response:
+    """Each run's smallest and largest value of one metric."""
+    c = request.app[COLLECTOR]
+    eid, key = await _experiment_metric(request)
     found = await c.read(c.store.metric_extremes, eid, key)
     return _json({"key": key, "extremes": {r: json_floats(v) for r, v in found.items()}})
+
+
+async def metric_at_step(request: web.Request) -> web.Response:
+    """Each run's value of one metric at a step (its point with the largest step at or
+    before it, and that step)."""
+    c = request.app[COLLECTOR]
+    eid, key = await _experiment_metric(request)
+    step = _int_query(request, "step")
+    if step is None or not -(2**63) <= step < 2**63:
+        raise MlflowException("Give the step as step=S, a 64-bit integer", INVALID_PARAMETER_VALUE)
+    found = await c.read(c.store.metric_values_at_step, eid, key, step)
+    values = {r: [at, json_float(v)] for r, (at, v) in found.items()}
+    return _json({"key": key, "step": step, "values": values})
 
 
 async def run(request: web.Request) -> web.Response:
@@ -380,6 +405,7 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{PREFIX}/experiments/{{experiment_id}}/columns", experiment_columns),
         web.get(f"{PREFIX}/experiments/{{experiment_id}}/runs", experiment_runs),
         web.get(f"{PREFIX}/experiments/{{experiment_id}}/metric-extremes", metric_extremes),
+        web.get(f"{PREFIX}/experiments/{{experiment_id}}/metric-at-step", metric_at_step),
         web.get(f"{PREFIX}/runs/{{run_id}}", run),
         web.get(f"{PREFIX}/runs/{{run_id}}/artifacts", artifact_list),
         web.get(f"{PREFIX}/runs/{{run_id}}/artifact", artifact),

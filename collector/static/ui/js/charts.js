@@ -143,15 +143,18 @@ export async function fetchSeries(lines, points, range = {}) {
 /**
  * One chart: lines [{runId, key, label, color, start}] (start: the run's start, epoch ms,
  * for relative time). ``timeAxis``: always plot against time (system metrics), using
- * relative time when the page's x is "step".
+ * relative time when the page's x is "step". ``span``: () => [start, end] epoch ms, the
+ * time every chart of the page shows on a time axis (widened to the chart's own data),
+ * so a run's training and system charts line up.
  */
 export class MetricChart {
-  constructor(el, { title, lines, settings, height = 190, timeAxis = false }) {
+  constructor(el, { title, lines, settings, height = 190, timeAxis = false, span = null }) {
     this.el = el;
     this.lines = lines;
     this.settings = settings;
     this.height = height;
     this.timeAxis = timeAxis;
+    this.span = span;
     this.data = lines.map(() => ({ steps: [], values: [], timestamps: [] }));
     this.range = null; // {min, max} steps while zoomed
     this.plot = null;
@@ -238,13 +241,18 @@ export class MetricChart {
 
   table() {
     const logY = this.settings.logY;
-    const ys = this.data.map((d) => {
-      let v = smooth(d.values, this.settings.smoothing);
-      // Infinities cannot be placed on a scale: drawn as gaps, shown in the legend.
-      if (logY) v = v.map((x) => (x != null && x > 0 && x !== Infinity ? x : null));
-      else if (d.infinite) v = v.map((x) => (Number.isFinite(x) ? x : null));
-      return v;
-    });
+    // Infinities cannot be placed on a scale, nor zero or below on a log scale: drawn
+    // as gaps (an infinity is shown in the legend).
+    const drawable = (d, v) => {
+      if (logY) return v.map((x) => (x != null && x > 0 && x !== Infinity ? x : null));
+      return d.infinite ? v.map((x) => (Number.isFinite(x) ? x : null)) : v;
+    };
+    const ys = this.data.map((d) => drawable(d, smooth(d.values, this.settings.smoothing)));
+    if (this.withRaw()) {
+      // Smoothed lines over their raw points, drawn faint (as TensorBoard and W&B do).
+      const raw = this.data.map((d) => drawable(d, d.values));
+      return uPlot.join(this.data.map((d, i) => [this.xValues(d, this.lines[i]), raw[i], ys[i]]));
+    }
     if (this.lines.length === 1) return [this.xValues(this.data[0], this.lines[0]), ys[0]];
     const joined = uPlot.join(this.data.map((d, i) => [this.xValues(d, this.lines[i]), ys[i]]));
     return this.settings.groupOf ? this.grouped(joined) : joined;
@@ -301,6 +309,11 @@ export class MetricChart {
     return out;
   }
 
+  /** Whether raw lines are drawn under the smoothed ones (not for grouped runs). */
+  withRaw() {
+    return !!this.settings.smoothing && !(this.settings.groupOf && this.lines.length > 1);
+  }
+
   lineSeries() {
     // A gap in a single line may be an infinity: the legend shows it from the data.
     const value = (u, v, si, idx) => {
@@ -308,6 +321,12 @@ export class MetricChart {
       const raw = this.lines.length === 1 && idx != null ? this.data[0].values[idx] : null;
       return raw === Infinity || raw === -Infinity ? num(raw) : "–";
     };
+    if (this.withRaw()) {
+      return this.lines.flatMap((l) => [
+        { label: `${l.label} (raw)`, stroke: `${l.color}40`, width: 1, spanGaps: true, points: { show: false }, value },
+        { label: l.label, stroke: l.color, width: 1.5, spanGaps: true, value },
+      ]);
+    }
     if (!this.settings.groupOf || this.lines.length === 1) {
       return this.lines.map((l) => ({ label: l.label, stroke: l.color, width: 1.25, spanGaps: true, value }));
     }
@@ -332,7 +351,7 @@ export class MetricChart {
     return {
       width: this.width(),
       height: this.height,
-      scales: { x: { time: m === "wall" }, y: { distr: this.settings.logY ? 3 : 1 } },
+      scales: { x: { time: m === "wall", range: this.xRange(m) }, y: { distr: this.settings.logY ? 3 : 1 } },
       series: [{ label: m, value: xValue }, ...series],
       // Group bands: between each group's max (2nd of its 3 series) and min (1st).
       bands: grouped
@@ -343,14 +362,39 @@ export class MetricChart {
         : undefined,
       axes: [
         m === "relative" ? { values: (u, vals) => vals.map((v) => duration(v * 1000)) } : {},
-        { size: 72, values: (u, vals) => vals.map((v) => num(v)) },
+        // A log axis leaves minor ticks unlabelled (null), not "NaN".
+        { size: 72, values: (u, vals) => vals.map((v) => (v == null ? "" : num(v))) },
       ],
       cursor: {
         sync: { key: SYNC_KEY, setSeries: false },
         drag: { x: true, y: false, setScale: false },
       },
       legend: { show: series.length <= 12, live: true },
-      hooks: { setSelect: [(u) => this.onSelect(u)] },
+      hooks: { setSelect: [(u) => this.onSelect(u)], draw: [(u) => this.drawn(u)] },
+    };
+  }
+
+  /** What the axes show, on the element (data-x-min, data-x-ticks, data-y-ticks, ...)
+   * for tools and tests that read the page; uPlot keeps each axis's tick labels in
+   * ``_values`` (the vendored release is pinned). */
+  drawn(u) {
+    const d = this.el.dataset;
+    d.xMin = String(u.scales.x.min);
+    d.xMax = String(u.scales.x.max);
+    d.yLog = String(u.scales.y.distr === 3);
+    d.xTicks = (u.axes[0]._values || []).join("|");
+    d.yTicks = (u.axes[1]._values || []).join("|");
+  }
+
+  /** The x range of a time axis over the page's span (none while zoomed or by step). */
+  xRange(m) {
+    if (!this.span || m === "step" || this.range) return undefined;
+    return (u, min, max) => {
+      const [a, b] = this.span();
+      const t0 = m === "wall" ? 0 : this.lines[0].start ?? a;
+      const lo = (a - t0) / 1000;
+      const hi = (b - t0) / 1000;
+      return [min == null ? lo : Math.min(min, lo), max == null ? hi : Math.max(max, hi)];
     };
   }
 
