@@ -55,9 +55,10 @@ import orjson
 from aiohttp import web
 
 from flightlog.collector.artifact_api import run_repository
-from flightlog.collector.downsample import sampled_many
+from flightlog.collector.downsample import bucket_many, plan_many
 from flightlog.collector.request_args import json_args, string_list_arg
 from flightlog.collector.search import ACTIVE_ONLY, ALL, DELETED_ONLY, MAX_RESULTS_LIMIT
+from flightlog.collector.series_cache import cache_for
 from flightlog.collector.state import COLLECTOR
 from flightlog.collector.ui_json import json_float, json_floats, json_runs
 from flightlog.core.artifact_paths import safe_relative_path
@@ -285,9 +286,22 @@ async def metrics(request: web.Request) -> web.Response:
     def work() -> bytes:
         # Series are encoded one by one as they are bucketed, so a call holds its answer's
         # bytes and one batch of chunks (downsample.READ_BATCH_POINTS), never every
-        # series' points as Python objects at once.
-        parts = [
-            orjson.dumps(
+        # series' points as Python objects at once. Answers seen before come from the
+        # cache (collector.series_cache) without a read.
+        cache = cache_for(c.store)
+        plans = plan_many(c.store, run_ids, keys, points, lo, hi)
+        parts: list[bytes] = []
+        todo = []
+        for run_id, key, plan in plans:
+            found = cache.get((run_id, key, plan.signature()))
+            if found is None:
+                todo.append((len(parts), run_id, key, plan))
+            parts.append(found or b"")
+        fresh = bucket_many(c.store, [(run_id, key, plan) for _, run_id, key, plan in todo])
+        for (i, _, _, plan), (run_id, key, (steps, vals, ts), sampled) in zip(
+            todo, fresh, strict=True
+        ):
+            parts[i] = orjson.dumps(
                 {
                     "run_id": run_id,
                     "key": key,
@@ -297,10 +311,7 @@ async def metrics(request: web.Request) -> web.Response:
                     "sampled": sampled,
                 }
             )
-            for run_id, key, (steps, vals, ts), sampled in sampled_many(
-                c.store, run_ids, keys, points, lo, hi
-            )
-        ]
+            cache.put((run_id, key, plan.signature()), parts[i])
         return b'{"series":[' + b",".join(parts) + b"]}"
 
     return _json_bytes(await c.read(work))

@@ -142,3 +142,38 @@ def test_runs_page_size_is_capped_like_mlflow_search(tracking: CollectorProcess)
         assert str(bad) in got["message"]
     status, got = call(f"{tracking.url}{UI}/experiments/{eid}/runs?max_results=50000")
     assert status == 200 and len(got["runs"]) == 1
+
+
+def test_a_cached_series_is_replaced_when_new_points_arrive(tracking: CollectorProcess) -> None:
+    """Answers are cached by the chunks they were read from: asking again gives the same
+    series, and points logged since (new chunks) show at once."""
+    with mlflow.start_run() as run:
+        for s in range(1000):
+            mlflow.log_metric("loss", s % 7, step=s)
+        mlflow.flush()
+        body = {"run": [run.info.run_id], "key": ["loss"], "points": 30}
+        first = call(f"{tracking.url}{UI}/metrics", body)[1]["series"][0]
+        assert call(f"{tracking.url}{UI}/metrics", body)[1]["series"][0] == first
+        assert first["steps"][-1] == 999 and max(first["values"]) == 6
+        mlflow.log_metric("loss", 100.0, step=1000)
+        mlflow.flush()
+        now = call(f"{tracking.url}{UI}/metrics", body)[1]["series"][0]
+        assert now["steps"][-1] == 1000 and max(now["values"]) == 100.0
+
+
+def test_series_cache_stays_within_its_bytes() -> None:
+    from flightlog.collector.series_cache import SeriesCache, cache_for
+
+    cache = SeriesCache(max_bytes=1000)
+    for i in range(50):
+        cache.put(("run", "k", i), b"x" * 100)
+    assert cache.size <= 1000 and len(cache) == 10
+    assert cache.get(("run", "k", 49)) == b"x" * 100 and cache.get(("run", "k", 0)) is None
+    cache.put("big", b"x" * 300)  # over a quarter of the cache: not kept
+    assert cache.get("big") is None
+
+    class Store:
+        pass
+
+    a, b = Store(), Store()
+    assert cache_for(a) is cache_for(a) and cache_for(a) is not cache_for(b)

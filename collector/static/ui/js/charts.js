@@ -20,6 +20,8 @@ const CHART_BUDGET_PER_PIXEL = 40;
 // CPU-bound under one GIL, so parallel calls would only finish together, later).
 const RUNS_PER_CALL = 1000;
 const GET_RUNS = 100;
+// Chart slots this close to the viewport are mounted (and fetched).
+const MOUNT_MARGIN_PX = 300;
 
 /** Chart settings shared by every chart of a page; listeners redraw on change. */
 export class ChartSettings {
@@ -465,7 +467,7 @@ export class LazyCharts {
   }
 
   newObserver() {
-    return new IntersectionObserver((entries) => this.seen(entries), { rootMargin: "300px" });
+    return new IntersectionObserver((entries) => this.seen(entries), { rootMargin: `${MOUNT_MARGIN_PX}px` });
   }
 
   /** A placeholder for a chart made from spec {title, lines, timeAxis} when visible. */
@@ -477,19 +479,42 @@ export class LazyCharts {
     );
     this.specs.set(el, spec);
     this.observer.observe(el);
+    if (!this.checking) {
+      // The observer reports only after the next frame; charts already on screen when
+      // the page's code finishes start fetching now (a first paint one frame sooner,
+      // which under load is tens of milliseconds).
+      this.checking = true;
+      queueMicrotask(() => {
+        this.checking = false;
+        this.mountOnScreen();
+      });
+    }
     return el;
+  }
+
+  /** Mount the slots that are in the page and within the observer's margin now. */
+  mountOnScreen() {
+    const bottom = window.innerHeight + MOUNT_MARGIN_PX;
+    for (const el of this.specs.keys()) {
+      if (!el.isConnected || this.mounted.has(el)) continue;
+      const r = el.getBoundingClientRect();
+      if (r.bottom >= -MOUNT_MARGIN_PX && r.top <= bottom && r.width > 0) this.mount(el);
+    }
+  }
+
+  mount(el) {
+    const c = new MetricChart(el, { ...this.specs.get(el), settings: this.settings });
+    this.mounted.set(el, c);
+    c.load().catch((err) => {
+      c.status.textContent = err.message;
+    });
   }
 
   seen(entries) {
     for (const e of entries) {
       const chart = this.mounted.get(e.target);
       if (e.isIntersecting && !chart) {
-        const spec = this.specs.get(e.target);
-        const c = new MetricChart(e.target, { ...spec, settings: this.settings });
-        this.mounted.set(e.target, c);
-        c.load().catch((err) => {
-          c.status.textContent = err.message;
-        });
+        this.mount(e.target);
       } else if (!e.isIntersecting && chart) {
         chart.destroy();
         this.mounted.delete(e.target);
