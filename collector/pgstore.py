@@ -65,7 +65,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 #: (version, file) of every migration, in order. Never edit an applied one: add another.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "pg_schema_1.sql"),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "pg_schema_1.sql"), (2, "pg_schema_2.sql"))
 #: The advisory lock key collectors take while migrating ("flightlog" in ASCII, truncated).
 MIGRATION_LOCK = 0x666C6967_68746C6F
 _BIGINT = 2**63
@@ -637,48 +637,60 @@ class PostgresStore:
         if not run_ids:
             return []
         ids = list(run_ids)
-        out: dict[str, Row] = {}
         with self._read() as conn:
-            for r in conn.execute(
-                "SELECT run_uuid, experiment_id, run_name, user_id, status, start_time,"
-                " end_time, artifact_uri, lifecycle_stage FROM runs WHERE run_uuid = ANY(%s)",
-                (ids,),
-            ):
-                out[r[0]] = {
-                    "info": {
-                        "run_id": r[0],
-                        "run_uuid": r[0],
-                        "experiment_id": str(r[1]),
-                        "run_name": r[2],
-                        "user_id": r[3],
-                        "status": r[4],
-                        "start_time": r[5],
-                        "end_time": r[6],
-                        "artifact_uri": r[7],
-                        "lifecycle_stage": r[8],
-                    },
-                    "data": {"metrics": {}, "params": {}, "tags": {}},
-                }
-            for table in ("params", "tags"):
-                for run_id, key, value in conn.execute(
-                    f"SELECT run_uuid, key, value FROM {table} WHERE run_uuid = ANY(%s)", (ids,)
-                ):
-                    out[run_id]["data"][table][key] = value
-            for run_id, key, value, is_nan in conn.execute(
-                "SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid = ANY(%s)",
-                (ids,),
-            ):
-                out[run_id]["data"]["metrics"][key] = math.nan if is_nan else value
-            for run_id, dataset, tags in conn.execute(
-                "SELECT run_uuid, dataset_json, tags_json FROM run_inputs"
-                " WHERE run_uuid = ANY(%s) ORDER BY input_id",
-                (ids,),
-            ):
-                inputs = out[run_id].setdefault("inputs", {"dataset_inputs": []})
-                inputs["dataset_inputs"].append(
-                    {"dataset": orjson.loads(dataset), "tags": orjson.loads(tags)}
-                )
+            out, _ = self._load_runs(conn, ids)
         return [out[i] for i in ids if i in out]
+
+    @staticmethod
+    def _load_runs(
+        conn: psycopg.Connection[Any], ids: list[str]
+    ) -> tuple[dict[str, Row], dict[tuple[str, str], tuple[int, int]]]:
+        """Runs by id with their data and dataset inputs, and each latest metric's
+        (timestamp, step): one query per table for the whole page, never one per run."""
+        out: dict[str, Row] = {}
+        for r in conn.execute(
+            "SELECT run_uuid, experiment_id, run_name, user_id, status, start_time,"
+            " end_time, artifact_uri, lifecycle_stage FROM runs WHERE run_uuid = ANY(%s)",
+            (ids,),
+        ):
+            out[r[0]] = {
+                "info": {
+                    "run_id": r[0],
+                    "run_uuid": r[0],
+                    "experiment_id": str(r[1]),
+                    "run_name": r[2],
+                    "user_id": r[3],
+                    "status": r[4],
+                    "start_time": r[5],
+                    "end_time": r[6],
+                    "artifact_uri": r[7],
+                    "lifecycle_stage": r[8],
+                },
+                "data": {"metrics": {}, "params": {}, "tags": {}},
+            }
+        for table in ("params", "tags"):
+            for run_id, key, value in conn.execute(
+                f"SELECT run_uuid, key, value FROM {table} WHERE run_uuid = ANY(%s)", (ids,)
+            ):
+                out[run_id]["data"][table][key] = value
+        stamps: dict[tuple[str, str], tuple[int, int]] = {}
+        for run_id, key, value, is_nan, timestamp, step in conn.execute(
+            "SELECT run_uuid, key, value, is_nan, timestamp, step FROM latest_metrics"
+            " WHERE run_uuid = ANY(%s)",
+            (ids,),
+        ):
+            out[run_id]["data"]["metrics"][key] = math.nan if is_nan else value
+            stamps[(run_id, key)] = (timestamp, step)
+        for run_id, dataset, tags in conn.execute(
+            "SELECT run_uuid, dataset_json, tags_json FROM run_inputs"
+            " WHERE run_uuid = ANY(%s) ORDER BY input_id",
+            (ids,),
+        ):
+            inputs = out[run_id].setdefault("inputs", {"dataset_inputs": []})
+            inputs["dataset_inputs"].append(
+                {"dataset": orjson.loads(dataset), "tags": orjson.loads(tags)}
+            )
+        return out, stamps
 
     def runs_json(
         self, run_ids: Sequence[str], artifact_uri: Callable[[str, str, str], str]
@@ -688,28 +700,9 @@ class PostgresStore:
             return []
         ids = list(run_ids)
         with self._read() as conn:
-            timestamps = {
-                (r[0], r[1]): (r[2], r[3])
-                for r in conn.execute(
-                    "SELECT run_uuid, key, timestamp, step FROM latest_metrics"
-                    " WHERE run_uuid = ANY(%s)",
-                    (ids,),
-                )
-            }
-            inputs: dict[str, list[dict[str, Any]]] = {}
-            for run_id, dataset, tags in conn.execute(
-                "SELECT run_uuid, dataset_json, tags_json FROM run_inputs"
-                " WHERE run_uuid = ANY(%s) ORDER BY input_id",
-                (ids,),
-            ):
-                entry: dict[str, Any] = {}
-                input_tags = orjson.loads(tags)
-                if input_tags:
-                    entry["tags"] = input_tags
-                entry["dataset"] = orjson.loads(dataset)
-                inputs.setdefault(run_id, []).append(entry)
+            runs, timestamps = self._load_runs(conn, ids)
         out: list[str] = []
-        for run in self.get_runs(ids):
+        for run in (runs[i] for i in ids if i in runs):
             info = dict(run["info"])
             run_id, eid = info["run_id"], info["experiment_id"]
             if info["end_time"] is None:
@@ -731,8 +724,14 @@ class PostgresStore:
                 if run["data"][field]:
                     data[field] = [{"key": k, "value": v} for k, v in run["data"][field].items()]
             body: dict[str, Any] = {"info": info, "data": data}
-            if run_id in inputs:
-                body["inputs"] = {"dataset_inputs": inputs[run_id]}
+            if "inputs" in run:
+                body["inputs"] = {
+                    "dataset_inputs": [
+                        # MLflow's JSON leaves an input's tags out when there are none.
+                        {**({"tags": i["tags"]} if i["tags"] else {}), "dataset": i["dataset"]}
+                        for i in run["inputs"]["dataset_inputs"]
+                    ]
+                }
             out.append(orjson.dumps(body).decode())
         return out
 
