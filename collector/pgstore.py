@@ -120,9 +120,14 @@ def _malformed(op: str, e: BaseException) -> dict[str, str]:
 
 
 def migrate(conn: psycopg.Connection[Any]) -> list[int]:
-    """Apply the migrations this database lacks, under the advisory lock; their versions."""
+    """Apply the migrations this database lacks, under the advisory lock; their versions.
+
+    Everything is committed before the lock is released: a collector that waited for
+    the lock then reads the versions this one applied, and does not apply them again.
+    """
     applied: list[int] = []
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    conn.commit()
     try:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS flightlog_migrations ("
@@ -148,6 +153,10 @@ def migrate(conn: psycopg.Connection[Any]) -> list[int]:
                 " VALUES (%s, %s, %s, 'active', %s, %s) ON CONFLICT DO NOTHING",
                 (DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME, "", now_ms(), now_ms()),
             )
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
         conn.commit()

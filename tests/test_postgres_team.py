@@ -209,3 +209,51 @@ def test_nodes_with_two_trainers_each_log_into_one_run_through_central_outages(
         for j in range(2):
             steps = steps_in(uri, run_id, f"loss/node{i}/trainer{j}")
             assert sorted(steps) == list(range(n)), (i, j)  # every point once
+
+
+def test_a_version_1_database_is_migrated_once_and_keeps_its_runs(pg_server: PgServer) -> None:
+    """A database made by migration 1 (with a run in it) is brought to the latest version
+    by the collectors that start on it together, exactly once, and search still finds
+    the run through the new indexes."""
+    from flightlog.collector import pgstore
+
+    uri = pg_server.create_database()
+    run_id = "a" * 32
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pgstore, "MIGRATIONS", pgstore.MIGRATIONS[:1])
+        first = pgstore.PostgresStore(uri, "s3://b/a")
+        try:
+            first.apply_batch(
+                None,
+                [("create_run", {"run_id": run_id, "experiment_id": "0", "start_time": 5})],
+                [],
+            )
+            first.apply_batch(
+                None, [("log_params", {"run_id": run_id, "params": {"p": "v"}})], []
+            )
+        finally:
+            first.close()
+    results: list[list[int]] = []
+
+    def migrate_now() -> None:
+        with psycopg.connect(uri) as conn:
+            results.append(pgstore.migrate(conn))
+
+    threads = [threading.Thread(target=migrate_now) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    later = [v for v, _ in pgstore.MIGRATIONS[1:]]
+    assert sorted(results) == [[], [], later]  # under the advisory lock: migrated once
+    with psycopg.connect(uri) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM flightlog_migrations")]
+        assert sorted(versions) == [v for v, _ in pgstore.MIGRATIONS]
+        pkey = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'params_pkey'")
+        assert "INCLUDE (value)" in pkey.fetchone()[0]  # type: ignore[index]
+    store = pgstore.PostgresStore(uri, "s3://b/a")
+    try:
+        assert store.search_run_ids(["0"], "params.p = 'v'", 1, 10, None, None) == ([run_id], None)
+        assert store.get_run(run_id)["data"]["params"] == {"p": "v"}
+    finally:
+        store.close()
