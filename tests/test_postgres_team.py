@@ -228,9 +228,7 @@ def test_a_version_1_database_is_migrated_once_and_keeps_its_runs(pg_server: PgS
                 [("create_run", {"run_id": run_id, "experiment_id": "0", "start_time": 5})],
                 [],
             )
-            first.apply_batch(
-                None, [("log_params", {"run_id": run_id, "params": {"p": "v"}})], []
-            )
+            first.apply_batch(None, [("log_params", {"run_id": run_id, "params": {"p": "v"}})], [])
         finally:
             first.close()
     results: list[list[int]] = []
