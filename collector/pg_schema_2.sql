@@ -27,3 +27,20 @@ CREATE INDEX runs_search_probe ON runs (run_uuid)
 -- ties on start_time included.
 CREATE INDEX runs_experiment_order ON runs (experiment_id, start_time DESC, run_uuid);
 DROP INDEX runs_experiment;
+
+-- Ingest: steps (mostly consecutive integers) and timestamps (mostly equal seconds)
+-- compress well, and every byte of a chunk is written twice before a commit returns
+-- (WAL, then the table) and read back by every history request. lz4 cut both by 2.9x
+-- on the bench's series (26 MB of WAL per million points down to 9 MB) for about a
+-- millisecond of CPU per 100,000 points. Values keep migration 1's EXTERNAL: float
+-- mantissas barely compress. A server built without lz4 keeps its default (pglz).
+ALTER TABLE metric_chunks ALTER COLUMN steps SET STORAGE EXTENDED,
+    ALTER COLUMN ts SET STORAGE EXTENDED;
+DO $$
+BEGIN
+    ALTER TABLE metric_chunks ALTER COLUMN steps SET COMPRESSION lz4,
+        ALTER COLUMN ts SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    NULL;
+END
+$$;
