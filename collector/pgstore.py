@@ -163,6 +163,13 @@ def migrate(conn: psycopg.Connection[Any]) -> list[int]:
     return applied
 
 
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    # Doubles that PostgreSQL writes as text (runs_json) round-trip exactly, whatever
+    # the server's own setting (0 would print 15 significant digits).
+    conn.execute("SET extra_float_digits = 3")
+    conn.commit()
+
+
 class PostgresStore:
     """The tracking store on a PostgreSQL database, with an artifact root for new experiments."""
 
@@ -188,6 +195,7 @@ class PostgresStore:
             open=True,
             kwargs={"autocommit": False},
             check=ConnectionPool.check_connection,
+            configure=_configure,
         )
 
     def close(self) -> None:
@@ -704,45 +712,48 @@ class PostgresStore:
     def runs_json(
         self, run_ids: Sequence[str], artifact_uri: Callable[[str, str, str], str]
     ) -> list[str]:
-        """Runs as MLflow's REST JSON text, one object each, in order; unknown ids skipped."""
+        """Runs as MLflow's REST JSON text, one object each, in order; unknown ids skipped.
+
+        PostgreSQL writes each run's ``data`` (metrics by key, params, tags) as JSON text
+        itself, aggregated per run in one query: a page of 1,000 runs is a few thousand
+        short rows to Python instead of one row per metric, param and tag.
+        """
         if not run_ids:
             return []
         ids = list(run_ids)
         with self._read() as conn:
-            runs, timestamps = self._load_runs(conn, ids)
-        out: list[str] = []
-        for run in (runs[i] for i in ids if i in runs):
-            info = dict(run["info"])
-            run_id, eid = info["run_id"], info["experiment_id"]
+            rows = conn.execute(_RUNS_JSON_SQL, (ids,)).fetchall()
+            inputs: dict[str, list[str]] = {}
+            for run_id, dataset, tags in conn.execute(
+                "SELECT run_uuid, dataset_json, tags_json FROM run_inputs"
+                " WHERE run_uuid = ANY(%s) ORDER BY input_id",
+                (ids,),
+            ):
+                # MLflow's JSON leaves an input's tags out when there are none.
+                entry = f'{{"tags":{tags},' if orjson.loads(tags) else "{"
+                inputs.setdefault(run_id, []).append(f'{entry}"dataset":{dataset}}}')
+        by_id: dict[str, str] = {}
+        for r in rows:
+            run_id, eid = r[0], str(r[1])
+            info: dict[str, Any] = {
+                "run_id": run_id,
+                "run_uuid": run_id,
+                "experiment_id": eid,
+                "run_name": r[2],
+                "user_id": r[3],
+                "status": r[4],
+                "start_time": r[5],
+                "end_time": r[6],
+                "artifact_uri": artifact_uri(eid, run_id, r[7]),
+                "lifecycle_stage": r[8],
+            }
             if info["end_time"] is None:
                 del info["end_time"]
-            info["artifact_uri"] = artifact_uri(eid, run_id, info["artifact_uri"])
-            data: dict[str, Any] = {}
-            metrics = run["data"]["metrics"]
-            if metrics:
-                data["metrics"] = [
-                    {
-                        "key": k,
-                        "timestamp": timestamps[(run_id, k)][0],
-                        "step": timestamps[(run_id, k)][1],
-                        "value": _json_number(v),
-                    }
-                    for k, v in sorted(metrics.items())
-                ]
-            for field in ("params", "tags"):
-                if run["data"][field]:
-                    data[field] = [{"key": k, "value": v} for k, v in run["data"][field].items()]
-            body: dict[str, Any] = {"info": info, "data": data}
-            if "inputs" in run:
-                body["inputs"] = {
-                    "dataset_inputs": [
-                        # MLflow's JSON leaves an input's tags out when there are none.
-                        {**({"tags": i["tags"]} if i["tags"] else {}), "dataset": i["dataset"]}
-                        for i in run["inputs"]["dataset_inputs"]
-                    ]
-                }
-            out.append(orjson.dumps(body).decode())
-        return out
+            text = '{"info":' + orjson.dumps(info).decode() + ',"data":' + r[9]
+            if run_id in inputs:
+                text += ',"inputs":{"dataset_inputs":[' + ",".join(inputs[run_id]) + "]}"
+            by_id[run_id] = text + "}"
+        return [by_id[i] for i in ids if i in by_id]
 
     def run_exists(self, run_id: str) -> bool:
         """Whether a run with this id exists (whatever its stage)."""
@@ -1087,13 +1098,29 @@ class PostgresStore:
         return ids
 
 
-def _json_number(value: float) -> float | str:
-    # Protobuf's JSON mapping spells the non-finite doubles as strings.
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
+# Each run's row and its ``data`` as MLflow's JSON, built by PostgreSQL. Absent parts
+# are left out (json_agg of no rows is NULL, which json_strip_nulls drops), metrics by
+# key (COLLATE "C": code point order, as Python's sorted()). NaN is stored as is_nan,
+# and to_json writes infinities as the strings "Infinity" and "-Infinity", protobuf's
+# JSON spelling. Doubles are written exactly: each connection sets extra_float_digits.
+_RUNS_JSON_SQL = """
+SELECT r.run_uuid, r.experiment_id, r.run_name, r.user_id, r.status, r.start_time,
+    r.end_time, r.artifact_uri, r.lifecycle_stage,
+    json_strip_nulls(json_build_object(
+        'metrics', (SELECT json_agg(json_build_object('key', m.key,
+                'timestamp', m.timestamp, 'step', m.step,
+                'value', CASE WHEN m.is_nan = 1 THEN to_json('NaN'::text)
+                    ELSE to_json(m.value) END) ORDER BY m.key)
+            FROM latest_metrics m WHERE m.run_uuid = r.run_uuid),
+        'params', (SELECT json_agg(json_build_object('key', p.key, 'value', p.value)
+                ORDER BY p.key)
+            FROM params p WHERE p.run_uuid = r.run_uuid),
+        'tags', (SELECT json_agg(json_build_object('key', t.key, 'value', t.value)
+                ORDER BY t.key)
+            FROM tags t WHERE t.run_uuid = r.run_uuid)
+    ))::text
+FROM runs r WHERE r.run_uuid = ANY(%s)
+"""
 
 
 _APPLY: dict[str, Callable[[PostgresStore, psycopg.Connection[Any], dict[str, Any]], None]] = {
