@@ -2,8 +2,8 @@
 --
 -- A filtered search joins each candidate run to its other conditions and to the
 -- order-by value by (run_uuid, key) probes. With the value carried in the primary key
--- (INCLUDE), every probe is answered from the index alone: no heap page per probe,
--- about three times fewer buffers read on a 100,000-run search (bench/bench_team.py).
+-- (INCLUDE), every probe is answered from the index alone, with no heap page: 3 us a
+-- probe instead of 6-10 us on the 100,000-run search of bench/bench_team.py.
 -- The values are already in the (key, value, run_uuid) indexes, so writes that change
 -- a value were never HOT updates; carrying it here adds no index write.
 CREATE UNIQUE INDEX params_run_key ON params (run_uuid, key) INCLUDE (value);
