@@ -3,8 +3,9 @@
 The same tests as tests/test_ui_api.py (imported, so they are one piece of code), with
 ``tracking`` pointed at a collector on a fresh database of the session's PostgreSQL
 cluster (tests/pgserver.py): experiment summaries, columns, runs and filters, metric
-extremes, parents and children, and the downsampled, zoomed and followed metric reads
-all come from the PostgreSQL store's own SQL.
+extremes, parents and children, the downsampled, zoomed and followed metric reads, and
+the many-series reads of tests/test_ui_metrics_api.py all come from the PostgreSQL
+store's own SQL.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from tests.test_ui_api import (  # noqa: F401  (collected here, on PostgreSQL)
     test_metric_extremes_per_run,
     test_metric_reads_keep_spikes_zoom_to_raw_and_follow_new_points,
     test_run_parent_children_and_metric_keys,
+)
+from tests.test_ui_metrics_api import (  # noqa: F401  (collected here, on PostgreSQL)
+    test_a_cached_series_is_replaced_when_new_points_arrive,
+    test_infinities_are_sent_as_strings_and_nan_as_null,
+    test_many_runs_in_one_post_match_one_get_each,
+    test_runs_page_size_is_capped_like_mlflow_search,
 )
 
 
