@@ -9,13 +9,17 @@ tests/pgserver.py, collectors and sidecars on 127.0.0.x):
       central collector on PostgreSQL: aggregate points/s until the central store holds
       every point;
   (c) search over 100,000 runs on PostgreSQL (5 params, 5 metrics, 3 tags each):
-      store-level search_run_ids and the MLflow REST search through the collector;
+      store-level search_run_ids and the MLflow REST search through the collector, and
+      log_batch of 1,000 metrics; beside it ``mlflow server`` on the same PostgreSQL
+      cluster (a database of its own, the same runs written into its schema), its REST
+      calls alternating with flightlog's (--skip-mlflow leaves it out);
   (d) reading a 1,000,000-point history on PostgreSQL: the store's metric_history and the
       collector's RPC (packed chunks) as the SDK fetches it;
   (e) forwarding delay at steady load (a trainer logging at a fixed rate through a
       sidecar): p50/p99 seconds from the sidecar's acknowledgement to the upstream's.
 
 Run: python bench/bench_team.py [--points 2000000] [--nodes 8] [--runs 100000]
+     [--only trainer|nodes|steady|search ...] [--skip-mlflow]
 """
 
 from __future__ import annotations
