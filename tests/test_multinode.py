@@ -9,9 +9,11 @@ node's sidecar, with system metrics on at a short interval and a fake NVML
 (tests/fake_nvml.py, installed as ``pynvml`` in each trainer: the name
 ``flightlog.agent.gpu.load_gpu_reader`` imports) showing 8 GPUs per node. Mid-run the
 central collector is killed -9 and restarted, then PostgreSQL is crash-restarted under
-the live collector. Afterwards the central database holds every training point exactly
-once, every node's 8 GPUs' series under that node's label with that node's values, and
-exactly one sampler per node at any time.
+the live collector. At the end each node's sampling trainer ends the run first, so the
+other trainer on the node takes the node's sampling over. Afterwards the central
+database holds every training point exactly once, every node's 8 GPUs' series under
+that node's label with that node's values, each sample once, and exactly one sampler
+per node at any time (two in turn, their spans apart).
 
 Which process sampled a node is read from the stored values themselves: the fake NVML of
 local rank ``r`` on node ``i`` reports GPU ``g``'s SM clock as ``1000 + 100 i + 10 g + r``
@@ -156,6 +158,28 @@ def next_phase(trainers: list[Child], phase: str) -> None:
         assert t.expect("phase", timeout=60) == phase
 
 
+def finish(trainers: list[Child]) -> None:
+    """Let the trainers end their runs (flushing through any outage) and exit."""
+    for t in trainers:
+        t.send("go")
+    for t in trainers:
+        assert t.expect("flushed", timeout=120) == "True"
+        t.expect("done")
+        assert t.wait() == 0
+
+
+def sampled_by(node: int, gpu: int, sm_clock: float) -> int:
+    """The local rank whose fake NVML gave this SM clock reading (see TRAINER)."""
+    return int(sm_clock) - (1000 + 100 * node + 10 * gpu)
+
+
+def latest_sampler(uri: str, run_id: str, node: int) -> int:
+    """The local rank that took the node's latest sample the central store holds."""
+    clock = stored_series(uri, run_id)[f"system/node{node}/gpu_0_sm_clock_mhz"]
+    last = max(range(len(clock.timestamps)), key=clock.timestamps.__getitem__)
+    return sampled_by(node, 0, clock.values[last])
+
+
 @pytest.fixture(autouse=True)
 def _own_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLIGHTLOG_SPOOL_DIR", str(tmp_path / "spool"))
@@ -223,12 +247,16 @@ def test_eight_nodes_sixteen_trainers_one_run_through_central_kill_and_postgres_
         wait_until_all_forward(sidecars)
         outlast(pg_down_at)
         pg_seen_at = time.time()
-        for t in trainers:
-            t.send("go")
-        for t in trainers:
-            assert t.expect("flushed", timeout=120) == "True"
-            t.expect("done")
-            assert t.wait() == 0
+        # Each node's sampling trainer ends the run first; the other one on its node
+        # takes the node over, once, and ends after it.
+        holders = [latest_sampler(uri, run_id, i) for i in range(NODES)]
+        finish([trainers[i * TRAINERS_PER_NODE + holders[i]] for i in range(NODES)])
+        wait_until(
+            lambda: all(latest_sampler(uri, run_id, i) != holders[i] for i in range(NODES)),
+            60,
+            "the other trainer on every node to take the node over",
+        )
+        finish([t for t in trainers if t.proc.poll() is None])
         for s in sidecars:
             wait_until(lambda s=s: backlog(s) == 0, 60, "every node to forward everything")
     finally:
@@ -266,15 +294,15 @@ def test_eight_nodes_sixteen_trainers_one_run_through_central_kill_and_postgres_
         assert len(clock) >= 8, f"node {i}: too few samples to judge"
         samplers: dict[int, list[tuple[int, float]]] = {}
         for step, ts, value in clock:
-            local_rank = int(value) - (1000 + 100 * i)
-            assert local_rank in range(TRAINERS_PER_NODE), (i, value)
-            samplers.setdefault(local_rank, []).append((step, ts))
-        # One sampler at a time: a second one only takes over when the first stops (a
-        # trainer ending its run before the other), so their time spans never overlap;
-        # and each one's samples are consecutive ticks, each stored once.
+            samplers.setdefault(sampled_by(i, 0, value), []).append((step, ts))
+        # One sampler at a time: the second took over only when the first had stopped,
+        # so their time spans do not overlap; each one's samples are consecutive ticks,
+        # each stored once.
+        assert set(samplers) == set(range(TRAINERS_PER_NODE)), (i, set(samplers))
         spans = sorted((min(ts for _, ts in p), max(ts for _, ts in p)) for p in samplers.values())
         for (_, first_end), (second_start, _) in pairwise(spans):
             assert first_end < second_start, f"node {i}: two samplers at once: {spans}"
+        assert spans[0][0] == min(ts for _, ts in samplers[holders[i]]), i
         for samples in samplers.values():
             steps = sorted(step for step, _ in samples)
             assert steps == list(range(steps[0], steps[0] + len(steps))), i
@@ -286,6 +314,10 @@ def test_eight_nodes_sixteen_trainers_one_run_through_central_kill_and_postgres_
             for reading in GPU_READINGS:
                 series = stored[f"{prefix}gpu_{g}_{reading}"].points()
                 assert [(step, ts) for step, ts, _ in series] == reference, (i, g, reading)
+            clock_g = stored[f"{prefix}gpu_{g}_sm_clock_mhz"].points()
+            assert [sampled_by(i, g, v) for _, _, v in clock_g] == [
+                sampled_by(i, 0, v) for _, _, v in clock
+            ], (i, g)
             util = {v for _, _, v in stored[f"{prefix}gpu_{g}_utilization_percentage"].points()}
             assert util == {10.0 * i + g}
             memory = {v for _, _, v in stored[f"{prefix}gpu_{g}_memory_usage_megabytes"].points()}
