@@ -13,7 +13,8 @@ the live collector. At the end each node's sampling trainer ends the run first, 
 other trainer on the node takes the node's sampling over. Afterwards the central
 database holds every training point exactly once, every node's 8 GPUs' series under
 that node's label with that node's values, each sample once, and exactly one sampler
-per node at any time (two in turn, their spans apart).
+per node at any time (two in turn, their spans apart, the second going on with the
+node's steps where the first stopped).
 
 Which process sampled a node is read from the stored values themselves: the fake NVML of
 local rank ``r`` on node ``i`` reports GPU ``g``'s SM clock as ``1000 + 100 i + 10 g + r``
@@ -296,16 +297,15 @@ def test_eight_nodes_sixteen_trainers_one_run_through_central_kill_and_postgres_
         for step, ts, value in clock:
             samplers.setdefault(sampled_by(i, 0, value), []).append((step, ts))
         # One sampler at a time: the second took over only when the first had stopped,
-        # so their time spans do not overlap; each one's samples are consecutive ticks,
-        # each stored once.
+        # so their time spans do not overlap, and it went on with the node's steps:
+        # the node's series has steps 0, 1, 2, ... in time order, each stored once.
         assert set(samplers) == set(range(TRAINERS_PER_NODE)), (i, set(samplers))
         spans = sorted((min(ts for _, ts in p), max(ts for _, ts in p)) for p in samplers.values())
         for (_, first_end), (second_start, _) in pairwise(spans):
             assert first_end < second_start, f"node {i}: two samplers at once: {spans}"
         assert spans[0][0] == min(ts for _, ts in samplers[holders[i]]), i
-        for samples in samplers.values():
-            steps = sorted(step for step, _ in samples)
-            assert steps == list(range(steps[0], steps[0] + len(steps))), i
+        in_time_order = [step for step, _, _ in sorted(clock, key=lambda point: point[1])]
+        assert in_time_order == list(range(len(clock))), f"node {i}: steps {in_time_order}"
 
         # Every GPU's every reading, and the node's memory, comes from those same samples,
         # each once, with this node's values for this GPU.
