@@ -3,8 +3,10 @@
 Each node is a sidecar collector (``flightlog collector --store DIR --upstream URL``) on its
 own loopback address (127.0.0.10-17) with its own temp directory and spool, as separate
 machines would have, and two trainer processes launched as ranks of one 16-process job
-(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, and ``FLIGHTLOG_NODE``
-naming the node). Every trainer logs into ONE run, created once by the test, through its
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``). Nodes 0-3 are named by
+``FLIGHTLOG_NODE``; nodes 4-7 by their own host name (each trainer in a UTS namespace of
+its own, the automatic label of a multi-node launch) where the tests run as root, and by
+``FLIGHTLOG_NODE`` elsewhere. Every trainer logs into ONE run, created once by the test, through its
 node's sidecar, with system metrics on at a short interval and a fake NVML
 (tests/fake_nvml.py, installed as ``pynvml`` in each trainer: the name
 ``flightlog.agent.gpu.load_gpu_reader`` imports) showing 8 GPUs per node. Mid-run the
@@ -23,7 +25,10 @@ local rank ``r`` on node ``i`` reports GPU ``g``'s SM clock as ``1000 + 100 i + 
 
 from __future__ import annotations
 
+import functools
 import signal
+import subprocess
+import sys
 import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
@@ -50,8 +55,21 @@ POINTS = 600
 INTERVAL = 0.25  # seconds between system metric samples
 TESTS = Path(__file__).resolve().parent
 
+# A UTS namespace of the process's own, with its own host name (needs root).
+HOST_NAME_CODE = """
+import ctypes, socket
+def set_host_name(name):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x04000000) != 0:  # CLONE_NEWUTS
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUTS) failed")
+    socket.sethostname(name)
+"""
+
 TRAINER = """
 import sys
+{host_name_code}
+if {host_name!r}:
+    set_host_name({host_name!r})  # before flightlog looks at the host name
 sys.path.insert(0, {tests!r})
 from fake_nvml import FakeDevice, fake_nvml
 
@@ -117,12 +135,27 @@ def stored_series(uri: str, run_id: str) -> dict[str, Series]:
     return out
 
 
+@functools.cache
+def own_host_names() -> bool:
+    """Whether a process here can have a host name of its own (root, UTS namespaces)."""
+    probe = HOST_NAME_CODE + "set_host_name('probe')"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def named_by_host(node: int) -> bool:
+    """Half the nodes get their label from their own host name, where that can be had
+    (what a real launch relies on: WORLD_SIZE > LOCAL_WORLD_SIZE means "use the host
+    name"), the others from FLIGHTLOG_NODE."""
+    return node >= NODES // 2 and own_host_names()
+
+
 def node_env(tmp_path: Path, node: int, local_rank: int) -> dict[str, str]:
     """A trainer's environment: its node's label, temp dir and spool; its ranks."""
     home = tmp_path / f"node{node}"
     (home / "tmp").mkdir(parents=True, exist_ok=True)
+    label = {} if named_by_host(node) else {"FLIGHTLOG_NODE": f"node{node}"}
     return {
-        "FLIGHTLOG_NODE": f"node{node}",
+        **label,
         "TMPDIR": str(home / "tmp"),  # where the node's sampler election takes its lock
         "FLIGHTLOG_SPOOL_DIR": str(home / "spool"),
         "FLIGHTLOG_ENABLE_SYSTEM_METRICS_LOGGING": "true",
@@ -184,7 +217,13 @@ def latest_sampler(uri: str, run_id: str, node: int) -> int:
 @pytest.fixture(autouse=True)
 def _own_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLIGHTLOG_SPOOL_DIR", str(tmp_path / "spool"))
-    for var in ("FLIGHTLOG_TOKEN", "FLIGHTLOG_UPSTREAM", "FLIGHTLOG_UPSTREAM_TOKEN"):
+    for var in (
+        "FLIGHTLOG_TOKEN",
+        "FLIGHTLOG_UPSTREAM",
+        "FLIGHTLOG_UPSTREAM_TOKEN",
+        "FLIGHTLOG_NODE",
+        "MLFLOW_SYSTEM_METRICS_NODE_ID",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -210,6 +249,8 @@ def test_eight_nodes_sixteen_trainers_one_run_through_central_kill_and_postgres_
         Child(
             tmp_path,
             TRAINER.format(
+                host_name_code=HOST_NAME_CODE,
+                host_name=f"node{i}" if named_by_host(i) else "",
                 tests=str(TESTS),
                 node=i,
                 local_rank=j,
