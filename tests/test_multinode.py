@@ -42,7 +42,7 @@ from conftest import CollectorProcess
 from pgserver import PgServer
 from test_postgres_team import TOKEN, run_exists, start_central
 from test_reliability import Child, wait_until
-from test_sidecar import backlog, health, start_sidecar
+from test_sidecar import backlog, health, start_sidecar, stop_all
 
 from flightlog import MlflowClient
 from flightlog.agent.gpu import GPU_READINGS
@@ -302,11 +302,7 @@ def test_eight_nodes_sixteen_trainers_one_run_through_central_kill_and_postgres_
         for s in sidecars:
             wait_until(lambda s=s: backlog(s) == 0, 60, "every node to forward everything")
     finally:
-        for t in trainers:
-            t.kill()
-        for s in sidecars:
-            s.stop()
-        central.stop()
+        stop_all(trainers, sidecars, central)
 
     stored = stored_series(uri, run_id)
     ranks = NODES * TRAINERS_PER_NODE

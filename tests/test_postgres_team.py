@@ -17,7 +17,7 @@ import pytest
 from conftest import CollectorProcess, start_collector
 from pgserver import PgServer
 from test_reliability import Child, wait_until
-from test_sidecar import TRAINER, backlog, one_point_batch, start_sidecar
+from test_sidecar import TRAINER, backlog, one_point_batch, start_sidecar, stop_all
 
 import flightlog
 from flightlog import MlflowClient
@@ -194,11 +194,7 @@ def test_nodes_with_two_trainers_each_log_into_one_run_through_central_outages(
         for s in sidecars:
             wait_until(lambda s=s: backlog(s) == 0, 120, "every node to forward everything")
     finally:
-        for c in children:
-            c.kill()
-        for s in sidecars:
-            s.stop()
-        central.stop()
+        stop_all(children, sidecars, central)
     for i in range(4):
         for j in range(2):
             steps = steps_in(uri, run_id, f"loss/node{i}/trainer{j}")

@@ -62,6 +62,17 @@ def start_sidecar(
     return sidecar
 
 
+def stop_all(
+    children: list[Child], sidecars: list[CollectorProcess], central: CollectorProcess
+) -> None:
+    """Kill the trainers left running, then stop the nodes and the central collector."""
+    for child in children:
+        child.kill()
+    for sidecar in sidecars:
+        sidecar.stop()
+    central.stop()
+
+
 def health(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url + "/health", timeout=10) as r:
         body: dict[str, Any] = orjson.loads(r.read())
