@@ -6,8 +6,8 @@ machines would have, and two trainer processes launched as ranks of one 16-proce
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``). Nodes 0-3 are named by
 ``FLIGHTLOG_NODE``; nodes 4-7 by their own host name (each trainer in a UTS namespace of
 its own, the automatic label of a multi-node launch) where the tests run as root, and by
-``FLIGHTLOG_NODE`` elsewhere. Every trainer logs into ONE run, created once by the test, through its
-node's sidecar, with system metrics on at a short interval and a fake NVML
+``FLIGHTLOG_NODE`` elsewhere. Every trainer logs into ONE run, created once by the test,
+through its node's sidecar, with system metrics on at a short interval and a fake NVML
 (tests/fake_nvml.py, installed as ``pynvml`` in each trainer: the name
 ``flightlog.agent.gpu.load_gpu_reader`` imports) showing 8 GPUs per node. Mid-run the
 central collector is killed -9 and restarted, then PostgreSQL is crash-restarted under
@@ -108,13 +108,14 @@ print("done", flush=True)
 
 @dataclass(frozen=True)
 class Series:
-    """One stored metric series, in storage order."""
+    """One stored metric series, its chunks' arrays joined in storage order."""
 
     steps: array[int]
     values: array[float]
     timestamps: array[float]
 
     def points(self) -> list[tuple[int, float, float]]:
+        """``(step, timestamp, value)`` for every stored point, sorted."""
         return sorted(zip(self.steps, self.timestamps, self.values, strict=True))
 
 
