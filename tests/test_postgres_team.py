@@ -7,7 +7,6 @@ once while the central collector is killed -9 and PostgreSQL itself is restarted
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import threading
 from array import array
@@ -18,7 +17,7 @@ import pytest
 from conftest import CollectorProcess, start_collector
 from pgserver import PgServer
 from test_reliability import Child, wait_until
-from test_sidecar import TRAINER, backlog, one_point_batch, start_sidecar
+from test_sidecar import TRAINER, backlog, one_point_batch, start_sidecar, stop_all
 
 import flightlog
 from flightlog import MlflowClient
@@ -162,12 +161,7 @@ def test_nodes_with_two_trainers_each_log_into_one_run_through_central_outages(
     central = start_central(tmp_path, "central", uri)
     # Each node's sidecar on its own loopback address, as separate machines would be.
     sidecars = [
-        start_sidecar(tmp_path / f"node{i}", central.url, None, "--host", f"127.0.0.{i + 2}")
-        for i in range(4)
-    ]
-    sidecars = [
-        dataclasses.replace(s, url=s.url.replace("127.0.0.1", f"127.0.0.{i + 2}"))
-        for i, s in enumerate(sidecars)
+        start_sidecar(tmp_path / f"node{i}", central.url, host=f"127.0.0.{i + 2}") for i in range(4)
     ]
     nodes = [s.url for s in sidecars]
     monkeypatch.setenv("FLIGHTLOG_TOKEN", TOKEN)
@@ -200,11 +194,7 @@ def test_nodes_with_two_trainers_each_log_into_one_run_through_central_outages(
         for s in sidecars:
             wait_until(lambda s=s: backlog(s) == 0, 120, "every node to forward everything")
     finally:
-        for c in children:
-            c.kill()
-        for s in sidecars:
-            s.stop()
-        central.stop()
+        stop_all(children, sidecars, central)
     for i in range(4):
         for j in range(2):
             steps = steps_in(uri, run_id, f"loss/node{i}/trainer{j}")
