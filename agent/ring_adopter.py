@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from flightlog.agent.delivery import DeliveryLoop
-from flightlog.agent.ring import DeadRing, columns, now_ms
+from flightlog.agent.ring import DeadRing, now_ms
 from flightlog.core.wire import encode_raw_batch
 
 log = logging.getLogger("flightlog.agent")
@@ -22,17 +22,11 @@ BATCH_POINTS = 100_000
 
 def send_dead_ring(ring: DeadRing, loop: DeliveryLoop, agent_id: str) -> bool:
     """Send what ``ring`` holds and end its open runs; True once all was acknowledged."""
-    runs = [ring.run_names.get(i, "") for i in range(max(ring.run_names, default=-1) + 1)]
-    keys = [ring.key_names.get(i, "") for i in range(max(ring.key_names, default=-1) + 1)]
     points = 0
     for bid, r0, r1, o0, o1 in ring.batches(BATCH_POINTS):
         ops = [[name, args] for _, name, args in ring.ops[o0:o1]]
-        m = None
-        if r1 > r0:
-            ri, ki, steps, vals, ts = columns(ring.records(r0, r1))
-            m = {"runs": runs, "keys": keys, "ri": ri, "ki": ki}
-            m.update(vals=vals, steps=steps, ts=ts)
-        ack = loop.deliver(encode_raw_batch(bid, agent_id, ops, m))
+        records = b"".join(ring.records(r0, r1))
+        ack = loop.deliver(encode_raw_batch(bid, agent_id, ops, None, records, ring.ids_blob))
         if ack is None:
             return False  # stopped or gave up: the ring stays for the next adopter
         if ack.errors:
