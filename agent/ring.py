@@ -28,7 +28,19 @@ process that adopts a dead ring re-cuts the same batches with the same ids: a ba
 collector committed just before the owner died is deduplicated, not stored twice.
 
 Ids, ops and cuts are written with ``os.write`` before anything that depends on them is
-published: the kernel holds them across a SIGKILL of the writer.
+published: the kernel holds them across a SIGKILL of the writer. A node crash (kernel
+panic, power loss) loses what only the page cache held, so ``cut`` also fdatasyncs ids,
+ops and cuts before the batch goes out: an adopter after the reboot then re-cuts the
+batches the collector may have committed with their own ids (were the cut lost, its
+first re-cut batch would carry the committed batch's id with more points in it, and
+the extra points would be dropped as a duplicate). That is one fdatasync of three files
+per batch, on the packer's thread, never on ``log_metric``'s path. The header's acked
+positions and the records are not synced: a stale ack after a crash only makes an
+adopter resend batches the collector deduplicates by id, and points nobody
+acknowledged are not promised across a node crash.
+
+The file format, and the one reader of a dead process's ring, live in
+``flightlog.core.ring_format`` (the node's collector adopts rings too).
 """
 
 from __future__ import annotations
@@ -38,46 +50,47 @@ import fcntl
 import itertools
 import mmap
 import os
-import struct
 import sys
 import threading
-import time
-from array import array
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-MAGIC = b"FLRING01"
-# magic, capacity, acked ring position, acked ops index, owner pid
-HEADER_FORMAT = struct.Struct("<8sqqqq")
-HEADER = 64  # bytes before the first record
-RECORD_FORMAT = struct.Struct("<IIqddq")  # run index, key index, step, value, ts, seq + 1
-RECORD = RECORD_FORMAT.size  # 40
-QWORDS = RECORD // 8
-_ACKED_AT = 16  # offset of the acked positions in the header
-_ACKED = struct.Struct("<qq")
-_CUT = struct.Struct("<qq")
-RUN, KEY = 0, 1
+from flightlog.core.ring_format import (
+    ACKED,
+    ACKED_AT,
+    CUT,
+    HEADER,
+    HEADER_FORMAT,
+    KEY,
+    MAGIC,
+    RECORD,
+    RECORD_FORMAT,
+    RUN,
+    batch_id,
+    columns,
+    own_start,
+    published_prefix,
+    remove_ring,
+    rings_root,
+)
+
+__all__ = ["HEADER", "RECORD", "RECORD_FORMAT", "Ring", "batch_id", "columns", "rings_root"]
+
 GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
-
-
-def rings_root(spool_root: Path) -> Path:
-    """Where the rings of the processes that log to one destination live (beside its
-    spool root, not in it: the spool adopter claims every directory in that one)."""
-    return spool_root.with_name(spool_root.name + "-rings")
-
-
-def batch_id(ring_id: str, ring_start: int, ops_start: int) -> str:
-    """The id of the batch that starts at these positions: the same in any process."""
-    return f"ring-{ring_id}-{ring_start}-{ops_start}"
 
 
 def _append(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _sync(fd: int) -> None:
+    fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+    with contextlib.suppress(OSError):  # closed (the agent closing): nothing to sync
+        fdatasync(fd)
 
 
 class Ring:
@@ -104,7 +117,7 @@ class Ring:
         finally:
             os.close(fd)
         self._fds = [self._ids_fd, self._ops_fd, self._cuts_fd, self._lock_fd]
-        HEADER_FORMAT.pack_into(self.mm, 0, MAGIC, capacity, 0, 0, os.getpid())
+        HEADER_FORMAT.pack_into(self.mm, 0, MAGIC, capacity, 0, 0, os.getpid(), own_start())
         self.pack_into = RECORD_FORMAT.pack_into
         self.counter = itertools.count()
         self.locked = not GIL
@@ -199,11 +212,15 @@ class Ring:
 
     def cut(self, ring_end: int, ops_end: int) -> None:
         """Record a batch boundary before the batch is sent (see the module docstring)."""
-        _append(self._cuts_fd, _CUT.pack(ring_end, ops_end))
+        _append(self._cuts_fd, CUT.pack(ring_end, ops_end))
+        # Durable before the batch is sent (see the module docstring): a node crash must
+        # not leave an adopter to re-cut a committed batch differently.
+        for fd in (self._ids_fd, self._ops_fd, self._cuts_fd):
+            _sync(fd)
 
     def set_acked(self, ring_pos: int, ops_pos: int) -> None:
         """Everything before these positions is acknowledged or in the disk spool."""
-        _ACKED.pack_into(self.mm, _ACKED_AT, ring_pos, ops_pos)
+        ACKED.pack_into(self.mm, ACKED_AT, ring_pos, ops_pos)
         self.acked = ring_pos
         self.acked_ops = ops_pos
 
@@ -213,7 +230,7 @@ class Ring:
         slow path (``limit`` -1), which counts it as dropped."""
         self.limit = -1
         if remove:
-            _remove(self.directory)
+            remove_ring(self.directory)
         self._close_fds()
 
     def _close_fds(self) -> None:
@@ -241,7 +258,7 @@ def _take(
         slot = pos % cap
         n = min(end - pos, cap - slot)  # up to the end of the file, then wrap
         raw = mm[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
-        good = _published_prefix(raw, pos, n)
+        good = published_prefix(raw, pos, n)
         if good:
             chunks.append(raw[: good * RECORD])
             pos += good
@@ -252,190 +269,3 @@ def _take(
             extra.append(point)
             pos += 1
     return pos, chunks, extra
-
-
-def _published_prefix(raw: bytes, start: int, n: int) -> int:
-    """How many records from the start of ``raw`` carry seq + 1 == their position + 1."""
-    seqs = memoryview(raw).cast("q")[QWORDS - 1 :: QWORDS]
-    want = array("q", range(start + 1, start + n + 1))
-    if sys.byteorder != "little":
-        want.byteswap()
-    got = seqs.tobytes()
-    wb = want.tobytes()
-    if got == wb:
-        return n
-    lo, hi = 0, n  # the first mismatch is in [lo, hi): bisect on equal prefixes
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if got[: mid * 8] == wb[: mid * 8]:
-            lo = mid
-        else:
-            hi = mid
-    return lo if got[: hi * 8] != wb[: hi * 8] else hi
-
-
-def columns(chunks: list[bytes]) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-    """Wire columns (uint32 run and key indexes, int64 steps, float64 values and
-    timestamps) of ring records, cut with strided memoryview copies: no object per point."""
-    raw = b"".join(chunks) if len(chunks) != 1 else chunks[0]
-    q = memoryview(raw).cast("q")
-    i = memoryview(raw).cast("I")
-    return (
-        i[0::10].tobytes(),
-        i[1::10].tobytes(),
-        q[1::QWORDS].tobytes(),
-        q[2::QWORDS].tobytes(),
-        q[3::QWORDS].tobytes(),
-    )
-
-
-def _remove(directory: Path) -> None:
-    for name in ("ring", "ids", "ops", "cuts", "lock"):
-        with contextlib.suppress(OSError):
-            (directory / name).unlink()
-    with contextlib.suppress(OSError):
-        directory.rmdir()
-
-
-# -- a dead process's ring ---------------------------------------------------------------
-
-
-class DeadRing:
-    """A ring whose owner is gone, locked by us while we send what it holds."""
-
-    def __init__(self, directory: Path, lock_fd: int) -> None:
-        self.directory = directory
-        self.lock_fd = lock_fd
-        self.ring_id = directory.name
-        data = (directory / "ring").read_bytes()
-        magic, self.capacity, self.acked, self.acked_ops, self.pid = HEADER_FORMAT.unpack_from(data)
-        if magic != MAGIC:
-            raise ValueError(f"{directory}: not a flightlog ring")
-        self.data = data
-        self.run_names: dict[int, str] = {}
-        self.key_names: dict[int, str] = {}
-        for kind, i, s in _unpack_all(directory / "ids"):
-            (self.run_names if kind == RUN else self.key_names)[i] = s
-        self.ops = [(i, name, args) for i, name, args in _unpack_all(directory / "ops")]
-        raw = _read(directory / "cuts")
-        raw = raw[: len(raw) - len(raw) % _CUT.size]
-        self.cuts = [c for c in _CUT.iter_unpack(raw)]
-
-    @classmethod
-    def claim(cls, directory: Path) -> DeadRing | None:
-        """Lock ``directory`` if its owner is gone (None if it lives or is claimed)."""
-        try:
-            fd = os.open(directory / "lock", os.O_RDWR | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        try:
-            return cls(directory, fd)
-        except (OSError, ValueError, struct.error):
-            os.close(fd)
-            return None
-
-    def end(self) -> int:
-        """The ring position after the last published record."""
-        pos = self.acked
-        end = self.acked + self.capacity
-        while pos < end:
-            slot = pos % self.capacity
-            n = min(end - pos, self.capacity - slot, 65536)
-            raw = self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
-            good = _published_prefix(raw, pos, n)
-            pos += good
-            if good < n:
-                break
-        return pos
-
-    def batches(self, max_points: int) -> Iterator[tuple[str, int, int, int, int]]:
-        """(batch id, ring start, ring end, ops start, ops end) of what is unacknowledged:
-        first the cuts the owner made (same ids), then the rest in new cuts."""
-        ring_end = self.end()
-        ops_end = len(self.ops)
-        rpos, opos = self.acked, self.acked_ops
-        for r, o in self.cuts:
-            if r <= rpos and o <= opos:
-                continue
-            r, o = min(r, ring_end), min(o, ops_end)
-            yield batch_id(self.ring_id, rpos, opos), rpos, r, opos, o
-            rpos, opos = max(rpos, r), max(opos, o)
-        while rpos < ring_end or opos < ops_end:
-            r = min(ring_end, rpos + max_points)
-            yield batch_id(self.ring_id, rpos, opos), rpos, r, opos, ops_end
-            rpos, opos = r, ops_end
-
-    def records(self, start: int, end: int) -> list[bytes]:
-        """The raw records in [start, end)."""
-        chunks = []
-        pos = start
-        while pos < end:
-            slot = pos % self.capacity
-            n = min(end - pos, self.capacity - slot)
-            chunks.append(self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD])
-            pos += n
-        return chunks
-
-    def open_runs(self) -> list[str]:
-        """Runs the owner created and did not end (no update_run with an end time)."""
-        open_: dict[str, None] = {}
-        for _, name, args in self.ops:
-            if name == "create_run":
-                open_[args["run_id"]] = None
-            elif name == "update_run" and args.get("end_time") is not None:
-                open_.pop(args.get("run_id"), None)
-        return list(open_)
-
-    def finish(self) -> None:
-        """Delete the directory (everything was sent) and drop the lock."""
-        _remove(self.directory)
-        with contextlib.suppress(OSError):
-            os.close(self.lock_fd)
-
-    def release(self) -> None:
-        """Keep the directory for a later adopter (the collector is away)."""
-        with contextlib.suppress(OSError):
-            os.close(self.lock_fd)
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def _unpack_all(path: Path) -> list[Any]:
-    out = []
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    unpacker.feed(_read(path))
-    with contextlib.suppress(msgpack.OutOfData, ValueError):
-        for item in unpacker:  # a record torn by the owner's death ends the list
-            out.append(item)
-    return out
-
-
-def claim_dead_rings(root: Path, exclude: Path | None = None) -> list[DeadRing]:
-    """Lock every ring directory under ``root`` whose owner is gone."""
-    try:
-        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
-    except OSError:
-        return []
-    claimed = []
-    for d in dirs:
-        if d == exclude:
-            continue
-        c = DeadRing.claim(d)
-        if c is not None:
-            claimed.append(c)
-    return claimed
-
-
-def now_ms() -> int:
-    """Milliseconds since the epoch (the end time of a run a dead process left open)."""
-    return int(time.time() * 1000)

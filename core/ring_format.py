@@ -1,0 +1,339 @@
+"""The metric ring's file format, and the one reader of a ring whose owner died.
+
+The owner's side (``flightlog.agent.ring.Ring``) writes these files; whoever adopts a
+dead process's ring reads them here: the next agent on the node
+(``flightlog.agent.adopter``), the node's collector (``flightlog.collector.ring_watch``)
+and the node sidecar (``flightlog.agent.forward``). One directory per process::
+
+    <spool root>-rings/<agent id>/
+        lock   flock()ed by the owner for as long as it lives (as spool directories)
+        ring   HEADER bytes, then CAPACITY records of RECORD_FORMAT
+        ids    append-only msgpack [kind, id, string]: run ids (kind 0) and keys (kind 1)
+        ops    append-only msgpack [index, name, args]: create_run, params, tags, end ...
+        cuts   append-only pairs of int64 (ring end, ops end): the batches the agent cut
+
+The header holds the owner's pid and its start time (``/proc/<pid>/stat`` field 22, in
+clock ticks since boot), written when the ring is made: a ring's owner is dead when no
+process with that pid and that start time lives (a zombie counts as dead), so a pid
+reused by another process cannot keep a dead ring waiting, nor make a live one look
+dead. The owner's flock is the second check: an adopter takes it before it reads, so a
+ring is adopted by one process at a time and never while its owner holds it. Where
+``/proc`` is missing (not Linux) the start time is 0 and the flock alone decides.
+
+A record is (run index, key index, step, value, timestamp in seconds, seq + 1); a slot
+is published when its last field equals its position + 1 (written last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+import sys
+import time
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from flightlog.core.wire import encode_raw_batch
+
+MAGIC = b"FLRING01"
+# magic, capacity, acked ring position, acked ops index, owner pid, owner start ticks
+HEADER_FORMAT = struct.Struct("<8sqqqqq")
+HEADER = 64  # bytes before the first record
+RECORD_FORMAT = struct.Struct("<IIqddq")  # run index, key index, step, value, ts, seq + 1
+RECORD = RECORD_FORMAT.size  # 40
+QWORDS = RECORD // 8
+ACKED_AT = 16  # offset of the acked positions in the header
+ACKED = struct.Struct("<qq")
+CUT = struct.Struct("<qq")
+RUN, KEY = 0, 1
+FILES = ("ring", "ids", "ops", "cuts", "lock")
+#: Points per batch an adopter sends.
+BATCH_POINTS = 100_000
+
+
+def rings_root(spool_root: Path) -> Path:
+    """Where the rings of the processes that log to one destination live (beside its
+    spool root, not in it: the spool adopter claims every directory in that one)."""
+    return spool_root.with_name(spool_root.name + "-rings")
+
+
+def batch_id(ring_id: str, ring_start: int, ops_start: int) -> str:
+    """The id of the batch that starts at these positions: the same in any process."""
+    return f"ring-{ring_id}-{ring_start}-{ops_start}"
+
+
+# -- whether the owner lives ---------------------------------------------------------------
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field
+    22); None if there is no such process, it is a zombie, or there is no ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces and ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None  # a zombie is dead: it runs no more code and holds no lock
+    return int(fields[19])
+
+
+def own_start() -> int:
+    """This process's start time for the ring header (0 where there is no ``/proc``)."""
+    return process_start(os.getpid()) or 0
+
+
+def owner_alive(pid: int, start: int) -> bool | None:
+    """Whether the process that made a ring lives: None when the ring recorded no start
+    time (not Linux), which leaves the decision to the flock."""
+    if start == 0:
+        return None
+    return process_start(pid) == start
+
+
+def read_owner(directory: Path) -> tuple[int, int] | None:
+    """(pid, start ticks) from a ring's header; None if it is not (yet) a ring."""
+    try:
+        with open(directory / "ring", "rb") as f:
+            head = f.read(HEADER_FORMAT.size)
+        magic, _cap, _acked, _ops, pid, start = HEADER_FORMAT.unpack(head)
+    except (OSError, struct.error):
+        return None
+    if magic != MAGIC:
+        return None
+    return pid, start
+
+
+# -- reading records -----------------------------------------------------------------------
+
+
+def published_prefix(raw: bytes, start: int, n: int) -> int:
+    """How many records from the start of ``raw`` carry seq + 1 == their position + 1."""
+    seqs = memoryview(raw).cast("q")[QWORDS - 1 :: QWORDS]
+    want = array("q", range(start + 1, start + n + 1))
+    if sys.byteorder != "little":
+        want.byteswap()
+    got = seqs.tobytes()
+    wb = want.tobytes()
+    if got == wb:
+        return n
+    lo, hi = 0, n  # the first mismatch is in [lo, hi): bisect on equal prefixes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if got[: mid * 8] == wb[: mid * 8]:
+            lo = mid
+        else:
+            hi = mid
+    return lo if got[: hi * 8] != wb[: hi * 8] else hi
+
+
+def columns(chunks: list[bytes]) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """Wire columns (uint32 run and key indexes, int64 steps, float64 values and
+    timestamps) of ring records, cut with strided memoryview copies: no object per point."""
+    raw = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+    q = memoryview(raw).cast("q")
+    i = memoryview(raw).cast("I")
+    return (
+        i[0::10].tobytes(),
+        i[1::10].tobytes(),
+        q[1::QWORDS].tobytes(),
+        q[2::QWORDS].tobytes(),
+        q[3::QWORDS].tobytes(),
+    )
+
+
+def remove_ring(directory: Path) -> None:
+    """Delete a ring directory and its files."""
+    for name in FILES:
+        with contextlib.suppress(OSError):
+            (directory / name).unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch (the end time of a run a dead process left open)."""
+    return int(time.time() * 1000)
+
+
+# -- a dead process's ring -----------------------------------------------------------------
+
+
+class DeadRing:
+    """A ring whose owner is gone, locked by us while we send what it holds."""
+
+    def __init__(self, directory: Path, lock_fd: int) -> None:
+        self.directory = directory
+        self.lock_fd = lock_fd
+        self.ring_id = directory.name
+        data = (directory / "ring").read_bytes()
+        head = HEADER_FORMAT.unpack_from(data)
+        magic, self.capacity, self.acked, self.acked_ops, self.pid, self.start = head
+        if magic != MAGIC:
+            raise ValueError(f"{directory}: not a flightlog ring")
+        self.data = data
+        self.run_names: dict[int, str] = {}
+        self.key_names: dict[int, str] = {}
+        for kind, i, s in _unpack_all(directory / "ids"):
+            (self.run_names if kind == RUN else self.key_names)[i] = s
+        self.ops = [(i, name, args) for i, name, args in _unpack_all(directory / "ops")]
+        raw = _read(directory / "cuts")
+        raw = raw[: len(raw) - len(raw) % CUT.size]
+        self.cuts = [c for c in CUT.iter_unpack(raw)]
+
+    @classmethod
+    def claim(cls, directory: Path) -> DeadRing | None:
+        """Lock ``directory`` if its owner is gone (None if it lives, may live, or another
+        adopter holds it). Never touches a live process's ring: the owner must be dead by
+        pid and start time (where recorded) and its flock free."""
+        owner = read_owner(directory)
+        if owner is None or owner_alive(*owner):
+            return None
+        try:
+            fd = os.open(directory / "lock", os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            return cls(directory, fd)
+        except (OSError, ValueError, struct.error):
+            os.close(fd)
+            return None
+
+    def end(self) -> int:
+        """The ring position after the last published record."""
+        pos = self.acked
+        end = self.acked + self.capacity
+        while pos < end:
+            slot = pos % self.capacity
+            n = min(end - pos, self.capacity - slot, 65536)
+            raw = self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
+            good = published_prefix(raw, pos, n)
+            pos += good
+            if good < n:
+                break
+        return pos
+
+    def batches(self, max_points: int) -> Iterator[tuple[str, int, int, int, int]]:
+        """(batch id, ring start, ring end, ops start, ops end) of what is unacknowledged:
+        first the cuts the owner made (same ids), then the rest in new cuts."""
+        ring_end = self.end()
+        ops_end = len(self.ops)
+        rpos, opos = self.acked, self.acked_ops
+        for r, o in self.cuts:
+            if r <= rpos and o <= opos:
+                continue
+            r, o = min(r, ring_end), min(o, ops_end)
+            yield batch_id(self.ring_id, rpos, opos), rpos, r, opos, o
+            rpos, opos = max(rpos, r), max(opos, o)
+        while rpos < ring_end or opos < ops_end:
+            r = min(ring_end, rpos + max_points)
+            yield batch_id(self.ring_id, rpos, opos), rpos, r, opos, ops_end
+            rpos, opos = r, ops_end
+
+    def records(self, start: int, end: int) -> list[bytes]:
+        """The raw records in [start, end)."""
+        chunks = []
+        pos = start
+        while pos < end:
+            slot = pos % self.capacity
+            n = min(end - pos, self.capacity - slot)
+            chunks.append(self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD])
+            pos += n
+        return chunks
+
+    def open_runs(self) -> list[str]:
+        """Runs the owner created and did not end (no update_run with an end time)."""
+        open_: dict[str, None] = {}
+        for _, name, args in self.ops:
+            if name == "create_run":
+                open_[args["run_id"]] = None
+            elif name == "update_run" and args.get("end_time") is not None:
+                open_.pop(args.get("run_id"), None)
+        return list(open_)
+
+    def bodies(self, agent_id: str, max_points: int = BATCH_POINTS) -> Iterator[tuple[bytes, int]]:
+        """The encoded batches (body, points) that send what the ring holds, exactly once:
+        the owner's cuts re-made with the same batch ids (a batch the collector committed
+        just before the owner died is deduplicated by its id), then new cuts whose ids also
+        come from ring positions (a second adopter makes the same ones), and last one
+        batch that ends FAILED the runs the owner created and never ended (a SIGTERM or
+        Ctrl-C ends them KILLED itself, and that update is in the ops journal)."""
+        last = max(self.run_names, default=-1) + 1
+        runs = [self.run_names.get(i, "") for i in range(last)]
+        keys = [self.key_names.get(i, "") for i in range(max(self.key_names, default=-1) + 1)]
+        for bid, r0, r1, o0, o1 in self.batches(max_points):
+            ops = [[name, args] for _, name, args in self.ops[o0:o1]]
+            m = None
+            if r1 > r0:
+                ri, ki, steps, vals, ts = columns(self.records(r0, r1))
+                m = {"runs": runs, "keys": keys, "ri": ri, "ki": ki}
+                m.update(vals=vals, steps=steps, ts=ts)
+            yield encode_raw_batch(bid, agent_id, ops, m), r1 - r0
+        end = now_ms()
+        ends = [
+            ["update_run", {"run_id": rid, "status": "FAILED", "end_time": end}]
+            for rid in self.open_runs()
+        ]
+        if ends:
+            yield encode_raw_batch(f"ring-{self.ring_id}-end", agent_id, ends, None), 0
+
+    def finish(self) -> None:
+        """Delete the directory (everything was sent) and drop the lock."""
+        remove_ring(self.directory)
+        with contextlib.suppress(OSError):
+            os.close(self.lock_fd)
+
+    def release(self) -> None:
+        """Keep the directory for a later adopter (the collector is away)."""
+        with contextlib.suppress(OSError):
+            os.close(self.lock_fd)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _unpack_all(path: Path) -> list[Any]:
+    out = []
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(_read(path))
+    with contextlib.suppress(msgpack.OutOfData, ValueError):
+        for item in unpacker:  # a record torn by the owner's death ends the list
+            out.append(item)
+    return out
+
+
+def ring_dirs(root: Path) -> list[Path]:
+    """The ring directories under ``root``."""
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+
+
+def claim_dead_rings(root: Path, exclude: Path | None = None) -> list[DeadRing]:
+    """Lock every ring directory under ``root`` whose owner is gone."""
+    claimed = []
+    for d in ring_dirs(root):
+        if d == exclude:
+            continue
+        c = DeadRing.claim(d)
+        if c is not None:
+            claimed.append(c)
+    return claimed
