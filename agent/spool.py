@@ -27,12 +27,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import struct
-import urllib.parse
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +38,6 @@ from pathlib import Path
 
 from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
-from flightlog.core.uris import LocalStore
 
 log = logging.getLogger("flightlog.agent")
 
@@ -49,45 +46,10 @@ MAGIC = b"FLS1"
 SEGMENT_SUFFIX = ".seg"
 LOCK_NAME = "lock"
 TARGET_NAME = "target.json"
-# FLIGHTLOG_SPOOL_DIR (settings.SPOOL_DIR): base directory of spools for collector URLs
-# (default $XDG_CACHE_HOME/flightlog/spool, i.e. ~/.cache/flightlog/spool); local stores
-# spool into <store>/spool unless it is set.
+# Where spools are (FLIGHTLOG_SPOOL_DIR ...): flightlog.core.spool_paths, since the node's
+# collector looks there too (for the metric rings of dead processes).
 DEFAULT_SPOOL_MAX_BYTES = settings.SPOOL_MAX_BYTES.default
 DEFAULT_SEGMENT_BYTES = 16 * 1024**2
-
-
-def default_spool_root(tracking_uri: str, store_dir: Path | LocalStore | None) -> Path:
-    """The spool directory for one collector URL or local store.
-
-    Spools are kept per destination, so a batch is only ever sent where it was meant to
-    go: another agent adopts a dead process's spool only for the same destination (for a
-    local store, its database file: two ``sqlite:///`` stores in a directory have two).
-    """
-    if store_dir is not None:
-        if isinstance(store_dir, LocalStore):
-            own = store_dir.spool_dir
-            key = store_dir.directory if store_dir.is_directory_store else store_dir.db_path
-        else:
-            own, key = store_dir / "spool", store_dir
-        if settings.SPOOL_DIR.get() is None:
-            return own
-        digest = hashlib.sha1(str(key).encode()).hexdigest()[:12]
-        return spool_base() / f"store-{key.name}-{digest}"
-    base = spool_base()
-    parts = urllib.parse.urlsplit(tracking_uri)
-    name = f"{parts.scheme}-{parts.hostname}-{parts.port or ''}"
-    if parts.path.strip("/"):
-        name += "-" + hashlib.sha1(parts.path.encode()).hexdigest()[:8]
-    return base / name
-
-
-def spool_base() -> Path:
-    """The base directory of spools: FLIGHTLOG_SPOOL_DIR, else the XDG cache's."""
-    configured = settings.SPOOL_DIR.get()
-    if configured is not None:
-        return Path(configured).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "flightlog" / "spool"
 
 
 def _write_target(root: Path, tracking_uri: str) -> None:

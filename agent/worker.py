@@ -56,10 +56,11 @@ from flightlog.agent.ring import Ring, batch_id, rings_root
 from flightlog.agent.ring import columns as ring_columns
 from flightlog.agent.sender import REJECTED, Ack, Sender
 from flightlog.agent.signals import keep_off_this_thread
-from flightlog.agent.spool import Spool, default_spool_root
+from flightlog.agent.spool import Spool
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
 from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
+from flightlog.core.spool_paths import default_spool_root
 from flightlog.core.wire import MetricTuple, encode_batch, encode_raw_batch
 
 __all__ = ["Agent", "FlushMarker", "Op", "begin_exit", "time_budget"]

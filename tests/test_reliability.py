@@ -548,7 +548,8 @@ def test_spool_files_torn_or_damaged_records_and_live_owners(tmp_path: Path) -> 
 
 def test_flightlog_sync_into_a_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flightlog.agent.embedded import stop_collector
-    from flightlog.agent.spool import Spool, default_spool_root
+    from flightlog.agent.spool import Spool
+    from flightlog.core.spool_paths import default_spool_root
 
     monkeypatch.delenv("FLIGHTLOG_SPOOL_DIR")  # a local store's spool lives inside it
     store = tmp_path / "store"
