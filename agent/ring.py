@@ -8,18 +8,25 @@ and another process can read it after the owner is gone. One directory per proce
     <spool root>-rings/<agent id>/
         lock   flock()ed by the owner for as long as it lives (as spool directories)
         ring   HEADER bytes, then CAPACITY records of RECORD_FORMAT
-        ids    append-only msgpack [kind, id, string]: run ids (kind 0) and keys (kind 1)
+        ids    append-only msgpack [2, index, run id, key]: the series indexes
         ops    append-only msgpack [index, name, args]: create_run, params, tags, end ...
         cuts   append-only pairs of int64 (ring end, ops end): the batches the agent cut
 
-A record is (run index, key index, step, value, timestamp in seconds, seq + 1). A slot is
-published when its last field equals its sequence number + 1 (written last, so a write
-cut short by the owner's death is not taken): a stale slot from an
-earlier lap, a fresh zero slot and a slot reserved but not yet written all fail that
-test, so a reader never takes half a write (``pack_into`` writes the record in one C
-call, under the GIL). Slots are reserved with ``next()`` on an ``itertools.count``,
-atomic under the GIL; on a free-threaded build (no GIL) reservation, write and the
-reader's copy take ``Ring.lock`` instead (``Ring.locked``).
+A record is (step, value, timestamp in seconds, series index, lap + 1), 32 bytes. Position
+``p`` lives in slot ``p % capacity`` of lap ``p // capacity``; a slot is published when
+its last field equals its position's lap + 1 (written last, so a write cut short by the
+owner's death is not taken). A slot never holds a later lap than the position a reader
+looks for (a lap is written only once the one before it is acknowledged), so a stale
+slot from an earlier lap, a fresh zero slot and a slot reserved but not yet written all
+fail the test, and a block of one lap is checked with one bytes comparison of its laps
+column against the lap repeated (``published_prefix``); a reader never takes half a
+write (``pack_into`` writes the record in one C call, under the GIL).
+
+The hot path reserves a slot with one ``next()`` on ``Ring.slots``, a zip of C iterators
+yielding (position, byte offset, lap + 1): atomic under the GIL and no arithmetic in
+Python. On a free-threaded build (no GIL) reservation, write and the reader's copy take
+``Ring.lock`` instead (``Ring.locked``). The agent ships the records as they are (the
+wire's ``r`` form, ``flightlog.core.wire``) with the ``ids`` table beside them.
 
 The header holds what the collector acknowledged (ring and ops positions), written by
 the sender after each acknowledgement. Batch ids are made from ring and ops positions
@@ -39,8 +46,8 @@ positions and the records are not synced: a stale ack after a crash only makes a
 adopter resend batches the collector deduplicates by id, and points nobody
 acknowledged are not promised across a node crash.
 
-The file format, and the one reader of a dead process's ring, live in
-``flightlog.core.ring_format`` (the node's collector adopts rings too).
+The file format, and the one reader of a dead process's ring (``DeadRing``), live in
+``flightlog.core.ring_format``: the node's collector and sidecar adopt rings too.
 """
 
 from __future__ import annotations
@@ -63,21 +70,28 @@ from flightlog.core.ring_format import (
     CUT,
     HEADER,
     HEADER_FORMAT,
-    KEY,
+    LAP_AT,
     MAGIC,
     RECORD,
     RECORD_FORMAT,
-    RUN,
+    SERIES,
     batch_id,
-    columns,
     own_start,
     published_prefix,
     remove_ring,
     rings_root,
 )
 
-__all__ = ["HEADER", "RECORD", "RECORD_FORMAT", "Ring", "batch_id", "columns", "rings_root"]
-
+__all__ = [
+    "HEADER",
+    "RECORD",
+    "RECORD_FORMAT",
+    "Ring",
+    "batch_id",
+    "encode_points",
+    "record_runs",
+    "rings_root",
+]
 GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
@@ -120,12 +134,26 @@ class Ring:
         HEADER_FORMAT.pack_into(self.mm, 0, MAGIC, capacity, 0, 0, os.getpid(), own_start())
         self.pack_into = RECORD_FORMAT.pack_into
         self.counter = itertools.count()
+        # The hot path's reservation: one next() yields (position, byte offset of its
+        # slot, lap + 1), all computed in C (atomic under the GIL, no arithmetic in
+        # Python). The offsets come from a range per lap, so no table is held.
+        self.slots = zip(
+            self.counter,
+            itertools.chain.from_iterable(
+                itertools.repeat(range(HEADER, HEADER + capacity * RECORD, RECORD))
+            ),
+            itertools.chain.from_iterable(
+                map(itertools.repeat, itertools.count(1), itertools.repeat(capacity))
+            ),
+            strict=False,  # all three are endless
+        )
         self.locked = not GIL
         self.lock = threading.Lock()
-        self.runs: dict[str, int] = {}
-        self.keys: dict[str, int] = {}
-        self.run_names: list[str] = []
-        self.key_names: list[str] = []
+        # Series (run id, key) -> small index, per run: the hot path's one dict lookup.
+        self.key_ids: dict[str, dict[str, int]] = {}
+        self.series: list[tuple[str, str]] = []
+        # The ``ids`` file's bytes as well (a msgpack stream): each batch carries it.
+        self.ids_blob = b""
         self._intern_lock = threading.Lock()
         self.ops_lock = threading.Lock()  # journal and queue take ops in one order
         self.ops_count = 0
@@ -134,54 +162,46 @@ class Ring:
         self.acked = 0
         self.acked_ops = 0
         self.limit = capacity
-        self.overflow: dict[int, Any] = {}  # seq -> point, or None: no point
+        self.overflow: dict[int, Any] = {}  # seq -> (sid, step, value, ts), or None
 
-    # -- interning (rare: the first use of a run or key) -------------------------------
+    # -- interning (rare: the first point of a series) ---------------------------------
 
-    def run_index(self, run_id: str) -> int:
-        """The small id of ``run_id``, written to ``ids`` before first use."""
-        i = self.runs.get(run_id)
-        return self._intern(self.runs, self.run_names, RUN, run_id) if i is None else i
+    def keys_of(self, run_id: str) -> dict[str, int]:
+        """The key -> series index table of ``run_id`` (filled by ``series_index``)."""
+        kd = self.key_ids.get(run_id)
+        if kd is None:
+            with self._intern_lock:
+                kd = self.key_ids.setdefault(run_id, {})
+        return kd
 
-    def key_index(self, key: str) -> int:
-        """The small id of ``key``, written to ``ids`` before first use."""
-        i = self.keys.get(key)
-        return self._intern(self.keys, self.key_names, KEY, key) if i is None else i
-
-    def _intern(self, table: dict[str, int], names: list[str], kind: int, s: str) -> int:
+    def series_index(self, run_id: str, key: str) -> int:
+        """The small index of (``run_id``, ``key``), written to ``ids`` before first use."""
+        kd = self.keys_of(run_id)
+        i = kd.get(key)
+        if i is not None:
+            return i
         with self._intern_lock:
-            i = table.get(s)
+            i = kd.get(key)
             if i is None:
-                i = len(names)
-                _append(self._ids_fd, msgpack.packb([kind, i, s]))
-                names.append(s)
-                table[s] = i  # published last: a reader of the ring finds the name first
+                i = len(self.series)
+                entry = msgpack.packb([SERIES, i, run_id, key])
+                _append(self._ids_fd, entry)
+                self.series.append((run_id, key))
+                self.ids_blob += entry
+                kd[key] = i  # published last: a reader of the ring finds the name first
             return i
 
     # -- the hot path's helpers ----------------------------------------------------------
 
-    def write_locked(self, ri: int, ki: int, step: int, value: float, ts: float) -> int:
-        """Reserve and write under ``lock`` (free-threaded builds); returns the seq."""
-        with self.lock:
-            seq = next(self.counter)
-            if seq < self.limit:
-                self.pack_into(
-                    self.mm,
-                    HEADER + (seq % self.capacity) * RECORD,
-                    ri,
-                    ki,
-                    step,
-                    value,
-                    ts,
-                    seq + 1,
-                )
-            return seq
-
-    def write_at(self, seq: int, ri: int, ki: int, step: int, value: float, ts: float) -> None:
+    def write_at(self, seq: int, sid: int, step: int, value: float, ts: float) -> None:
         """Write a reserved slot (the slow path, below acked + capacity)."""
-        self.pack_into(
-            self.mm, HEADER + (seq % self.capacity) * RECORD, ri, ki, step, value, ts, seq + 1
-        )
+        lap, slot = divmod(seq, self.capacity)
+        self.pack_into(self.mm, HEADER + slot * RECORD, step, value, ts, sid, lap + 1)
+
+    def reserve(self) -> int:
+        """Reserve one position (the slow paths; the hot path takes ``next(slots)``)."""
+        seq: int = next(self.slots)[0]
+        return seq
 
     def reserved(self) -> int:
         """Positions reserved so far (a peek at the counter)."""
@@ -199,8 +219,9 @@ class Ring:
 
     # -- the packer's and the sender's side ---------------------------------------------
 
-    def take(self, start: int, end: int) -> tuple[int, list[bytes], list[tuple[int, ...]]]:
-        """The published records in [start, end): (new start, ring columns, overflow points).
+    def take(self, start: int, end: int) -> tuple[int, list[bytes], list[Any]]:
+        """The published records in [start, end): (new start, raw record blocks, overflow
+        points (sid, step, value, ts), None for a point that was dropped).
 
         Stops at the first slot that is neither published nor in ``overflow`` (a write in
         flight on another thread).
@@ -241,7 +262,9 @@ class Ring:
                 os.close(fd)
 
     def forget_after_fork(self) -> None:
-        """In a forked child: close the parent's descriptors (its flock stays the parent's)."""
+        """In a forked child: close the parent's descriptors (its flock stays the parent's)
+        and send every later write to the slow path (the map is the parent's)."""
+        self.limit = -1
         self._close_fds()
 
 
@@ -250,17 +273,17 @@ _MISSING = object()
 
 def _take(
     mm: Any, cap: int, start: int, end: int, overflow: dict[int, Any]
-) -> tuple[int, list[bytes], list[tuple[int, ...]]]:
+) -> tuple[int, list[bytes], list[Any]]:
     chunks: list[bytes] = []
-    extra: list[tuple[int, ...]] = []
+    extra: list[Any] = []
     pos = start
     while pos < end:
         slot = pos % cap
         n = min(end - pos, cap - slot)  # up to the end of the file, then wrap
         raw = mm[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
-        good = published_prefix(raw, pos, n)
+        good = published_prefix(raw, pos // cap + 1, n)
         if good:
-            chunks.append(raw[: good * RECORD])
+            chunks.append(raw if good == n else raw[: good * RECORD])
             pos += good
         if good < n:
             point = overflow.pop(pos, _MISSING)
@@ -269,3 +292,17 @@ def _take(
             extra.append(point)
             pos += 1
     return pos, chunks, extra
+
+
+def encode_points(points: list[tuple[int, int, float, float]]) -> bytes:
+    """Records (lap 0) of points that found the ring full and were kept aside (rare)."""
+    pack = RECORD_FORMAT.pack
+    return b"".join(pack(step, value, ts, sid, 0) for sid, step, value, ts in points)
+
+
+def record_runs(chunks: list[bytes], series: list[tuple[str, str]]) -> list[str]:
+    """The run id of every record in ``chunks`` (a rare path: counting dropped points)."""
+    out: list[str] = []
+    for chunk in chunks:
+        out += [series[i][0] for i in memoryview(chunk).cast("I")[LAP_AT - 1 :: RECORD // 4]]
+    return out

@@ -39,7 +39,6 @@ import threading
 import time
 import uuid
 import weakref
-from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,8 +51,7 @@ from flightlog.agent.heartbeats import Heartbeats
 from flightlog.agent.outbox import FlushMarker, Outbox
 from flightlog.agent.records import OP, RECORD, Op, clean_points, split_records
 from flightlog.agent.reported_errors import ReportedErrors
-from flightlog.agent.ring import Ring, batch_id, rings_root
-from flightlog.agent.ring import columns as ring_columns
+from flightlog.agent.ring import Ring, batch_id, encode_points, record_runs, rings_root
 from flightlog.agent.sender import REJECTED, Ack, Sender
 from flightlog.agent.signals import keep_off_this_thread
 from flightlog.agent.spool import Spool
@@ -139,9 +137,9 @@ class Agent:
         self.drops.forget_runs()
         self.heartbeats = Heartbeats(self.heartbeat_interval)
         self.ring: Ring | None = None
-        # Opt-in (FLIGHTLOG_METRIC_RING): off, the agent has no ring and points take the
-        # in-memory queue. On, the ring opens with the agent (and in a fork child, at
-        # the fork), since log_metric's queue path only asks whether there is a ring.
+        # The default (FLIGHTLOG_METRIC_RING=0 turns it off): the ring opens with the
+        # agent (and in a fork child, at the fork). Off, or where the spool directory is
+        # not writable, the agent has no ring and points take the in-memory queue.
         self._ring_wanted = settings.METRIC_RING.get()
         self._ring_taken = 0  # ring positions packed so far
         self._ring_marks: dict[int, tuple[int, int]] = {}  # outbox seq -> positions
@@ -235,6 +233,15 @@ class Agent:
                 self._make_ring()
         return self.ring
 
+    def metric_ring(self) -> Ring | None:
+        """This process's metric ring (opened now if it is wanted and not open yet)."""
+        ring = self.ring
+        if ring is None and self._ring_wanted:
+            ring = self._open_ring()
+        if self._pid != os.getpid():
+            return None
+        return ring
+
     def _make_ring(self) -> None:
         capacity = self.max_queue
         try:
@@ -269,26 +276,26 @@ class Agent:
             q = self.queue
             q += item
             return
-        self.ring_write(ring.run_index(rid), ring.key_index(key), step, value, ts)
+        self.ring_write(ring.series_index(rid, key), step, value, ts)
 
-    def ring_write(self, ri: int, ki: int, step: int, value: float, ts: float) -> None:
+    def ring_write(self, sid: int, step: int, value: float, ts: float) -> None:
         """Reserve a slot and write one point (the hot path's general form)."""
         ring = self.ring
         assert ring is not None
         if ring.locked:
             with ring.lock:
-                seq = next(ring.counter)
+                seq = ring.reserve()
                 if seq < ring.limit:
-                    ring.write_at(seq, ri, ki, step, value, ts)
+                    ring.write_at(seq, sid, step, value, ts)
                     return
         else:
-            seq = next(ring.counter)
+            seq, offset, lap = next(ring.slots)
             if seq < ring.limit:
-                ring.write_at(seq, ri, ki, step, value, ts)
+                ring.pack_into(ring.mm, offset, step, value, ts, sid, lap)
                 return
-        self.ring_full(seq, ri, ki, step, value, ts)
+        self.ring_full(seq, sid, step, value, ts)
 
-    def ring_full(self, seq: int, ri: int, ki: int, step: int, value: float, ts: float) -> None:
+    def ring_full(self, seq: int, sid: int, step: int, value: float, ts: float) -> None:
         """A reserved position at or past ``ring.limit``: wake the packer, and write the
         slot if it is free (below acked + capacity).
 
@@ -303,7 +310,7 @@ class Agent:
         if not self._wake.is_set():
             self._wake.set()
         if seq < ring.acked + ring.capacity and not self._closed:
-            ring.write_at(seq, ri, ki, step, value, ts)
+            ring.write_at(seq, sid, step, value, ts)
             return
         if not self._closed:
             if self._packer_stuck:
@@ -321,10 +328,10 @@ class Agent:
                 finally:
                     self._pack_lock.release()
             if seq < ring.acked + ring.capacity:
-                ring.write_at(seq, ri, ki, step, value, ts)
+                ring.write_at(seq, sid, step, value, ts)
                 return
         ring.overflow[seq] = None
-        self.drops.count_point(ring.run_names[ri], "closed" if self._closed else "queue_full")
+        self.drops.count_point(ring.series[sid][0], "closed" if self._closed else "queue_full")
 
     def _advance_ring(self) -> None:
         """Move the ring's acked positions past every batch acknowledged or on disk."""
@@ -645,10 +652,7 @@ class Agent:
             # (an adopter's copy of this batch is then a duplicate, not a second run).
             ring = self.ring
             assert ring is not None
-            ri = array("I")
-            for chunk in chunks:
-                ri.frombytes(memoryview(chunk).cast("I")[0::10].tobytes())
-            run_ids = [ring.run_names[i] for i in ri]
+            run_ids = record_runs(chunks, ring.series)
             reason = "closed" if self.outbox.closed else "spool_full"
             self.drops.count_points(run_ids, reason)
             if reason == "closed":
@@ -673,29 +677,14 @@ class Agent:
         chunks: list[bytes],
         extra: list[Any],
     ) -> bytes:
+        """The batch of ring records as they are (the wire's ``r`` form) and ``ops``."""
         ring = self.ring
         assert ring is not None
-        if not chunks and not any(e is not None for e in extra):
-            return encode_raw_batch(bid, self.agent_id, ops, None)
-        ri, ki, steps, vals, ts = ring_columns(chunks) if chunks else (b"",) * 5
         kept = [e for e in extra if e is not None]
-        if kept:  # points that found the ring full (rare): appended as arrays
-            cols = list(zip(*kept, strict=True))
-            ri += array("I", cols[0]).tobytes()
-            ki += array("I", cols[1]).tobytes()
-            steps += array("q", cols[2]).tobytes()
-            vals += array("d", cols[3]).tobytes()
-            ts += array("d", cols[4]).tobytes()
-        m = {
-            "runs": list(ring.run_names),
-            "keys": list(ring.key_names),
-            "ri": ri,
-            "ki": ki,
-            "vals": vals,
-            "steps": steps,
-            "ts": ts,
-        }
-        return encode_raw_batch(bid, self.agent_id, ops, m)
+        if kept:  # points that found the ring full (rare)
+            chunks = [*chunks, encode_points(kept)]
+        records = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        return encode_raw_batch(bid, self.agent_id, ops, None, records, ring.ids_blob)
 
     def _split(
         self, items: list[Any]

@@ -8,7 +8,7 @@ and the node sidecar (``flightlog.agent.forward``). One directory per process::
     <spool root>-rings/<agent id>/
         lock   flock()ed by the owner for as long as it lives (as spool directories)
         ring   HEADER bytes, then CAPACITY records of RECORD_FORMAT
-        ids    append-only msgpack [kind, id, string]: run ids (kind 0) and keys (kind 1)
+        ids    append-only msgpack [2, index, run id, key]: the series indexes
         ops    append-only msgpack [index, name, args]: create_run, params, tags, end ...
         cuts   append-only pairs of int64 (ring end, ops end): the batches the agent cut
 
@@ -20,8 +20,9 @@ dead. The owner's flock is the second check: an adopter takes it before it reads
 ring is adopted by one process at a time and never while its owner holds it. Where
 ``/proc`` is missing (not Linux) the start time is 0 and the flock alone decides.
 
-A record is (run index, key index, step, value, timestamp in seconds, seq + 1); a slot
-is published when its last field equals its position + 1 (written last).
+A record is (step, value, timestamp in seconds, series index, lap + 1), 32 bytes; a slot
+is published when its last field equals its position's lap + 1 (written last). See
+``flightlog.agent.ring`` for why a reader never takes half a write.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import os
 import struct
 import sys
 import time
-from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,17 +41,17 @@ import msgpack
 
 from flightlog.core.wire import encode_raw_batch
 
-MAGIC = b"FLRING01"
+MAGIC = b"FLRING02"
 # magic, capacity, acked ring position, acked ops index, owner pid, owner start ticks
 HEADER_FORMAT = struct.Struct("<8sqqqqq")
 HEADER = 64  # bytes before the first record
-RECORD_FORMAT = struct.Struct("<IIqddq")  # run index, key index, step, value, ts, seq + 1
-RECORD = RECORD_FORMAT.size  # 40
-QWORDS = RECORD // 8
+RECORD_FORMAT = struct.Struct("<qddII")  # step, value, ts, series index, lap + 1
+RECORD = RECORD_FORMAT.size  # 32
+LAP_AT = RECORD // 4 - 1  # the lap's position in the record as uint32 words
 ACKED_AT = 16  # offset of the acked positions in the header
 ACKED = struct.Struct("<qq")
 CUT = struct.Struct("<qq")
-RUN, KEY = 0, 1
+SERIES = 2  # kind of an ``ids`` entry: [SERIES, index, run id, key]
 FILES = ("ring", "ids", "ops", "cuts", "lock")
 #: Points per batch an adopter sends.
 BATCH_POINTS = 100_000
@@ -115,39 +115,25 @@ def read_owner(directory: Path) -> tuple[int, int] | None:
 # -- reading records -----------------------------------------------------------------------
 
 
-def published_prefix(raw: bytes, start: int, n: int) -> int:
-    """How many records from the start of ``raw`` carry seq + 1 == their position + 1."""
-    seqs = memoryview(raw).cast("q")[QWORDS - 1 :: QWORDS]
-    want = array("q", range(start + 1, start + n + 1))
-    if sys.byteorder != "little":
-        want.byteswap()
-    got = seqs.tobytes()
-    wb = want.tobytes()
-    if got == wb:
+def published_prefix(raw: bytes, lap: int, n: int) -> int:
+    """How many records from the start of ``raw`` (one lap's slots) carry ``lap``.
+
+    A slot holds at most its position's lap (a later lap is written only once this
+    one is acknowledged), so an unwritten slot shows an earlier lap or zero: the laps
+    column of a fully published block equals ``lap`` repeated, one bytes comparison.
+    """
+    laps = memoryview(raw).cast("I")[LAP_AT :: RECORD // 4].tobytes()
+    want = lap.to_bytes(4, sys.byteorder) * n
+    if laps == want:
         return n
     lo, hi = 0, n  # the first mismatch is in [lo, hi): bisect on equal prefixes
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if got[: mid * 8] == wb[: mid * 8]:
+        if laps[: mid * 4] == want[: mid * 4]:
             lo = mid
         else:
             hi = mid
-    return lo if got[: hi * 8] != wb[: hi * 8] else hi
-
-
-def columns(chunks: list[bytes]) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-    """Wire columns (uint32 run and key indexes, int64 steps, float64 values and
-    timestamps) of ring records, cut with strided memoryview copies: no object per point."""
-    raw = b"".join(chunks) if len(chunks) != 1 else chunks[0]
-    q = memoryview(raw).cast("q")
-    i = memoryview(raw).cast("I")
-    return (
-        i[0::10].tobytes(),
-        i[1::10].tobytes(),
-        q[1::QWORDS].tobytes(),
-        q[2::QWORDS].tobytes(),
-        q[3::QWORDS].tobytes(),
-    )
+    return lo if laps[: hi * 4] != want[: hi * 4] else hi
 
 
 def remove_ring(directory: Path) -> None:
@@ -180,10 +166,13 @@ class DeadRing:
         if magic != MAGIC:
             raise ValueError(f"{directory}: not a flightlog ring")
         self.data = data
-        self.run_names: dict[int, str] = {}
-        self.key_names: dict[int, str] = {}
-        for kind, i, s in _unpack_all(directory / "ids"):
-            (self.run_names if kind == RUN else self.key_names)[i] = s
+        # The ids table as it reached the file: its whole entries (a write cut short by
+        # the owner's death ends it), as a dict and as the bytes a batch carries.
+        entries, used = _unpack_prefix(_read(directory / "ids"))
+        self.series: dict[int, tuple[str, str]] = {
+            e[1]: (e[2], e[3]) for e in entries if len(e) == 4 and e[0] == SERIES
+        }
+        self.ids_blob = used
         self.ops = [(i, name, args) for i, name, args in _unpack_all(directory / "ops")]
         raw = _read(directory / "cuts")
         raw = raw[: len(raw) - len(raw) % CUT.size]
@@ -220,7 +209,7 @@ class DeadRing:
             slot = pos % self.capacity
             n = min(end - pos, self.capacity - slot, 65536)
             raw = self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
-            good = published_prefix(raw, pos, n)
+            good = published_prefix(raw, pos // self.capacity + 1, n)
             pos += good
             if good < n:
                 break
@@ -271,17 +260,10 @@ class DeadRing:
         come from ring positions (a second adopter makes the same ones), and last one
         batch that ends FAILED the runs the owner created and never ended (a SIGTERM or
         Ctrl-C ends them KILLED itself, and that update is in the ops journal)."""
-        last = max(self.run_names, default=-1) + 1
-        runs = [self.run_names.get(i, "") for i in range(last)]
-        keys = [self.key_names.get(i, "") for i in range(max(self.key_names, default=-1) + 1)]
         for bid, r0, r1, o0, o1 in self.batches(max_points):
             ops = [[name, args] for _, name, args in self.ops[o0:o1]]
-            m = None
-            if r1 > r0:
-                ri, ki, steps, vals, ts = columns(self.records(r0, r1))
-                m = {"runs": runs, "keys": keys, "ri": ri, "ki": ki}
-                m.update(vals=vals, steps=steps, ts=ts)
-            yield encode_raw_batch(bid, agent_id, ops, m), r1 - r0
+            records = b"".join(self.records(r0, r1))
+            yield encode_raw_batch(bid, agent_id, ops, None, records, self.ids_blob), r1 - r0
         end = now_ms()
         ends = [
             ["update_run", {"run_id": rid, "status": "FAILED", "end_time": end}]
@@ -307,6 +289,19 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         return b""
+
+
+def _unpack_prefix(data: bytes) -> tuple[list[Any], bytes]:
+    """The whole msgpack items at the start of ``data``, and the bytes they span."""
+    out = []
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(data)
+    used = 0
+    with contextlib.suppress(msgpack.OutOfData, ValueError):
+        for item in unpacker:
+            out.append(item)
+            used = unpacker.tell()
+    return out, data[:used]
 
 
 def _unpack_all(path: Path) -> list[Any]:

@@ -241,7 +241,7 @@ def test_a_live_ring_is_never_claimed_even_without_its_lock(tmp_path: Path) -> N
     (closed, or never taken on a file system without locks); a dead one (here: a start
     time that is not this process's) is claimed, once."""
     ring = Ring(tmp_path / "r-rings", "live", 16)
-    ring.write_at(0, ring.run_index("run"), ring.key_index("k"), 0, 1.0, 1.0)
+    ring.write_at(ring.reserve(), ring.series_index("run", "k"), 0, 1.0, 1.0)
     ring.close(remove=False)  # the lock is released; this process still lives
     assert DeadRing.claim(ring.directory) is None
 
