@@ -39,6 +39,7 @@ from typing import Any
 
 import msgpack
 
+from flightlog.core.ops import SET_TAGS, UPDATE_RUN
 from flightlog.core.wire import encode_raw_batch
 
 MAGIC = b"FLRING02"
@@ -53,6 +54,10 @@ ACKED = struct.Struct("<qq")
 CUT = struct.Struct("<qq")
 SERIES = 2  # kind of an ``ids`` entry: [SERIES, index, run id, key]
 FILES = ("ring", "ids", "ops", "cuts", "lock")
+#: The tag an adopter sets on the runs a dead process left open, beside FAILED (the
+#: collector's heartbeat watch sets ``heartbeat_timeout`` there).
+END_REASON_TAG = "flightlog.endReason"
+PROCESS_DIED = "process_died"
 #: Points per batch an adopter sends.
 BATCH_POINTS = 100_000
 
@@ -258,17 +263,18 @@ class DeadRing:
         the owner's cuts re-made with the same batch ids (a batch the collector committed
         just before the owner died is deduplicated by its id), then new cuts whose ids also
         come from ring positions (a second adopter makes the same ones), and last one
-        batch that ends FAILED the runs the owner created and never ended (a SIGTERM or
-        Ctrl-C ends them KILLED itself, and that update is in the ops journal)."""
+        batch that ends FAILED, tagged ``flightlog.endReason=process_died``, the runs the
+        owner created and never ended (a SIGTERM or Ctrl-C ends them KILLED itself, and
+        that update is in the ops journal)."""
         for bid, r0, r1, o0, o1 in self.batches(max_points):
             ops = [[name, args] for _, name, args in self.ops[o0:o1]]
             records = b"".join(self.records(r0, r1))
             yield encode_raw_batch(bid, agent_id, ops, None, records, self.ids_blob), r1 - r0
         end = now_ms()
-        ends = [
-            ["update_run", {"run_id": rid, "status": "FAILED", "end_time": end}]
-            for rid in self.open_runs()
-        ]
+        ends: list[list[Any]] = []
+        for rid in self.open_runs():
+            ends.append([SET_TAGS, {"run_id": rid, "tags": {END_REASON_TAG: PROCESS_DIED}}])
+            ends.append([UPDATE_RUN, {"run_id": rid, "status": "FAILED", "end_time": end}])
         if ends:
             yield encode_raw_batch(f"ring-{self.ring_id}-end", agent_id, ends, None), 0
 

@@ -114,6 +114,7 @@ def test_sigkill_after_100k_calls_the_embedded_collector_adopts_the_ring(
         client = MlflowClient(tracking_uri=str(store))
         run = client.get_run(run_id)
         assert run.info.status == "FAILED"
+        assert run.data.tags["flightlog.endReason"] == "process_died"
         history = client.get_metric_history(run_id, "loss")
         assert len(history) == 100_000
         assert sorted(m.step for m in history) == list(range(100_000))
