@@ -36,12 +36,13 @@ collector committed just before the owner died is deduplicated, not stored twice
 
 Ids, ops and cuts are written with ``os.write`` before anything that depends on them is
 published: the kernel holds them across a SIGKILL of the writer. A node crash (kernel
-panic, power loss) loses what only the page cache held, so ``cut`` also fdatasyncs ids,
-ops and cuts before the batch goes out: an adopter after the reboot then re-cuts the
-batches the collector may have committed with their own ids (were the cut lost, its
-first re-cut batch would carry the committed batch's id with more points in it, and
-the extra points would be dropped as a duplicate). That is one fdatasync of three files
-per batch, on the packer's thread, never on ``log_metric``'s path. The header's acked
+panic, power loss) loses what only the page cache held, so the sender fdatasyncs ids,
+ops and cuts (``sync_journal``) before it sends a batch: an adopter after the reboot
+then re-cuts the batches the collector may have committed with their own ids (were the
+cut lost, its first re-cut batch would carry the committed batch's id with more points
+in it, and the extra points would be dropped as a duplicate). That is at most one round
+of fdatasync per send, on the sender's thread, which waits for the collector's answer
+anyway; never on ``log_metric``'s path, nor on the packer's. The header's acked
 positions and the records are not synced: a stale ack after a crash only makes an
 adopter resend batches the collector deduplicates by id, and points nobody
 acknowledged are not promised across a node crash.
@@ -157,6 +158,7 @@ class Ring:
         self._intern_lock = threading.Lock()
         self.ops_lock = threading.Lock()  # journal and queue take ops in one order
         self.ops_count = 0
+        self._unsynced = False  # cuts appended since the last sync_journal()
         # Reserved positions at or past ``limit`` take the slow path (``Agent.ring_full``):
         # the packer is woken, and past acked + capacity the point goes to ``overflow``.
         self.acked = 0
@@ -234,8 +236,16 @@ class Ring:
     def cut(self, ring_end: int, ops_end: int) -> None:
         """Record a batch boundary before the batch is sent (see the module docstring)."""
         _append(self._cuts_fd, CUT.pack(ring_end, ops_end))
-        # Durable before the batch is sent (see the module docstring): a node crash must
-        # not leave an adopter to re-cut a committed batch differently.
+        self._unsynced = True
+
+    def sync_journal(self) -> None:
+        """Make ids, ops and cuts durable (the sender, before it sends a batch): a node
+        crash must not leave an adopter to re-cut a committed batch differently. One
+        call covers every cut made before it, so it costs at most one round of
+        fdatasync per send, and none when nothing was cut since the last."""
+        if not self._unsynced:
+            return
+        self._unsynced = False  # first: a cut appended meanwhile asks for the next round
         for fd in (self._ids_fd, self._ops_fd, self._cuts_fd):
             _sync(fd)
 

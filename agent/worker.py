@@ -761,6 +761,9 @@ class Agent:
                     self.drops.count("spool_unreadable", entry.points)
                     self._settle(self.outbox.ack(entry), True)
                     continue
+                ring = self.ring
+                if ring is not None:
+                    ring.sync_journal()  # this batch's cut is durable before it is sent
                 ack = self.delivery.deliver(body)
                 if ack is None:
                     continue  # stopped

@@ -276,3 +276,27 @@ def test_a_zombie_owner_is_dead(tmp_path: Path) -> None:
         assert owner_alive(child.pid, start) is False
     finally:
         child.wait()
+
+
+def test_the_journal_is_synced_before_a_send_once_per_new_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ids, ops and cuts reach the disk (fdatasync) before a batch whose cut they hold is
+    sent, once for any number of cuts, and not at all when nothing was cut since."""
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    ring = Ring(tmp_path / "r-rings", "sync", 16)
+    try:
+        ring.series_index("run", "k")
+        ring.cut(0, 0)
+        ring.cut(0, 0)
+        assert synced == []  # cutting (the packer) never syncs
+        ring.sync_journal()
+        assert len(synced) == 3  # ids, ops, cuts
+        ring.sync_journal()
+        assert len(synced) == 3
+        ring.cut(1, 0)
+        ring.sync_journal()
+        assert len(synced) == 6
+    finally:
+        ring.close(remove=True)
