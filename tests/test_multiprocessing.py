@@ -59,11 +59,14 @@ if __name__ == "__main__":
             for p in procs:
                 p.join()
             assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-        else:
+        elif kind == "pool":
             with ctx.Pool(2) as pool:
                 assert pool.map(target, args) == [0, 1, 2, 3]
                 pool.close()  # workers exit on their own: their exit delivers
                 pool.join()
+        else:  # leaving the with block terminates the workers (SIGTERM)
+            with ctx.Pool(2) as pool:
+                assert pool.map(target, args) == [0, 1, 2, 3]
 """
 
 
@@ -72,11 +75,12 @@ if __name__ == "__main__":
     [
         ("fork", "process"),
         ("fork", "pool"),
-        # Not ("fork", "pool-terminate"): forked workers inherit the SDK's SIGTERM
-        # handler, which flushes, but Pool.terminate() is racy under load (a worker was
-        # seen to lose its points, or not to exit); the README calls it best-effort and
-        # says to close() and join() the pool. test_signal_handler_locks.py tests the
-        # handler itself.
+        # Forked workers inherit the SDK's SIGTERM handler, which flushes; a worker that
+        # gets the signal just before it blocks on the pool's queue lock is woken by the
+        # watchdog of flightlog.agent.signals. (Spawned workers do not have the handler:
+        # terminating them loses what they did not flush; the README says to close()
+        # and join() the pool, or flush() in the task.)
+        ("fork", "pool-terminate"),
         ("spawn", "process"),
         ("spawn", "pool"),
     ],
