@@ -93,6 +93,7 @@ __all__ = [
     "record_runs",
     "rings_root",
 ]
+IDS_WHOLE = 256 * 1024  # up to this size a batch carries the whole ids table
 GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
@@ -193,6 +194,18 @@ class Ring:
                 kd[key] = i  # published last: a reader of the ring finds the name first
             return i
 
+    def ids_for(self, chunks: list[Any]) -> bytes:
+        """The ``ids`` stream a batch of these record blocks carries: the whole table
+        while it is small (its bytes as they are), else only the series they use."""
+        blob = self.ids_blob
+        if len(blob) <= IDS_WHOLE:
+            return blob
+        used: set[int] = set()
+        for chunk in chunks:
+            used.update(memoryview(chunk).cast("I")[LAP_AT - 1 :: RECORD // 4])
+        series = self.series
+        return b"".join(msgpack.packb([SERIES, i, *series[i]]) for i in sorted(used))
+
     # -- the hot path's helpers ----------------------------------------------------------
 
     def write_at(self, seq: int, sid: int, step: int, value: float, ts: float) -> None:
@@ -221,7 +234,7 @@ class Ring:
 
     # -- the packer's and the sender's side ---------------------------------------------
 
-    def take(self, start: int, end: int) -> tuple[int, list[bytes], list[Any]]:
+    def take(self, start: int, end: int) -> tuple[int, list[Any], list[Any]]:
         """The published records in [start, end): (new start, raw record blocks, overflow
         points (sid, step, value, ts), None for a point that was dropped).
 
@@ -283,14 +296,18 @@ _MISSING = object()
 
 def _take(
     mm: Any, cap: int, start: int, end: int, overflow: dict[int, Any]
-) -> tuple[int, list[bytes], list[Any]]:
-    chunks: list[bytes] = []
+) -> tuple[int, list[Any], list[Any]]:
+    # Views of the map, not copies: the slots taken stay as they are until they are
+    # acknowledged (no lap overwrites them before), and the batch's encoding copies
+    # them once.
+    chunks: list[Any] = []
     extra: list[Any] = []
     pos = start
+    view = memoryview(mm)
     while pos < end:
         slot = pos % cap
         n = min(end - pos, cap - slot)  # up to the end of the file, then wrap
-        raw = mm[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
+        raw = view[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
         good = published_prefix(raw, pos // cap + 1, n)
         if good:
             chunks.append(raw if good == n else raw[: good * RECORD])
@@ -310,7 +327,7 @@ def encode_points(points: list[tuple[int, int, float, float]]) -> bytes:
     return b"".join(pack(step, value, ts, sid, 0) for sid, step, value, ts in points)
 
 
-def record_runs(chunks: list[bytes], series: list[tuple[str, str]]) -> list[str]:
+def record_runs(chunks: list[Any], series: list[tuple[str, str]]) -> list[str]:
     """The run id of every record in ``chunks`` (a rare path: counting dropped points)."""
     out: list[str] = []
     for chunk in chunks:

@@ -140,7 +140,7 @@ class Agent:
         # The default (FLIGHTLOG_METRIC_RING=0 turns it off): the ring opens with the
         # agent (and in a fork child, at the fork). Off, or where the spool directory is
         # not writable, the agent has no ring and points take the in-memory queue.
-        self._ring_wanted = settings.METRIC_RING.get()
+        self.ring_wanted = settings.METRIC_RING.get()
         self._ring_taken = 0  # ring positions packed so far
         self._ring_marks: dict[int, tuple[int, int]] = {}  # outbox seq -> positions
         self._ops_start = 0  # journal index where the next batch's ops start
@@ -163,7 +163,7 @@ class Agent:
         self._sender = threading.Thread(
             target=self._send_loop, name="flightlog-sender", daemon=True
         )
-        if self._ring_wanted:
+        if self.ring_wanted:
             self._open_ring()
         self._packer.start()
         self._sender.start()
@@ -228,15 +228,15 @@ class Agent:
     def _open_ring(self) -> Ring | None:
         # Capacity: the queue's bound (points neither acknowledged nor on disk).
         with self._lock:
-            if self._ring_wanted and self._pid == os.getpid():
-                self._ring_wanted = False
+            if self.ring_wanted and self._pid == os.getpid():
+                self.ring_wanted = False
                 self._make_ring()
         return self.ring
 
     def metric_ring(self) -> Ring | None:
         """This process's metric ring (opened now if it is wanted and not open yet)."""
         ring = self.ring
-        if ring is None and self._ring_wanted:
+        if ring is None and self.ring_wanted:
             ring = self._open_ring()
         if self._pid != os.getpid():
             return None
@@ -254,7 +254,7 @@ class Agent:
     def submit_metric(self, item: MetricTuple) -> None:
         """Log one (run_id, key, value, step, ts_seconds) point."""
         ring = self.ring
-        if ring is None and self._ring_wanted:
+        if ring is None and self.ring_wanted:
             ring = self._open_ring()
         if ring is None or self._pid != os.getpid():
             q = self.queue
@@ -309,18 +309,32 @@ class Agent:
         assert ring is not None
         if not self._wake.is_set():
             self._wake.set()
-        if seq < ring.acked + ring.capacity and not self._closed:
+        held = seq - ring.acked  # positions neither acknowledged nor on disk
+        if self._closed:
+            pass
+        elif held * 4 < ring.capacity * 3:
             ring.write_at(seq, sid, step, value, ts)
+            # The packer is woken: until it has packed (it may wait for the GIL a
+            # while), later calls go on at full speed, up to three quarters of the ring,
+            # rather than each take this path. Never past acked + capacity.
+            soft = ring.acked + ring.capacity * 3 // 4
+            if ring.limit < soft:
+                ring.limit = soft
             return
-        if not self._closed:
-            if self._packer_stuck:
-                got = self._pack_lock.acquire(blocking=False)
-            else:
+        else:
+            # Past three quarters (the packer spills from half: it is behind, starved
+            # of CPU) the call packs and spills itself if the packer's lock is free; at
+            # the cap it waits for the lock a little, as the queue's spill did.
+            if held >= ring.capacity and not self._packer_stuck:
                 got = self._pack_lock.acquire(timeout=SPILL_WAIT)
                 self._packer_stuck = not got
+            else:
+                got = self._pack_lock.acquire(blocking=False)
             if got:
                 try:
-                    self._pack_front()
+                    for _ in range(ring.capacity // self.batch_points + 2):
+                        if self._ring_taken >= seq or not self._pack_front():
+                            break
                     self.outbox.spill()
                     self._advance_ring()
                 except Exception:  # never raise into the training loop
@@ -354,7 +368,7 @@ class Agent:
             args = self.heartbeats.track(name, args)
         self._count_op()
         ring = self.ring
-        if ring is None and self._ring_wanted:
+        if ring is None and self.ring_wanted:
             ring = self._open_ring()
         if ring is None or self._pid != os.getpid():
             q = self.queue
@@ -527,6 +541,7 @@ class Agent:
                     with self._pack_lock:
                         moved = self._pack_front()
                     self._packer_stuck = False
+                    self._spill_if_lagging()
                     if not moved:
                         time.sleep(0.001)  # a write in flight on another thread
             except Exception:  # the thread must outlive any one failure
@@ -535,6 +550,16 @@ class Agent:
                 self._packer_done.set()
                 self._send_wake.set()
                 return
+
+    def _spill_if_lagging(self) -> None:
+        # The collector lags (over half the ring is unacknowledged): the batches go to
+        # the disk spool, which frees their slots, so the training thread does not reach
+        # a full ring. Outside the packer's lock: a logging call at the cap may take it.
+        ring = self.ring
+        if ring is not None and ring.reserved() - ring.acked > ring.capacity // 2:
+            if not self._closed:
+                self.outbox.spill()
+                self._advance_ring()
 
     def _ring_pending(self) -> bool:
         ring = self.ring
@@ -638,7 +663,7 @@ class Agent:
         points: int,
         body: bytes,
         ops: list[list[Any]],
-        chunks: list[bytes],
+        chunks: list[Any],
         flushing: bool,
         mark: tuple[int, int],
     ) -> None:
@@ -674,7 +699,7 @@ class Agent:
         self,
         bid: str,
         ops: list[list[Any]],
-        chunks: list[bytes],
+        chunks: list[Any],
         extra: list[Any],
     ) -> bytes:
         """The batch of ring records as they are (the wire's ``r`` form) and ``ops``."""
@@ -684,7 +709,7 @@ class Agent:
         if kept:  # points that found the ring full (rare)
             chunks = [*chunks, encode_points(kept)]
         records = b"".join(chunks) if len(chunks) != 1 else chunks[0]
-        return encode_raw_batch(bid, self.agent_id, ops, None, records, ring.ids_blob)
+        return encode_raw_batch(bid, self.agent_id, ops, None, records, ring.ids_for(chunks))
 
     def _split(
         self, items: list[Any]

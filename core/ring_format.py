@@ -120,7 +120,7 @@ def read_owner(directory: Path) -> tuple[int, int] | None:
 # -- reading records -----------------------------------------------------------------------
 
 
-def published_prefix(raw: bytes, lap: int, n: int) -> int:
+def published_prefix(raw: Any, lap: int, n: int) -> int:
     """How many records from the start of ``raw`` (one lap's slots) carry ``lap``.
 
     A slot holds at most its position's lap (a later lap is written only once this

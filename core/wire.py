@@ -2,7 +2,7 @@
 
 A batch is one msgpack map::
 
-    {"v": 1, "batch_id": str, "agent_id": str,
+    {"v": 1 (2 with "r"), "batch_id": str, "agent_id": str,
      "ops": [[name, {args}], ...],                   # ordered: create_run, log_params, ...
      "m": {"runs": [run_id, ...], "keys": [key, ...], # dictionaries of the columns below
            "ri": bytes | None, "ki": bytes | None,     # uint32 indexes; None: all index 0
@@ -36,6 +36,10 @@ import msgpack
 from flightlog.core.exceptions import WireError
 
 WIRE_VERSION = 1
+# A batch that holds ring records says 2, so that a collector from before the ``r`` form
+# refuses it (400, counted and reported by the agent) instead of storing its ops and
+# silently ignoring its points.
+RING_WIRE_VERSION = 2
 _SWAP = sys.byteorder != "little"
 
 MetricTuple = tuple[str, str, float, int, float]  # run_id, key, value, step, ts (seconds)
@@ -82,13 +86,13 @@ def encode_raw_batch(
     agent_id: str,
     ops: list[list[Any]],
     m: dict[str, Any] | None,
-    records: bytes | None = None,
+    records: bytes | memoryview | None = None,
     ids: bytes = b"",
 ) -> bytes:
     """Pack ops, an already columnar ``m`` map (little-endian array bytes, as in the
     module docstring) and ring ``records`` named by the ``ids`` stream into a batch."""
     body: dict[str, Any] = {
-        "v": WIRE_VERSION,
+        "v": RING_WIRE_VERSION if records else WIRE_VERSION,
         "batch_id": batch_id,
         "agent_id": agent_id,
         "ops": ops,
@@ -129,8 +133,9 @@ def decode_batch(
         raise WireError(f"not valid msgpack ({type(e).__name__}: {e})") from None
     if not isinstance(body, dict):
         raise WireError("the top level must be a map")
-    if body.get("v") != WIRE_VERSION:
-        raise WireError(f"unsupported version {body.get('v')!r} (this collector speaks 1)")
+    version = body.get("v")
+    if version not in (WIRE_VERSION, RING_WIRE_VERSION) or version is True:
+        raise WireError(f"unsupported version {version!r} (this collector speaks 1 and 2)")
     batch_id = body.get("batch_id")
     if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64):
         raise WireError("'batch_id' must be a string of 1 to 64 characters")
@@ -174,6 +179,8 @@ def decode_batch(
         series = _group(runs, keys, ri, ki, steps, vals, ts)
     r = body.get("r")
     if r is not None:
+        if version != RING_WIRE_VERSION:
+            raise WireError(f"'r' (ring records) needs version {RING_WIRE_VERSION}")
         series += _ring_series(r)
     return batch_id, agent_id, ops, series
 

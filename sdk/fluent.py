@@ -111,14 +111,23 @@ def _sync_top() -> None:
 # ring's slot reservation, its map, the ring). Without a ring (turned off, an unwritable
 # spool, a free-threaded build's locked ring) the key table is this empty one, never
 # filled, so every point takes the general path (``_log_general``).
-_NO_KEYS: dict[str, int] = {}
+class _NoKeys(dict[str, int]):
+    """The key table of a route without a ring: every key is missing, without the cost
+    of raising KeyError on each call."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+_NO_KEYS: dict[str, int] = _NoKeys()
 Route = tuple[str, Any, dict[str, int], Any, Any, Any]
 
 
 def _route(run_id: str, agent: Any) -> Route:
     ring = agent.metric_ring()
     if ring is None or ring.locked:
-        return (run_id, agent, _NO_KEYS, None, None, None)
+        # (A locked ring stays in the route, so _refresh_route sees it is current.)
+        return (run_id, agent, _NO_KEYS, None, None, ring)
     return (run_id, agent, ring.keys_of(run_id), ring.slots, ring.mm, ring)
 
 
@@ -452,6 +461,13 @@ def _log_general(
         step = v.metric_step(key, step)
     if ts is None:
         ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
+    if agent.ring is None and not agent.ring_wanted:
+        # No ring (turned off, or an unwritable spool): the in-memory queue's record.
+        q = agent.queue
+        q += (rid, key, value, step, ts)
+        if len(q) >= agent.wake_len:
+            agent.on_pressure()
+        return
     _refresh_route(agent)
     agent.submit_metric((rid, key, value, step, ts))
 
@@ -507,8 +523,9 @@ def log_metrics(
             step = v.metric_step(next(iter(metrics), "step"), step)
         ts = _time()
         for key, value in metrics.items():
-            sid = kd.get(key)
-            if sid is None:
+            try:
+                sid = kd[key]
+            except KeyError:  # a key new to this run's ring: checked and interned
                 _log_general(rid, agent, key, value, step, None, None, ts)
                 continue
             if value.__class__ is not float:

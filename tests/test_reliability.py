@@ -891,9 +891,11 @@ def test_full_spool_drops_points_keeps_the_run_and_records_the_count(
         c.stop()
 
 
+@pytest.mark.parametrize("ring", ["1", "0"])  # the metric ring (default), the queue
 def test_a_starved_packer_makes_the_logging_call_spill_then_drop_never_block(
-    tracking: CollectorProcess,
+    tracking: CollectorProcess, monkeypatch: pytest.MonkeyPatch, ring: str
 ) -> None:
+    monkeypatch.setenv("FLIGHTLOG_METRIC_RING", ring)
     ctx = mlflow.MlflowClient().ctx
     ctx.agent.close(5)
     ctx.agent = agent = Agent(ctx.client, batch_points=1000, max_queue=20_000)
@@ -907,6 +909,7 @@ def test_a_starved_packer_makes_the_logging_call_spill_then_drop_never_block(
             mlflow.log_metric("loss", 1.0, step=i)
         assert time.perf_counter() - t0 < 10
         assert len(agent.queue) <= (20_000 + 1) * 5
+        assert (agent.ring is None) == (ring == "0")
         dropped = agent.dropped["queue_full"]
         assert dropped >= 100_000 - 20_000 - 1
     finally:
