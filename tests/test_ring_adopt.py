@@ -109,7 +109,8 @@ def test_sigkill_after_100k_calls_the_embedded_collector_adopts_the_ring(
         )
         took = time.monotonic() - died
         root = default_spool_root(str(store), local_store(str(store)))
-        assert not _rings(root)  # adopted and deleted
+        # Adopted, then deleted (just after the last batch is stored).
+        wait_until(lambda: not _rings(root), 5, "the adopted ring to be deleted")
         # A fresh client sees it all (through the same collector).
         client = MlflowClient(tracking_uri=str(store))
         run = client.get_run(run_id)
@@ -133,7 +134,8 @@ def test_sigkill_after_100k_calls_the_sidecar_adopts_the_ring(tmp_path: Path) ->
             ENDED_WITHIN,
             "the sidecar to forward the ring and end the run",
         )
-        assert not _rings(tmp_path / "spool" / f"http-127.0.0.1-{sidecar.port}")
+        root = tmp_path / "spool" / f"http-127.0.0.1-{sidecar.port}"
+        wait_until(lambda: not _rings(root), 5, "the adopted ring to be deleted")
         run = MlflowClient(tracking_uri=central.url).get_run(run_id)
         assert run.info.status == "FAILED"
     finally:
@@ -175,7 +177,7 @@ def test_the_collector_down_at_the_death_adopts_the_ring_when_it_is_back(
             "the restarted collector to adopt the ring",
         )
         root = tmp_path / "spool" / f"http-127.0.0.1-{c.port}"
-        assert not _rings(root)
+        wait_until(lambda: not _rings(root), 5, "the adopted ring to be deleted")
         assert not _spools(root)  # nor a spool, if it had to make one
     finally:
         c.stop()
@@ -232,7 +234,7 @@ def test_a_live_owner_is_never_adopted_and_a_reused_pid_does_not_keep_a_ring(
         wait_until(
             lambda: _ended(c.db, run_id, "FAILED", 1000), ENDED_WITHIN, "the ring's adoption"
         )
-        assert not ring.parent.exists()
+        wait_until(lambda: not ring.parent.exists(), 5, "the adopted ring to be deleted")
     finally:
         c.stop()
 
