@@ -116,7 +116,7 @@ LOOP_CHILD = r"""
 import json, os, sys, threading, time
 tool, k, seconds, work = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 row = {f"m{j}": 0.5 for j in range(10)}
-clock = time.perf_counter
+clock, cpu = time.perf_counter, time.process_time
 
 def step():
     x = 0
@@ -125,8 +125,10 @@ def step():
     return x
 
 def loop(log):
+    # Wall time per step, and CPU time of the whole process (every thread) per step: the
+    # CPU figure does not count the time other jobs on the machine hold the cores.
     i = 0
-    t0 = clock()
+    t0, c0 = clock(), cpu()
     end = t0 + seconds
     while True:
         for _ in range(50):
@@ -135,7 +137,7 @@ def loop(log):
                 log(i)
             i += 1
         if clock() >= end:
-            return (clock() - t0) / i * 1e6, i
+            return (clock() - t0) / i * 1e6, (cpu() - c0) / i * 1e6, i
 
 if tool == "wandb":
     import wandb
@@ -143,7 +145,7 @@ elif tool == "flightlog":
     import flightlog as mlflow
 else:
     import mlflow
-base_us, base_steps = loop(None)
+base_us, base_cpu_us, base_steps = loop(None)
 if tool == "wandb":
     run = wandb.init(project="bench", dir=work, mode="offline")
     put = run.log
@@ -158,9 +160,10 @@ else:
     else:
         log = lambda i: many(row, step=i, synchronous=False)
         durable = None
-with_us, with_steps = loop(log)
-out = {"base_us": base_us, "base_steps": base_steps, "with_us": with_us,
-       "with_steps": with_steps, "durable_s": None}
+with_us, with_cpu_us, with_steps = loop(log)
+out = {"base_us": base_us, "base_cpu_us": base_cpu_us, "base_steps": base_steps,
+       "with_us": with_us, "with_cpu_us": with_cpu_us, "with_steps": with_steps,
+       "durable_s": None}
 def wait_durable():
     try:
         durable()
@@ -448,28 +451,27 @@ def sigkill_case(
 # -- (b) the training loop ------------------------------------------------------------------
 
 
+def _busy_step(k: int) -> int:
+    """The loop's pure-Python step (LOOP_CHILD has the same body)."""
+    x = 0
+    for j in range(k):
+        x += j
+    return x
+
+
 def calibrate(step_us: float) -> int:
-    """Iterations of the pure-Python busy step that take ``step_us`` here (best of 7 runs)."""
-    code = (
-        "import sys, time\n"
-        "k = int(sys.argv[1])\n"
-        "def step():\n"
-        "    x = 0\n"
-        "    for j in range(k):\n"
-        "        x += j\n"
-        "    return x\n"
-        "best = float('inf')\n"
-        "for _ in range(7):\n"
-        "    t0 = time.perf_counter()\n"
-        "    for _ in range(2000):\n"
-        "        step()\n"
-        "    best = min(best, (time.perf_counter() - t0) / 2000)\n"
-        "print(best * 1e6)\n"
-    )
+    """Iterations of the busy step that take ``step_us`` on this interpreter (every peer's
+    virtualenv is made from it): the best of 60 short trials, so that other jobs on the
+    machine, which stretch some trials, do not shorten the step."""
     k = 1000
     for _ in range(3):  # the cost per iteration is nearly constant: two refinements suffice
-        us = float(subprocess.check_output([sys.executable, "-c", code, str(k)], text=True))
-        k = max(1, round(k * step_us / us))
+        best = float("inf")
+        for _ in range(60):
+            t0 = time.perf_counter()
+            for _ in range(100):
+                _busy_step(k)
+            best = min(best, (time.perf_counter() - t0) / 100)
+        k = max(1, round(k * step_us / (best * 1e6)))
     return k
 
 
@@ -492,6 +494,7 @@ def loop_case(
         return {"error": f"exit {done.returncode}: {tail[0][:200]}"}
     r: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     r["slowdown"] = r["with_us"] / r["base_us"] - 1
+    r["cpu_slowdown"] = r["with_cpu_us"] / r["base_cpu_us"] - 1
     r["awaited"] = tracker.driver != "mlflow"
     return r
 
@@ -539,11 +542,15 @@ def _loop_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return rounds[-1] if rounds else {"error": "not run"}
     durable = [r["durable_s"] for r in ok if r.get("durable_s") is not None]
     base, with_it = min(r["base_us"] for r in ok), min(r["with_us"] for r in ok)
+    base_cpu, with_cpu = min(r["base_cpu_us"] for r in ok), min(r["with_cpu_us"] for r in ok)
     return {
         "base_us": base,
         "with_us": with_it,
         "slowdown": with_it / base - 1,
         "slowdowns": [r["slowdown"] for r in ok],
+        "base_cpu_us": base_cpu,
+        "with_cpu_us": with_cpu,
+        "cpu_slowdown": with_cpu / base_cpu - 1,
         "durable_s": max(durable) if durable else None,
         "durable_error": next((r["durable_error"] for r in ok if "durable_error" in r), None),
         "awaited": ok[0]["awaited"],
@@ -552,7 +559,7 @@ def _loop_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _loop_cells(r: dict[str, Any]) -> list[str]:
     if "error" in r:
-        return [r["error"], "", "", "", ""]
+        return [r["error"], "", "", "", "", ""]
     if r["durable_s"] is not None:
         durable = f"{r['durable_s']:.2f} s"
     elif r.get("durable_error"):
@@ -564,6 +571,7 @@ def _loop_cells(r: dict[str, Any]) -> list[str]:
         f"{r['with_us']:.1f} us (+{r['with_us'] - r['base_us']:.1f})",
         f"{r['slowdown']:+.1%}",
         ", ".join(f"{x:+.0%}" for x in r.get("slowdowns", [r["slowdown"]])),
+        f"{r['base_cpu_us']:.1f} -> {r['with_cpu_us']:.1f} us ({r['cpu_slowdown']:+.1%})",
         durable,
     ]
 
@@ -674,9 +682,9 @@ def main() -> None:
         )
         print(
             "| tracker | per step, no tracker | per step, with it | slowdown | each round's "
-            "slowdown | durable after the loop |"
+            "slowdown | process CPU per step, without -> with | durable after the loop |"
         )
-        print("|---|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for t in trackers:
             print(f"| {t.label} | {' | '.join(_loop_cells(summary[t.key]))} |")
     if args.json:
