@@ -424,7 +424,9 @@ def sigkill_case(
     collector = f"http://{info['host']}:{int(info['port'])}"
     status, ended = _watch(collector, run_id, killed_at + args.collector_wait)
     r["by_collector"], _ = _count(collector, run_id)
-    r["ended_by"] = "collector" if ended is not None else None
+    # Who could have ended it: the collector alone, or (later) anything, the next process
+    # or the collector's run timeout among them.
+    r["ended_by"] = "with the collector alone" if ended is not None else None
     if r["by_collector"] < args.points or ended is None:
         r["next_started_s"] = time.time() - killed_at
         done = subprocess.run(
@@ -440,7 +442,7 @@ def sigkill_case(
         r["by_next"] = json.loads(done.stdout.strip().splitlines()[-1])["points"]
         if ended is None:
             status, ended = _watch(collector, run_id, killed_at + args.watch)
-            r["ended_by"] = "the next process" if ended is not None else None
+            r["ended_by"] = "after the next process started" if ended is not None else None
     r["points"], r["steps"] = _count(collector, run_id)
     r.update(status=status, ended_s=None if ended is None else ended - killed_at)
     r["watched_s"] = time.time() - killed_at
@@ -528,7 +530,9 @@ def _kill_cells(tracker: Tracker, r: dict[str, Any], n: int) -> list[str]:
             else "n/a offline; wandb-core still running at the end of the watch"
         )
     elif r["ended_s"] is not None:
-        ended = f"{r['status']} after {r['ended_s']:.1f} s ({r.get('ended_by') or 'the server'})"
+        ended = f"{r['status']} {r['ended_s']:.1f} s after the kill"
+        if r.get("ended_by"):
+            ended += f" ({r['ended_by']})"
     else:
         ended = f"still RUNNING {r['watched_s']:.0f} s after the kill"
     return [stored, ended, how]
@@ -568,7 +572,7 @@ def _loop_cells(r: dict[str, Any]) -> list[str]:
         durable = "not awaited" if not r["awaited"] else "not within 60 s"
     return [
         f"{r['base_us']:.1f} us",
-        f"{r['with_us']:.1f} us (+{r['with_us'] - r['base_us']:.1f})",
+        f"{r['with_us']:.1f} us ({r['with_us'] - r['base_us']:+.1f})",
         f"{r['slowdown']:+.1%}",
         ", ".join(f"{x:+.0%}" for x in r.get("slowdowns", [r["slowdown"]])),
         f"{r['base_cpu_us']:.1f} -> {r['with_cpu_us']:.1f} us ({r['cpu_slowdown']:+.1%})",
