@@ -197,52 +197,71 @@ def _peer_case(name: str) -> Case:
     return next(c for c in CASES if c.name == name)
 
 
-def _flightlog_env(ring: bool) -> Callable[[Path, str | None], dict[str, str]]:
+def _flightlog_env(ring: str | None) -> Callable[[Path, str | None], dict[str, str]]:
     def env(d: Path, url: str | None) -> dict[str, str]:
         out = {
             "FLIGHTLOG_TRACKING_URI": str(d / "flightlog"),
             "FLIGHTLOG_SPOOL_DIR": str(d / "spool"),
         }
-        if ring:
-            out["FLIGHTLOG_METRIC_RING"] = "1"
+        if ring is not None:
+            out["FLIGHTLOG_METRIC_RING"] = ring
         return out
 
     return env
 
 
-_MLFLOW_ASYNC = _peer_case("MLflow, mlflow server, async")
-TRACKERS = [
-    Tracker(
-        "flightlog", "flightlog (default settings)", "flightlog", "flightlog", _flightlog_env(False)
-    ),
-    Tracker(
-        "flightlog-ring",
-        "flightlog, FLIGHTLOG_METRIC_RING=1",
-        "flightlog",
-        "flightlog",
-        _flightlog_env(True),
-    ),
-    Tracker("wandb", "W&B offline", "wandb", "wandb", _peer_case("W&B offline").env),
-    Tracker(
-        "mlflow",
-        "MLflow async, mlflow server",
-        "mlflow",
-        "mlflow",
-        _MLFLOW_ASYNC.env,
-        _MLFLOW_ASYNC.server,
-    ),
-]
+KEYS = ("flightlog", "flightlog-ring-flip", "wandb", "mlflow")
 
 
-def _python(cache: Path, tracker: Tracker) -> Path:
+def make_trackers(ring_default: bool) -> list[Tracker]:
+    """The trackers, flightlog's second one with ``FLIGHTLOG_METRIC_RING`` set to the
+    opposite of this checkout's default (the ring on while it is opt-in, off once it is the
+    default: the in-memory queue it falls back to)."""
+    mlflow_async = _peer_case("MLflow, mlflow server, async")
+    flip = "0" if ring_default else "1"
+    return [
+        Tracker(
+            "flightlog",
+            f"flightlog, default settings (ring {'on' if ring_default else 'off'})",
+            "flightlog",
+            "flightlog",
+            _flightlog_env(None),
+        ),
+        Tracker(
+            "flightlog-ring-flip",
+            f"flightlog, FLIGHTLOG_METRIC_RING={flip}",
+            "flightlog",
+            "flightlog",
+            _flightlog_env(flip),
+        ),
+        Tracker("wandb", "W&B offline", "wandb", "wandb", _peer_case("W&B offline").env),
+        Tracker(
+            "mlflow",
+            "MLflow async, mlflow server",
+            "mlflow",
+            "mlflow",
+            mlflow_async.env,
+            mlflow_async.server,
+        ),
+    ]
+
+
+def _ring_default(python: Path) -> bool:
+    """Whether the metric ring is on by default in the flightlog that ``python`` runs."""
+    code = "from flightlog.core.settings import METRIC_RING; print(METRIC_RING.default)"
+    return subprocess.check_output([str(python), "-c", code], text=True).strip() == "True"
+
+
+def _python(cache: Path, tracker: Tracker | str) -> Path:
     """The interpreter a tracker's processes run with.
 
     flightlog: this interpreter when it imports this checkout (an editable install), which
     spares bench_peers' reinstall of the checkout into its own virtualenv (minutes here).
     """
-    if tracker.peer == "flightlog" and _runs_this_checkout():
+    peer = tracker if isinstance(tracker, str) else tracker.peer
+    if peer == "flightlog" and _runs_this_checkout():
         return Path(sys.executable)
-    return PEERS[tracker.peer].python(cache)
+    return PEERS[peer].python(cache)
 
 
 def _runs_this_checkout() -> bool:
@@ -583,9 +602,7 @@ def _loop_cells(r: dict[str, Any]) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "flightlog-bench")
-    p.add_argument(
-        "--only", default="", help="comma-separated: " + ",".join(t.key for t in TRACKERS)
-    )
+    p.add_argument("--only", default="", help="comma-separated: " + ",".join(KEYS))
     p.add_argument("--points", type=int, default=100_000, help="points logged before the SIGKILL")
     p.add_argument(
         "--seconds", type=float, default=2.0, help="loop time, without and with a tracker"
@@ -601,15 +618,19 @@ def main() -> None:
     args = p.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     only = {x for x in args.only.split(",") if x}
-    trackers = [t for t in TRACKERS if not only or t.key in only]
+    if only - set(KEYS):
+        p.error(f"--only: unknown {', '.join(sorted(only - set(KEYS)))} (known: {', '.join(KEYS)})")
     started = time.time()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    for peer in sorted({t.peer for t in trackers}):
+    peers = {"flightlog" if k.startswith("flightlog") else k for k in (only or KEYS)}
+    for peer in sorted(peers):
         if peer == "flightlog" and _runs_this_checkout():
             continue  # this interpreter runs this checkout
         ensure_venv(args.cache, PEERS[peer])
         if PEERS[peer].why_not:
             print(f"{peer}: not measured: {PEERS[peer].why_not}", flush=True)
+    ring = not PEERS["flightlog"].why_not and _ring_default(_python(args.cache, "flightlog"))
+    trackers = [t for t in make_trackers(ring) if not only or t.key in only]
     k = calibrate(args.step_us)
     print(f"busy step: {k} loop iterations = {args.step_us:.0f} us on this interpreter", flush=True)
     kills: dict[str, dict[str, Any]] = {}
