@@ -526,7 +526,7 @@ def loop_case(
 def _kill_cells(tracker: Tracker, r: dict[str, Any], n: int) -> list[str]:
     if "error" in r:
         return [r["error"], "", ""]
-    stored = f"{r['points']:,} ({r['points'] / n:.1%})"
+    stored = f"{r['points']:,} ({r['points'] / n:.2%})"
     if r["steps"] != r["points"]:
         stored += f", {r['steps']:,} distinct steps"
     how = r["counted_by"]
