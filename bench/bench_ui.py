@@ -281,7 +281,7 @@ def main() -> int:
                 "<= 1 s",
                 mf["table"],
             )
-            row("experiment, 10,000 runs: all 10,000 loaded", m.loaded[1:], "", "")
+            row("experiment, 10,000 runs: all 10,000 loaded", m.loaded[1:], "", mf["loaded"])
             row(
                 "compare 20 runs x 5 keys x 100,000 points: drawn",
                 timed(browser, n, m.compare),
