@@ -46,15 +46,22 @@ INITIAL_RESERVATION = 256 * 1024
 _ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
+#: Bytes a second a streamed upload must average over each ``--body-timeout`` window.
+MIN_UPLOAD_RATE = 1024
+
+
 class BodyTimeout(MlflowException):
     """A request body that stopped arriving (HTTP 408)."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(
-            f"The request body did not arrive within {seconds:g}s (--body-timeout); "
-            "the connection is closed.",
-            BAD_REQUEST,
-        )
+    def __init__(self, seconds: float, rate: float | None = None) -> None:
+        if rate is None:
+            message = f"The request body did not arrive within {seconds:g}s (--body-timeout)"
+        else:
+            message = (
+                f"The request body arrived at {rate:.0f} bytes/s over {seconds:g}s "
+                f"(--body-timeout), below the {MIN_UPLOAD_RATE} bytes/s an upload must keep"
+            )
+        super().__init__(message + "; the connection is closed.", BAD_REQUEST)
 
     def http_status(self) -> int:
         return 408
@@ -141,11 +148,22 @@ async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     """
     timeout = request.app[COLLECTOR].config.body_timeout
     decoder = _Decoder(request.headers.get("Content-Encoding", ""))
+    # A per-piece deadline alone lets a client drip one byte just inside each timeout
+    # and hold the upload (and its temp file) open forever: each window of ``timeout``
+    # seconds must also bring MIN_UPLOAD_RATE bytes a second on average.
+    window_end = time.monotonic() + timeout
+    window_bytes = 0
     try:
         while True:
             raw = await _next_raw(request, time.monotonic() + timeout, timeout)
             if not raw:
                 break
+            window_bytes += len(raw)
+            now = time.monotonic()
+            if now >= window_end:
+                if window_bytes < MIN_UPLOAD_RATE * timeout:
+                    raise BodyTimeout(timeout, window_bytes / timeout)
+                window_end, window_bytes = now + timeout, 0
             for piece in decoder.steps(raw):
                 yield piece
         decoder.finish()

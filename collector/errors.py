@@ -109,10 +109,16 @@ def error_response(
 
 
 def authorized(request: web.Request, token: str) -> bool:
-    """Whether the request carries ``Authorization: Bearer <token>``."""
-    given = request.headers.get("Authorization", "")
+    """Whether the request carries ``Authorization: Bearer <token>``.
+
+    The scheme is matched without regard to case (RFC 9110 11.1: ``bearer`` is the same
+    scheme); the token itself is compared exactly, in constant time.
+    """
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
     # surrogateescape: a header that is not UTF-8 is a wrong token, not a crash.
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode())
+    return hmac.compare_digest(given.strip(" ").encode("utf-8", "surrogateescape"), token.encode())
 
 
 @web.middleware
@@ -140,6 +146,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(
             request, code, f"{e.reason}: {request.method} {request.path}"[:500], e.status
         )
+    except ConnectionResetError:
+        # The client went away mid-body (an aborted upload): nothing to answer and no
+        # fault of ours, so one line rather than a traceback per abort. Whatever was
+        # being uploaded was not committed (uploads commit only a complete body).
+        log.info("client closed the connection during %s %s", request.method, request.path)
+        response = error_response(request, BAD_REQUEST, "Client closed the connection", 400)
+        response.force_close()
     except Exception as e:
         response = _answer(request, e)
     finally:

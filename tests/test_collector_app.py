@@ -151,6 +151,21 @@ async def test_token_is_required_but_for_health(tmp_path: Path, aiohttp_client: 
         headers={"Authorization": "Bearer s3cret"},
     )
     assert r.status == 200
+    # The scheme is case-insensitive (RFC 9110); the token is not.
+    for header, status in [
+        ("bearer s3cret", 200),
+        ("BEARER  s3cret", 200),
+        ("Bearer S3CRET", 401),
+        ("Basic s3cret", 401),
+        ("Bearers3cret", 401),
+        ("s3cret", 401),
+    ]:
+        r = await client.get(
+            "/api/2.0/mlflow/experiments/get",
+            params={"experiment_id": "0"},
+            headers={"Authorization": header},
+        )
+        assert r.status == status, header
 
 
 async def test_artifacts_round_trip_through_both_apis(

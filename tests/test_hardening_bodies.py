@@ -220,6 +220,75 @@ def test_slow_bodies_are_timed_out_and_their_connections_closed(tmp_path: Path) 
         c.stop()
 
 
+def test_an_upload_dripping_bytes_inside_each_timeout_is_cut_off(tmp_path: Path) -> None:
+    # One byte every 0.5 s never trips a 2 s per-piece deadline, but averages far below
+    # MIN_UPLOAD_RATE: the collector answers 408 after about one window, stores nothing.
+    c = start_collector(tmp_path / "store", None, "--body-timeout", "2")
+    try:
+        run_id = new_run(c)
+        s = socket.create_connection(("127.0.0.1", c.port))
+        s.sendall(
+            f"PUT {PROXY}/0/{run_id}/artifacts/drip.bin HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 1000\r\n\r\n".encode()
+        )
+        s.settimeout(0.5)
+        started = time.monotonic()
+        answer, answered = b"", 0.0
+        while time.monotonic() - started < 15:
+            try:
+                s.sendall(b"x")
+            except OSError:
+                pass  # closed by the collector after its answer
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            answer += chunk
+            answered = answered or time.monotonic()
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"bytes/s" in answer
+        assert answered - started < 10
+        assert not (
+            tmp_path / "store" / "artifacts" / "0" / run_id / "artifacts" / "drip.bin"
+        ).exists()
+        # An upload at a normal pace is unaffected.
+        status, _ = call(c, "PUT", f"{PROXY}/0/{run_id}/artifacts/ok.bin", b"y" * 100_000)
+        assert status == 200
+    finally:
+        c.stop()
+
+
+def test_aborted_uploads_log_one_line_not_a_traceback(tmp_path: Path) -> None:
+    c = start_collector(tmp_path / "store")
+    try:
+        run_id = new_run(c)
+        for method, path in (
+            ("PUT", f"{PROXY}/0/{run_id}/artifacts/a.bin"),
+            ("POST", "/api/flightlog/ingest"),
+        ):
+            s = socket.create_connection(("127.0.0.1", c.port))
+            s.sendall(
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
+                "Content-Length: 100000\r\n\r\n".encode()
+                + b"x" * 10
+            )
+            time.sleep(0.3)
+            s.close()
+        deadline = time.monotonic() + 10
+        log = (tmp_path / "store" / "test-collector.log").read_text()
+        while log.count("client closed the connection") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            log = (tmp_path / "store" / "test-collector.log").read_text()
+        assert log.count("client closed the connection") == 2, log[-2000:]
+        assert "Traceback" not in log
+        assert ingest(c, batch(3)) == 200  # still serving
+    finally:
+        c.stop()
+
+
 def test_temp_files_of_interrupted_uploads_are_removed_at_start(tmp_path: Path) -> None:
     c = start_collector(tmp_path / "store")
     run_id = new_run(c)
