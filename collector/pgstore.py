@@ -978,6 +978,21 @@ class PostgresStore:
                 now[0], now[1] = extremes((now[0], got[0]))[0], extremes((now[1], got[1]))[1]
         return {r: (v[0], v[1]) for r, v in found.items()}
 
+    def metric_values_at_step(
+        self, experiment_id: str, key: str, step: int
+    ) -> dict[str, tuple[int, float]]:
+        """Per run: (step, value) of its point with the largest step <= ``step``."""
+        from flightlog.collector.step_values import values_at_step
+
+        with self._read() as conn:
+            spans = conn.execute(
+                "SELECT c.chunk_id, c.run_uuid, c.min_step, c.max_step FROM runs r"
+                " JOIN metric_chunks c ON c.run_uuid = r.run_uuid AND c.key = %s"
+                " WHERE r.experiment_id = %s AND c.min_step <= %s",
+                (key, _int_id(experiment_id), step),
+            ).fetchall()
+        return values_at_step(spans, lambda ids: self.metric_chunk_data(ids, summaries=False), step)
+
     def metric_chunk_spans(
         self, run_id: str, key: str, min_step: int | None, max_step: int | None
     ) -> list[tuple[int, int, int, int]]:
@@ -994,6 +1009,27 @@ class PostgresStore:
                     (run_id, key, lo, hi),
                 )
             ]
+
+    def metric_chunk_spans_many(
+        self,
+        run_ids: Sequence[str],
+        keys: Sequence[str],
+        min_step: int | None,
+        max_step: int | None,
+    ) -> dict[tuple[str, str], list[tuple[int, int, int, int]]]:
+        """(run_id, key) -> the spans of that series' chunks that overlap a step range."""
+        lo = min_step if min_step is not None else -(2**63)
+        hi = max_step if max_step is not None else 2**63 - 1
+        out: dict[tuple[str, str], list[tuple[int, int, int, int]]] = {}
+        with self._read() as conn:
+            for r in conn.execute(
+                "SELECT run_uuid, key, chunk_id, n, min_step, max_step FROM metric_chunks"
+                " WHERE run_uuid = ANY(%s) AND key = ANY(%s) AND max_step >= %s"
+                " AND min_step <= %s ORDER BY chunk_id",
+                (list(run_ids), list(keys), lo, hi),
+            ):
+                out.setdefault((r[0], r[1]), []).append((r[2], r[3], r[4], r[5]))
+        return out
 
     def metric_chunk_data(
         self, chunk_ids: Sequence[int], *, summaries: bool

@@ -924,6 +924,25 @@ class SqliteStore:
             now[0], now[1] = extremes((now[0], got[0]))[0], extremes((now[1], got[1]))[1]
         return {r: (v[0], v[1]) for r, v in found.items()}
 
+    def metric_values_at_step(
+        self, experiment_id: str, key: str, step: int
+    ) -> dict[str, tuple[int, float]]:
+        """Per run of an experiment: (step, value) of its point of a metric with the
+        largest step at or before ``step`` (collector.step_values)."""
+        from flightlog.collector.step_values import values_at_step
+
+        spans = (
+            self.reader()
+            .execute(
+                "SELECT c.chunk_id, c.run_uuid, c.min_step, c.max_step FROM runs r"
+                " JOIN metric_chunks c ON c.run_uuid = r.run_uuid AND c.key = ?"
+                " WHERE r.experiment_id = ? AND c.min_step <= ?",
+                (key, _int_id(experiment_id), step),
+            )
+            .fetchall()
+        )
+        return values_at_step(spans, lambda ids: self.metric_chunk_data(ids, summaries=False), step)
+
     def metric_chunk_spans(
         self, run_id: str, key: str, min_step: int | None, max_step: int | None
     ) -> list[tuple[int, int, int, int]]:
@@ -940,6 +959,34 @@ class SqliteStore:
                 (run_id, key, lo, hi),
             )
         ]
+
+    def metric_chunk_spans_many(
+        self,
+        run_ids: Sequence[str],
+        keys: Sequence[str],
+        min_step: int | None,
+        max_step: int | None,
+    ) -> dict[tuple[str, str], list[tuple[int, int, int, int]]]:
+        """(run_id, key) -> :meth:`metric_chunk_spans` of that series, for every pair of
+        the given runs and keys, in one query per 500 runs (the series index serves each
+        (run, key) pair of the IN lists)."""
+        lo = min_step if min_step is not None else -(2**63)
+        hi = max_step if max_step is not None else 2**63 - 1
+        out: dict[tuple[str, str], list[tuple[int, int, int, int]]] = {}
+        conn = self.reader()
+        runs, key_list = list(dict.fromkeys(run_ids)), list(dict.fromkeys(keys))
+        key_marks = ",".join("?" * len(key_list))
+        for start in range(0, len(runs), 500):
+            part = runs[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for r in conn.execute(
+                "SELECT run_uuid, key, chunk_id, n, min_step, max_step FROM metric_chunks"
+                f" WHERE run_uuid IN ({marks}) AND key IN ({key_marks})"
+                " AND max_step >= ? AND min_step <= ? ORDER BY chunk_id",
+                (*part, *key_list, lo, hi),
+            ):
+                out.setdefault((r[0], r[1]), []).append((r[2], r[3], r[4], r[5]))
+        return out
 
     def metric_chunk_data(
         self, chunk_ids: Sequence[int], *, summaries: bool

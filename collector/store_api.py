@@ -173,10 +173,28 @@ class Store(Protocol):
         """Each run's smallest and largest value of one metric (NaN ignored)."""
         ...
 
+    def metric_values_at_step(
+        self, experiment_id: str, key: str, step: int
+    ) -> dict[str, tuple[int, float]]:
+        """Per run: (step, value) of its point of a metric with the largest step at or
+        before ``step`` (the latest of those at that step); runs without one are absent."""
+        ...
+
     def metric_chunk_spans(
         self, run_id: str, key: str, min_step: int | None, max_step: int | None
     ) -> list[tuple[int, int, int, int]]:
         """(chunk_id, points, min_step, max_step) of the chunks overlapping a step range."""
+        ...
+
+    def metric_chunk_spans_many(
+        self,
+        run_ids: Sequence[str],
+        keys: Sequence[str],
+        min_step: int | None,
+        max_step: int | None,
+    ) -> dict[tuple[str, str], list[tuple[int, int, int, int]]]:
+        """(run_id, key) -> the spans of that series' chunks that overlap a step range,
+        for every pair of the given runs and keys (pairs without chunks left out)."""
         ...
 
     def metric_chunk_data(

@@ -8,20 +8,31 @@
         the param, metric and tag keys its runs use (the table's column picker)
     GET /api/flightlog/ui/experiments/{experiment_id}/runs
         ?filter=F &order_by=O (repeatable) &view=active|deleted|all
-        &max_results=N (default 1000, at most 50000) &page_token=T
+        &max_results=N (default 1000, 1 to 50000 as in MLflow's search; a 400
+        beyond) &page_token=T
         one page of runs in the search filter language; a bad filter is a 400 whose
         message shows the position with a caret
     GET /api/flightlog/ui/experiments/{experiment_id}/metric-extremes?key=K
         per run that logged K: [min, max] of its values (the table's min/max cells)
+    GET /api/flightlog/ui/experiments/{experiment_id}/metric-at-step?key=K&step=S
+        per run that logged K at or before step S: [step, value] of its point with the
+        largest such step (the latest logged there), so a metric logged every 100 steps
+        still has a value at step 250 (the table's "at step" cells)
     GET /api/flightlog/ui/runs/{run_id}
         the run, its experiment, its parent and children, and its metric keys with their
         point counts and step ranges
     GET /api/flightlog/ui/metrics
         ?run=ID (repeatable) &key=K (repeatable) &points=N (default 2000)
         &min_step=A &max_step=B (a zoom range) | &after_step=S (live: only newer points)
+    POST /api/flightlog/ui/metrics
+        the same as a JSON object {"run": [...], "key": [...], "points": N, ...}, for
+        more run ids than fit in a URL (1,000 runs on one chart: one request)
         each series as {run_id, key, steps, values, timestamps, sampled}: the raw points
         when they fit in N, else each of N/3 equal step buckets' min, max and last point
-        (the page asks for 4 points per pixel column, so a spike is never dropped)
+        (the page asks for 4 points per pixel column, so a spike is never dropped).
+        Repeated runs and keys count once; at most MAX_SERIES series and
+        MAX_REQUEST_POINTS series x points per request (a 400 names the limit). Values
+        are numbers, NaN null, infinities "Infinity"/"-Infinity" (collector.ui_json).
     GET /api/flightlog/ui/runs/{run_id}/artifacts?path=DIR
         the direct children of an artifact directory
     GET /api/flightlog/ui/runs/{run_id}/artifact?path=P[&download=1]
@@ -36,6 +47,7 @@ Each answers JSON (errors as ``{"error_code", "message"}``) and obeys the token.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -43,9 +55,12 @@ import orjson
 from aiohttp import web
 
 from flightlog.collector.artifact_api import run_repository
-from flightlog.collector.downsample import sampled_range
+from flightlog.collector.downsample import bucket_many, plan_many
+from flightlog.collector.request_args import json_args, string_list_arg
 from flightlog.collector.search import ACTIVE_ONLY, ALL, DELETED_ONLY, MAX_RESULTS_LIMIT
+from flightlog.collector.series_cache import cache_for
 from flightlog.collector.state import COLLECTOR
+from flightlog.collector.ui_json import json_float, json_floats, json_runs
 from flightlog.core.artifact_paths import safe_relative_path
 from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from flightlog.core.validation import validate_run_id
@@ -55,6 +70,10 @@ PREFIX = "/api/flightlog/ui"
 MAX_SERIES = 2000
 #: The most points per series a call may ask for.
 MAX_POINTS = 50_000
+#: The most series x points one metrics call may ask for: the answer's size, and with
+#: downsample.READ_BATCH_POINTS the memory a call holds, stay bounded (the page asks for
+#: at most ~40 points per pixel column of a chart, about 150,000 for 1,000 runs).
+MAX_REQUEST_POINTS = 1_000_000
 #: Text previews are cut here; the page offers the download for the rest.
 TEXT_PREVIEW_BYTES = 2 << 20
 IMAGE_PREVIEW_BYTES = 32 << 20
@@ -76,24 +95,38 @@ _TEXT_NAMES = {"MLmodel", "MLproject", "conda.yaml", "requirements.txt"}
 
 
 def _json(payload: Any) -> web.Response:
-    # orjson writes NaN and infinities as null, which charts draw as gaps.
+    # Metric values pass through collector.ui_json first: orjson would write infinities
+    # as null.
+    return _json_bytes(orjson.dumps(payload))
+
+
+def _json_bytes(body: bytes) -> web.Response:
     return web.Response(
-        body=orjson.dumps(payload),
+        body=body,
         content_type="application/json",
         headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
     )
 
 
 def _int_query(request: web.Request, name: str, default: int | None = None) -> int | None:
-    raw = request.query.get(name)
+    return _int_arg(request.query, name, default)
+
+
+def _int_arg(args: Mapping[str, Any], name: str, default: int | None = None) -> int | None:
+    """An integer argument from a query string or a JSON body; absent or "" is default."""
+    raw = args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise MlflowException(
-            f"Query parameter {name!r} must be an integer, got {raw!r}", INVALID_PARAMETER_VALUE
-        ) from None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+    raise MlflowException(
+        f"Parameter {name!r} must be an integer, got {raw!r}", INVALID_PARAMETER_VALUE
+    )
 
 
 async def experiments(request: web.Request) -> web.Response:
@@ -128,28 +161,63 @@ async def experiment_runs(request: web.Request) -> web.Response:
         )
     max_results = _int_query(request, "max_results", 1000)
     assert max_results is not None
+    if not 1 <= max_results <= MAX_RESULTS_LIMIT:
+        # MLflow's search allows 1 to 50,000 per page; a larger page would hold that many
+        # runs' params, tags and metrics in memory at once.
+        raise MlflowException(
+            f"max_results must be between 1 and {MAX_RESULTS_LIMIT}, got {max_results}; "
+            "page with next_page_token for more",
+            INVALID_PARAMETER_VALUE,
+        )
+
+    def work() -> list[dict[str, Any]]:
+        runs = c.store.get_runs(ids)
+        json_runs(runs)
+        return runs
+
     ids, token = await c.read(
         c.store.search_run_ids,
         [eid],
         request.query.get("filter") or None,
         _VIEWS[view],
-        min(max_results, MAX_RESULTS_LIMIT),
+        max_results,
         request.query.getall("order_by", []) or None,
         request.query.get("page_token") or None,
     )
-    return _json({"runs": await c.read(c.store.get_runs, ids), "next_page_token": token})
+    return _json({"runs": await c.read(work), "next_page_token": token})
 
 
-async def metric_extremes(request: web.Request) -> web.Response:
-    """Each run's smallest and largest value of one metric."""
+async def _experiment_metric(request: web.Request) -> tuple[str, str]:
+    """(experiment id, metric key) of a per-run metric read; a 404 for an unknown
+    experiment, a 400 without a key."""
     c = request.app[COLLECTOR]
     eid = request.match_info["experiment_id"]
     key = request.query.get("key")
     if not key:
         raise MlflowException("Give the metric as key=K", INVALID_PARAMETER_VALUE)
-    await c.read(c.store.get_experiment, eid)  # a 404 for an unknown experiment
+    await c.read(c.store.get_experiment, eid)
+    return eid, key
+
+
+async def metric_extremes(request: web.Request) -> web.Response:
+    """Each run's smallest and largest value of one metric."""
+    c = request.app[COLLECTOR]
+    eid, key = await _experiment_metric(request)
     found = await c.read(c.store.metric_extremes, eid, key)
-    return _json({"key": key, "extremes": {r: list(v) for r, v in found.items()}})
+    return _json({"key": key, "extremes": {r: json_floats(v) for r, v in found.items()}})
+
+
+async def metric_at_step(request: web.Request) -> web.Response:
+    """Each run's value of one metric at a step (its point with the largest step at or
+    before it, and that step)."""
+    c = request.app[COLLECTOR]
+    eid, key = await _experiment_metric(request)
+    step = _int_query(request, "step")
+    if step is None or not -(2**63) <= step < 2**63:
+        raise MlflowException("Give the step as step=S, a 64-bit integer", INVALID_PARAMETER_VALUE)
+    found = await c.read(c.store.metric_values_at_step, eid, key, step)
+    values = {r: [at, json_float(v)] for r, (at, v) in found.items()}
+    return _json({"key": key, "step": step, "values": values})
 
 
 async def run(request: web.Request) -> web.Response:
@@ -162,58 +230,91 @@ async def run(request: web.Request) -> web.Response:
         found = store.get_run(run_id)
         parent_id = found["data"]["tags"].get("mlflow.parentRunId")
         parents = store.get_runs([parent_id]) if parent_id else []
+        children = store.get_runs(store.child_run_ids(run_id))
+        json_runs([found, *parents, *children])
         return {
             "run": found,
             "experiment": store.get_experiment(found["info"]["experiment_id"]),
             "parent": parents[0] if parents else None,
-            "children": store.get_runs(store.child_run_ids(run_id)),
+            "children": children,
             "metrics": store.metric_series_info(run_id),
         }
 
     return _json(await c.read(work))
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """Chart-sized series for (run, key) pairs, over a step range or after a step."""
-    c = request.app[COLLECTOR]
-    run_ids = [validate_run_id(r) for r in request.query.getall("run", [])]
-    keys = request.query.getall("key", [])
+def _series_args(a: dict[str, Any]) -> tuple[list[str], list[str], int, int | None, int | None]:
+    """(runs, keys, points, min_step, max_step) of a metrics call, checked: repeated runs
+    and keys count once, and the call's size is capped (the module docstring)."""
+    run_ids = list(dict.fromkeys(validate_run_id(r) for r in string_list_arg(a, "run")))
+    keys = list(dict.fromkeys(string_list_arg(a, "key")))
     if not run_ids or not keys:
         raise MlflowException("Give at least one run=ID and one key=K", INVALID_PARAMETER_VALUE)
-    if len(run_ids) * len(keys) > MAX_SERIES:
+    series = len(run_ids) * len(keys)
+    if series > MAX_SERIES:
         raise MlflowException(
-            f"At most {MAX_SERIES} (run, key) series per call", INVALID_PARAMETER_VALUE
+            f"At most {MAX_SERIES} (run, key) series per call, got {len(run_ids)} runs x "
+            f"{len(keys)} keys = {series}",
+            INVALID_PARAMETER_VALUE,
         )
-    points = _int_query(request, "points", 2000)
+    points = _int_arg(a, "points", 2000)
     assert points is not None
     if not 3 <= points <= MAX_POINTS:
         raise MlflowException(
             f"points must be between 3 and {MAX_POINTS}, got {points}", INVALID_PARAMETER_VALUE
         )
-    lo = _int_query(request, "min_step")
-    hi = _int_query(request, "max_step")
-    after = _int_query(request, "after_step")
+    if series * points > MAX_REQUEST_POINTS:
+        raise MlflowException(
+            f"runs x keys x points = {len(run_ids)} x {len(keys)} x {points} = "
+            f"{series * points:,} is over the limit of {MAX_REQUEST_POINTS:,} points per "
+            "call; ask for fewer runs, keys or points",
+            INVALID_PARAMETER_VALUE,
+        )
+    lo = _int_arg(a, "min_step")
+    hi = _int_arg(a, "max_step")
+    after = _int_arg(a, "after_step")
     if after is not None:
         lo = after + 1 if lo is None else max(lo, after + 1)
+    return run_ids, keys, points, lo, hi
 
-    def work() -> list[dict[str, Any]]:
-        out = []
-        for run_id in run_ids:
-            for key in keys:
-                (steps, vals, ts), sampled = sampled_range(c.store, run_id, key, points, lo, hi)
-                out.append(
-                    {
-                        "run_id": run_id,
-                        "key": key,
-                        "steps": steps.tolist(),
-                        "values": vals.tolist(),
-                        "timestamps": ts.tolist(),
-                        "sampled": sampled,
-                    }
-                )
-        return out
 
-    return _json({"series": await c.read(work)})
+async def metrics(request: web.Request) -> web.Response:
+    """Chart-sized series for (run, key) pairs, over a step range or after a step."""
+    c = request.app[COLLECTOR]
+    run_ids, keys, points, lo, hi = _series_args(await json_args(request, lists=("run", "key")))
+
+    def work() -> bytes:
+        # Series are encoded one by one as they are bucketed, so a call holds its answer's
+        # bytes and one batch of chunks (downsample.READ_BATCH_POINTS), never every
+        # series' points as Python objects at once. Answers seen before come from the
+        # cache (collector.series_cache) without a read.
+        cache = cache_for(c.store)
+        plans = plan_many(c.store, run_ids, keys, points, lo, hi)
+        parts: list[bytes] = []
+        todo = []
+        for run_id, key, plan in plans:
+            found = cache.get((run_id, key, plan.signature()))
+            if found is None:
+                todo.append((len(parts), run_id, key, plan))
+            parts.append(found or b"")
+        fresh = bucket_many(c.store, [(run_id, key, plan) for _, run_id, key, plan in todo])
+        for (i, _, _, plan), (run_id, key, (steps, vals, ts), sampled) in zip(
+            todo, fresh, strict=True
+        ):
+            parts[i] = orjson.dumps(
+                {
+                    "run_id": run_id,
+                    "key": key,
+                    "steps": steps.tolist(),
+                    "values": json_floats(vals),
+                    "timestamps": ts.tolist(),
+                    "sampled": sampled,
+                }
+            )
+            cache.put((run_id, key, plan.signature()), parts[i])
+        return b'{"series":[' + b",".join(parts) + b"]}"
+
+    return _json_bytes(await c.read(work))
 
 
 async def artifact_list(request: web.Request) -> web.Response:
@@ -304,8 +405,10 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{PREFIX}/experiments/{{experiment_id}}/columns", experiment_columns),
         web.get(f"{PREFIX}/experiments/{{experiment_id}}/runs", experiment_runs),
         web.get(f"{PREFIX}/experiments/{{experiment_id}}/metric-extremes", metric_extremes),
+        web.get(f"{PREFIX}/experiments/{{experiment_id}}/metric-at-step", metric_at_step),
         web.get(f"{PREFIX}/runs/{{run_id}}", run),
         web.get(f"{PREFIX}/runs/{{run_id}}/artifacts", artifact_list),
         web.get(f"{PREFIX}/runs/{{run_id}}/artifact", artifact),
         web.get(f"{PREFIX}/metrics", metrics),
+        web.post(f"{PREFIX}/metrics", metrics),
     ]

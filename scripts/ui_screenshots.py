@@ -3,8 +3,8 @@
     python scripts/ui_screenshots.py [--out docs]
 
 Fills a fresh store through the SDK with a small learning-rate sweep (nested runs,
-train/ and val/ curves, artifacts) and one run with system metrics for two GPUs,
-serves it with a collector and photographs the main pages in Debian's chromium. The
+train/ and val/ curves, artifacts) and one run with system metrics from two nodes of
+two GPUs each, serves it with a collector and photographs the main pages in Debian's chromium. The
 numbers are made up (a deterministic synthetic sweep); timestamps are spread over an
 hour so that the time axes read like a real job's.
 """
@@ -25,6 +25,8 @@ from ui_harness import collector, launch_chromium
 
 STEPS = 3000
 # (name, idle value, value under load) of the demo GPU series.
+#: The nodes the best run's system metrics come from.
+NODES = ("node-0", "node-1")
 GPU_SERIES = (
     ("utilization_percentage", 0, 96),
     ("power_usage_watts", 60, 380),
@@ -83,30 +85,27 @@ def fill(url: str, tmp: Path) -> dict[str, str]:
     best = children[2]
     ids["best"] = best
     ids["compare"] = ",".join(children[1:4])
-    # System metrics of the best run: host and two GPUs, sampled every 10 s.
-    for k in range(360):
-        ts = t0 + 2 * 60_000 + k * 10_000
-        busy = 0 if k < 6 else 1
-        client.log_metric(
-            best,
-            "system/cpu_utilization_percentage",
-            20 + 50 * busy + rng.uniform(-5, 5),
-            timestamp=ts,
-            step=k,
-        )
-        client.log_metric(
-            best,
-            "system/system_memory_usage_megabytes",
-            9000 + 12000 * busy + 20 * k,
-            timestamp=ts,
-            step=k,
-        )
-        for g in range(2):
-            for name, idle, load in GPU_SERIES:
-                value = (
-                    idle + (load - idle) * busy * (1 - 0.03 * g) + rng.uniform(-1, 1) * load * 0.02
-                )
-                client.log_metric(best, f"system/gpu_{g}_{name}", value, timestamp=ts, step=k)
+    # System metrics of the best run, trained on two nodes: each node's host and two
+    # GPUs, sampled every 10 s (names as the sampler gives them with FLIGHTLOG_NODE set).
+    for n, node in enumerate(NODES):
+        for k in range(360):
+            ts = t0 + 2 * 60_000 + k * 10_000
+            busy = 0 if k < 6 else 1
+            host = {
+                "cpu_utilization_percentage": 20 + 50 * busy - 5 * n + rng.uniform(-5, 5),
+                "system_memory_usage_megabytes": 9000 + 12000 * busy + 20 * k - 500 * n,
+            }
+            for name, value in host.items():
+                client.log_metric(best, f"system/{node}/{name}", value, timestamp=ts, step=k)
+            for g in range(2):
+                for name, idle, load in GPU_SERIES:
+                    value = (
+                        idle
+                        + (load - idle) * busy * (1 - 0.03 * g - 0.02 * n)
+                        + rng.uniform(-1, 1) * load * 0.02
+                    )
+                    key = f"system/{node}/gpu_{g}_{name}"
+                    client.log_metric(best, key, value, timestamp=ts, step=k)
     # Artifacts: a per-class report, the config and a confusion matrix.
     report = "class,precision,recall,f1\n" + "".join(
         f"{c},{0.9 + rng.uniform(-0.05, 0.05):.3f},{0.9 + rng.uniform(-0.05, 0.05):.3f},"
@@ -168,7 +167,7 @@ def shoot(url: str, ids: dict[str, str], out: Path) -> list[Path]:
         snap("run")
         page.evaluate("() => document.querySelector('section.system').scrollIntoView()")
         page.wait_for_selector(
-            '.chart[data-key="system/gpu_0_memory_usage_megabytes"][data-state="drawn"]'
+            f'.chart[data-key="system/{NODES[0]}/gpu_0_memory_usage_megabytes"][data-state="drawn"]'
         )
         page.wait_for_timeout(300)
         snap("system")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from array import array
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ def get_json(url: str, token: str | None = None) -> Any:
 def test_page_and_static_files_carry_a_content_security_policy(collector: CollectorProcess) -> None:
     status, headers, body = get(collector.url + "/")
     assert status == 200
-    assert b'<script type="module" src="/ui/js/main.js">' in body
+    assert re.search(rb'<script type="module" src="/ui/v/[0-9a-f]{16}/js/main\.js">', body)
     csp = headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "object-src 'none'" in csp
     assert headers["X-Content-Type-Options"] == "nosniff"
@@ -106,6 +109,94 @@ def test_metric_extremes_per_run(tracking: CollectorProcess) -> None:
     assert got["extremes"] == {a.info.run_id: [-2.0, 7.5], b.info.run_id: [4.0, 4.0]}
     status, _, body = get(f"{tracking.url}{UI}/experiments/{exp}/metric-extremes")
     assert status == 400 and b"key=K" in body
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CollectorProcess]:
+    """flightlog pointed at a real collector on a SQLite store, then on PostgreSQL (a
+    fresh database of the session's throwaway cluster; skipped where it is missing)."""
+    extra: tuple[str, ...] = ()
+    if request.param == "postgresql":
+        extra = ("--store", request.getfixturevalue("pg_server").create_database())
+    c = start_collector(tmp_path / "store", None, *extra)
+    mlflow.set_tracking_uri(c.url)
+    yield c
+    c.stop()
+
+
+def test_metric_value_at_a_step_per_run_on_both_stores(any_store: CollectorProcess) -> None:
+    exp = mlflow.create_experiment("at-step")
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(experiment_id=exp) as dense:
+        for part in range(3):  # three flushes: the series spans several chunks
+            for s in range(part * 200, part * 200 + 200):
+                mlflow.log_metric("loss", s / 2, step=s)
+            mlflow.flush()
+        # A second point at step 250, logged later: the latest at a step wins.
+        client.log_metric(dense.info.run_id, "loss", -1.0, step=250, timestamp=2**41)
+        mlflow.flush()
+    with mlflow.start_run(experiment_id=exp) as sparse:
+        for s in range(0, 1001, 100):
+            mlflow.log_metric("loss", float(s), step=s)
+    with mlflow.start_run(experiment_id=exp) as shuffled:
+        for s in (50, 10, 300, 20):  # steps out of logging order
+            mlflow.log_metric("loss", s + 0.5, step=s)
+    with mlflow.start_run(experiment_id=exp):  # starts after the step: no value there
+        mlflow.log_metric("loss", 9.0, step=500)
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.log_metric("other", 1.0, step=0)
+    mlflow.flush()
+    url = f"{any_store.url}{UI}/experiments/{exp}/metric-at-step"
+
+    got = get_json(f"{url}?key=loss&step=250")
+    assert got["key"] == "loss" and got["step"] == 250
+    assert got["values"] == {
+        dense.info.run_id: [250, -1.0],
+        sparse.info.run_id: [200, 200.0],
+        shuffled.info.run_id: [50, 50.5],
+    }
+    assert get_json(f"{url}?key=loss&step=399")["values"][dense.info.run_id] == [399, 199.5]
+    assert get_json(f"{url}?key=loss&step=-1")["values"] == {}
+    for query, message in (
+        ("key=loss", b"step=S"),
+        ("key=loss&step=ten", b"'step' must be an integer"),
+        (f"key=loss&step={2**63}", b"64-bit"),
+        ("step=3", b"key=K"),
+    ):
+        status, _, body = get(f"{url}?{query}")
+        assert status == 400 and message in body, (query, body)
+    assert get(f"{any_store.url}{UI}/experiments/999/metric-at-step?key=loss&step=1")[0] == 404
+
+
+def test_value_at_step_reads_one_chunk_per_run_when_steps_grow() -> None:
+    from flightlog.collector.step_values import values_at_step
+
+    def chunk(steps: list[int], values: list[float], ts: list[float]) -> tuple[bytes, ...]:
+        return (
+            array("q", steps).tobytes(),
+            array("d", values).tobytes(),
+            array("d", ts).tobytes(),
+        )
+
+    chunks = {
+        cid: chunk(list(range(cid * 100, cid * 100 + 100)), [float(cid)] * 100, [0.0] * 100)
+        for cid in range(10)
+    }
+    # Run b: its chunk 11 holds steps out of order, chunk 12 repeats step 405 later.
+    chunks[11] = chunk([900, 405, 3], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
+    chunks[12] = chunk([405, 405], [4.0, 5.0], [2.0, 1.5])
+    reads: list[list[int]] = []
+
+    def read(ids: Sequence[int]) -> dict[int, tuple[bytes, ...]]:
+        reads.append(sorted(ids))
+        return {i: chunks[i] for i in ids}
+
+    spans = [(cid, "a", cid * 100, cid * 100 + 99) for cid in range(5)]
+    spans += [(11, "b", 3, 900), (12, "b", 405, 405)]
+    assert values_at_step(spans, read, 450) == {"a": (450, 4.0), "b": (405, 4.0)}
+    # One round for both runs; a second only for b, whose chunk 12 could still hold a
+    # later point at the step its chunk 11 gave (405): it does, by timestamp.
+    assert reads == [[4, 11], [12]]
 
 
 def test_run_parent_children_and_metric_keys(tracking: CollectorProcess) -> None:
@@ -251,7 +342,7 @@ def test_flightlog_ui_command_prints_the_url(tmp_path: Path) -> None:
         line = proc.stdout.readline().strip()
         assert line == f"flightlog UI: http://127.0.0.1:{port}/"
         status, _, body = get(line.split(": ", 1)[1])
-        assert status == 200 and b"/ui/js/main.js" in body
+        assert status == 200 and b"/js/main.js" in body
     finally:
         proc.terminate()
         proc.wait(timeout=30)

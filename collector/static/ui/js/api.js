@@ -2,9 +2,10 @@
 // first 401 asks for the token once; it is kept in this tab's sessionStorage and sent as
 // "Authorization: Bearer", never put in a URL.
 import { h } from "./dom.js";
+import { UI, endpoint, takePrefetched } from "./prefetch.js";
 
 const TOKEN_KEY = "flightlog.token";
-export const UI = "/api/flightlog/ui";
+export { UI, endpoint };
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -48,23 +49,23 @@ function askToken(wrong) {
   return asking;
 }
 
-/** URL of an endpoint with query parameters (arrays repeat the name). */
-export function endpoint(path, params) {
-  const q = new URLSearchParams();
-  for (const [k, v] of Object.entries(params || {})) {
-    if (v == null || v === "") continue;
-    for (const x of Array.isArray(v) ? v : [v]) q.append(k, String(x));
-  }
-  const s = q.toString();
-  return UI + path + (s ? `?${s}` : "");
-}
 
-/** Fetch an endpoint with the token; throws ApiError with the server's message. */
-export async function request(path, params, { signal } = {}) {
+/**
+ * Fetch an endpoint with the token; throws ApiError with the server's message. With
+ * ``body``, POST it as JSON (for arguments too long for a URL).
+ */
+export async function request(path, params, { signal, body } = {}) {
   for (;;) {
     const token = sessionStorage.getItem(TOKEN_KEY);
     const headers = token != null ? { Authorization: `Bearer ${token}` } : {};
-    const r = await fetch(endpoint(path, params), { headers, signal });
+    const init = { headers, signal };
+    if (body !== undefined) {
+      init.method = "POST";
+      init.body = JSON.stringify(body);
+      headers["Content-Type"] = "application/json";
+    }
+    const url = endpoint(path, params);
+    const r = (body === undefined && (await takePrefetched(url))) || (await fetch(url, init));
     if (r.status === 401) {
       sessionStorage.removeItem(TOKEN_KEY);
       await askToken(token != null);
@@ -86,6 +87,11 @@ export async function request(path, params, { signal } = {}) {
 /** GET an endpoint's JSON. */
 export async function getJSON(path, params, opts) {
   return (await request(path, params, opts)).json();
+}
+
+/** POST a JSON body to an endpoint; its JSON answer. */
+export async function postJSON(path, body, opts) {
+  return (await request(path, null, { ...opts, body })).json();
 }
 
 /** Save a response as a download (works with the token, unlike a plain link). */

@@ -4,7 +4,7 @@
 // (down to raw points once they fit); a double click goes back to the whole series.
 // Lines of RUNNING runs grow by fetching only the points after their last step.
 import uPlot from "../vendor/uplot/uPlot.esm.js";
-import { getJSON } from "./api.js";
+import { getJSON, postJSON } from "./api.js";
 import { h, fill } from "./dom.js";
 import { num, duration } from "./format.js";
 
@@ -16,8 +16,12 @@ const SYNC_KEY = "flightlog";
 // Point budget per pixel column for one chart, shared by its lines once there are many.
 const POINTS_PER_PIXEL = 4;
 const CHART_BUDGET_PER_PIXEL = 40;
-// Runs per metrics call, to keep the URL short.
-const RUNS_PER_CALL = 100;
+// Runs per metrics call: 1,000 runs on a chart are one POST (the collector's work is
+// CPU-bound under one GIL, so parallel calls would only finish together, later).
+const RUNS_PER_CALL = 1000;
+const GET_RUNS = 100;
+// Chart slots this close to the viewport are mounted (and fetched).
+const MOUNT_MARGIN_PX = 300;
 
 /** Chart settings shared by every chart of a page; listeners redraw on change. */
 export class ChartSettings {
@@ -87,7 +91,28 @@ export function smooth(values, weight) {
   return out;
 }
 
-/** Fetch series for lines [{runId, key}] over a step range; returns them in order. */
+/**
+ * Decode a series' values in place: the collector sends +/-infinity as the strings
+ * "Infinity" and "-Infinity" (JSON has no such numbers) and NaN as null.
+ */
+export function decodeValues(values) {
+  for (let i = 0; i < values.length; i++) {
+    if (typeof values[i] === "string") values[i] = Number(values[i]);
+  }
+  return values;
+}
+
+/** Mark a fetched series that holds an infinity (its chart table maps them to gaps). */
+function withInfinite(s) {
+  s.infinite = s.values.some((v) => v === Infinity || v === -Infinity);
+  return s;
+}
+
+/**
+ * Fetch series for lines [{runId, key}] over a step range; returns them in order. One
+ * call per key and RUNS_PER_CALL runs, a POST past GET_RUNS (run ids no longer fit in a
+ * URL): the collector reads every run's chunks in one query and buckets them in one pass.
+ */
 export async function fetchSeries(lines, points, range = {}) {
   const byKey = new Map();
   for (const l of lines) {
@@ -97,21 +122,20 @@ export async function fetchSeries(lines, points, range = {}) {
   const calls = [];
   for (const [key, runs] of byKey) {
     for (let i = 0; i < runs.length; i += RUNS_PER_CALL) {
-      calls.push(
-        getJSON("/metrics", {
-          run: runs.slice(i, i + RUNS_PER_CALL),
-          key,
-          points,
-          min_step: range.min,
-          max_step: range.max,
-          after_step: range.after,
-        }),
-      );
+      const args = { run: runs.slice(i, i + RUNS_PER_CALL), key: [key], points };
+      if (range.min != null) args.min_step = range.min;
+      if (range.max != null) args.max_step = range.max;
+      if (range.after != null) args.after_step = range.after;
+      // A GET while the run ids fit in a URL (readable in logs and dev tools).
+      calls.push(args.run.length <= GET_RUNS ? getJSON("/metrics", args) : postJSON("/metrics", args));
     }
   }
   const found = new Map();
   for (const { series } of await Promise.all(calls)) {
-    for (const s of series) found.set(`${s.run_id}\u0000${s.key}`, s);
+    for (const s of series) {
+      decodeValues(s.values);
+      found.set(`${s.run_id}\u0000${s.key}`, s);
+    }
   }
   return lines.map((l) => found.get(`${l.runId}\u0000${l.key}`));
 }
@@ -119,15 +143,18 @@ export async function fetchSeries(lines, points, range = {}) {
 /**
  * One chart: lines [{runId, key, label, color, start}] (start: the run's start, epoch ms,
  * for relative time). ``timeAxis``: always plot against time (system metrics), using
- * relative time when the page's x is "step".
+ * relative time when the page's x is "step". ``span``: () => [start, end] epoch ms, the
+ * time every chart of the page shows on a time axis (widened to the chart's own data),
+ * so a run's training and system charts line up.
  */
 export class MetricChart {
-  constructor(el, { title, lines, settings, height = 190, timeAxis = false }) {
+  constructor(el, { title, lines, settings, height = 190, timeAxis = false, span = null }) {
     this.el = el;
     this.lines = lines;
     this.settings = settings;
     this.height = height;
     this.timeAxis = timeAxis;
+    this.span = span;
     this.data = lines.map(() => ({ steps: [], values: [], timestamps: [] }));
     this.range = null; // {min, max} steps while zoomed
     this.plot = null;
@@ -161,7 +188,7 @@ export class MetricChart {
     this.status.textContent = "loading…";
     this.el.dataset.state = "loading";
     const series = await fetchSeries(this.lines, this.pointsPerLine(), this.range || {});
-    this.data = series.map((s) => s || { steps: [], values: [], timestamps: [], sampled: false });
+    this.data = series.map((s) => withInfinite(s || { steps: [], values: [], timestamps: [], sampled: false }));
     this.draw();
   }
 
@@ -170,20 +197,30 @@ export class MetricChart {
     if (this.range) return; // zoomed in: the user is reading; pick up new points later
     const budget = this.pointsPerLine();
     if (this.data.some((d) => d.steps.length > 3 * budget)) return this.load(); // re-bucket
-    const fresh = await Promise.all(
-      this.lines.map((l, i) => {
-        const steps = this.data[i].steps;
-        const after = steps.length ? steps[steps.length - 1] : undefined;
-        return fetchSeries([l], budget, after === undefined ? {} : { after });
+    // One call per distinct last step (usually one for the whole chart), not per line:
+    // a chart of 1,000 RUNNING runs must not send 1,000 requests every tick.
+    const byAfter = new Map();
+    this.lines.forEach((l, i) => {
+      const steps = this.data[i].steps;
+      const after = steps.length ? steps[steps.length - 1] : null;
+      if (!byAfter.has(after)) byAfter.set(after, []);
+      byAfter.get(after).push(i);
+    });
+    const fresh = new Array(this.lines.length);
+    await Promise.all(
+      [...byAfter].map(async ([after, idx]) => {
+        const got = await fetchSeries(idx.map((i) => this.lines[i]), budget, after === null ? {} : { after });
+        idx.forEach((i, j) => { fresh[i] = got[j]; });
       }),
     );
     let grew = false;
-    fresh.forEach(([s], i) => {
+    fresh.forEach((s, i) => {
       if (!s || !s.steps.length) return;
       const d = this.data[i];
       d.steps = d.steps.concat(s.steps);
       d.values = d.values.concat(s.values);
       d.timestamps = d.timestamps.concat(s.timestamps);
+      d.infinite = d.infinite || withInfinite(s).infinite;
       grew = true;
     });
     if (grew) this.draw();
@@ -204,11 +241,18 @@ export class MetricChart {
 
   table() {
     const logY = this.settings.logY;
-    const ys = this.data.map((d) => {
-      let v = smooth(d.values, this.settings.smoothing);
-      if (logY) v = v.map((x) => (x != null && x > 0 ? x : null));
-      return v;
-    });
+    // Infinities cannot be placed on a scale, nor zero or below on a log scale: drawn
+    // as gaps (an infinity is shown in the legend).
+    const drawable = (d, v) => {
+      if (logY) return v.map((x) => (x != null && x > 0 && x !== Infinity ? x : null));
+      return d.infinite ? v.map((x) => (Number.isFinite(x) ? x : null)) : v;
+    };
+    const ys = this.data.map((d) => drawable(d, smooth(d.values, this.settings.smoothing)));
+    if (this.withRaw()) {
+      // Smoothed lines over their raw points, drawn faint (as TensorBoard and W&B do).
+      const raw = this.data.map((d) => drawable(d, d.values));
+      return uPlot.join(this.data.map((d, i) => [this.xValues(d, this.lines[i]), raw[i], ys[i]]));
+    }
     if (this.lines.length === 1) return [this.xValues(this.data[0], this.lines[0]), ys[0]];
     const joined = uPlot.join(this.data.map((d, i) => [this.xValues(d, this.lines[i]), ys[i]]));
     return this.settings.groupOf ? this.grouped(joined) : joined;
@@ -265,8 +309,24 @@ export class MetricChart {
     return out;
   }
 
+  /** Whether raw lines are drawn under the smoothed ones (not for grouped runs). */
+  withRaw() {
+    return !!this.settings.smoothing && !(this.settings.groupOf && this.lines.length > 1);
+  }
+
   lineSeries() {
-    const value = (u, v) => (v == null ? "–" : num(v));
+    // A gap in a single line may be an infinity: the legend shows it from the data.
+    const value = (u, v, si, idx) => {
+      if (v != null) return num(v);
+      const raw = this.lines.length === 1 && idx != null ? this.data[0].values[idx] : null;
+      return raw === Infinity || raw === -Infinity ? num(raw) : "–";
+    };
+    if (this.withRaw()) {
+      return this.lines.flatMap((l) => [
+        { label: `${l.label} (raw)`, stroke: `${l.color}40`, width: 1, spanGaps: true, points: { show: false }, value },
+        { label: l.label, stroke: l.color, width: 1.5, spanGaps: true, value },
+      ]);
+    }
     if (!this.settings.groupOf || this.lines.length === 1) {
       return this.lines.map((l) => ({ label: l.label, stroke: l.color, width: 1.25, spanGaps: true, value }));
     }
@@ -291,7 +351,7 @@ export class MetricChart {
     return {
       width: this.width(),
       height: this.height,
-      scales: { x: { time: m === "wall" }, y: { distr: this.settings.logY ? 3 : 1 } },
+      scales: { x: { time: m === "wall", range: this.xRange(m) }, y: { distr: this.settings.logY ? 3 : 1 } },
       series: [{ label: m, value: xValue }, ...series],
       // Group bands: between each group's max (2nd of its 3 series) and min (1st).
       bands: grouped
@@ -302,14 +362,39 @@ export class MetricChart {
         : undefined,
       axes: [
         m === "relative" ? { values: (u, vals) => vals.map((v) => duration(v * 1000)) } : {},
-        { size: 72, values: (u, vals) => vals.map((v) => num(v)) },
+        // A log axis leaves minor ticks unlabelled (null), not "NaN".
+        { size: 72, values: (u, vals) => vals.map((v) => (v == null ? "" : num(v))) },
       ],
       cursor: {
         sync: { key: SYNC_KEY, setSeries: false },
         drag: { x: true, y: false, setScale: false },
       },
       legend: { show: series.length <= 12, live: true },
-      hooks: { setSelect: [(u) => this.onSelect(u)] },
+      hooks: { setSelect: [(u) => this.onSelect(u)], draw: [(u) => this.drawn(u)] },
+    };
+  }
+
+  /** What the axes show, on the element (data-x-min, data-x-ticks, data-y-ticks, ...)
+   * for tools and tests that read the page; uPlot keeps each axis's tick labels in
+   * ``_values`` (the vendored release is pinned). */
+  drawn(u) {
+    const d = this.el.dataset;
+    d.xMin = String(u.scales.x.min);
+    d.xMax = String(u.scales.x.max);
+    d.yLog = String(u.scales.y.distr === 3);
+    d.xTicks = (u.axes[0]._values || []).join("|");
+    d.yTicks = (u.axes[1]._values || []).join("|");
+  }
+
+  /** The x range of a time axis over the page's span (none while zoomed or by step). */
+  xRange(m) {
+    if (!this.span || m === "step" || this.range) return undefined;
+    return (u, min, max) => {
+      const [a, b] = this.span();
+      const t0 = m === "wall" ? 0 : this.lines[0].start ?? a;
+      const lo = (a - t0) / 1000;
+      const hi = (b - t0) / 1000;
+      return [min == null ? lo : Math.min(min, lo), max == null ? hi : Math.max(max, hi)];
     };
   }
 
@@ -382,7 +467,7 @@ export class LazyCharts {
   }
 
   newObserver() {
-    return new IntersectionObserver((entries) => this.seen(entries), { rootMargin: "300px" });
+    return new IntersectionObserver((entries) => this.seen(entries), { rootMargin: `${MOUNT_MARGIN_PX}px` });
   }
 
   /** A placeholder for a chart made from spec {title, lines, timeAxis} when visible. */
@@ -394,19 +479,42 @@ export class LazyCharts {
     );
     this.specs.set(el, spec);
     this.observer.observe(el);
+    if (!this.checking) {
+      // The observer reports only after the next frame; charts already on screen when
+      // the page's code finishes start fetching now (a first paint one frame sooner,
+      // which under load is tens of milliseconds).
+      this.checking = true;
+      queueMicrotask(() => {
+        this.checking = false;
+        this.mountOnScreen();
+      });
+    }
     return el;
+  }
+
+  /** Mount the slots that are in the page and within the observer's margin now. */
+  mountOnScreen() {
+    const bottom = window.innerHeight + MOUNT_MARGIN_PX;
+    for (const el of this.specs.keys()) {
+      if (!el.isConnected || this.mounted.has(el)) continue;
+      const r = el.getBoundingClientRect();
+      if (r.bottom >= -MOUNT_MARGIN_PX && r.top <= bottom && r.width > 0) this.mount(el);
+    }
+  }
+
+  mount(el) {
+    const c = new MetricChart(el, { ...this.specs.get(el), settings: this.settings });
+    this.mounted.set(el, c);
+    c.load().catch((err) => {
+      c.status.textContent = err.message;
+    });
   }
 
   seen(entries) {
     for (const e of entries) {
       const chart = this.mounted.get(e.target);
       if (e.isIntersecting && !chart) {
-        const spec = this.specs.get(e.target);
-        const c = new MetricChart(e.target, { ...spec, settings: this.settings });
-        this.mounted.set(e.target, c);
-        c.load().catch((err) => {
-          c.status.textContent = err.message;
-        });
+        this.mount(e.target);
       } else if (!e.isIntersecting && chart) {
         chart.destroy();
         this.mounted.delete(e.target);

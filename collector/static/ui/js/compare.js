@@ -2,10 +2,10 @@
 // differ, and a param-vs-metric scatter for sweeps.
 import uPlot from "../vendor/uplot/uPlot.esm.js";
 import { getJSON } from "./api.js";
-import { h, fill, crumbs } from "./dom.js";
+import { h, fill, crumbs, debounce } from "./dom.js";
 import { num } from "./format.js";
 import { ChartSettings, LazyCharts, PALETTE, settingsBar } from "./charts.js";
-import { groupByPrefix } from "./run.js";
+import { chartGroups, chartSections, systemGroups } from "./groups.js";
 
 function differs(values) {
   const seen = new Set(values.map((v) => (v === undefined ? "\u0000missing" : String(v))));
@@ -77,31 +77,41 @@ export async function comparePage(root, query) {
     }
   });
   const keys = [...keyRuns.keys()].sort();
-  const slots = groupByPrefix(keys).map(([g, ks]) =>
-    h(
-      "div",
-      { class: "chart-group" },
-      g ? h("h3", {}, g) : null,
-      h(
-        "div",
-        { class: "chart-grid wide" },
-        ks.map((k) =>
-          charts.slot({
-            title: k,
-            key: k,
-            timeAxis: k.startsWith("system/"),
-            lines: keyRuns.get(k).map((i) => ({
-              runId: runs[i].info.run_id,
-              key: k,
-              label: label(runs[i]),
-              color: color(i),
-              start: runs[i].info.start_time,
-            })),
-          }),
-        ),
-      ),
-    ),
-  );
+  const slot = (k) =>
+    charts.slot({
+      title: k,
+      key: k,
+      timeAxis: k.startsWith("system/"),
+      lines: keyRuns.get(k).map((i) => ({
+        runId: runs[i].info.run_id,
+        key: k,
+        label: label(runs[i]),
+        color: color(i),
+        start: runs[i].info.start_time,
+      })),
+    });
+  // The keys to chart: a search over the keys, and collapsible sections by prefix
+  // (system/ split by node and GPU); closed sections and charts off screen fetch nothing.
+  const keySearch = h("input", { type: "search", class: "search", placeholder: "Search metric keys", "aria-label": "Search metric keys" });
+  const slots = h("div", { class: "chart-groups" });
+  const closed = new Set();
+  const renderCharts = () => {
+    const q = keySearch.value.trim().toLowerCase();
+    const shownKeys = keys.filter((k) => !q || k.toLowerCase().includes(q));
+    const system = shownKeys.filter((k) => k.startsWith("system/"));
+    const user = (ks) => ks.filter((k) => !k.startsWith("system/"));
+    const groups = chartGroups(user(shownKeys), user(keys).length);
+    if (system.length) groups.push({ id: "system", title: "system", children: systemGroups(system) });
+    charts.clear();
+    fill(
+      slots,
+      groups.length
+        ? chartSections(groups, { slot, closed, searching: !!q, wide: true })
+        : h("p", { class: "muted" }, q ? "No metric key matches." : "No metrics logged."),
+    );
+  };
+  keySearch.addEventListener("input", debounce(renderCharts, 150));
+  renderCharts();
 
   fill(
     root,
@@ -120,7 +130,7 @@ export async function comparePage(root, query) {
       runs.length > shown.length ? h("p", { class: "muted" }, `The first ${shown.length} of ${runs.length} runs.`) : null,
     ),
     h("section", {}, h("h2", {}, "Parameter vs. metric"), scatter(runs)),
-    h("section", {}, h("h2", {}, "Metrics"), h("div", { class: "toolbar" }, settingsBar(settings), groupPicker(runs, settings)), slots),
+    h("section", {}, h("h2", {}, "Metrics"), h("div", { class: "toolbar" }, keySearch, settingsBar(settings), groupPicker(runs, settings)), slots),
   );
   // Live: while any compared run is RUNNING, charts on screen fetch their new points.
   let timer = 0;
@@ -192,7 +202,7 @@ function scatter(runs) {
     const cats = numeric ? [] : [...new Set(raw.filter((v) => v !== undefined))].sort();
     const pts = runs
       .map((r, i) => [numeric ? Number(raw[i]) : cats.indexOf(raw[i]), r.data.metrics[m]])
-      .filter(([x, y]) => x !== -1 && Number.isFinite(x) && y != null)
+      .filter(([x, y]) => x !== -1 && Number.isFinite(x) && Number.isFinite(y))
       .sort((a, b) => a[0] - b[0]);
     if (plot) plot.destroy();
     plot = new uPlot(

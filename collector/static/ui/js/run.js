@@ -1,6 +1,7 @@
 // A run: status, times, params, tags, parent and children, description; a chart for
-// every metric key (small multiples mounted only on screen, key search, groups by
-// prefix); system metrics per node and per GPU on a time axis; artifacts. A RUNNING
+// every metric key (small multiples mounted only on screen, key search, collapsible
+// sections by prefix); system metrics per node and per GPU on the training charts' time
+// axis; artifacts. A RUNNING
 // run's page polls for its status and for the points after each chart's last step.
 import { getJSON } from "./api.js";
 import { h, fill, crumbs, statusBadge, debounce } from "./dom.js";
@@ -8,6 +9,7 @@ import { dateTime, runDuration } from "./format.js";
 import { ChartSettings, LazyCharts, PALETTE, settingsBar } from "./charts.js";
 import { artifactBrowser } from "./artifacts.js";
 import { setQuery } from "./main.js";
+import { chartGroups, chartSections, shortName, systemGroups } from "./groups.js";
 
 const LIVE_MS = 2000;
 
@@ -26,46 +28,6 @@ function runLink(r) {
     { href: `#/experiments/${encodeURIComponent(r.info.experiment_id)}/runs/${r.info.run_id}` },
     r.info.run_name || r.info.run_id,
   );
-}
-
-// Up to this many keys are shown as one grid; more are grouped by prefix.
-const FLAT_KEYS = 12;
-
-/** Group keys by their prefix before the first "/" (train/, val/, ...); system/ last. */
-export function groupByPrefix(keys) {
-  if (keys.length <= FLAT_KEYS && !keys.some((k) => k.startsWith("system/"))) return [["", keys]];
-  const groups = new Map();
-  for (const k of keys) {
-    const i = k.indexOf("/");
-    const g = i > 0 ? k.slice(0, i) : "";
-    if (!groups.has(g)) groups.set(g, []);
-    groups.get(g).push(k);
-  }
-  const rank = (g) => (g === "" ? 0 : g === "system" ? 2 : 1);
-  return [...groups].sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
-}
-
-/** System keys grouped by node, then GPU: [[title, keys], ...]. */
-export function systemGroups(keys) {
-  const groups = new Map();
-  for (const k of keys) {
-    const parts = k.split("/"); // system/<name> or system/<node>/<name>
-    const node = parts.length > 2 ? parts.slice(1, -1).join("/") : "";
-    const name = parts[parts.length - 1];
-    const gpu = /^gpu_(\d+)_/.exec(name);
-    const title = [node && `node ${node}`, gpu ? `GPU ${gpu[1]}` : "host"].filter(Boolean).join(" · ");
-    if (!groups.has(title)) groups.set(title, []);
-    groups.get(title).push(k);
-  }
-  // Per node: the host first, then GPUs in order.
-  const order = (t) => t.replace(/host$/, " host");
-  return [...groups].sort(([a], [b]) => order(a).localeCompare(order(b), undefined, { numeric: true }));
-}
-
-/** A chart's title: the key without its group's prefix (system/gpu_0_, train/, ...). */
-export function shortName(key, group) {
-  if (key.startsWith("system/")) return key.split("/").pop().replace(/^gpu_\d+_/, "");
-  return group && key.startsWith(`${group}/`) ? key.slice(group.length + 1) : key;
 }
 
 /** Render a run's page into root. */
@@ -133,20 +95,14 @@ export async function runPage(root, experimentId, runId, query) {
   let shownKeys = "";
 
   const line = (key, label) => [{ runId: info.run_id, key, label, color: PALETTE[0], start: info.start_time }];
-  const grid = (title, keys, timeAxis, prefix) =>
-    h(
-      "div",
-      { class: "chart-group" },
-      title ? h("h3", {}, title, h("span", { class: "muted" }, ` · ${keys.length}`)) : null,
-      h(
-        "div",
-        { class: "chart-grid" },
-        keys.map((k) => {
-          const title = shortName(k, prefix);
-          return charts.slot({ title, key: k, lines: line(k, title), timeAxis });
-        }),
-      ),
-    );
+  // On a time axis every chart spans the run's time, so training and system charts align.
+  const span = () => [data.run.info.start_time, data.run.info.end_time ?? Date.now()];
+  const slotFor = (timeAxis) => (key, group) => {
+    const title = shortName(key, timeAxis ? "" : group.title);
+    return charts.slot({ title, key, lines: line(key, title), timeAxis, span });
+  };
+  const closed = new Set(); // sections the user closed, kept while keys change
+  const userKeyCount = () => data.metrics.filter((m) => !m.key.startsWith("system/")).length;
 
   const renderCharts = () => {
     const q = keySearch.value.trim().toLowerCase();
@@ -157,14 +113,15 @@ export async function runPage(root, experimentId, runId, query) {
     charts.clear();
     const user = keys.filter((k) => !k.startsWith("system/"));
     const system = keys.filter((k) => k.startsWith("system/"));
+    const searching = !!q;
     fill(
       chartBox,
       user.length
-        ? groupByPrefix(user).map(([g, ks]) => grid(g, ks, false, g))
+        ? chartSections(chartGroups(user, userKeyCount()), { slot: slotFor(false), closed, searching })
         : h("p", { class: "muted" }, q ? "No metric key matches." : "No metrics logged."),
     );
     systemSection.hidden = !system.length;
-    fill(systemBox, systemGroups(system).map(([g, ks]) => grid(g, ks, true, "")));
+    fill(systemBox, chartSections(systemGroups(system), { slot: slotFor(true), closed, searching }));
   };
   keySearch.addEventListener("input", debounce(renderCharts, 150));
 

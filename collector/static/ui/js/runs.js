@@ -3,9 +3,10 @@
 // any column, nested runs under their parent, deleted runs on request, and a selection
 // to compare. State lives in the address: ?filter=&cols=&sort=&deleted=1.
 import { getJSON, ApiError } from "./api.js";
-import { h, fill, crumbs, statusBadge } from "./dom.js";
+import { h, fill, crumbs, statusBadge, debounce } from "./dom.js";
 import { dateTime, runDuration, num } from "./format.js";
 import { setQuery } from "./main.js";
+import { FLAT_KEYS, groupByPrefix, shortName } from "./groups.js";
 
 const ROW = 28;
 // A small first page paints the table at once; larger ones follow for the rest.
@@ -27,24 +28,29 @@ function baseColumns() {
   ];
 }
 
-/** A params./metrics./tags. column; metric cells show metricValue(run, key, agg). */
-function keyColumn(id, agg, metricValue) {
+/** A params./metrics./tags. column; metric cells show metricValue(run, key) (and the
+ * step a value at a chosen step came from, when it is an earlier one). */
+function keyColumn(id, state, metricValue, metricStep) {
   const dot = id.indexOf(".");
   const kind = id.slice(0, dot);
   const key = id.slice(dot + 1);
   const field = { metrics: "metrics", params: "params", tags: "tags" }[kind];
   if (!field) return null;
   const get = kind === "metrics" ? (r) => metricValue(r, key) : (r) => r.data[field][key];
+  const { agg, step } = state;
+  const aggLabel = agg === "step" ? `@${step ?? "?"}` : agg;
   return {
     id,
-    label: kind === "metrics" && agg !== "last" ? `${key} (${agg})` : key,
+    label: kind === "metrics" && agg !== "last" ? `${key} (${aggLabel})` : key,
     kind,
-    width: 110,
+    width: agg === "step" && kind === "metrics" ? 130 : 110,
     get,
     text: (r) => {
       const v = get(r);
       if (v === undefined) return "";
-      return kind === "metrics" ? num(v) : v;
+      if (kind !== "metrics") return v;
+      const from = metricStep(r, key);
+      return from !== undefined && from !== step ? `${num(v)} (@${from})` : num(v);
     },
   };
 }
@@ -101,22 +107,36 @@ export async function runsPage(root, experimentId, query) {
     cols: query.has("cols") ? query.get("cols").split(",").filter(Boolean) : null,
     sort: query.get("sort") || "",
     deleted: query.get("deleted") === "1",
-    agg: ["min", "max"].includes(query.get("agg")) ? query.get("agg") : "last", // metric cells
+    // metric cells: last, min, max, or the value at a chosen step
+    agg: ["min", "max", "step"].includes(query.get("agg")) ? query.get("agg") : "last",
+    step: /^-?\d+$/.test(query.get("step") || "") ? Number(query.get("step")) : null,
   };
-  // Metric cells: the latest value comes with each run; min and max per key are read on
-  // demand (metric-extremes) for the metric columns shown.
-  const extremes = new Map();
+  // Metric cells: the latest value comes with each run; min and max (metric-extremes)
+  // and values at a step (metric-at-step) are read per key on demand, for the metric
+  // columns shown, and kept: {key or key@step -> {run_id -> [min, max] or [step, value]}}.
+  const perKey = new Map();
+  const cacheKey = (key) => (state.agg === "step" ? `${key}@${state.step}` : key);
+  const found = (r, key) => perKey.get(cacheKey(key))?.[r.info.run_id];
   const metricValue = (r, key) => {
     if (state.agg === "last") return r.data.metrics[key];
-    const v = extremes.get(key)?.[r.info.run_id];
+    const v = found(r, key);
     return v ? v[state.agg === "min" ? 0 : 1] : undefined;
   };
+  // The step an at-step value was logged at (it may be before the chosen step).
+  const metricStep = (r, key) => (state.agg === "step" ? found(r, key)?.[0] : undefined);
   const loadExtremes = async () => {
-    if (state.agg === "last") return;
+    if (state.agg === "last" || (state.agg === "step" && state.step === null)) return;
     const keys = (state.cols || []).filter((c) => c.startsWith("metrics.")).map((c) => c.slice(8));
-    const missing = keys.filter((k) => !extremes.has(k));
-    const got = await Promise.all(missing.map((key) => getJSON(`/experiments/${eid}/metric-extremes`, { key })));
-    got.forEach((g) => extremes.set(g.key, g.extremes));
+    const missing = keys.filter((k) => !perKey.has(cacheKey(k)));
+    const step = state.step;
+    const got = await Promise.all(
+      missing.map((key) =>
+        state.agg === "step"
+          ? getJSON(`/experiments/${eid}/metric-at-step`, { key, step })
+          : getJSON(`/experiments/${eid}/metric-extremes`, { key }),
+      ),
+    );
+    got.forEach((g) => perKey.set(g.step === undefined ? g.key : `${g.key}@${g.step}`, g.values ?? g.extremes));
   };
   // Without chosen columns: the first 5 metrics and params of the first page of runs.
   const defaultColumns = (page) => {
@@ -136,6 +156,7 @@ export async function runsPage(root, experimentId, query) {
     if (state.sort) q.set("sort", state.sort);
     if (state.deleted) q.set("deleted", "1");
     if (state.agg !== "last") q.set("agg", state.agg);
+    if (state.agg === "step" && state.step !== null) q.set("step", String(state.step));
     setQuery(q);
   };
 
@@ -164,11 +185,35 @@ export async function runsPage(root, experimentId, query) {
       "aria-label": "metric cells",
       onchange: (e) => {
         state.agg = e.target.value;
+        stepInput.hidden = state.agg !== "step";
+        if (!stepInput.hidden) stepInput.focus();
         relayout();
       },
     },
-    ["last", "min", "max"].map((a) => h("option", { value: a, selected: state.agg === a }, a)),
+    [["last", "last"], ["min", "min"], ["max", "max"], ["step", "at step"]].map(([a, label]) =>
+      h("option", { value: a, selected: state.agg === a }, label),
+    ),
   );
+  // The step for "at step" cells; each run shows its value at that step, or at the
+  // last step it logged before it (marked "(@step)").
+  const stepInput = h("input", {
+    type: "number",
+    class: "step",
+    step: 1,
+    placeholder: "step",
+    "aria-label": "metric step",
+    hidden: state.agg !== "step",
+    value: state.step === null ? "" : String(state.step),
+  });
+  const applyStep = () => {
+    const v = stepInput.value.trim();
+    const step = /^-?\d+$/.test(v) ? Number(v) : null;
+    if (step === state.step) return;
+    state.step = step;
+    relayout();
+  };
+  stepInput.addEventListener("input", debounce(applyStep, 400));
+  stepInput.addEventListener("change", applyStep);
   filterInput.addEventListener("keydown", (e) => {
     if (e.key === "Enter") {
       state.filter = filterInput.value.trim();
@@ -220,7 +265,7 @@ export async function runsPage(root, experimentId, query) {
   const layout = () => {
     cols = [
       ...baseColumns(),
-      ...(state.cols || []).map((id) => keyColumn(id, state.agg, metricValue)).filter(Boolean),
+      ...(state.cols || []).map((id) => keyColumn(id, state, metricValue, metricStep)).filter(Boolean),
     ];
     const template = ["32px", ...cols.map((c) => `${c.width}px`)].join(" ");
     inner.style.setProperty("--cols", template);
@@ -379,7 +424,7 @@ export async function runsPage(root, experimentId, query) {
       { class: "toolbar" },
       h("label", { class: "grow" }, filterInput),
       h("label", {}, deleted, " deleted"),
-      h("label", {}, "metrics: ", agg),
+      h("label", {}, "metrics: ", agg, " ", stepInput),
       picker,
       compareBtn,
       compareAll,
@@ -398,35 +443,72 @@ function columnPicker(eid, state, changed) {
   const search = h("input", { type: "search", placeholder: "Find a column", "aria-label": "Find a column" });
   const list = h("div", { class: "picker-list" }, h("p", { class: "muted" }, "Loading…"));
   let columns = null;
+  const opened = new Map(); // prefix group -> open, as the user left it
+  let groupBoxes = []; // [checkbox, column ids] of each prefix group
+  let pickBoxes = []; // [checkbox, column id] of each column
+  const chosen = () => state.cols || [];
+  const syncGroups = () => {
+    for (const [box, id] of pickBoxes) box.checked = chosen().includes(id);
+    for (const [box, ids] of groupBoxes) {
+      const n = ids.filter((id) => chosen().includes(id)).length;
+      box.checked = n === ids.length;
+      box.indeterminate = n > 0 && n < ids.length;
+    }
+  };
+  const choose = (ids, on) => {
+    const now = chosen().filter((c) => !ids.includes(c));
+    state.cols = on ? [...now, ...ids] : now;
+    syncGroups();
+    changed();
+  };
+  const pick = (id, label) => {
+    const box = h("input", { type: "checkbox", onchange: (e) => choose([id], e.target.checked) });
+    pickBoxes.push([box, id]);
+    return h("label", { class: "pick", title: id }, box, ` ${label}`);
+  };
+  // A prefix (train/, val/, ...): its keys in a collapsible group whose own checkbox
+  // adds or removes every column of the group.
+  const prefixGroup = (kind, g, searching, few) => {
+    const id = `${kind}.${g.id}`;
+    const ids = g.keys.map((k) => `${kind}.${k}`);
+    const all = h("input", {
+      type: "checkbox",
+      "aria-label": `all ${kind} ${g.title}/`,
+      onchange: (e) => choose(ids, e.target.checked),
+    });
+    groupBoxes.push([all, ids]);
+    const el = h(
+      "details",
+      // Open while searching; else as the user left it, first open when the keys are few.
+      { class: "key-group", open: searching || (opened.get(id) ?? few), dataset: { group: g.id } },
+      h("summary", {}, all, ` ${g.title}/ `, h("span", { class: "muted" }, `(${g.keys.length})`)),
+      g.keys.map((k) => pick(`${kind}.${k}`, shortName(k, g.title))),
+    );
+    el.addEventListener("toggle", () => {
+      if (!searching) opened.set(id, el.open);
+    });
+    return el;
+  };
   const render = () => {
     if (!columns) return;
     const q = search.value.trim().toLowerCase();
+    groupBoxes = [];
+    pickBoxes = [];
     const groups = ["metrics", "params", "tags"].map((kind) => {
       const keys = columns[kind].filter((k) => !q || k.toLowerCase().includes(q)).slice(0, 300);
       return h(
         "fieldset",
-        {},
+        { dataset: { kind } },
         h("legend", {}, kind),
-        keys.map((k) => {
-          const id = `${kind}.${k}`;
-          return h(
-            "label",
-            { class: "pick" },
-            h("input", {
-              type: "checkbox",
-              checked: (state.cols || []).includes(id),
-              onchange: (e) => {
-                const now = state.cols || [];
-                state.cols = e.target.checked ? [...now, id] : now.filter((c) => c !== id);
-                changed();
-              },
-            }),
-            ` ${k}`,
-          );
-        }),
+        groupByPrefix(keys).map((g) =>
+          g.title
+            ? prefixGroup(kind, g, !!q, keys.length <= FLAT_KEYS)
+            : g.keys.map((k) => pick(`${kind}.${k}`, k)),
+        ),
       );
     });
     fill(list, groups);
+    syncGroups();
   };
   search.addEventListener("input", render);
   const details = h("details", { class: "picker" }, h("summary", {}, "Columns"), h("div", { class: "picker-panel" }, search, list));
