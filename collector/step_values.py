@@ -49,13 +49,11 @@ def _best_in_chunk(
         if not below:
             return None
         found = max(below)
-    positions = [steps.index(found)]
-    while True:  # every point logged at that step (usually one)
-        try:
-            positions.append(steps.index(found, positions[-1] + 1))
-        except ValueError:
-            break
-    best = max(positions, key=lambda i: (ts[i], i))
+    first = steps.index(found)
+    best = first
+    if steps.count(found) > 1:  # several points logged at that step: the latest wins
+        positions = [i for i in range(first, len(steps)) if steps[i] == found]
+        best = max(positions, key=lambda i: (ts[i], i))
     return (found, ts[best], chunk_id, best), best
 
 

@@ -223,3 +223,27 @@ def test_upkeep(store: Store) -> None:
     store.apply_batch("old", [], [])
     assert store.prune_batch_ids(later) >= 1
     assert store.apply_batch("old", [], []) == (False, [])  # forgotten: applied again
+
+
+def test_chunk_spans_of_many_series_in_one_query(store: Store) -> None:
+    """The chart read of many runs (collector.downsample.sampled_many) finds every
+    series' chunks at once and answers as one read per series would."""
+    from flightlog.collector.downsample import sampled_many, sampled_range
+
+    runs = [_run(store) for _ in range(3)]
+    for i, rid in enumerate(runs):
+        for start in (0, 500):  # two chunks per series
+            store.apply_batch(uuid.uuid4().hex, [], [(rid, "loss", *_series(500, start))])
+        if i:
+            store.apply_batch(uuid.uuid4().hex, [], [(rid, "acc", *_series(10))])
+    spans = store.metric_chunk_spans_many([*runs, runs[0]], ["loss", "acc", "nope"], 400, None)
+    # acc ends at step 9, before the range: no spans; "nope" was never logged.
+    assert set(spans) == {(r, "loss") for r in runs}
+    assert spans[(runs[0], "loss")] == store.metric_chunk_spans(runs[0], "loss", 400, None)
+    assert len(spans[(runs[0], "loss")]) == 2
+    every = store.metric_chunk_spans_many(runs, ["acc"], None, None)
+    assert set(every) == {(r, "acc") for r in runs[1:]}
+    many = list(sampled_many(store, runs, ["loss", "acc"], 60, 100, 900))
+    assert [(r, k) for r, k, *_ in many] == [(r, k) for r in runs for k in ("loss", "acc")]
+    for rid, key, points, sampled in many:
+        assert (points, sampled) == sampled_range(store, rid, key, 60, 100, 900)

@@ -312,7 +312,8 @@ def test_column_picker_and_compare_charts_group_keys_by_prefix(
     exp_id = mlflow.create_experiment("picker")
     ids = []
     for name in ("a", "b"):
-        with mlflow.start_run(experiment_id=exp_id, run_name=name) as run:
+        # (No system metrics even if an earlier test turned them on for this process.)
+        with mlflow.start_run(experiment_id=exp_id, run_name=name, log_system_metrics=False) as run:
             # More than 12 keys: the pages group them by prefix (a few stay one grid).
             mlflow.log_metrics({f"grad/g{i:02d}": 0.1 * i for i in range(10)})
             mlflow.log_metrics({"train/loss": 1.0, "train/acc": 0.5, "val/loss": 2.0, "epoch": 1})
