@@ -15,7 +15,11 @@ for (medians of --repeat runs, each in a fresh page):
     at open, and charts fetched while scrolling the whole page (only those on screen);
   - 1,000 runs on one chart: navigation to the chart drawn.
 
-Run: python bench/bench_ui.py [--repeat 5] [--points 10000000]
+Beside each row, the same page in MLflow's own UI (bench/ui_mlflow.py: ``mlflow server``
+from the full ``mlflow`` package, filled through its REST API at smaller sizes, in the
+same browser); --no-mlflow skips it.
+
+Run: python bench/bench_ui.py [--repeat 5] [--points 10000000] [--no-mlflow]
 The figures depend on the machine; a shared 2-core machine is noisy.
 """
 

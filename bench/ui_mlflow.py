@@ -15,7 +15,12 @@ same pages are timed with Playwright in MLflow's UI:
   runs per key) with those 20 runs, navigation to all 5 charts drawn;
 - a run with 3,000 keys: navigation to the first chart drawn, and the charts on the
   page (MLflow mounts and fetches them in sections, not per screen);
-- 1,000 runs on one chart: the metric page (``#/metric``) with all the runs.
+- 1,000 runs on one chart: the metric page (``#/metric``, where MLflow's compare page
+  links) with ``--mlflow-chart-runs`` of them (100: with all 1,000 the page was not
+  drawn, and still busy, 12 minutes after navigation).
+
+Filling takes about 11 minutes with the default sizes on a busy 2-core machine;
+``--mlflow-dir`` keeps the filled store for the next run.
 """
 
 from __future__ import annotations
