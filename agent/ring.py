@@ -8,18 +8,25 @@ and another process can read it after the owner is gone. One directory per proce
     <spool root>-rings/<agent id>/
         lock   flock()ed by the owner for as long as it lives (as spool directories)
         ring   HEADER bytes, then CAPACITY records of RECORD_FORMAT
-        ids    append-only msgpack [kind, id, string]: run ids (kind 0) and keys (kind 1)
+        ids    append-only msgpack [2, index, run id, key]: the series indexes
         ops    append-only msgpack [index, name, args]: create_run, params, tags, end ...
         cuts   append-only pairs of int64 (ring end, ops end): the batches the agent cut
 
-A record is (run index, key index, step, value, timestamp in seconds, seq + 1). A slot is
-published when its last field equals its sequence number + 1 (written last, so a write
-cut short by the owner's death is not taken): a stale slot from an
-earlier lap, a fresh zero slot and a slot reserved but not yet written all fail that
-test, so a reader never takes half a write (``pack_into`` writes the record in one C
-call, under the GIL). Slots are reserved with ``next()`` on an ``itertools.count``,
-atomic under the GIL; on a free-threaded build (no GIL) reservation, write and the
-reader's copy take ``Ring.lock`` instead (``Ring.locked``).
+A record is (step, value, timestamp in seconds, series index, lap + 1), 32 bytes. Position
+``p`` lives in slot ``p % capacity`` of lap ``p // capacity``; a slot is published when
+its last field equals its position's lap + 1 (written last, so a write cut short by the
+owner's death is not taken). A slot never holds a later lap than the position a reader
+looks for (a lap is written only once the one before it is acknowledged), so a stale
+slot from an earlier lap, a fresh zero slot and a slot reserved but not yet written all
+fail the test, and a block of one lap is checked with one bytes comparison of its laps
+column against the lap repeated (``published_prefix``); a reader never takes half a
+write (``pack_into`` writes the record in one C call, under the GIL).
+
+The hot path reserves a slot with one ``next()`` on ``Ring.slots``, a zip of C iterators
+yielding (position, byte offset, lap + 1): atomic under the GIL and no arithmetic in
+Python. On a free-threaded build (no GIL) reservation, write and the reader's copy take
+``Ring.lock`` instead (``Ring.locked``). The agent ships the records as they are (the
+wire's ``r`` form, ``flightlog.core.wire``) with the ``ids`` table beside them.
 
 The header holds what the collector acknowledged (ring and ops positions), written by
 the sender after each acknowledgement. Batch ids are made from ring and ops positions
@@ -28,7 +35,20 @@ process that adopts a dead ring re-cuts the same batches with the same ids: a ba
 collector committed just before the owner died is deduplicated, not stored twice.
 
 Ids, ops and cuts are written with ``os.write`` before anything that depends on them is
-published: the kernel holds them across a SIGKILL of the writer.
+published: the kernel holds them across a SIGKILL of the writer. A node crash (kernel
+panic, power loss) loses what only the page cache held, so the sender fdatasyncs ids,
+ops and cuts (``sync_journal``) before it sends a batch: an adopter after the reboot
+then re-cuts the batches the collector may have committed with their own ids (were the
+cut lost, its first re-cut batch would carry the committed batch's id with more points
+in it, and the extra points would be dropped as a duplicate). That is at most one round
+of fdatasync per send, on the sender's thread, which waits for the collector's answer
+anyway; never on ``log_metric``'s path, nor on the packer's. The header's acked
+positions and the records are not synced: a stale ack after a crash only makes an
+adopter resend batches the collector deduplicates by id, and points nobody
+acknowledged are not promised across a node crash.
+
+The file format, and the one reader of a dead process's ring (``DeadRing``), live in
+``flightlog.core.ring_format``: the node's collector and sidecar adopt rings too.
 """
 
 from __future__ import annotations
@@ -38,46 +58,55 @@ import fcntl
 import itertools
 import mmap
 import os
-import struct
 import sys
 import threading
-import time
-from array import array
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-MAGIC = b"FLRING01"
-# magic, capacity, acked ring position, acked ops index, owner pid
-HEADER_FORMAT = struct.Struct("<8sqqqq")
-HEADER = 64  # bytes before the first record
-RECORD_FORMAT = struct.Struct("<IIqddq")  # run index, key index, step, value, ts, seq + 1
-RECORD = RECORD_FORMAT.size  # 40
-QWORDS = RECORD // 8
-_ACKED_AT = 16  # offset of the acked positions in the header
-_ACKED = struct.Struct("<qq")
-_CUT = struct.Struct("<qq")
-RUN, KEY = 0, 1
+from flightlog.core.ring_format import (
+    ACKED,
+    ACKED_AT,
+    CUT,
+    HEADER,
+    HEADER_FORMAT,
+    LAP_AT,
+    MAGIC,
+    RECORD,
+    RECORD_FORMAT,
+    SERIES,
+    batch_id,
+    own_start,
+    published_prefix,
+    remove_ring,
+    rings_root,
+)
+
+__all__ = [
+    "HEADER",
+    "RECORD",
+    "RECORD_FORMAT",
+    "Ring",
+    "batch_id",
+    "encode_points",
+    "record_runs",
+    "rings_root",
+]
+IDS_WHOLE = 256 * 1024  # up to this size a batch carries the whole ids table
 GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
-
-
-def rings_root(spool_root: Path) -> Path:
-    """Where the rings of the processes that log to one destination live (beside its
-    spool root, not in it: the spool adopter claims every directory in that one)."""
-    return spool_root.with_name(spool_root.name + "-rings")
-
-
-def batch_id(ring_id: str, ring_start: int, ops_start: int) -> str:
-    """The id of the batch that starts at these positions: the same in any process."""
-    return f"ring-{ring_id}-{ring_start}-{ops_start}"
 
 
 def _append(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _sync(fd: int) -> None:
+    fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+    with contextlib.suppress(OSError):  # closed (the agent closing): nothing to sync
+        fdatasync(fd)
 
 
 class Ring:
@@ -104,71 +133,90 @@ class Ring:
         finally:
             os.close(fd)
         self._fds = [self._ids_fd, self._ops_fd, self._cuts_fd, self._lock_fd]
-        HEADER_FORMAT.pack_into(self.mm, 0, MAGIC, capacity, 0, 0, os.getpid())
+        HEADER_FORMAT.pack_into(self.mm, 0, MAGIC, capacity, 0, 0, os.getpid(), own_start())
         self.pack_into = RECORD_FORMAT.pack_into
         self.counter = itertools.count()
+        # The hot path's reservation: one next() yields (position, byte offset of its
+        # slot, lap + 1), all computed in C (atomic under the GIL, no arithmetic in
+        # Python). The offsets come from a range per lap, so no table is held.
+        self.slots = zip(
+            self.counter,
+            itertools.chain.from_iterable(
+                itertools.repeat(range(HEADER, HEADER + capacity * RECORD, RECORD))
+            ),
+            itertools.chain.from_iterable(
+                map(itertools.repeat, itertools.count(1), itertools.repeat(capacity))
+            ),
+            strict=False,  # all three are endless
+        )
         self.locked = not GIL
         self.lock = threading.Lock()
-        self.runs: dict[str, int] = {}
-        self.keys: dict[str, int] = {}
-        self.run_names: list[str] = []
-        self.key_names: list[str] = []
+        # Series (run id, key) -> small index, per run: the hot path's one dict lookup.
+        self.key_ids: dict[str, dict[str, int]] = {}
+        self.series: list[tuple[str, str]] = []
+        # The ``ids`` file's bytes as well (a msgpack stream): each batch carries it.
+        self.ids_blob = b""
         self._intern_lock = threading.Lock()
         self.ops_lock = threading.Lock()  # journal and queue take ops in one order
         self.ops_count = 0
+        self._unsynced = False  # cuts appended since the last sync_journal()
         # Reserved positions at or past ``limit`` take the slow path (``Agent.ring_full``):
         # the packer is woken, and past acked + capacity the point goes to ``overflow``.
         self.acked = 0
         self.acked_ops = 0
         self.limit = capacity
-        self.overflow: dict[int, Any] = {}  # seq -> point, or None: no point
+        self.overflow: dict[int, Any] = {}  # seq -> (sid, step, value, ts), or None
 
-    # -- interning (rare: the first use of a run or key) -------------------------------
+    # -- interning (rare: the first point of a series) ---------------------------------
 
-    def run_index(self, run_id: str) -> int:
-        """The small id of ``run_id``, written to ``ids`` before first use."""
-        i = self.runs.get(run_id)
-        return self._intern(self.runs, self.run_names, RUN, run_id) if i is None else i
+    def keys_of(self, run_id: str) -> dict[str, int]:
+        """The key -> series index table of ``run_id`` (filled by ``series_index``)."""
+        kd = self.key_ids.get(run_id)
+        if kd is None:
+            with self._intern_lock:
+                kd = self.key_ids.setdefault(run_id, {})
+        return kd
 
-    def key_index(self, key: str) -> int:
-        """The small id of ``key``, written to ``ids`` before first use."""
-        i = self.keys.get(key)
-        return self._intern(self.keys, self.key_names, KEY, key) if i is None else i
-
-    def _intern(self, table: dict[str, int], names: list[str], kind: int, s: str) -> int:
-        with self._intern_lock:
-            i = table.get(s)
-            if i is None:
-                i = len(names)
-                _append(self._ids_fd, msgpack.packb([kind, i, s]))
-                names.append(s)
-                table[s] = i  # published last: a reader of the ring finds the name first
+    def series_index(self, run_id: str, key: str) -> int:
+        """The small index of (``run_id``, ``key``), written to ``ids`` before first use."""
+        kd = self.keys_of(run_id)
+        i = kd.get(key)
+        if i is not None:
             return i
+        with self._intern_lock:
+            i = kd.get(key)
+            if i is None:
+                i = len(self.series)
+                entry = msgpack.packb([SERIES, i, run_id, key])
+                _append(self._ids_fd, entry)
+                self.series.append((run_id, key))
+                self.ids_blob += entry
+                kd[key] = i  # published last: a reader of the ring finds the name first
+            return i
+
+    def ids_for(self, chunks: list[Any]) -> bytes:
+        """The ``ids`` stream a batch of these record blocks carries: the whole table
+        while it is small (its bytes as they are), else only the series they use."""
+        blob = self.ids_blob
+        if len(blob) <= IDS_WHOLE:
+            return blob
+        used: set[int] = set()
+        for chunk in chunks:
+            used.update(memoryview(chunk).cast("I")[LAP_AT - 1 :: RECORD // 4])
+        series = self.series
+        return b"".join(msgpack.packb([SERIES, i, *series[i]]) for i in sorted(used))
 
     # -- the hot path's helpers ----------------------------------------------------------
 
-    def write_locked(self, ri: int, ki: int, step: int, value: float, ts: float) -> int:
-        """Reserve and write under ``lock`` (free-threaded builds); returns the seq."""
-        with self.lock:
-            seq = next(self.counter)
-            if seq < self.limit:
-                self.pack_into(
-                    self.mm,
-                    HEADER + (seq % self.capacity) * RECORD,
-                    ri,
-                    ki,
-                    step,
-                    value,
-                    ts,
-                    seq + 1,
-                )
-            return seq
-
-    def write_at(self, seq: int, ri: int, ki: int, step: int, value: float, ts: float) -> None:
+    def write_at(self, seq: int, sid: int, step: int, value: float, ts: float) -> None:
         """Write a reserved slot (the slow path, below acked + capacity)."""
-        self.pack_into(
-            self.mm, HEADER + (seq % self.capacity) * RECORD, ri, ki, step, value, ts, seq + 1
-        )
+        lap, slot = divmod(seq, self.capacity)
+        self.pack_into(self.mm, HEADER + slot * RECORD, step, value, ts, sid, lap + 1)
+
+    def reserve(self) -> int:
+        """Reserve one position (the slow paths; the hot path takes ``next(slots)``)."""
+        seq: int = next(self.slots)[0]
+        return seq
 
     def reserved(self) -> int:
         """Positions reserved so far (a peek at the counter)."""
@@ -186,8 +234,9 @@ class Ring:
 
     # -- the packer's and the sender's side ---------------------------------------------
 
-    def take(self, start: int, end: int) -> tuple[int, list[bytes], list[tuple[int, ...]]]:
-        """The published records in [start, end): (new start, ring columns, overflow points).
+    def take(self, start: int, end: int) -> tuple[int, list[Any], list[Any]]:
+        """The published records in [start, end): (new start, raw record blocks, overflow
+        points (sid, step, value, ts), None for a point that was dropped).
 
         Stops at the first slot that is neither published nor in ``overflow`` (a write in
         flight on another thread).
@@ -199,11 +248,23 @@ class Ring:
 
     def cut(self, ring_end: int, ops_end: int) -> None:
         """Record a batch boundary before the batch is sent (see the module docstring)."""
-        _append(self._cuts_fd, _CUT.pack(ring_end, ops_end))
+        _append(self._cuts_fd, CUT.pack(ring_end, ops_end))
+        self._unsynced = True
+
+    def sync_journal(self) -> None:
+        """Make ids, ops and cuts durable (the sender, before it sends a batch): a node
+        crash must not leave an adopter to re-cut a committed batch differently. One
+        call covers every cut made before it, so it costs at most one round of
+        fdatasync per send, and none when nothing was cut since the last."""
+        if not self._unsynced:
+            return
+        self._unsynced = False  # first: a cut appended meanwhile asks for the next round
+        for fd in (self._ids_fd, self._ops_fd, self._cuts_fd):
+            _sync(fd)
 
     def set_acked(self, ring_pos: int, ops_pos: int) -> None:
         """Everything before these positions is acknowledged or in the disk spool."""
-        _ACKED.pack_into(self.mm, _ACKED_AT, ring_pos, ops_pos)
+        ACKED.pack_into(self.mm, ACKED_AT, ring_pos, ops_pos)
         self.acked = ring_pos
         self.acked_ops = ops_pos
 
@@ -213,7 +274,7 @@ class Ring:
         slow path (``limit`` -1), which counts it as dropped."""
         self.limit = -1
         if remove:
-            _remove(self.directory)
+            remove_ring(self.directory)
         self._close_fds()
 
     def _close_fds(self) -> None:
@@ -224,7 +285,9 @@ class Ring:
                 os.close(fd)
 
     def forget_after_fork(self) -> None:
-        """In a forked child: close the parent's descriptors (its flock stays the parent's)."""
+        """In a forked child: close the parent's descriptors (its flock stays the parent's)
+        and send every later write to the slow path (the map is the parent's)."""
+        self.limit = -1
         self._close_fds()
 
 
@@ -233,17 +296,21 @@ _MISSING = object()
 
 def _take(
     mm: Any, cap: int, start: int, end: int, overflow: dict[int, Any]
-) -> tuple[int, list[bytes], list[tuple[int, ...]]]:
-    chunks: list[bytes] = []
-    extra: list[tuple[int, ...]] = []
+) -> tuple[int, list[Any], list[Any]]:
+    # Views of the map, not copies: the slots taken stay as they are until they are
+    # acknowledged (no lap overwrites them before), and the batch's encoding copies
+    # them once.
+    chunks: list[Any] = []
+    extra: list[Any] = []
     pos = start
+    view = memoryview(mm)
     while pos < end:
         slot = pos % cap
         n = min(end - pos, cap - slot)  # up to the end of the file, then wrap
-        raw = mm[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
-        good = _published_prefix(raw, pos, n)
+        raw = view[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
+        good = published_prefix(raw, pos // cap + 1, n)
         if good:
-            chunks.append(raw[: good * RECORD])
+            chunks.append(raw if good == n else raw[: good * RECORD])
             pos += good
         if good < n:
             point = overflow.pop(pos, _MISSING)
@@ -254,188 +321,15 @@ def _take(
     return pos, chunks, extra
 
 
-def _published_prefix(raw: bytes, start: int, n: int) -> int:
-    """How many records from the start of ``raw`` carry seq + 1 == their position + 1."""
-    seqs = memoryview(raw).cast("q")[QWORDS - 1 :: QWORDS]
-    want = array("q", range(start + 1, start + n + 1))
-    if sys.byteorder != "little":
-        want.byteswap()
-    got = seqs.tobytes()
-    wb = want.tobytes()
-    if got == wb:
-        return n
-    lo, hi = 0, n  # the first mismatch is in [lo, hi): bisect on equal prefixes
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if got[: mid * 8] == wb[: mid * 8]:
-            lo = mid
-        else:
-            hi = mid
-    return lo if got[: hi * 8] != wb[: hi * 8] else hi
+def encode_points(points: list[tuple[int, int, float, float]]) -> bytes:
+    """Records (lap 0) of points that found the ring full and were kept aside (rare)."""
+    pack = RECORD_FORMAT.pack
+    return b"".join(pack(step, value, ts, sid, 0) for sid, step, value, ts in points)
 
 
-def columns(chunks: list[bytes]) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-    """Wire columns (uint32 run and key indexes, int64 steps, float64 values and
-    timestamps) of ring records, cut with strided memoryview copies: no object per point."""
-    raw = b"".join(chunks) if len(chunks) != 1 else chunks[0]
-    q = memoryview(raw).cast("q")
-    i = memoryview(raw).cast("I")
-    return (
-        i[0::10].tobytes(),
-        i[1::10].tobytes(),
-        q[1::QWORDS].tobytes(),
-        q[2::QWORDS].tobytes(),
-        q[3::QWORDS].tobytes(),
-    )
-
-
-def _remove(directory: Path) -> None:
-    for name in ("ring", "ids", "ops", "cuts", "lock"):
-        with contextlib.suppress(OSError):
-            (directory / name).unlink()
-    with contextlib.suppress(OSError):
-        directory.rmdir()
-
-
-# -- a dead process's ring ---------------------------------------------------------------
-
-
-class DeadRing:
-    """A ring whose owner is gone, locked by us while we send what it holds."""
-
-    def __init__(self, directory: Path, lock_fd: int) -> None:
-        self.directory = directory
-        self.lock_fd = lock_fd
-        self.ring_id = directory.name
-        data = (directory / "ring").read_bytes()
-        magic, self.capacity, self.acked, self.acked_ops, self.pid = HEADER_FORMAT.unpack_from(data)
-        if magic != MAGIC:
-            raise ValueError(f"{directory}: not a flightlog ring")
-        self.data = data
-        self.run_names: dict[int, str] = {}
-        self.key_names: dict[int, str] = {}
-        for kind, i, s in _unpack_all(directory / "ids"):
-            (self.run_names if kind == RUN else self.key_names)[i] = s
-        self.ops = [(i, name, args) for i, name, args in _unpack_all(directory / "ops")]
-        raw = _read(directory / "cuts")
-        raw = raw[: len(raw) - len(raw) % _CUT.size]
-        self.cuts = [c for c in _CUT.iter_unpack(raw)]
-
-    @classmethod
-    def claim(cls, directory: Path) -> DeadRing | None:
-        """Lock ``directory`` if its owner is gone (None if it lives or is claimed)."""
-        try:
-            fd = os.open(directory / "lock", os.O_RDWR | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        try:
-            return cls(directory, fd)
-        except (OSError, ValueError, struct.error):
-            os.close(fd)
-            return None
-
-    def end(self) -> int:
-        """The ring position after the last published record."""
-        pos = self.acked
-        end = self.acked + self.capacity
-        while pos < end:
-            slot = pos % self.capacity
-            n = min(end - pos, self.capacity - slot, 65536)
-            raw = self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
-            good = _published_prefix(raw, pos, n)
-            pos += good
-            if good < n:
-                break
-        return pos
-
-    def batches(self, max_points: int) -> Iterator[tuple[str, int, int, int, int]]:
-        """(batch id, ring start, ring end, ops start, ops end) of what is unacknowledged:
-        first the cuts the owner made (same ids), then the rest in new cuts."""
-        ring_end = self.end()
-        ops_end = len(self.ops)
-        rpos, opos = self.acked, self.acked_ops
-        for r, o in self.cuts:
-            if r <= rpos and o <= opos:
-                continue
-            r, o = min(r, ring_end), min(o, ops_end)
-            yield batch_id(self.ring_id, rpos, opos), rpos, r, opos, o
-            rpos, opos = max(rpos, r), max(opos, o)
-        while rpos < ring_end or opos < ops_end:
-            r = min(ring_end, rpos + max_points)
-            yield batch_id(self.ring_id, rpos, opos), rpos, r, opos, ops_end
-            rpos, opos = r, ops_end
-
-    def records(self, start: int, end: int) -> list[bytes]:
-        """The raw records in [start, end)."""
-        chunks = []
-        pos = start
-        while pos < end:
-            slot = pos % self.capacity
-            n = min(end - pos, self.capacity - slot)
-            chunks.append(self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD])
-            pos += n
-        return chunks
-
-    def open_runs(self) -> list[str]:
-        """Runs the owner created and did not end (no update_run with an end time)."""
-        open_: dict[str, None] = {}
-        for _, name, args in self.ops:
-            if name == "create_run":
-                open_[args["run_id"]] = None
-            elif name == "update_run" and args.get("end_time") is not None:
-                open_.pop(args.get("run_id"), None)
-        return list(open_)
-
-    def finish(self) -> None:
-        """Delete the directory (everything was sent) and drop the lock."""
-        _remove(self.directory)
-        with contextlib.suppress(OSError):
-            os.close(self.lock_fd)
-
-    def release(self) -> None:
-        """Keep the directory for a later adopter (the collector is away)."""
-        with contextlib.suppress(OSError):
-            os.close(self.lock_fd)
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def _unpack_all(path: Path) -> list[Any]:
-    out = []
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    unpacker.feed(_read(path))
-    with contextlib.suppress(msgpack.OutOfData, ValueError):
-        for item in unpacker:  # a record torn by the owner's death ends the list
-            out.append(item)
+def record_runs(chunks: list[Any], series: list[tuple[str, str]]) -> list[str]:
+    """The run id of every record in ``chunks`` (a rare path: counting dropped points)."""
+    out: list[str] = []
+    for chunk in chunks:
+        out += [series[i][0] for i in memoryview(chunk).cast("I")[LAP_AT - 1 :: RECORD // 4]]
     return out
-
-
-def claim_dead_rings(root: Path, exclude: Path | None = None) -> list[DeadRing]:
-    """Lock every ring directory under ``root`` whose owner is gone."""
-    try:
-        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
-    except OSError:
-        return []
-    claimed = []
-    for d in dirs:
-        if d == exclude:
-            continue
-        c = DeadRing.claim(d)
-        if c is not None:
-            claimed.append(c)
-    return claimed
-
-
-def now_ms() -> int:
-    """Milliseconds since the epoch (the end time of a run a dead process left open)."""
-    return int(time.time() * 1000)

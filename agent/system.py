@@ -5,7 +5,9 @@ sampling interval as timeout, so ``stop()`` ends it at once instead of after a s
 Every tick it hands a ``{name: value}`` dict to ``submit(run_id, metrics, step)``: the
 SDK passes the same enqueue function its user metrics go through, so system metrics
 ride the agent's queue, batching, spool and retries like everything else. ``step``
-counts ticks from 0.
+counts samples from 0: a process's own series count its ticks, the node's series count
+the node's samples, carried over when another process takes the node over (below), so
+a node's series never has two points at one step.
 
 Metric names
 ------------
@@ -58,8 +60,9 @@ sampler tries an exclusive, non-blocking ``flock`` on a file named after (run_id
 in a node-local directory (``<tempdir>/flightlog-sampler/``); the one that gets it
 samples the node, and holds it until it stops. The kernel drops the lock when its
 holder dies, however it dies, and the others try again every interval, so a surviving
-process takes over at its next tick (the network baseline is kept in the lock file, so
-``network_*_megabytes`` carries on from where the dead holder left it).
+process takes over at its next tick (the network baseline and the node's next step are
+kept in the lock file, so ``network_*_megabytes`` and the step carry on from where the
+previous holder left them).
 
 Why the election lives here, in the agent, and not in the collector: the collector may
 be a remote or central server that cannot see this node's CPUs or GPUs, and a laptop
@@ -442,6 +445,12 @@ class NodeSamplerLock:
                 os.close(fd)
 
 
+def _next_step(state: Mapping[str, Any]) -> int:
+    """The node step a new holder starts at: where the previous one stopped, or 0."""
+    step = state.get("next_step")
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else 0
+
+
 def _default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / "flightlog-sampler"
 
@@ -736,7 +745,8 @@ class SystemSampler:
         )
         self._process = _ProcessProbe(self._ps, clock)
         self._node_probe: _NodeProbe | None = None
-        self._step = 0
+        self._step = 0  # this process's ticks
+        self._node_step = 0  # the node's samples, continued from the previous holder
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._owner_pid = os.getpid()
@@ -802,10 +812,10 @@ class SystemSampler:
         if not self._lock.try_acquire():
             return False
         try:
-            self._node_probe = _NodeProbe(
-                self._ps, self._clock, self._open_gpu(), self._lock.read_state()
-            )
-            self._lock.write_state(self._node_probe.state())
+            previous = self._lock.read_state()
+            self._node_probe = _NodeProbe(self._ps, self._clock, self._open_gpu(), previous)
+            self._node_step = _next_step(previous)
+            self._save_state()
         except Exception:
             self._lock.release()  # let a process that can sample the node take it
             raise
@@ -818,14 +828,23 @@ class SystemSampler:
         the node's when this process is elected (``elect()``). Advances the counters
         that the next sample's rates are measured from.
         """
-        out: dict[str, float] = {}
+        own, node = self._sample()
+        return {**own, **node}
+
+    def _sample(self) -> tuple[dict[str, float], dict[str, float]]:
+        # (this process's series, the node's series). Process metrics without a rank
+        # are named as the node's and only the elected process reports them: they
+        # belong to the node's series.
+        own: dict[str, float] = {}
+        node: dict[str, float] = {}
         if self._node_probe is not None or self._process_named_apart:
+            target = own if self._process_named_apart else node
             for name, value in self._process.read().items():
-                out[self._process_prefix + name] = value
+                target[self._process_prefix + name] = value
         if self._node_probe is not None:
             for name, value in self._node_probe.read().items():
-                out[self._node_prefix + name] = value
-        return out
+                node[self._node_prefix + name] = value
+        return own, node
 
     # -- the thread ---------------------------------------------------------------------
 
@@ -857,9 +876,27 @@ class SystemSampler:
         # not on the final tick, though: a run that is ending needs no new sampler.
         if not final and self._node_probe is None:
             self.elect()
-        metrics = self.collect()
-        if metrics:
-            self._submit(self.run_id, metrics, step)
+        own, node = self._sample()
+        by_step: dict[int, dict[str, float]] = {}
+        if own:
+            by_step[step] = own
+        if node:
+            by_step.setdefault(self._take_node_step(), {}).update(node)
+        for at, metrics in by_step.items():
+            self._submit(self.run_id, metrics, at)
+
+    def _take_node_step(self) -> int:
+        # The next holder starts after this step: written before the sample is handed
+        # on, so a holder dying in between leaves a gap, never a step taken twice.
+        step = self._node_step
+        self._node_step += 1
+        self._save_state()
+        return step
+
+    def _save_state(self) -> None:
+        # What a successor carries on from: the network baseline and the next step.
+        if self._node_probe is not None:
+            self._lock.write_state({**self._node_probe.state(), "next_step": self._node_step})
 
     def _guarded(self, what: str, action: Callable[[], None]) -> None:
         # The thread must outlive any one failure; each kind is reported once, not

@@ -39,7 +39,6 @@ import threading
 import time
 import uuid
 import weakref
-from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,14 +51,14 @@ from flightlog.agent.heartbeats import Heartbeats
 from flightlog.agent.outbox import FlushMarker, Outbox
 from flightlog.agent.records import OP, RECORD, Op, clean_points, split_records
 from flightlog.agent.reported_errors import ReportedErrors
-from flightlog.agent.ring import Ring, batch_id, rings_root
-from flightlog.agent.ring import columns as ring_columns
+from flightlog.agent.ring import Ring, batch_id, encode_points, record_runs, rings_root
 from flightlog.agent.sender import REJECTED, Ack, Sender
 from flightlog.agent.signals import keep_off_this_thread
-from flightlog.agent.spool import Spool, default_spool_root
+from flightlog.agent.spool import Spool
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
 from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
+from flightlog.core.spool_paths import default_spool_root
 from flightlog.core.wire import MetricTuple, encode_batch, encode_raw_batch
 
 __all__ = ["Agent", "FlushMarker", "Op", "begin_exit", "time_budget"]
@@ -138,10 +137,10 @@ class Agent:
         self.drops.forget_runs()
         self.heartbeats = Heartbeats(self.heartbeat_interval)
         self.ring: Ring | None = None
-        # Opt-in (FLIGHTLOG_METRIC_RING): off, the agent has no ring and points take the
-        # in-memory queue. On, the ring opens with the agent (and in a fork child, at
-        # the fork), since log_metric's queue path only asks whether there is a ring.
-        self._ring_wanted = settings.METRIC_RING.get()
+        # The default (FLIGHTLOG_METRIC_RING=0 turns it off): the ring opens with the
+        # agent (and in a fork child, at the fork). Off, or where the spool directory is
+        # not writable, the agent has no ring and points take the in-memory queue.
+        self.ring_wanted = settings.METRIC_RING.get()
         self._ring_taken = 0  # ring positions packed so far
         self._ring_marks: dict[int, tuple[int, int]] = {}  # outbox seq -> positions
         self._ops_start = 0  # journal index where the next batch's ops start
@@ -164,7 +163,7 @@ class Agent:
         self._sender = threading.Thread(
             target=self._send_loop, name="flightlog-sender", daemon=True
         )
-        if self._ring_wanted:
+        if self.ring_wanted:
             self._open_ring()
         self._packer.start()
         self._sender.start()
@@ -229,10 +228,19 @@ class Agent:
     def _open_ring(self) -> Ring | None:
         # Capacity: the queue's bound (points neither acknowledged nor on disk).
         with self._lock:
-            if self._ring_wanted and self._pid == os.getpid():
-                self._ring_wanted = False
+            if self.ring_wanted and self._pid == os.getpid():
+                self.ring_wanted = False
                 self._make_ring()
         return self.ring
+
+    def metric_ring(self) -> Ring | None:
+        """This process's metric ring (opened now if it is wanted and not open yet)."""
+        ring = self.ring
+        if ring is None and self.ring_wanted:
+            ring = self._open_ring()
+        if self._pid != os.getpid():
+            return None
+        return ring
 
     def _make_ring(self) -> None:
         capacity = self.max_queue
@@ -246,7 +254,7 @@ class Agent:
     def submit_metric(self, item: MetricTuple) -> None:
         """Log one (run_id, key, value, step, ts_seconds) point."""
         ring = self.ring
-        if ring is None and self._ring_wanted:
+        if ring is None and self.ring_wanted:
             ring = self._open_ring()
         if ring is None or self._pid != os.getpid():
             q = self.queue
@@ -268,26 +276,26 @@ class Agent:
             q = self.queue
             q += item
             return
-        self.ring_write(ring.run_index(rid), ring.key_index(key), step, value, ts)
+        self.ring_write(ring.series_index(rid, key), step, value, ts)
 
-    def ring_write(self, ri: int, ki: int, step: int, value: float, ts: float) -> None:
+    def ring_write(self, sid: int, step: int, value: float, ts: float) -> None:
         """Reserve a slot and write one point (the hot path's general form)."""
         ring = self.ring
         assert ring is not None
         if ring.locked:
             with ring.lock:
-                seq = next(ring.counter)
+                seq = ring.reserve()
                 if seq < ring.limit:
-                    ring.write_at(seq, ri, ki, step, value, ts)
+                    ring.write_at(seq, sid, step, value, ts)
                     return
         else:
-            seq = next(ring.counter)
+            seq, offset, lap = next(ring.slots)
             if seq < ring.limit:
-                ring.write_at(seq, ri, ki, step, value, ts)
+                ring.pack_into(ring.mm, offset, step, value, ts, sid, lap)
                 return
-        self.ring_full(seq, ri, ki, step, value, ts)
+        self.ring_full(seq, sid, step, value, ts)
 
-    def ring_full(self, seq: int, ri: int, ki: int, step: int, value: float, ts: float) -> None:
+    def ring_full(self, seq: int, sid: int, step: int, value: float, ts: float) -> None:
         """A reserved position at or past ``ring.limit``: wake the packer, and write the
         slot if it is free (below acked + capacity).
 
@@ -301,18 +309,32 @@ class Agent:
         assert ring is not None
         if not self._wake.is_set():
             self._wake.set()
-        if seq < ring.acked + ring.capacity and not self._closed:
-            ring.write_at(seq, ri, ki, step, value, ts)
+        held = seq - ring.acked  # positions neither acknowledged nor on disk
+        if self._closed:
+            pass
+        elif held * 4 < ring.capacity * 3:
+            ring.write_at(seq, sid, step, value, ts)
+            # The packer is woken: until it has packed (it may wait for the GIL a
+            # while), later calls go on at full speed, up to three quarters of the ring,
+            # rather than each take this path. Never past acked + capacity.
+            soft = ring.acked + ring.capacity * 3 // 4
+            if ring.limit < soft:
+                ring.limit = soft
             return
-        if not self._closed:
-            if self._packer_stuck:
-                got = self._pack_lock.acquire(blocking=False)
-            else:
+        else:
+            # Past three quarters (the packer spills from half: it is behind, starved
+            # of CPU) the call packs and spills itself if the packer's lock is free; at
+            # the cap it waits for the lock a little, as the queue's spill did.
+            if held >= ring.capacity and not self._packer_stuck:
                 got = self._pack_lock.acquire(timeout=SPILL_WAIT)
                 self._packer_stuck = not got
+            else:
+                got = self._pack_lock.acquire(blocking=False)
             if got:
                 try:
-                    self._pack_front()
+                    for _ in range(ring.capacity // self.batch_points + 2):
+                        if self._ring_taken >= seq or not self._pack_front():
+                            break
                     self.outbox.spill()
                     self._advance_ring()
                 except Exception:  # never raise into the training loop
@@ -320,10 +342,10 @@ class Agent:
                 finally:
                     self._pack_lock.release()
             if seq < ring.acked + ring.capacity:
-                ring.write_at(seq, ri, ki, step, value, ts)
+                ring.write_at(seq, sid, step, value, ts)
                 return
         ring.overflow[seq] = None
-        self.drops.count_point(ring.run_names[ri], "closed" if self._closed else "queue_full")
+        self.drops.count_point(ring.series[sid][0], "closed" if self._closed else "queue_full")
 
     def _advance_ring(self) -> None:
         """Move the ring's acked positions past every batch acknowledged or on disk."""
@@ -346,7 +368,7 @@ class Agent:
             args = self.heartbeats.track(name, args)
         self._count_op()
         ring = self.ring
-        if ring is None and self._ring_wanted:
+        if ring is None and self.ring_wanted:
             ring = self._open_ring()
         if ring is None or self._pid != os.getpid():
             q = self.queue
@@ -519,6 +541,7 @@ class Agent:
                     with self._pack_lock:
                         moved = self._pack_front()
                     self._packer_stuck = False
+                    self._spill_if_lagging()
                     if not moved:
                         time.sleep(0.001)  # a write in flight on another thread
             except Exception:  # the thread must outlive any one failure
@@ -527,6 +550,16 @@ class Agent:
                 self._packer_done.set()
                 self._send_wake.set()
                 return
+
+    def _spill_if_lagging(self) -> None:
+        # The collector lags (over half the ring is unacknowledged): the batches go to
+        # the disk spool, which frees their slots, so the training thread does not reach
+        # a full ring. Outside the packer's lock: a logging call at the cap may take it.
+        ring = self.ring
+        if ring is not None and ring.reserved() - ring.acked > ring.capacity // 2:
+            if not self._closed:
+                self.outbox.spill()
+                self._advance_ring()
 
     def _ring_pending(self) -> bool:
         ring = self.ring
@@ -630,7 +663,7 @@ class Agent:
         points: int,
         body: bytes,
         ops: list[list[Any]],
-        chunks: list[bytes],
+        chunks: list[Any],
         flushing: bool,
         mark: tuple[int, int],
     ) -> None:
@@ -644,10 +677,7 @@ class Agent:
             # (an adopter's copy of this batch is then a duplicate, not a second run).
             ring = self.ring
             assert ring is not None
-            ri = array("I")
-            for chunk in chunks:
-                ri.frombytes(memoryview(chunk).cast("I")[0::10].tobytes())
-            run_ids = [ring.run_names[i] for i in ri]
+            run_ids = record_runs(chunks, ring.series)
             reason = "closed" if self.outbox.closed else "spool_full"
             self.drops.count_points(run_ids, reason)
             if reason == "closed":
@@ -669,32 +699,17 @@ class Agent:
         self,
         bid: str,
         ops: list[list[Any]],
-        chunks: list[bytes],
+        chunks: list[Any],
         extra: list[Any],
     ) -> bytes:
+        """The batch of ring records as they are (the wire's ``r`` form) and ``ops``."""
         ring = self.ring
         assert ring is not None
-        if not chunks and not any(e is not None for e in extra):
-            return encode_raw_batch(bid, self.agent_id, ops, None)
-        ri, ki, steps, vals, ts = ring_columns(chunks) if chunks else (b"",) * 5
         kept = [e for e in extra if e is not None]
-        if kept:  # points that found the ring full (rare): appended as arrays
-            cols = list(zip(*kept, strict=True))
-            ri += array("I", cols[0]).tobytes()
-            ki += array("I", cols[1]).tobytes()
-            steps += array("q", cols[2]).tobytes()
-            vals += array("d", cols[3]).tobytes()
-            ts += array("d", cols[4]).tobytes()
-        m = {
-            "runs": list(ring.run_names),
-            "keys": list(ring.key_names),
-            "ri": ri,
-            "ki": ki,
-            "vals": vals,
-            "steps": steps,
-            "ts": ts,
-        }
-        return encode_raw_batch(bid, self.agent_id, ops, m)
+        if kept:  # points that found the ring full (rare)
+            chunks = [*chunks, encode_points(kept)]
+        records = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        return encode_raw_batch(bid, self.agent_id, ops, None, records, ring.ids_for(chunks))
 
     def _split(
         self, items: list[Any]
@@ -771,6 +786,9 @@ class Agent:
                     self.drops.count("spool_unreadable", entry.points)
                     self._settle(self.outbox.ack(entry), True)
                     continue
+                ring = self.ring
+                if ring is not None:
+                    ring.sync_journal()  # this batch's cut is durable before it is sent
                 ack = self.delivery.deliver(body)
                 if ack is None:
                     continue  # stopped

@@ -1,13 +1,17 @@
-"""Benchmark of the metric ring (issue 15), beside the previous in-memory queue.
+"""Benchmark of the metric ring (issue 15), the default metric path, beside the queue.
 
-Prints, for this checkout with FLIGHTLOG_METRIC_RING on ("ring") and off ("default"),
-and (``--baseline PYTHON``: an interpreter whose flightlog is another checkout, e.g.
-main's virtualenv) the previous code, each in fresh processes with their own store and
-embedded collector:
+Prints, for this checkout with the default ring ("ring"), this checkout with
+FLIGHTLOG_METRIC_RING=0 (the in-memory queue, kept as the fallback: "queue") and
+(``--baseline PYTHON``: an interpreter whose flightlog is another checkout, e.g. main's
+virtualenv, "baseline") the previous code, each in fresh processes with their own store
+and embedded collector, the sides one after the other in the same run:
   (a) log_metric per call: median and p99 of blocks of 1,000 calls;
   (b) CPU per point of the training thread and of every other thread (the agent), and
       durable points/s from the first call until flush() returned, 1 metric x N steps;
-  (c) points stored after a SIGKILL right after 100,000 calls (no flush), once the
+  (c) a training loop of ~54 us pure-Python steps logging 10 metrics per step
+      (``log_metrics``), against the same loop without logging: the slowdown, from the
+      loop's start until flush() returned, wall and CPU time; rounds alternate the sides;
+  (d) points stored after a SIGKILL right after 100,000 calls (no flush), once the
       next process for the same store has run.
 
 Run: python bench/bench_ring.py [--points 2000000] [--baseline /work/main/.venv/bin/python]
@@ -22,6 +26,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 
 CHILD = r"""
 import json, os, signal, sys, threading, time
@@ -68,6 +73,22 @@ with mlflow.start_run() as run:
         m1, o1 = cpu()
         out.update(calls_s=t_calls, total_s=t_all, points=n,
                    main_cpu_us=(m1 - m0) / n * 1e6, agent_cpu_us=(o1 - o0) / n * 1e6)
+    elif case == "loop":
+        work_n, logging = int(sys.argv[4]), sys.argv[5] == "1"
+        def work(k):  # a pure-Python training step
+            x = 0
+            for j in range(k):
+                x += j * j
+            return x
+        names = ["metric_%d" % k for k in range(10)]
+        log_metrics = mlflow.log_metrics
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(n):
+            x = work(work_n)
+            if logging:
+                log_metrics({k: 0.001 * i for k in names}, step=i)
+        mlflow.flush()
+        out.update(total_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, steps=n)
     elif case == "sigkill":
         for i in range(n):
             log("loss", 0.5, step=i)
@@ -104,17 +125,20 @@ def _stop_collector(store: str) -> None:
         pass
 
 
-def run(python: str, case: str, n: int, ring: bool) -> dict[str, float]:
+def run(python: str, case: str, n: int, ring: bool, *extra: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="flightlog-bench-") as d:
         store = os.path.join(d, "store")
         env = dict(
             os.environ,
             FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT="60",
             FLIGHTLOG_SPOOL_DIR=os.path.join(d, "spool"),
-            FLIGHTLOG_METRIC_RING="1" if ring else "0",
+            FLIGHTLOG_METRIC_RING="1" if ring else "0",  # (main's default is off)
         )
         proc = subprocess.run(
-            [python, "-c", CHILD, case, str(n), store], capture_output=True, text=True, env=env
+            [python, "-c", CHILD, case, str(n), store, *extra],
+            capture_output=True,
+            text=True,
+            env=env,
         )
         lines = proc.stdout.strip().splitlines()
         if not lines or (proc.returncode != 0 and case != "sigkill"):
@@ -127,33 +151,85 @@ def run(python: str, case: str, n: int, ring: bool) -> dict[str, float]:
         return out
 
 
+def _work_per_step(target_us: float) -> int:
+    """Iterations of the loop's pure-Python step that take about ``target_us`` here."""
+
+    def work(k: int) -> int:
+        x = 0
+        for j in range(k):
+            x += j * j
+        return x
+
+    best = float("inf")
+    for _ in range(20):
+        t0 = time.perf_counter()
+        work(10_000)
+        best = min(best, time.perf_counter() - t0)
+    return max(1, round(target_us * 1e-6 / (best / 10_000)))
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--points", type=int, default=2_000_000)
+    p.add_argument("--steps", type=int, default=20_000, help="steps of the training loop (c)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the training loop (c)")
     p.add_argument("--baseline", help="python of a checkout to compare with (previous code)")
     args = p.parse_args()
-    # This checkout with FLIGHTLOG_METRIC_RING on, then off (the default), then the baseline.
-    sides = [("ring", sys.executable, True), ("default", sys.executable, False)]
+    sides = [("ring", sys.executable, True), ("queue", sys.executable, False)]
     if args.baseline:
         sides.append(("baseline", args.baseline, False))
-    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     for name, python, ring in sides:
         lat = run(python, "latency", 0, ring)
         print(
             f"[{name}] (a) log_metric, blocks of 1,000 calls: median {lat['median_ns']:.0f} ns, "
-            f"p99 {lat['p99_ns']:.0f} ns"
+            f"p99 {lat['p99_ns']:.0f} ns",
+            flush=True,
         )
     for name, python, ring in sides:
         r = run(python, "throughput", args.points, ring)
         print(
             f"[{name}] (b) 1 metric x {r['points']:,} steps: training thread "
-            f"{r['main_cpu_us']:.3f} us CPU/point, other threads {r['agent_cpu_us']:.3f} us "
-            f"CPU/point; durable after {r['total_s']:.2f} s -> "
-            f"{r['points'] / r['total_s']:,.0f} points/s; stored {r['stored']:,}"
+            f"{r['main_cpu_us']:.3f} us CPU/point, other threads (agent) "
+            f"{r['agent_cpu_us']:.3f} us CPU/point; durable after {r['total_s']:.2f} s -> "
+            f"{r['points'] / r['total_s']:,.0f} points/s; stored {r['stored']:,}",
+            flush=True,
+        )
+    work_n = _work_per_step(54.0)
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        for name, python, ring in [("no logging", sys.executable, True), *sides]:
+            logging = "0" if name == "no logging" else "1"
+            r = run(python, "loop", args.steps, ring, str(work_n), logging)
+            wall.setdefault(name, []).append(r["total_s"] / r["steps"] * 1e6)
+            cpu.setdefault(name, []).append(r["cpu_s"] / r["steps"] * 1e6)
+    bare_wall, bare_cpu = _median(wall.pop("no logging")), _median(cpu.pop("no logging"))
+    print(
+        f"(c) training loop, {args.steps:,} steps x 10 metrics (log_metrics), median of "
+        f"{args.rounds} rounds; wall time, and CPU time of the training process (all its "
+        "threads: steadier on a busy machine):"
+    )
+    print(f"    no logging: {bare_wall:.1f} us/step wall, {bare_cpu:.1f} us/step CPU", flush=True)
+    for name in wall:
+        w, c = _median(wall[name]), _median(cpu[name])
+        print(
+            f"[{name}] (c) wall {w:.1f} us/step, slowed by {(w / bare_wall - 1) * 100:.1f}% "
+            f"(rounds {', '.join(f'{x:.0f}' for x in wall[name])}); CPU {c:.1f} us/step, "
+            f"+{c - bare_cpu:.1f} us = {(c / bare_cpu - 1) * 100:.1f}% "
+            f"(rounds {', '.join(f'{x:.1f}' for x in cpu[name])})",
+            flush=True,
         )
     for name, python, ring in sides:
         r = run(python, "sigkill", 100_000, ring)
-        print(f"[{name}] (c) SIGKILL after 100,000 calls: {r['stored']:,} points stored")
+        print(
+            f"[{name}] (d) SIGKILL after 100,000 calls: {r['stored']:,} points stored", flush=True
+        )
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -9,13 +9,17 @@ tests/pgserver.py, collectors and sidecars on 127.0.0.x):
       central collector on PostgreSQL: aggregate points/s until the central store holds
       every point;
   (c) search over 100,000 runs on PostgreSQL (5 params, 5 metrics, 3 tags each):
-      store-level search_run_ids and the MLflow REST search through the collector;
+      store-level search_run_ids and the MLflow REST search through the collector, and
+      log_batch of 1,000 metrics; beside it ``mlflow server`` on the same PostgreSQL
+      cluster (a database of its own, the same runs written into its schema), its REST
+      calls alternating with flightlog's (--skip-mlflow leaves it out);
   (d) reading a 1,000,000-point history on PostgreSQL: the store's metric_history and the
       collector's RPC (packed chunks) as the SDK fetches it;
   (e) forwarding delay at steady load (a trainer logging at a fixed rate through a
       sidecar): p50/p99 seconds from the sidecar's acknowledgement to the upstream's.
 
 Run: python bench/bench_team.py [--points 2000000] [--nodes 8] [--runs 100000]
+     [--only trainer|nodes|steady|search ...] [--skip-mlflow]
 """
 
 from __future__ import annotations
@@ -211,52 +215,101 @@ def forwarding_nodes(pg: PgServer, work: Path, nodes: int, n: int) -> dict[str, 
 # -- (c) search over many runs --------------------------------------------------------------
 
 
-def populate_runs(uri: str, runs: int) -> str:
-    """100,000-run experiment written with COPY (set-up, not what is measured)."""
+def search_rows(runs: int) -> list[dict[str, Any]]:
+    """The runs of the search figure: 5 params, 5 latest metrics, 3 tags each (the same
+    rows for flightlog and for ``mlflow server``)."""
+    out = []
+    for i in range(runs):
+        rid = uuid.uuid4().hex
+        out.append(
+            {
+                "run_id": rid,
+                "name": f"run-{i}",
+                "start": 1_700_000_000_000 + i,
+                "end": 1_700_000_100_000 + i,
+                "params": [(f"p{k}", f"v{(i * (k + 3)) % 10}") for k in range(5)],
+                "tags": [(f"t{k}", f"team-{(i + k) % 7}") for k in range(3)],
+                "metrics": [
+                    (f"m{k}", ((i * 7919 + k * 104729) % 10007) / 10007.0) for k in range(5)
+                ],
+            }
+        )
+    return out
+
+
+def populate_runs(uri: str, rows: list[dict[str, Any]]) -> str:
+    """The runs in flightlog's schema, written with COPY (set-up, not what is measured);
+    then VACUUM ANALYZE, the state autovacuum keeps a table in."""
     from flightlog.collector.pgstore import PostgresStore
 
     store = PostgresStore(uri, "s3://bench/artifacts")
     exp = store.create_experiment("bench-search")
     store.close()
-    ids = [uuid.uuid4().hex for _ in range(runs)]
     with psycopg.connect(uri) as conn, conn.cursor() as cur:
         with cur.copy(
             "COPY runs (run_uuid, experiment_id, run_name, user_id, status, start_time,"
             " end_time, artifact_uri, lifecycle_stage) FROM STDIN"
         ) as copy:
-            for i, rid in enumerate(ids):
+            for r in rows:
+                rid = r["run_id"]
                 copy.write_row(
-                    (
-                        rid,
-                        int(exp),
-                        f"run-{i}",
-                        "bench",
-                        "FINISHED",
-                        1_700_000_000_000 + i,
-                        1_700_000_100_000 + i,
-                        f"s3://bench/{rid}",
-                        "active",
-                    )
-                )
-        with cur.copy("COPY params (run_uuid, key, value) FROM STDIN") as copy:
-            for i, rid in enumerate(ids):
-                for k in range(5):
-                    copy.write_row((rid, f"p{k}", f"v{(i * (k + 3)) % 10}"))
-        with cur.copy("COPY tags (run_uuid, key, value) FROM STDIN") as copy:
-            for i, rid in enumerate(ids):
-                for k in range(3):
-                    copy.write_row((rid, f"t{k}", f"team-{(i + k) % 7}"))
+                    (rid, int(exp), r["name"], "bench", "FINISHED", r["start"], r["end"],
+                     f"s3://bench/{rid}", "active")
+                )  # fmt: skip
+        for table in ("params", "tags"):
+            with cur.copy(f"COPY {table} (run_uuid, key, value) FROM STDIN") as copy:
+                for r in rows:
+                    for key, value in r[table]:
+                        copy.write_row((r["run_id"], key, value))
         with cur.copy(
             "COPY latest_metrics (run_uuid, key, value, timestamp, step, is_nan) FROM STDIN"
         ) as copy:
-            for i, rid in enumerate(ids):
-                for k in range(5):
-                    copy.write_row(
-                        (rid, f"m{k}", ((i * 7919 + k * 104729) % 10007) / 10007.0, 0, 0, 0)
-                    )
+            for r in rows:
+                for key, value in r["metrics"]:
+                    copy.write_row((r["run_id"], key, value, r["end"], 0, 0))
         conn.commit()
-        conn.execute("ANALYZE")
+    _vacuum(uri)
     return exp
+
+
+def populate_mlflow_runs(uri: str, url: str, rows: list[dict[str, Any]]) -> str:
+    """The same runs in ``mlflow server``'s own schema (its database, made by its
+    migrations when it started), written with COPY; the experiment made through its API."""
+    from mlflow import MlflowClient
+
+    exp = MlflowClient(url).create_experiment("bench-search")
+    with psycopg.connect(uri) as conn, conn.cursor() as cur:
+        with cur.copy(
+            "COPY runs (run_uuid, name, source_type, source_name, entry_point_name, user_id,"
+            " status, start_time, end_time, source_version, lifecycle_stage, artifact_uri,"
+            " experiment_id) FROM STDIN"
+        ) as copy:
+            for r in rows:
+                rid = r["run_id"]
+                copy.write_row(
+                    (rid, r["name"], "LOCAL", "", "", "bench", "FINISHED", r["start"], r["end"],
+                     "", "active", f"mlflow-artifacts:/{exp}/{rid}/artifacts", int(exp))
+                )  # fmt: skip
+        for table in ("params", "tags"):
+            with cur.copy(f"COPY {table} (key, value, run_uuid) FROM STDIN") as copy:
+                for r in rows:
+                    for key, value in r[table]:
+                        copy.write_row((key, value, r["run_id"]))
+        for table in ("latest_metrics", "metrics"):
+            with cur.copy(
+                f"COPY {table} (key, value, timestamp, step, is_nan, run_uuid) FROM STDIN"
+            ) as copy:
+                for r in rows:
+                    for key, value in r["metrics"]:
+                        copy.write_row((key, value, r["end"], 0, False, r["run_id"]))
+        conn.commit()
+    _vacuum(uri)
+    return exp
+
+
+def _vacuum(uri: str) -> None:
+    with psycopg.connect(uri, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
 
 
 def timed(fn: Any, repeat: int = 7) -> float:
@@ -270,46 +323,117 @@ def timed(fn: Any, repeat: int = 7) -> float:
     return statistics.median(samples)
 
 
-def search(pg: PgServer, work: Path, runs: int) -> dict[str, float]:
+SEARCH_FILTER = "metrics.m0 < 0.5 and params.p1 = 'v4' and tags.t0 != 'team-3'"
+SEARCH_ORDER = ["metrics.m1 DESC"]
+
+
+def rest_call(url: str, path: str, args: dict[str, Any]) -> dict[str, Any]:
+    """One MLflow REST call (POST JSON), the same bytes to flightlog and ``mlflow server``."""
+    req = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}",
+        data=json.dumps(args).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        body: dict[str, Any] = json.loads(r.read())
+        return body
+
+
+def rest_calls(url: str, exp: str) -> dict[str, Any]:
+    """The REST calls timed against each server: the filtered search page, the first
+    unfiltered page, and log_batch of 1,000 metrics into a run of its own."""
+    run_id = rest_call(url, "runs/create", {"experiment_id": exp, "start_time": 1})["run"]["info"][
+        "run_id"
+    ]
+    steps = iter(range(10**9))
+
+    def log_batch() -> None:
+        s = next(steps) * 1000
+        metrics = [
+            {"key": f"k{i % 10}", "value": i * 0.5, "timestamp": 1_700_000_000_000, "step": s + i}
+            for i in range(1000)
+        ]
+        rest_call(url, "runs/log-batch", {"run_id": run_id, "metrics": metrics})
+
+    def filtered() -> int:
+        args = {
+            "experiment_ids": [exp],
+            "filter": SEARCH_FILTER,
+            "order_by": SEARCH_ORDER,
+            "max_results": 1000,
+        }
+        return len(rest_call(url, "runs/search", args).get("runs", []))
+
+    def first_page() -> int:
+        args = {"experiment_ids": [exp], "max_results": 1000}
+        return len(rest_call(url, "runs/search", args).get("runs", []))
+
+    return {"search_filtered": filtered, "search_first_page": first_page, "log_batch": log_batch}
+
+
+def interleaved_medians(servers: dict[str, dict[str, Any]], repeat: int = 7) -> dict[str, float]:
+    """Median ms of each server's calls, the servers taking turns call by call so a slow
+    spell of this shared machine falls on both alike."""
+    samples: dict[str, list[float]] = {}
+    for name, calls in servers.items():
+        for call, fn in calls.items():
+            fn()  # warm-up
+            samples[f"{name} {call}"] = []
+    for _ in range(repeat):
+        for name, calls in servers.items():
+            for call, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                samples[f"{name} {call}"].append((time.perf_counter() - t0) * 1000)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def search(pg: PgServer, work: Path, runs: int, with_mlflow: bool) -> dict[str, Any]:
+    """Search over ``runs`` runs and log_batch on flightlog and (beside it, on the same
+    PostgreSQL, its own database) ``mlflow server``."""
     from flightlog.collector.pgstore import PostgresStore
 
+    rows = search_rows(runs)
     uri = pg.create_database()
     t0 = time.perf_counter()
-    exp = populate_runs(uri, runs)
-    populate_s = time.perf_counter() - t0
+    exp = populate_runs(uri, rows)
+    out: dict[str, Any] = {"populate_s": time.perf_counter() - t0}
     store = PostgresStore(uri, "s3://bench/artifacts")
-    flt = "metrics.m0 < 0.5 and params.p1 = 'v4' and tags.t0 != 'team-3'"
-    order = ["metrics.m1 DESC"]
-    out = {"populate_s": populate_s}
     try:
         out["store_filtered_page_ms"] = timed(
-            lambda: store.search_run_ids([exp], flt, 1, 1000, order, None)
+            lambda: store.search_run_ids([exp], SEARCH_FILTER, 1, 1000, SEARCH_ORDER, None)
         )
         out["store_first_page_1000_ms"] = timed(
             lambda: store.search_run_ids([exp], None, 1, 1000, None, None)
         )
-        ids, _ = store.search_run_ids([exp], flt, 1, 1000, order, None)
+        ids, _ = store.search_run_ids([exp], SEARCH_FILTER, 1, 1000, SEARCH_ORDER, None)
         out["matching_runs_in_page"] = len(ids)
     finally:
         store.close()
     proc, url = start(["--store", uri, "--port", "0", "--token", TOKEN], work, "search")
+    mlflow_server: Any = None
     try:
-        body = json.dumps(
-            {"experiment_ids": [exp], "filter": flt, "order_by": order, "max_results": 1000}
-        ).encode()
+        servers = {"flightlog": rest_calls(url, exp)}
+        if with_mlflow:
+            from mlflow_server import quiet_mlflow, start_mlflow_server
 
-        def rest() -> None:
-            req = urllib.request.Request(
-                url + "/api/2.0/mlflow/runs/search",
-                data=body,
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+            quiet_mlflow()
+            ml_uri = pg.create_database()
+            # SQLAlchemy on psycopg 3 (the postgres extra), not psycopg2.
+            mlflow_server = start_mlflow_server(
+                work / "mlflow",
+                workers=2,
+                backend_store_uri=ml_uri.replace("postgresql://", "postgresql+psycopg://", 1),
             )
-            with urllib.request.urlopen(req, timeout=60) as r:
-                r.read()
-
-        out["rest_filtered_page_ms"] = timed(rest)
+            ml_exp = populate_mlflow_runs(ml_uri, mlflow_server.url, rows)
+            servers["mlflow server"] = rest_calls(mlflow_server.url, ml_exp)
+            out["mlflow_page_runs"] = servers["mlflow server"]["search_filtered"]()
+            out["flightlog_page_runs"] = servers["flightlog"]["search_filtered"]()
+        out["rest"] = interleaved_medians(servers)
     finally:
         stop([proc])
+        if mlflow_server is not None:
+            mlflow_server.stop()
     return out
 
 
@@ -372,6 +496,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=100_000, help="runs for the search figure")
     p.add_argument("--steady-rate", type=float, default=20_000.0)
     p.add_argument("--steady-seconds", type=float, default=20.0)
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=["trainer", "nodes", "steady", "search"],
+        help="measure only these figures (repeatable; default all)",
+    )
+    p.add_argument("--skip-mlflow", action="store_true", help="no mlflow server beside flightlog")
     args = p.parse_args()
     print(f"machine: {os.cpu_count()} CPUs (shared and noisy); PostgreSQL 15 on 127.0.0.1")
     with tempfile.TemporaryDirectory() as tmp, postgres_cluster() as pg:
@@ -385,7 +516,8 @@ def main() -> None:
 
 def run_all(args: argparse.Namespace, pg: PgServer, work: Path) -> None:
     """Every figure, printed as it is measured."""
-    if True:
+    only = set(args.only or ["trainer", "nodes", "steady", "search"])
+    if "trainer" in only:
         a = one_trainer(pg, work, args.points)
         for backend in ("postgresql", "sqlite"):
             print(
@@ -397,6 +529,7 @@ def run_all(args: argparse.Namespace, pg: PgServer, work: Path) -> None:
             f"(d) {d['points']:,}-point history on PostgreSQL: store {d['store_ms']:.0f} ms, "
             f"through the collector (RPC chunks) {d['collector_rpc_ms']:.0f} ms (median of 7)"
         )
+    if "nodes" in only:
         b = forwarding_nodes(pg, work, args.nodes, args.node_points)
         print(
             f"(b) {b['nodes']} forwarding nodes x 1 trainer, {b['points']:,} points: "
@@ -404,19 +537,35 @@ def run_all(args: argparse.Namespace, pg: PgServer, work: Path) -> None:
             f"(acknowledged on the nodes at {b['acknowledged_points_per_s']:,.0f}/s); "
             f"worst node forwarding delay p99 {b['worst_node_delay_p99_s']:.2f} s"
         )
+    if "steady" in only:
         e = steady_delay(pg, work, args.steady_rate, args.steady_seconds)
         print(
             f"(e) steady {e['rate_points_per_s']:,.0f} points/s for {e['seconds']:.0f} s "
             f"through a sidecar: forwarding delay p50 {e['p50']:.3f} s, p99 {e['p99']:.3f} s"
         )
-        c = search(pg, work, args.runs)
+    if "search" in only:
+        c = search(pg, work, args.runs, not args.skip_mlflow)
+        rest = c["rest"]
         print(
             f"(c) search over {args.runs:,} runs on PostgreSQL (populated by COPY in "
             f"{c['populate_s']:.0f} s): filtered+ordered page "
             f"({c['matching_runs_in_page']} runs) store {c['store_filtered_page_ms']:.0f} ms, "
-            f"MLflow REST {c['rest_filtered_page_ms']:.0f} ms; first 1,000 runs unfiltered "
-            f"store {c['store_first_page_1000_ms']:.0f} ms (medians of 7)"
+            f"MLflow REST {rest['flightlog search_filtered']:.0f} ms; first 1,000 runs "
+            f"unfiltered store {c['store_first_page_1000_ms']:.0f} ms, REST "
+            f"{rest['flightlog search_first_page']:.0f} ms (medians of 7)"
         )
+        print(
+            f"(c) log_batch of 1,000 metrics, flightlog REST: {rest['flightlog log_batch']:.0f} ms"
+        )
+        if "mlflow server search_filtered" in rest:
+            print(
+                f"(c) mlflow server on the same PostgreSQL (own database, same runs): "
+                f"filtered+ordered page ({c['mlflow_page_runs']} runs; flightlog "
+                f"{c['flightlog_page_runs']}) {rest['mlflow server search_filtered']:.0f} ms, "
+                f"first 1,000 unfiltered {rest['mlflow server search_first_page']:.0f} ms, "
+                f"log_batch of 1,000 metrics {rest['mlflow server log_batch']:.0f} ms "
+                "(medians of 7, interleaved with flightlog's)"
+            )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 #: (version, file) of every migration, in order. Never edit an applied one: add another.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "pg_schema_1.sql"),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "pg_schema_1.sql"), (2, "pg_schema_2.sql"))
 #: The advisory lock key collectors take while migrating ("flightlog" in ASCII, truncated).
 MIGRATION_LOCK = 0x666C6967_68746C6F
 _BIGINT = 2**63
@@ -120,9 +120,14 @@ def _malformed(op: str, e: BaseException) -> dict[str, str]:
 
 
 def migrate(conn: psycopg.Connection[Any]) -> list[int]:
-    """Apply the migrations this database lacks, under the advisory lock; their versions."""
+    """Apply the migrations this database lacks, under the advisory lock; their versions.
+
+    Everything is committed before the lock is released: a collector that waited for
+    the lock then reads the versions this one applied, and does not apply them again.
+    """
     applied: list[int] = []
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    conn.commit()
     try:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS flightlog_migrations ("
@@ -148,10 +153,21 @@ def migrate(conn: psycopg.Connection[Any]) -> list[int]:
                 " VALUES (%s, %s, %s, 'active', %s, %s) ON CONFLICT DO NOTHING",
                 (DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME, "", now_ms(), now_ms()),
             )
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
         conn.commit()
     return applied
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    # Doubles that PostgreSQL writes as text (runs_json) round-trip exactly, whatever
+    # the server's own setting (0 would print 15 significant digits).
+    conn.execute("SET extra_float_digits = 3")
+    conn.commit()
 
 
 class PostgresStore:
@@ -170,6 +186,9 @@ class PostgresStore:
                 (f"{self.artifact_root}/{DEFAULT_EXPERIMENT_ID}", DEFAULT_EXPERIMENT_ID),
             )
             conn.commit()
+        # Runs this collector saw stored: runs are never removed from the database, so
+        # a batch of points for them needs no existence check (see _apply_points).
+        self._stored_runs: set[str] = set()
         # check: a connection broken while idle (the database restarted) is replaced
         # before use instead of failing the request that draws it.
         self._pool = ConnectionPool(
@@ -179,6 +198,7 @@ class PostgresStore:
             open=True,
             kwargs={"autocommit": False},
             check=ConnectionPool.check_connection,
+            configure=_configure,
         )
 
     def close(self) -> None:
@@ -380,7 +400,10 @@ class PostgresStore:
         is acknowledged without being applied again. A failing op is skipped and
         reported (a savepoint each), the rest is stored.
         """
+        if not ops and series and all(s[0] in self._stored_runs for s in series):
+            return self._apply_points(batch_id, series)
         errors: list[dict[str, str]] = []
+        known: dict[str, bool] = {}
         with self._transaction() as conn:
             if batch_id is not None:
                 cur = conn.execute(
@@ -389,7 +412,6 @@ class PostgresStore:
                 )
                 if cur.rowcount == 0:
                     return True, []
-            known: dict[str, bool] = {}
             for name, args in ops:
                 try:
                     with conn.transaction():
@@ -415,7 +437,36 @@ class PostgresStore:
             # Series of one batch go in one pipelined write; a malformed one (a timestamp
             # out of range) is refused on its own beforehand, so none needs a savepoint.
             errors.extend(self._insert_series(conn, stored))
+        self._remember_runs(r for r, found in known.items() if found)
         return False, errors
+
+    def _remember_runs(self, run_ids: Iterable[str]) -> None:
+        if len(self._stored_runs) > 100_000:  # bounded: forgetting costs one check again
+            self._stored_runs.clear()
+        self._stored_runs.update(run_ids)
+
+    def _apply_points(
+        self, batch_id: str | None, series: Sequence[Series]
+    ) -> tuple[bool, list[dict[str, str]]]:
+        """A batch of points only, for runs known to exist: the batch id, the chunks and
+        the latest values go to PostgreSQL in one pipeline, one round trip before the
+        commit instead of one per statement (store-level A/B on this shared machine:
+        1.7x the points/s of batches of 5,000 at load 15, within the noise at load 10).
+        A batch id already stored rolls the whole transaction back."""
+        duplicate = False
+        with self._pool.connection() as conn:
+            with conn.transaction() as tx, conn.pipeline():
+                cur = None
+                if batch_id is not None:
+                    cur = conn.execute(
+                        "INSERT INTO batches VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+                        (batch_id, now_ms()),
+                    )
+                errors = self._insert_series(conn, series)
+                if cur is not None and cur.fetchone() is None:
+                    duplicate = True
+                    raise psycopg.Rollback(tx)
+        return (True, []) if duplicate else (False, errors)
 
     def _check_runs(
         self, conn: psycopg.Connection[Any], run_ids: set[str], known: dict[str, bool]
@@ -637,104 +688,106 @@ class PostgresStore:
         if not run_ids:
             return []
         ids = list(run_ids)
-        out: dict[str, Row] = {}
         with self._read() as conn:
-            for r in conn.execute(
-                "SELECT run_uuid, experiment_id, run_name, user_id, status, start_time,"
-                " end_time, artifact_uri, lifecycle_stage FROM runs WHERE run_uuid = ANY(%s)",
-                (ids,),
-            ):
-                out[r[0]] = {
-                    "info": {
-                        "run_id": r[0],
-                        "run_uuid": r[0],
-                        "experiment_id": str(r[1]),
-                        "run_name": r[2],
-                        "user_id": r[3],
-                        "status": r[4],
-                        "start_time": r[5],
-                        "end_time": r[6],
-                        "artifact_uri": r[7],
-                        "lifecycle_stage": r[8],
-                    },
-                    "data": {"metrics": {}, "params": {}, "tags": {}},
-                }
-            for table in ("params", "tags"):
-                for run_id, key, value in conn.execute(
-                    f"SELECT run_uuid, key, value FROM {table} WHERE run_uuid = ANY(%s)", (ids,)
-                ):
-                    out[run_id]["data"][table][key] = value
-            for run_id, key, value, is_nan in conn.execute(
-                "SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid = ANY(%s)",
-                (ids,),
-            ):
-                out[run_id]["data"]["metrics"][key] = math.nan if is_nan else value
-            for run_id, dataset, tags in conn.execute(
-                "SELECT run_uuid, dataset_json, tags_json FROM run_inputs"
-                " WHERE run_uuid = ANY(%s) ORDER BY input_id",
-                (ids,),
-            ):
-                inputs = out[run_id].setdefault("inputs", {"dataset_inputs": []})
-                inputs["dataset_inputs"].append(
-                    {"dataset": orjson.loads(dataset), "tags": orjson.loads(tags)}
-                )
+            out, _ = self._load_runs(conn, ids)
         return [out[i] for i in ids if i in out]
+
+    @staticmethod
+    def _load_runs(
+        conn: psycopg.Connection[Any], ids: list[str]
+    ) -> tuple[dict[str, Row], dict[tuple[str, str], tuple[int, int]]]:
+        """Runs by id with their data and dataset inputs, and each latest metric's
+        (timestamp, step): one query per table for the whole page, never one per run."""
+        out: dict[str, Row] = {}
+        for r in conn.execute(
+            "SELECT run_uuid, experiment_id, run_name, user_id, status, start_time,"
+            " end_time, artifact_uri, lifecycle_stage FROM runs WHERE run_uuid = ANY(%s)",
+            (ids,),
+        ):
+            out[r[0]] = {
+                "info": {
+                    "run_id": r[0],
+                    "run_uuid": r[0],
+                    "experiment_id": str(r[1]),
+                    "run_name": r[2],
+                    "user_id": r[3],
+                    "status": r[4],
+                    "start_time": r[5],
+                    "end_time": r[6],
+                    "artifact_uri": r[7],
+                    "lifecycle_stage": r[8],
+                },
+                "data": {"metrics": {}, "params": {}, "tags": {}},
+            }
+        for table in ("params", "tags"):
+            for run_id, key, value in conn.execute(
+                f"SELECT run_uuid, key, value FROM {table} WHERE run_uuid = ANY(%s)", (ids,)
+            ):
+                out[run_id]["data"][table][key] = value
+        stamps: dict[tuple[str, str], tuple[int, int]] = {}
+        for run_id, key, value, is_nan, timestamp, step in conn.execute(
+            "SELECT run_uuid, key, value, is_nan, timestamp, step FROM latest_metrics"
+            " WHERE run_uuid = ANY(%s)",
+            (ids,),
+        ):
+            out[run_id]["data"]["metrics"][key] = math.nan if is_nan else value
+            stamps[(run_id, key)] = (timestamp, step)
+        for run_id, dataset, tags in conn.execute(
+            "SELECT run_uuid, dataset_json, tags_json FROM run_inputs"
+            " WHERE run_uuid = ANY(%s) ORDER BY input_id",
+            (ids,),
+        ):
+            inputs = out[run_id].setdefault("inputs", {"dataset_inputs": []})
+            inputs["dataset_inputs"].append(
+                {"dataset": orjson.loads(dataset), "tags": orjson.loads(tags)}
+            )
+        return out, stamps
 
     def runs_json(
         self, run_ids: Sequence[str], artifact_uri: Callable[[str, str, str], str]
     ) -> list[str]:
-        """Runs as MLflow's REST JSON text, one object each, in order; unknown ids skipped."""
+        """Runs as MLflow's REST JSON text, one object each, in order; unknown ids skipped.
+
+        PostgreSQL writes each run's ``data`` (metrics by key, params, tags) as JSON text
+        itself, aggregated per run in one query: a page of 1,000 runs is a few thousand
+        short rows to Python instead of one row per metric, param and tag.
+        """
         if not run_ids:
             return []
         ids = list(run_ids)
         with self._read() as conn:
-            timestamps = {
-                (r[0], r[1]): (r[2], r[3])
-                for r in conn.execute(
-                    "SELECT run_uuid, key, timestamp, step FROM latest_metrics"
-                    " WHERE run_uuid = ANY(%s)",
-                    (ids,),
-                )
-            }
-            inputs: dict[str, list[dict[str, Any]]] = {}
+            rows = conn.execute(_RUNS_JSON_SQL, (ids,)).fetchall()
+            inputs: dict[str, list[str]] = {}
             for run_id, dataset, tags in conn.execute(
                 "SELECT run_uuid, dataset_json, tags_json FROM run_inputs"
                 " WHERE run_uuid = ANY(%s) ORDER BY input_id",
                 (ids,),
             ):
-                entry: dict[str, Any] = {}
-                input_tags = orjson.loads(tags)
-                if input_tags:
-                    entry["tags"] = input_tags
-                entry["dataset"] = orjson.loads(dataset)
-                inputs.setdefault(run_id, []).append(entry)
-        out: list[str] = []
-        for run in self.get_runs(ids):
-            info = dict(run["info"])
-            run_id, eid = info["run_id"], info["experiment_id"]
+                # MLflow's JSON leaves an input's tags out when there are none.
+                entry = f'{{"tags":{tags},' if orjson.loads(tags) else "{"
+                inputs.setdefault(run_id, []).append(f'{entry}"dataset":{dataset}}}')
+        by_id: dict[str, str] = {}
+        for r in rows:
+            run_id, eid = r[0], str(r[1])
+            info: dict[str, Any] = {
+                "run_id": run_id,
+                "run_uuid": run_id,
+                "experiment_id": eid,
+                "run_name": r[2],
+                "user_id": r[3],
+                "status": r[4],
+                "start_time": r[5],
+                "end_time": r[6],
+                "artifact_uri": artifact_uri(eid, run_id, r[7]),
+                "lifecycle_stage": r[8],
+            }
             if info["end_time"] is None:
                 del info["end_time"]
-            info["artifact_uri"] = artifact_uri(eid, run_id, info["artifact_uri"])
-            data: dict[str, Any] = {}
-            metrics = run["data"]["metrics"]
-            if metrics:
-                data["metrics"] = [
-                    {
-                        "key": k,
-                        "timestamp": timestamps[(run_id, k)][0],
-                        "step": timestamps[(run_id, k)][1],
-                        "value": _json_number(v),
-                    }
-                    for k, v in sorted(metrics.items())
-                ]
-            for field in ("params", "tags"):
-                if run["data"][field]:
-                    data[field] = [{"key": k, "value": v} for k, v in run["data"][field].items()]
-            body: dict[str, Any] = {"info": info, "data": data}
+            text = '{"info":' + orjson.dumps(info).decode() + ',"data":' + r[9]
             if run_id in inputs:
-                body["inputs"] = {"dataset_inputs": inputs[run_id]}
-            out.append(orjson.dumps(body).decode())
-        return out
+                text += ',"inputs":{"dataset_inputs":[' + ",".join(inputs[run_id]) + "]}"
+            by_id[run_id] = text + "}"
+        return [by_id[i] for i in ids if i in by_id]
 
     def run_exists(self, run_id: str) -> bool:
         """Whether a run with this id exists (whatever its stage)."""
@@ -1115,13 +1168,29 @@ class PostgresStore:
         return ids
 
 
-def _json_number(value: float) -> float | str:
-    # Protobuf's JSON mapping spells the non-finite doubles as strings.
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
+# Each run's row and its ``data`` as MLflow's JSON, built by PostgreSQL. Absent parts
+# are left out (json_agg of no rows is NULL, which json_strip_nulls drops), metrics by
+# key (COLLATE "C": code point order, as Python's sorted()). NaN is stored as is_nan,
+# and to_json writes infinities as the strings "Infinity" and "-Infinity", protobuf's
+# JSON spelling. Doubles are written exactly: each connection sets extra_float_digits.
+_RUNS_JSON_SQL = """
+SELECT r.run_uuid, r.experiment_id, r.run_name, r.user_id, r.status, r.start_time,
+    r.end_time, r.artifact_uri, r.lifecycle_stage,
+    json_strip_nulls(json_build_object(
+        'metrics', (SELECT json_agg(json_build_object('key', m.key,
+                'timestamp', m.timestamp, 'step', m.step,
+                'value', CASE WHEN m.is_nan = 1 THEN to_json('NaN'::text)
+                    ELSE to_json(m.value) END) ORDER BY m.key)
+            FROM latest_metrics m WHERE m.run_uuid = r.run_uuid),
+        'params', (SELECT json_agg(json_build_object('key', p.key, 'value', p.value)
+                ORDER BY p.key)
+            FROM params p WHERE p.run_uuid = r.run_uuid),
+        'tags', (SELECT json_agg(json_build_object('key', t.key, 'value', t.value)
+                ORDER BY t.key)
+            FROM tags t WHERE t.run_uuid = r.run_uuid)
+    ))::text
+FROM runs r WHERE r.run_uuid = ANY(%s)
+"""
 
 
 _APPLY: dict[str, Callable[[PostgresStore, psycopg.Connection[Any], dict[str, Any]], None]] = {

@@ -331,9 +331,9 @@ def search_run_ids(
     )
     unique_ids = sorted(set(exp_ids))
     if len(unique_ids) == 1:
-        # One experiment: an equality lets runs_experiment (experiment_id, start_time)
-        # deliver the default start_time order, so a page reads its rows instead of
-        # sorting the whole experiment.
+        # One experiment: an equality lets the (experiment_id, start_time) index
+        # (runs_experiment; runs_experiment_order on PostgreSQL) deliver the default
+        # order, so a page reads its rows instead of sorting the whole experiment.
         experiments: SqlFragment = SqlFragment("r.experiment_id = ?", [unique_ids[0]])
     else:
         id_params: list[SqlValue] = []

@@ -245,10 +245,11 @@ SPOOL_MAX_BYTES: Setting[int] = Setting(
 METRIC_RING: Setting[bool] = Setting(
     "FLIGHTLOG_METRIC_RING",
     _boolean,
-    False,
+    True,
     "Keep queued metric points in a memory-mapped file in the spool directory so that a "
-    "SIGKILLed or OOM-killed process loses none (the next flightlog process on the node "
-    "sends them); costs about 130 ns per log_metric call and lowers peak throughput.",
+    "SIGKILLed or OOM-killed process loses none (the node's collector, or the next flightlog "
+    "process on the node, sends them). Off (or with an unwritable spool directory) they "
+    "wait in memory.",
     "true or false",
 )
 EMBEDDED_IDLE_TIMEOUT: Setting[float] = Setting(

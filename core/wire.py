@@ -2,14 +2,25 @@
 
 A batch is one msgpack map::
 
-    {"v": 1, "batch_id": str, "agent_id": str,
+    {"v": 1 (2 with "r"), "batch_id": str, "agent_id": str,
      "ops": [[name, {args}], ...],                   # ordered: create_run, log_params, ...
      "m": {"runs": [run_id, ...], "keys": [key, ...], # dictionaries of the columns below
            "ri": bytes | None, "ki": bytes | None,     # uint32 indexes; None: all index 0
-           "steps": bytes, "vals": bytes, "ts": bytes}}  # int64, float64, float64 seconds
+           "steps": bytes, "vals": bytes, "ts": bytes},  # int64, float64, float64 seconds
+     "r": {"rec": bytes, "ids": bytes}}                # records, as the metric ring holds them
 
 Metric points travel as columns so that both ends convert them with C-level array
 operations instead of a Python loop per point. Arrays are little-endian on the wire.
+
+``r`` is the form the agent's metric ring ships (``flightlog.agent.ring``): its records
+exactly as they sit in the ring file, 32 bytes each (int64 step, float64 value, float64
+timestamp in seconds, uint32 series index, uint32 lap, which the collector ignores), and
+``ids``, the msgpack stream ``[2, index, run_id, key]`` that names every series index
+used. Each batch is self-contained (no table kept between batches), so a batch can be
+resent, spooled, synced later or sent to another collector as it is. The collector cuts
+the columns with memoryview casts and strided slices: no Python object per point when
+the records repeat a pattern of series (one metric, or the same metrics every step).
+A batch may hold both ``m`` and ``r``.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from __future__ import annotations
 import sys
 from array import array
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -25,6 +36,10 @@ import msgpack
 from flightlog.core.exceptions import WireError
 
 WIRE_VERSION = 1
+# A batch that holds ring records says 2, so that a collector from before the ``r`` form
+# refuses it (400, counted and reported by the agent) instead of storing its ops and
+# silently ignoring its points.
+RING_WIRE_VERSION = 2
 _SWAP = sys.byteorder != "little"
 
 MetricTuple = tuple[str, str, float, int, float]  # run_id, key, value, step, ts (seconds)
@@ -67,18 +82,25 @@ def encode_batch(
 
 
 def encode_raw_batch(
-    batch_id: str, agent_id: str, ops: list[list[Any]], m: dict[str, Any] | None
+    batch_id: str,
+    agent_id: str,
+    ops: list[list[Any]],
+    m: dict[str, Any] | None,
+    records: bytes | memoryview | None = None,
+    ids: bytes = b"",
 ) -> bytes:
-    """Pack ops and an already columnar ``m`` map (little-endian array bytes, as in the
-    module docstring) into a batch: the metric ring hands its columns over this way."""
+    """Pack ops, an already columnar ``m`` map (little-endian array bytes, as in the
+    module docstring) and ring ``records`` named by the ``ids`` stream into a batch."""
     body: dict[str, Any] = {
-        "v": WIRE_VERSION,
+        "v": RING_WIRE_VERSION if records else WIRE_VERSION,
         "batch_id": batch_id,
         "agent_id": agent_id,
         "ops": ops,
     }
     if m is not None:
         body["m"] = m
+    if records:
+        body["r"] = {"rec": records, "ids": ids}
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
 
@@ -111,8 +133,9 @@ def decode_batch(
         raise WireError(f"not valid msgpack ({type(e).__name__}: {e})") from None
     if not isinstance(body, dict):
         raise WireError("the top level must be a map")
-    if body.get("v") != WIRE_VERSION:
-        raise WireError(f"unsupported version {body.get('v')!r} (this collector speaks 1)")
+    version = body.get("v")
+    if version not in (WIRE_VERSION, RING_WIRE_VERSION) or version is True:
+        raise WireError(f"unsupported version {version!r} (this collector speaks 1 and 2)")
     batch_id = body.get("batch_id")
     if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64):
         raise WireError("'batch_id' must be a string of 1 to 64 characters")
@@ -154,14 +177,75 @@ def decode_batch(
             elif len(idx) != n or (n and max(idx) >= len(names)):
                 raise WireError(f"{label} has the wrong length or an index out of range")
         series = _group(runs, keys, ri, ki, steps, vals, ts)
+    r = body.get("r")
+    if r is not None:
+        if version != RING_WIRE_VERSION:
+            raise WireError(f"'r' (ring records) needs version {RING_WIRE_VERSION}")
+        series += _ring_series(r)
     return batch_id, agent_id, ops, series
 
 
+RECORD_SIZE = 32  # int64 step, float64 value, float64 ts, uint32 series index, uint32 lap
+
+
+def _ids_table(raw: Any) -> dict[int, tuple[str, str]]:
+    if not isinstance(raw, bytes):
+        raise WireError("'r.ids' must be bytes")
+    table: dict[int, tuple[str, str]] = {}
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1)
+    unpacker.feed(raw)
+    try:
+        for e in unpacker:
+            if (
+                not isinstance(e, list)
+                or len(e) != 4
+                or e[0] != 2
+                or not isinstance(e[1], int)
+                or not isinstance(e[2], str)
+                or not isinstance(e[3], str)
+            ):
+                raise WireError("'r.ids' entries must be [2, index, run_id, key]")
+            table[e[1]] = (e[2], e[3])
+    except WireError:
+        raise
+    except Exception as e:
+        raise WireError(f"'r.ids' is not a msgpack stream ({type(e).__name__}: {e})") from None
+    return table
+
+
+def _ring_series(r: Any) -> list[Series]:
+    """The series of ring records: columns cut with memoryview casts and strides."""
+    if not isinstance(r, dict):
+        raise WireError("'r' must be a map")
+    rec = r.get("rec")
+    if not isinstance(rec, bytes) or len(rec) % RECORD_SIZE:
+        raise WireError(f"'r.rec' must be bytes, a multiple of {RECORD_SIZE} long")
+    table = _ids_table(r.get("ids"))
+    if not rec:
+        return []
+    view = memoryview(rec)
+    q, d, u = view.cast("q"), view.cast("d"), view.cast("I")
+    stride = RECORD_SIZE // 8
+    steps = array("q", q[0::stride].tobytes())
+    vals = array("d", d[1::stride].tobytes())
+    ts = array("d", d[2::stride].tobytes())
+    codes = array("I", u[6 :: RECORD_SIZE // 4].tobytes())
+    if _SWAP:
+        for a in (steps, vals, ts, codes):
+            a.byteswap()
+
+    def name(code: int) -> tuple[str, str]:
+        found = table.get(code)
+        if found is None:
+            raise WireError(f"r.rec names series {code}, which 'r.ids' does not hold")
+        return found
+
+    return _by_code(name, codes, steps, vals, ts)
+
+
 def _periodic_series(
-    runs: list[str],
-    keys: list[str],
-    width: int,
-    codes: Sequence[int],
+    name: Callable[[int], tuple[str, str]],
+    codes: array[int],
     steps: array[int],
     vals: array[float],
     ts: array[float],
@@ -174,12 +258,42 @@ def _periodic_series(
     """
     n = len(codes)
     p = len(set(codes[: min(n, 4096)]))
-    if p <= 1 or p * 2 > n or len(set(codes[:p])) != p or codes[p:] != codes[:-p]:
+    if len(set(codes[:p])) != p:
         return None
-    return [
-        (runs[codes[j] // width], keys[codes[j] % width], steps[j::p], vals[j::p], ts[j::p])
-        for j in range(p)
-    ]
+    raw = memoryview(codes.tobytes())
+    width = codes.itemsize * p
+    if raw[width:] != raw[: len(raw) - width]:
+        return None
+    return [(*name(codes[j]), steps[j::p], vals[j::p], ts[j::p]) for j in range(p)]
+
+
+def _by_code(
+    name: Callable[[int], tuple[str, str]],
+    codes: array[int],
+    steps: array[int],
+    vals: array[float],
+    ts: array[float],
+) -> list[Series]:
+    """Group points by series code: strided slices when the codes repeat with a period
+    (``_periodic_series``), else one index list per series."""
+    periodic = _periodic_series(name, codes, steps, vals, ts)
+    if periodic is not None:
+        return periodic
+    where: defaultdict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(codes):
+        where[c].append(i)
+    out: list[Series] = []
+    get_s, get_v, get_t = steps.__getitem__, vals.__getitem__, ts.__getitem__
+    for c, idx in where.items():
+        out.append(
+            (
+                *name(c),
+                array("q", map(get_s, idx)),
+                array("d", map(get_v, idx)),
+                array("d", map(get_t, idx)),
+            )
+        )
+    return out
 
 
 def _group(
@@ -196,30 +310,12 @@ def _group(
     # One combined code per point, then one index list per series.
     width = len(keys)
     if ri is None:
-        codes: Sequence[int] = ki  # type: ignore[assignment]
+        codes: array[int] = ki  # type: ignore[assignment]
     elif ki is None:
         codes = array("Q", (r * width for r in ri))
     else:
         codes = array("Q", (r * width + k for r, k in zip(ri, ki, strict=True)))
-    periodic = _periodic_series(runs, keys, width, codes, steps, vals, ts)
-    if periodic is not None:
-        return periodic
-    where: defaultdict[int, list[int]] = defaultdict(list)
-    for i, c in enumerate(codes):
-        where[c].append(i)
-    out: list[Series] = []
-    for c, idx in where.items():
-        get_s, get_v, get_t = steps.__getitem__, vals.__getitem__, ts.__getitem__
-        out.append(
-            (
-                runs[c // width],
-                keys[c % width],
-                array("q", map(get_s, idx)),
-                array("d", map(get_v, idx)),
-                array("d", map(get_t, idx)),
-            )
-        )
-    return out
+    return _by_code(lambda c: (runs[c // width], keys[c % width]), codes, steps, vals, ts)
 
 
 def pack(obj: Any) -> bytes:

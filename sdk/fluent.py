@@ -5,9 +5,10 @@ the active run of that thread. A thread with no run of its own (a data-loader or
 callback thread) logs into the run most recently started in the process, rather than
 silently starting a new one.
 
-``log_metric`` is the hot path: a thread-local lookup, a set lookup for the key, a
-clock read and one extend of the agent's queue (a plain list). Everything else happens
-in the agent's thread.
+``log_metric`` is the hot path: a thread-local lookup (the run's route into the
+agent's metric ring), a dict lookup for the key's series index, a clock read, one
+``next()`` that reserves a slot and one ``pack_into`` of the record. Everything else
+happens in the agent's thread (``flightlog.agent.ring``, ``flightlog.agent.worker``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from flightlog import context as _context
 from flightlog import media, search
 from flightlog.agent import signals as _signals
 from flightlog.agent.exit_budget import begin_exit
-from flightlog.agent.ring import HEADER as _HEADER
-from flightlog.agent.ring import RECORD as _RECORD
 from flightlog.agent.ring import RECORD_FORMAT as _RECORD_FORMAT
 from flightlog.client import MlflowClient
 from flightlog.context import flush_all
@@ -38,7 +37,7 @@ from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 log = logging.getLogger("flightlog")
 
-_tls = threading.local()  # .stack: list[ActiveRun]; .top: (run_id, agent) of the stack top
+_tls = threading.local()  # .stack: list[ActiveRun]; .top: the stack top's route (_route)
 _process_top: list[ActiveRun] = []  # runs started in any thread, newest last
 # Reentrant: the SIGTERM handler ends runs on the main thread, which it may have
 # interrupted inside one of these blocks.
@@ -103,9 +102,37 @@ def _sync_top() -> None:
     stack = _stack()
     if stack:
         top = stack[-1]
-        _tls.top = (top.info.run_id, top._client.ctx.agent)
+        _tls.top = _route(top.info.run_id, top._client.ctx.agent)
     elif hasattr(_tls, "top"):
         del _tls.top
+
+
+# A route: (run id, agent, key -> series index of the run in the agent's ring, the
+# ring's slot reservation, its map, the ring). Without a ring (turned off, an unwritable
+# spool, a free-threaded build's locked ring) the key table is this empty one, never
+# filled, so every point takes the general path (``_log_general``).
+class _NoKeys(dict[str, int]):
+    """The key table of a route without a ring: every key is missing, without the cost
+    of raising KeyError on each call."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+_NO_KEYS: dict[str, int] = _NoKeys()
+Route = tuple[str, Any, dict[str, int], Any, Any, Any]
+
+
+def _route(run_id: str, agent: Any) -> Route:
+    ring = agent.metric_ring()
+    if ring is None or ring.locked:
+        # (A locked ring stays in the route, so _refresh_route sees it is current.)
+        return (run_id, agent, _NO_KEYS, None, None, ring)
+    return (run_id, agent, ring.keys_of(run_id), ring.slots, ring.mm, ring)
+
+
+def _top_route() -> Route:
+    return _route(*_top_or_autostart())
 
 
 def _current() -> ActiveRun | None:
@@ -376,11 +403,50 @@ def log_metric(
     run_id: str | None = None,
     synchronous: bool | None = None,
 ) -> None:
-    """Log a metric point to the active run (or ``run_id``). Returns after a queue append."""
+    """Log a metric point to the active run (or ``run_id``). Returns after one record
+    is written to the agent's memory-mapped metric ring (see the module docstring)."""
     try:
-        rid, agent = _tls.top
+        rid, agent, kd, slots, mm, ring = _tls.top
     except AttributeError:
-        rid, agent = _top_or_autostart()
+        rid, agent, kd, slots, mm, ring = _top_route()
+    try:
+        sid = kd[key]
+    except KeyError:  # a key new to this run's ring (then checked), or no ring
+        sid = None
+    if sid is None or run_id is not None or timestamp is not None:
+        _log_general(rid, agent, key, value, step, timestamp, run_id)
+    else:
+        if value.__class__ is not float:
+            value = v.metric_value(key, value)
+        if step is None:
+            step = 0
+        elif step.__class__ is not int:
+            step = v.metric_step(key, step)
+        seq, offset, lap = next(slots)
+        if seq < ring.limit:
+            try:
+                _pack_into(mm, offset, step, value, _time(), sid, lap)
+            except struct.error:
+                ring.overflow[seq] = None  # the reader passes this slot
+                v.metric_step(key, step)  # raises: a step out of the int64 range
+                raise
+        else:
+            _ring_full(agent, ring, seq, rid, key, sid, step, value, _time())
+    if synchronous:
+        agent.flush()
+
+
+def _log_general(
+    rid: str,
+    agent: Any,
+    key: str,
+    value: Any,
+    step: Any,
+    timestamp: Any,
+    run_id: str | None,
+    ts: float | None = None,
+) -> None:
+    """The checked path: a key new to the run, an explicit run id or timestamp, no ring."""
     if run_id is not None:
         if run_id.__class__ is not str:
             v.validate_run_id(run_id)  # raises: a run id that is not a string
@@ -393,47 +459,44 @@ def log_metric(
         step = 0
     elif step.__class__ is not int:
         step = v.metric_step(key, step)
-    ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
-    ring = agent.ring
-    if ring is None:
-        # The default (no FLIGHTLOG_METRIC_RING): one atomic list extend of a 5-slot
-        # record (see flightlog.agent.records).
+    if ts is None:
+        ts = _time() if timestamp is None else v.metric_timestamp(key, timestamp)
+    if agent.ring is None and not agent.ring_wanted:
+        # No ring (turned off, or an unwritable spool): the in-memory queue's record.
         q = agent.queue
         q += (rid, key, value, step, ts)
         if len(q) >= agent.wake_len:
             agent.on_pressure()
-    elif ring.locked:
+        return
+    _refresh_route(agent)
+    agent.submit_metric((rid, key, value, step, ts))
+
+
+def _refresh_route(agent: Any) -> None:
+    # A route made before the agent had its ring, or in a forked child a copy of the
+    # parent's route (whose ring is the parent's): this thread's next call takes the
+    # agent's ring as it is now.
+    top = getattr(_tls, "top", None)
+    if top is not None and top[1] is agent and top[5] is not agent.ring:
+        _sync_top()
+
+
+def _ring_full(
+    agent: Any,
+    ring: Any,
+    seq: int,
+    rid: str,
+    key: str,
+    sid: int,
+    step: int,
+    value: float,
+    ts: float,
+) -> None:
+    if ring is agent.ring:
+        agent.ring_full(seq, sid, step, value, ts)
+    else:  # a stale route (see _refresh_route): the position reserved is not used
+        _refresh_route(agent)
         agent.submit_metric((rid, key, value, step, ts))
-    else:
-        # One record into the memory-mapped ring (see flightlog.agent.ring): a slot
-        # reserved with next(), atomic under the GIL, then one pack_into.
-        ri = ring.runs.get(rid)
-        if ri is None:
-            ri = ring.run_index(rid)
-        ki = ring.keys.get(key)
-        if ki is None:
-            ki = ring.key_index(key)
-        seq = next(ring.counter)
-        if seq < ring.limit:
-            try:
-                _pack_into(
-                    ring.mm,
-                    _HEADER + (seq % ring.capacity) * _RECORD,
-                    ri,
-                    ki,
-                    step,
-                    value,
-                    ts,
-                    seq + 1,
-                )
-            except struct.error:
-                ring.overflow[seq] = None  # the reader passes this slot
-                v.metric_step(key, step)  # raises: a step out of the int64 range
-                raise
-        else:
-            agent.ring_full(seq, ri, ki, step, value, ts)
-    if synchronous:
-        agent.flush()
 
 
 def log_metrics(
@@ -443,10 +506,40 @@ def log_metrics(
     run_id: str | None = None,
     timestamp: int | None = None,
 ) -> None:
-    """Log several metrics at one step and time."""
-    ts = int(_time() * 1000) if timestamp is None else timestamp
-    for key, value in metrics.items():
-        log_metric(key, value, step, ts, run_id)
+    """Log several metrics at one step and time (one route lookup and clock read for
+    all of them; each point is then one record, as in ``log_metric``)."""
+    try:
+        rid, agent, kd, slots, mm, ring = _tls.top
+    except AttributeError:
+        rid, agent, kd, slots, mm, ring = _top_route()
+    if run_id is not None or timestamp is not None or kd is _NO_KEYS:
+        ts_ms = int(_time() * 1000) if timestamp is None else timestamp
+        for key, value in metrics.items():
+            log_metric(key, value, step, ts_ms, run_id)
+    else:
+        if step is None:
+            step = 0
+        elif step.__class__ is not int:
+            step = v.metric_step(next(iter(metrics), "step"), step)
+        ts = _time()
+        for key, value in metrics.items():
+            try:
+                sid = kd[key]
+            except KeyError:  # a key new to this run's ring: checked and interned
+                _log_general(rid, agent, key, value, step, None, None, ts)
+                continue
+            if value.__class__ is not float:
+                value = v.metric_value(key, value)
+            seq, offset, lap = next(slots)
+            if seq < ring.limit:
+                try:
+                    _pack_into(mm, offset, step, value, ts, sid, lap)
+                except struct.error:
+                    ring.overflow[seq] = None
+                    v.metric_step(key, step)
+                    raise
+            else:
+                _ring_full(agent, ring, seq, rid, key, sid, step, value, ts)
     if synchronous:
         flush()
 

@@ -53,6 +53,8 @@ class ServerProcess:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
+    #: The database URI of a flightlog collector on PostgreSQL (None: its SQLite store).
+    store: str | None = None
 
     def stop(self) -> None:
         """Stop the server and everything it started (MLflow runs worker processes)."""
@@ -89,11 +91,19 @@ def wait_healthy(server: ServerProcess, timeout: float) -> None:
 
 
 def start_mlflow_server(
-    directory: Path, *, workers: int = 1, timeout: float = 120, python: str = sys.executable
+    directory: Path,
+    *,
+    workers: int = 1,
+    timeout: float = 120,
+    python: str = sys.executable,
+    backend_store_uri: str | None = None,
 ) -> ServerProcess:
     """``mlflow server`` on 127.0.0.1 with a SQLite store and proxied artifacts in ``directory``.
 
     ``python`` is the interpreter whose MLflow runs (bench/bench_peers.py uses its own venv).
+    ``backend_store_uri`` replaces the SQLite store (bench/bench_team.py gives it a
+    PostgreSQL database as ``postgresql+psycopg://``: SQLAlchemy on psycopg 3, which the
+    ``postgres`` extra already installs, where plain ``postgresql://`` needs psycopg2).
 
     Artifacts are proxied (``--artifacts-destination``), as flightlog always does, so that
     both servers answer ``mlflow-artifacts:/`` URIs and clients upload through them.
@@ -109,7 +119,7 @@ def start_mlflow_server(
             "mlflow",
             "server",
             "--backend-store-uri",
-            f"sqlite:///{directory / 'mlflow.db'}",
+            backend_store_uri or f"sqlite:///{directory / 'mlflow.db'}",
             "--artifacts-destination",
             str(directory / "artifacts"),
             "--host",
@@ -154,7 +164,7 @@ def start_flightlog_collector(
         cwd=directory,
         start_new_session=True,
     )
-    server = ServerProcess("flightlog collector", f"http://127.0.0.1:{port}", proc, log)
+    server = ServerProcess("flightlog collector", f"http://127.0.0.1:{port}", proc, log, store)
     wait_healthy(server, timeout)
     return server
 

@@ -7,7 +7,6 @@ once while the central collector is killed -9 and PostgreSQL itself is restarted
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import threading
 from array import array
@@ -18,7 +17,7 @@ import pytest
 from conftest import CollectorProcess, start_collector
 from pgserver import PgServer
 from test_reliability import Child, wait_until
-from test_sidecar import TRAINER, backlog, one_point_batch, start_sidecar
+from test_sidecar import TRAINER, backlog, one_point_batch, start_sidecar, stop_all
 
 import flightlog
 from flightlog import MlflowClient
@@ -162,12 +161,7 @@ def test_nodes_with_two_trainers_each_log_into_one_run_through_central_outages(
     central = start_central(tmp_path, "central", uri)
     # Each node's sidecar on its own loopback address, as separate machines would be.
     sidecars = [
-        start_sidecar(tmp_path / f"node{i}", central.url, None, "--host", f"127.0.0.{i + 2}")
-        for i in range(4)
-    ]
-    sidecars = [
-        dataclasses.replace(s, url=s.url.replace("127.0.0.1", f"127.0.0.{i + 2}"))
-        for i, s in enumerate(sidecars)
+        start_sidecar(tmp_path / f"node{i}", central.url, host=f"127.0.0.{i + 2}") for i in range(4)
     ]
     nodes = [s.url for s in sidecars]
     monkeypatch.setenv("FLIGHTLOG_TOKEN", TOKEN)
@@ -200,12 +194,90 @@ def test_nodes_with_two_trainers_each_log_into_one_run_through_central_outages(
         for s in sidecars:
             wait_until(lambda s=s: backlog(s) == 0, 120, "every node to forward everything")
     finally:
-        for c in children:
-            c.kill()
-        for s in sidecars:
-            s.stop()
-        central.stop()
+        stop_all(children, sidecars, central)
     for i in range(4):
         for j in range(2):
             steps = steps_in(uri, run_id, f"loss/node{i}/trainer{j}")
             assert sorted(steps) == list(range(n)), (i, j)  # every point once
+
+
+def test_a_version_1_database_is_migrated_once_and_keeps_its_runs(pg_server: PgServer) -> None:
+    """A database made by migration 1 (with a run in it) is brought to the latest version
+    by the collectors that start on it together, exactly once, and search still finds
+    the run through the new indexes."""
+    from flightlog.collector import pgstore
+
+    uri = pg_server.create_database()
+    run_id = "a" * 32
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pgstore, "MIGRATIONS", pgstore.MIGRATIONS[:1])
+        first = pgstore.PostgresStore(uri, "s3://b/a")
+        try:
+            first.apply_batch(
+                None,
+                [("create_run", {"run_id": run_id, "experiment_id": "0", "start_time": 5})],
+                [],
+            )
+            first.apply_batch(None, [("log_params", {"run_id": run_id, "params": {"p": "v"}})], [])
+        finally:
+            first.close()
+    results: list[list[int]] = []
+
+    def migrate_now() -> None:
+        with psycopg.connect(uri) as conn:
+            results.append(pgstore.migrate(conn))
+
+    threads = [threading.Thread(target=migrate_now) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    later = [v for v, _ in pgstore.MIGRATIONS[1:]]
+    assert sorted(results) == [[], [], later]  # under the advisory lock: migrated once
+    with psycopg.connect(uri) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM flightlog_migrations")]
+        assert sorted(versions) == [v for v, _ in pgstore.MIGRATIONS]
+        pkey = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'params_pkey'")
+        assert "INCLUDE (value)" in pkey.fetchone()[0]  # type: ignore[index]
+    store = pgstore.PostgresStore(uri, "s3://b/a")
+    try:
+        assert store.search_run_ids(["0"], "params.p = 'v'", 1, 10, None, None) == ([run_id], None)
+        assert store.get_run(run_id)["data"]["params"] == {"p": "v"}
+    finally:
+        store.close()
+
+
+def test_points_of_known_runs_take_one_round_trip_and_are_stored_once(
+    pg_server: PgServer,
+) -> None:
+    """Two collectors' stores on one database: a batch of points for a run a store has
+    seen stored goes in one pipeline, and a batch id the other store already stored is
+    still acknowledged as a duplicate without adding a point (the whole transaction is
+    rolled back). Points for a run that does not exist are still refused."""
+    from flightlog.collector.pgstore import PostgresStore
+
+    uri = pg_server.create_database()
+    a, b = PostgresStore(uri, "s3://b/a"), PostgresStore(uri, "s3://b/a")
+    try:
+        run_id = "b" * 32
+        create = [("create_run", {"run_id": run_id, "experiment_id": "0"})]
+        assert a.apply_batch("create", create, []) == (False, [])
+        assert run_id in a._stored_runs  # so the next batch takes the one-trip path
+
+        def points(first: int) -> list[tuple[str, str, array[int], array[float], array[float]]]:
+            steps = array("q", [first, first + 1])
+            return [(run_id, "m", steps, array("d", [0.5, 0.25]), array("d", [1.7e9] * 2))]
+
+        assert a.apply_batch("p1", [], points(0)) == (False, [])  # a's one-trip path
+        assert b.apply_batch("p1", [], points(0)) == (True, [])  # b checks the run first
+        assert b.apply_batch("p2", [], points(2)) == (False, [])
+        assert b.apply_batch("p1", [], points(0)) == (True, [])  # now b's one-trip path
+        assert a.apply_batch("p2", [], points(2)) == (True, [])
+        assert list(steps_in(uri, run_id, "m")) == [0, 1, 2, 3]
+        assert a.get_run(run_id)["data"]["metrics"] == {"m": 0.25}
+        duplicate, errors = a.apply_batch("p3", [], [("c" * 32, *points(0)[0][1:])])
+        assert not duplicate and [e["error_code"] for e in errors] == ["RESOURCE_DOES_NOT_EXIST"]
+        assert not run_exists(uri, "c" * 32)
+    finally:
+        a.close()
+        b.close()

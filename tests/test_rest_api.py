@@ -1,7 +1,8 @@
 """MLflow's REST API on a live collector, driven by the official ``mlflow`` client.
 
-One collector process serves the module; each test makes its own experiment, so tests
-do not see each other's runs.
+One collector process serves the module for each store kind (SQLite, and a database of
+the session's PostgreSQL cluster from tests/pgserver.py); each test makes its own
+experiment, so tests do not see each other's runs.
 """
 
 from __future__ import annotations
@@ -32,9 +33,14 @@ import flightlog  # noqa: E402
 from tests.helpers import run_script, stored_points  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_flightlog_collector(tmp_path_factory.mktemp("rest"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    store = None
+    if request.param == "postgresql":
+        store = request.getfixturevalue("pg_server").create_database()
+    s = start_flightlog_collector(tmp_path_factory.mktemp("rest"), store=store)
     yield s
     s.stop()
 
@@ -50,6 +56,28 @@ def client(server: ServerProcess) -> Iterator[MlflowClient]:
 
 def db_of(server: ServerProcess) -> Path:
     return server.log.parent / "store" / "flightlog.db"
+
+
+def artifact_dir(server: ServerProcess) -> Path:
+    """Where the collector keeps artifacts: beside its SQLite file, or (on PostgreSQL)
+    ./mlartifacts of the directory it runs in, MLflow's default."""
+    if server.store:
+        return server.log.parent / "mlartifacts"
+    return db_of(server).parent / "artifacts"
+
+
+def points_in_store(server: ServerProcess, run_id: str, key: str) -> int:
+    """Points of a series, read from the store itself (the SQLite file or the database)."""
+    if not server.store:
+        return stored_points(db_of(server), run_id, key)
+    import psycopg
+
+    with psycopg.connect(server.store) as conn:
+        row = conn.execute(
+            "SELECT COALESCE(SUM(n), 0) FROM metric_chunks WHERE run_uuid = %s AND key = %s",
+            (run_id, key),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def new_experiment(client: MlflowClient, **kwargs: Any) -> str:
@@ -197,8 +225,8 @@ def test_writes_are_durable_before_the_answer(client: MlflowClient, server: Serv
     eid = new_experiment(client)
     run_id = client.create_run(eid).info.run_id
     client.log_metric(run_id, "x", 1.5, step=3)
-    # Read from the SQLite file itself, right after the call returned: no flush exists.
-    assert stored_points(db_of(server), run_id, "x") == 1
+    # Read from the store itself, right after the call returned: no flush exists.
+    assert points_in_store(server, run_id, "x") == 1
 
 
 def test_search_runs_filters_order_and_pages(client: MlflowClient) -> None:
@@ -350,7 +378,7 @@ def test_artifacts_up_and_down(client: MlflowClient, server: ServerProcess, tmp_
     got = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="notes/readme.txt")
     assert Path(got).read_text() == "hello"
     # The bytes are in the collector's own artifact store, under the run's real location.
-    real = db_of(server).parent / "artifacts" / eid / run_id / "artifacts" / "config.yaml"
+    real = artifact_dir(server) / eid / run_id / "artifacts" / "config.yaml"
     assert real.read_text() == "lr: 0.1\n"
     # artifacts/list of the tracking API answers run-relative paths and the proxy root.
     listing = api(server, "GET", "artifacts/list", params={"run_id": run_id, "path": "notes"})
@@ -387,7 +415,7 @@ def test_artifact_proxy_refuses_paths_outside_the_run(
             # MLflow's text first (clients match on it), flightlog's reason after.
             assert body["message"].startswith("Invalid path"), body
     assert not list(Path("/tmp").glob("escape.txt"))
-    assert not list(db_of(server).parent.parent.rglob("escape.txt"))
+    assert not list(server.log.parent.rglob("escape.txt"))
     listing = requests.get(
         f"{server.url}/api/2.0/mlflow-artifacts/artifacts",
         params={"path": f"{eid}/{run_id}/artifacts/../../.."},

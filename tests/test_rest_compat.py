@@ -23,16 +23,22 @@ import requests  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Dataset, DatasetInput, InputTag  # noqa: E402
 
-from tests.test_rest_api import db_of, new_experiment, raw  # noqa: E402
+from tests.test_rest_api import artifact_dir, new_experiment, raw  # noqa: E402
 
 PROXY = "/api/2.0/mlflow-artifacts/artifacts"
 # MLflow 3's classification of INVALID_PARAMETER_VALUE in its error bodies.
 CLASSIFIED = {"sqlstate": "KAM00", "error_class": "INVALID_PARAMETER_VALUE"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_flightlog_collector(tmp_path_factory.mktemp("compat"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A collector on SQLite, then one on a database of the session's PostgreSQL."""
+    store = None
+    if request.param == "postgresql":
+        store = request.getfixturevalue("pg_server").create_database()
+    s = start_flightlog_collector(tmp_path_factory.mktemp("compat"), store=store)
     yield s
     s.stop()
 
@@ -46,7 +52,7 @@ def client(server: ServerProcess) -> Iterator[MlflowClient]:
 
 
 def artifact_root(server: ServerProcess) -> Path:
-    return db_of(server).parent / "artifacts"
+    return artifact_dir(server)
 
 
 def _dataset(name: str, digest: str) -> Dataset:

@@ -17,6 +17,10 @@ import pytest
 from conftest import CollectorProcess, start_collector
 from helpers import run_status, stored_points
 
+from flightlog.agent import ring as ring_module
+from flightlog.agent.ring import RECORD, Ring
+from flightlog.core.wire import decode_batch, encode_raw_batch
+
 TRAINER = r"""
 import os, signal, sys, threading
 import flightlog as mlflow
@@ -206,15 +210,65 @@ with mlflow.start_run():
 """
 
 
-@pytest.mark.parametrize("setting", ["0", "1"])
-def test_a_ring_only_when_the_setting_is_on(
-    collector: CollectorProcess, tmp_path: Path, setting: str
+@pytest.mark.parametrize("setting", ["0", "1", None])
+def test_a_ring_by_default_and_none_when_turned_off(
+    collector: CollectorProcess, tmp_path: Path, setting: str | None
 ) -> None:
     spool = tmp_path / "spool"
-    env = {**_env(spool), "FLIGHTLOG_METRIC_RING": setting}
+    env = _env(spool)
+    del env["FLIGHTLOG_METRIC_RING"]
+    if setting is not None:
+        env["FLIGHTLOG_METRIC_RING"] = setting
     proc = subprocess.run(
         [sys.executable, "-c", KILLED, collector.url], env=env, timeout=60, capture_output=True
     )
     assert proc.returncode == -9, proc.stderr
-    # Killed, so a ring it made is left behind; with the setting off it made none.
-    assert bool(list(spool.glob("*-rings/*/ring"))) == (setting == "1")
+    # Killed, so a ring it made is left behind; turned off it made none.
+    assert bool(list(spool.glob("*-rings/*/ring"))) == (setting != "0")
+
+
+# -- the ring file itself (no process killed) ------------------------------------------
+
+
+def _write(ring: Ring, sid: int, step: int) -> int:
+    seq, offset, lap = next(ring.slots)
+    ring.pack_into(ring.mm, offset, step, step * 0.5, 1e9 + step, sid, lap)
+    return int(seq)
+
+
+def test_only_published_records_of_the_current_lap_are_taken(tmp_path: Path) -> None:
+    ring = Ring(tmp_path, "r1", 4)
+    sid = ring.series_index("a" * 32, "loss")
+    for step in range(4):
+        _write(ring, sid, step)
+    taken, chunks, _ = ring.take(0, 4)
+    assert taken == 4 and len(b"".join(chunks)) == 4 * RECORD
+    ring.set_acked(4, 0)
+    _write(ring, sid, 4)  # slot 0, second lap
+    next(ring.slots)  # slot 1 reserved, not written yet (another thread's write)
+    _write(ring, sid, 6)  # slot 2
+    # Slot 1 still holds the first lap's record: the take stops there.
+    assert ring.take(4, 7)[0] == 5
+    ring.overflow[5] = None  # a dropped point: the reader passes it
+    taken, chunks, extra = ring.take(5, 8)
+    assert (taken, extra) == (7, [None])  # slot 3 holds the first lap's record
+    _, _, _, series = decode_batch(
+        encode_raw_batch("b", "a", [], None, b"".join(chunks), ring.ids_for(chunks))
+    )
+    assert [list(s[2]) for s in series] == [[6]]
+
+
+def test_a_big_ids_table_ships_only_the_series_a_batch_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ring_module, "IDS_WHOLE", 64)
+    ring = Ring(tmp_path, "r1", 100)
+    for k in range(50):
+        ring.series_index("a" * 32, f"k{k}")
+    for step, k in enumerate([3, 7, 3]):
+        _write(ring, k, step)
+    _, chunks, _ = ring.take(0, 3)
+    ids = ring.ids_for(chunks)
+    assert len(ids) < len(ring.ids_blob)
+    _, _, _, series = decode_batch(encode_raw_batch("b", "a", [], None, b"".join(chunks), ids))
+    assert sorted((s[1], list(s[2])) for s in series) == [("k3", [0, 2]), ("k7", [1])]

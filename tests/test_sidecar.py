@@ -8,6 +8,7 @@ ids, rides out upstream outages and its own restarts, and passes every other req
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import urllib.error
 import urllib.request
@@ -39,13 +40,37 @@ def _own_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def start_sidecar(
-    buffer: Path, upstream: str, port: int | None = None, *extra: str, token: str | None = TOKEN
+    buffer: Path,
+    upstream: str,
+    port: int | None = None,
+    *extra: str,
+    token: str | None = TOKEN,
+    host: str | None = None,
 ) -> CollectorProcess:
-    """A sidecar process forwarding to ``upstream`` with the upstream token in its env."""
+    """A sidecar process forwarding to ``upstream`` with the upstream token in its env.
+
+    ``host`` puts it on another loopback address (127.0.0.2, ...), as a separate node's
+    sidecar would be; its ``url`` then names that address.
+    """
     env = {"FLIGHTLOG_UPSTREAM_TOKEN": token} if token else {}
-    return start_collector(
-        buffer, port, "--upstream", upstream, *extra, env=env, command=SIDECAR_COMMAND
+    where = ("--host", host) if host else ()
+    sidecar = start_collector(
+        buffer, port, "--upstream", upstream, *where, *extra, env=env, command=SIDECAR_COMMAND
     )
+    if host:
+        sidecar = dataclasses.replace(sidecar, url=sidecar.url.replace("127.0.0.1", host))
+    return sidecar
+
+
+def stop_all(
+    children: list[Child], sidecars: list[CollectorProcess], central: CollectorProcess
+) -> None:
+    """Kill the trainers left running, then stop the nodes and the central collector."""
+    for child in children:
+        child.kill()
+    for sidecar in sidecars:
+        sidecar.stop()
+    central.stop()
 
 
 def health(url: str) -> dict[str, Any]:

@@ -15,126 +15,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter, namedtuple
+from collections import namedtuple
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from fake_nvml import NOT_SUPPORTED, FakeDevice, Refuse, fake_nvml
 
 from flightlog.agent import gpu as gpu_module
 from flightlog.agent import system
 from flightlog.agent.gpu import load_gpu_reader, parse_cuda_visible_devices
 from flightlog.agent.system import NodeSamplerLock, SystemSampler
 
-NOT_SUPPORTED = 3
 GPU_IS_LOST = 15
-NOT_FOUND = 6
-
-# --------------------------------------------------------------------------------------
-# A fake pynvml
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Refuse:
-    """A reading NVML answers with this error code."""
-
-    code: int
-
-
-@dataclass(eq=False)
-class FakeDevice:
-    uuid: str
-    util: int | Refuse = 50
-    mem: tuple[int, int] | Refuse = (4_000_000_000, 16_000_000_000)
-    power_mw: int | Refuse = 100_000
-    temp: int | Refuse = 60
-    sm_mhz: int | Refuse = 1500
-    migs: dict[int, FakeDevice] = field(default_factory=dict)
-    instance: tuple[int, int] = (0, 0)  # (gpu instance, compute instance) for a MIG slice
-
-
-def fake_nvml(devices: list[FakeDevice], *, init_error: int | None = None) -> ModuleType:
-    """A module with the slice of pynvml's API that NvmlGpuReader uses."""
-    m = ModuleType("pynvml")
-
-    class NVMLError(Exception):
-        def __init__(self, value: int) -> None:
-            super().__init__(f"NVML error {value}")
-            self.value = value
-
-    calls: Counter[tuple[str, str]] = Counter()
-    state = {"inits": 0, "shutdowns": 0}
-
-    def answer(device: FakeDevice, what: str, value: Any) -> Any:
-        calls[(device.uuid, what)] += 1
-        if isinstance(value, Refuse):
-            raise NVMLError(value.code)
-        return value
-
-    def init() -> None:
-        if init_error is not None:
-            raise NVMLError(init_error)
-        state["inits"] += 1
-
-    def shutdown() -> None:
-        state["shutdowns"] += 1
-
-    def mig_mode(d: FakeDevice) -> tuple[int, int]:
-        if not d.migs:
-            raise NVMLError(NOT_SUPPORTED)
-        return (1, 1)
-
-    def mig_handle(d: FakeDevice, slot: int) -> FakeDevice:
-        if slot not in d.migs:
-            raise NVMLError(NOT_FOUND)
-        return d.migs[slot]
-
-    def memory(d: FakeDevice) -> SimpleNamespace:
-        used, total = answer(d, "memory", d.mem)
-        return SimpleNamespace(used=used, total=total, free=total - used)
-
-    def temperature(d: FakeDevice, sensor: int) -> int:
-        assert sensor == m.NVML_TEMPERATURE_GPU
-        return int(answer(d, "temperature", d.temp))
-
-    def clock(d: FakeDevice, kind: int) -> int:
-        assert kind == m.NVML_CLOCK_SM
-        return int(answer(d, "sm_clock", d.sm_mhz))
-
-    attrs: dict[str, Any] = {
-        "NVMLError": NVMLError,
-        "NVML_ERROR_NOT_SUPPORTED": NOT_SUPPORTED,
-        "NVML_TEMPERATURE_GPU": 0,
-        "NVML_CLOCK_SM": 1,
-        "NVML_DEVICE_MIG_ENABLE": 1,
-        "calls": calls,
-        "state": state,
-        "nvmlInit": init,
-        "nvmlShutdown": shutdown,
-        "nvmlDeviceGetCount": lambda: len(devices),
-        "nvmlDeviceGetHandleByIndex": lambda i: devices[i],
-        # Old bindings return bytes; the reader must accept both.
-        "nvmlDeviceGetUUID": lambda d: d.uuid.encode() if d.uuid.endswith("b") else d.uuid,
-        "nvmlDeviceGetUtilizationRates": lambda d: SimpleNamespace(
-            gpu=answer(d, "utilization", d.util), memory=0
-        ),
-        "nvmlDeviceGetMemoryInfo": memory,
-        "nvmlDeviceGetPowerUsage": lambda d: answer(d, "power", d.power_mw),
-        "nvmlDeviceGetTemperature": temperature,
-        "nvmlDeviceGetClockInfo": clock,
-        "nvmlDeviceGetMigMode": mig_mode,
-        "nvmlDeviceGetMaxMigDeviceCount": lambda d: 7,
-        "nvmlDeviceGetMigDeviceHandleByIndex": mig_handle,
-        "nvmlDeviceGetGpuInstanceId": lambda d: d.instance[0],
-        "nvmlDeviceGetComputeInstanceId": lambda d: d.instance[1],
-    }
-    for name, value in attrs.items():
-        setattr(m, name, value)
-    return m
 
 
 def four_gpus() -> list[FakeDevice]:
@@ -857,6 +752,66 @@ def test_no_lock_directory_falls_back_to_local_rank_zero(
     assert len(info_lines(caplog)) == 1
 
 
+def test_a_takeover_continues_the_node_steps_and_keeps_the_ranks_own(tmp_path: Path) -> None:
+    def ranked(rank: int) -> dict[str, str]:
+        return {"RANK": str(rank), "WORLD_SIZE": "2"}
+
+    first, second = Recorder(want=3), Recorder()
+    a = SystemSampler(
+        "run-steps", first, interval=0.1, node="n", gpu=None, environ=ranked(0), lock_dir=tmp_path
+    )
+    b = SystemSampler(
+        "run-steps", second, interval=0.1, node="n", gpu=None, environ=ranked(1), lock_dir=tmp_path
+    )
+    a.start()
+    assert first.enough.wait(10)
+    b.start()
+    assert a.stop() is True  # b takes the node over at its next tick
+    node_metric = "system/n/system_memory_usage_megabytes"
+
+    def took_over() -> bool:
+        return any(node_metric in metrics for _, metrics, _ in second.calls)
+
+    deadline = time.monotonic() + 10
+    while not took_over() and time.monotonic() < deadline:
+        time.sleep(0.02)  # b's thread ticks on its own; nothing to wait on but time
+    assert b.stop() is True
+    assert took_over()
+
+    def steps(recorder: Recorder, name: str) -> list[int]:
+        return [step for _, metrics, step in recorder.calls if name in metrics]
+
+    # The node's series goes on where a left it: every step once, none skipped.
+    node_steps = steps(first, node_metric) + steps(second, node_metric)
+    assert node_steps == list(range(len(node_steps)))
+    # Each rank's own series counts its own ticks.
+    for rank, recorder in enumerate((first, second)):
+        own = steps(recorder, f"system/n/rank_{rank}/process_rss_megabytes")
+        assert own == list(range(len(own))) and own
+    # b's ticks after the takeover hand its own and the node's samples on apart.
+    assert any(node_metric in m and not any("rank_1" in k for k in m) for _, m, _ in second.calls)
+
+
+def test_a_new_holder_reads_the_next_step_from_the_lock_file(tmp_path: Path) -> None:
+    recorder = Recorder()
+    lock = NodeSamplerLock("run-next", "n", directory=tmp_path)
+    assert lock.try_acquire()
+    lock.write_state({"next_step": 41})
+    lock.release()
+    sampler = SystemSampler(
+        "run-next", recorder, interval=30.0, node="n", gpu=None, environ={}, lock_dir=tmp_path
+    )
+    sampler.start()
+    assert sampler.stop() is True
+    # Unranked, the elected process's own metrics are the node's: one sample, step 41.
+    assert [(step, "system/n/process_rss_megabytes" in m) for _, m, step in recorder.calls] == [
+        (41, True)
+    ]
+    assert system._next_step({"next_step": True}) == 0
+    assert system._next_step({"next_step": -3}) == 0
+    assert system._next_step({"next_step": "7"}) == 0
+
+
 # Each child: a SystemSampler on a shared run id; every submit is one JSON line on
 # stdout; "stop" on stdin stops it.
 CHILD = r"""
@@ -1023,5 +978,14 @@ def test_a_survivor_takes_over_when_the_sampling_process_dies(
         last = child.records[-1]["step"]
         child.wait_for(lambda r, last=last: r.get("step", -1) >= last + 3)
     assert sum(child.sampled_node() for child in survivors) == 1
+    # The survivor goes on with the node's steps where the dead holder stopped (one
+    # step is lost when the kill fell between handing a step out and its sample).
+    while dead.next() is not None:
+        pass
+    dead_last = max(r["step"] for r in dead.records if NODE_METRIC in r.get("names", ()))
+    taker = next(child for child in survivors if child.sampled_node())
+    taken = [r["step"] for r in taker.records if NODE_METRIC in r.get("names", ())]
+    assert dead_last + 1 <= taken[0] <= dead_last + 2, (dead_last, taken)
+    assert taken == list(range(taken[0], taken[0] + len(taken)))
     for child in survivors:
         child.stop()

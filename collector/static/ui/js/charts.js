@@ -328,7 +328,10 @@ export class MetricChart {
       ]);
     }
     if (!this.settings.groupOf || this.lines.length === 1) {
-      return this.lines.map((l) => ({ label: l.label, stroke: l.color, width: 1.25, spanGaps: true, value }));
+      // Past a dozen lines, no point markers: 1,000 lines would otherwise draw a marker
+      // at every sparse point (uPlot shows them when points are far apart).
+      const points = { show: this.lines.length <= 12 };
+      return this.lines.map((l) => ({ label: l.label, stroke: l.color, width: 1.25, spanGaps: true, points, value }));
     }
     return this.groupLabels.flatMap((label, i) => {
       const color = PALETTE[i % PALETTE.length];
