@@ -18,7 +18,7 @@ from flightlog.agent.ring_adopter import send_dead_ring
 from flightlog.agent.sender import Ack, Sender
 from flightlog.agent.signals import keep_off_this_thread
 from flightlog.agent.spool import ClaimedSpool, RecordRef, claim_orphans
-from flightlog.core.ring_format import claim_dead_rings, rings_root
+from flightlog.core.ring_format import RingClaims, rings_root
 
 log = logging.getLogger("flightlog.agent")
 
@@ -76,14 +76,19 @@ class Adopter:
 
     def send_rings(self) -> None:
         """Send the metric rings of dead processes (``flightlog.agent.ring_adopter``)."""
+        claims = RingClaims()
         try:
-            for ring in claim_dead_rings(rings_root(self.root)):
+            for d in claims.candidates(rings_root(self.root)):
+                ring = claims.claim(d)  # one at a time: memory holds one ring
+                if ring is None:
+                    continue
                 loop = DeliveryLoop(self.sender, wait=lambda s: not self.stop.wait(s))
-                if send_dead_ring(ring, loop, f"adopter-{ring.ring_id}"[:64]):
-                    ring.finish()
-                else:
-                    ring.release()
-                if self.stop.is_set():
+                try:
+                    ok = send_dead_ring(ring, loop, f"adopter-{ring.ring_id}"[:64], claims)
+                except Exception as e:  # this ring only: the next is adopted
+                    claims.failed(ring, e)
+                    continue
+                if not ok or self.stop.is_set():
                     return
         except Exception:
             log.exception("flightlog agent: sending a dead process's ring failed")

@@ -11,21 +11,39 @@ from __future__ import annotations
 import logging
 
 from flightlog.agent.delivery import DeliveryLoop
-from flightlog.core.ring_format import DeadRing
+from flightlog.agent.sender import REJECTED
+from flightlog.core.ring_format import DeadRing, RingClaims
 
 log = logging.getLogger("flightlog.agent")
 
 
-def send_dead_ring(ring: DeadRing, loop: DeliveryLoop, agent_id: str) -> bool:
-    """Send what ``ring`` holds and end its open runs; True once all was acknowledged."""
+def send_dead_ring(ring: DeadRing, loop: DeliveryLoop, agent_id: str, claims: RingClaims) -> bool:
+    """Send what ``ring`` holds, end its open runs and let it go (deleted, kept for the
+    next adopter, or moved aside as the collector's watch does: ``RingClaims``); False
+    when the collector is away (stop: the ring stays)."""
     points = 0
-    for body, n in ring.bodies(agent_id):
-        ack = loop.deliver(body)
-        if ack is None:
-            return False  # stopped or gave up: the ring stays for the next adopter
-        if ack.errors:
-            log.warning("flightlog: a dead process's ring batch had errors: %s", ack.errors[0])
-        points += n
+    refused: list[str] = []
+    try:
+        for body, n in ring.bodies(agent_id):
+            ack = loop.deliver(body)
+            if ack is None:
+                ring.release()
+                return False  # stopped or gave up: the ring stays for the next adopter
+            if ack.outcome == REJECTED:
+                refused.append(ack.message)  # the other batches may still be stored
+                continue
+            if ack.errors:
+                log.warning("flightlog: a dead process's ring batch had errors: %s", ack.errors[0])
+            points += n
+    except Exception as e:
+        ring.quarantine(f"reading it failed: {type(e).__name__}: {e}")
+        return True
+    if ring.dropped:
+        refused.append(f"{ring.dropped} record(s) name a series its ids table does not hold")
+    if refused:
+        claims.refused(ring, "; ".join(refused))
+    else:
+        ring.finish()
     log.info(
         "flightlog: sent %d point(s) left in %s by process %d, which died",
         points,

@@ -8,7 +8,10 @@ and the URLs a ``flightlog collector`` on a fixed port is reached by). Every
 (``collector.ingest.store_batch``: same checks, same batch ids as the owner's, so a batch
 committed just before the death is deduplicated), ends the runs the owner left open
 FAILED (KILLED ones were ended by the owner's SIGTERM handler) and deletes the ring. A
-ring left while this collector was down is adopted on the first poll after it starts.
+ring left while this collector was down is adopted on the first poll after it starts. A
+damaged ring, or a batch the ingest checks refuse (what the endpoint answers 400), moves
+the ring to ``<rings root>/damaged/`` once what could be stored is
+(``flightlog.core.ring_format.RingClaims``, the same for every adopter).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from aiohttp import web
 
 from flightlog.collector.ingest import store_batch
 from flightlog.collector.state import COLLECTOR, run_in_background
-from flightlog.core.ring_adoption import watch_rings
+from flightlog.core.exceptions import WireError
+from flightlog.core.ring_adoption import Refused, watch_rings
 
 log = logging.getLogger("flightlog.collector")
 
@@ -37,7 +41,10 @@ def setup(app: web.Application) -> None:
             return None
 
         async def deliver(body: bytes, points: int) -> bool:
-            _duplicate, errors = await store_batch(c, body)
+            try:
+                _duplicate, errors = await store_batch(c, body)
+            except WireError as e:  # what the ingest endpoint answers 400
+                raise Refused(str(e)) from None
             if errors:
                 log.warning("a dead process's ring batch had errors, e.g. %s", errors[0])
             return True

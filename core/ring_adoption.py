@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from flightlog.core.ring_format import DeadRing, claim_dead_rings, process_start, rings_root
+from flightlog.core.ring_format import DeadRing, RingClaims, process_start, rings_root
 from flightlog.core.spool_format import ClaimedSpool, agent_dirs
 
 log = logging.getLogger("flightlog.rings")
@@ -36,60 +36,69 @@ Deliver = Callable[[bytes, int], Awaitable[bool]]
 POLL_SECONDS = 0.5
 
 
+class Refused(Exception):
+    """What ``deliver`` raises for a batch the destination refuses for what it holds (a
+    400: resending it cannot help); the ring is then moved aside once the rest is sent."""
+
+
 def _owner_gone(spool_dir: Path) -> bool:
     pid = spool_dir.name.split("-", 1)[0]
     return pid.isdigit() and process_start(int(pid)) is None
 
 
-def _claim(roots: Sequence[Path]) -> tuple[list[ClaimedSpool], list[DeadRing]]:
-    spools: list[ClaimedSpool] = []
-    rings: list[DeadRing] = []
-    for root in roots:
-        for d in agent_dirs(root):
-            if not _owner_gone(d):
-                continue
-            claim = ClaimedSpool.claim(d)
-            if claim is None:
-                continue
-            if claim.records:
-                spools.append(claim)
-            else:
-                claim.finish()  # an empty leftover: tidy it away
-        rings += claim_dead_rings(rings_root(root))
-    return spools, rings
+def _next_spool(root: Path, after: set[Path]) -> ClaimedSpool | None:
+    for d in agent_dirs(root):
+        if d in after or not _owner_gone(d):
+            continue
+        after.add(d)
+        claim = ClaimedSpool.claim(d)
+        if claim is None:
+            continue
+        if claim.records:
+            return claim
+        claim.finish()  # an empty leftover: tidy it away
+    return None
 
 
-async def adopt_dead_rings(roots: Sequence[Path], deliver: Deliver, adopter: str) -> int:
+async def adopt_dead_rings(
+    roots: Sequence[Path], deliver: Deliver, adopter: str, claims: RingClaims | None = None
+) -> int:
     """Send the spools and the metric rings dead processes left under the spool ``roots``
     (spools first: they hold the older batches); returns how many were sent in full (and
-    deleted). What cannot be sent now (``deliver`` said stop) is left for the next call."""
-    # Reading whole ring files and scanning segments: off the event loop.
-    spools, rings = await asyncio.to_thread(_claim, roots)
-    pending: list[ClaimedSpool | DeadRing] = [*spools, *rings]
+    deleted). What cannot be sent now (``deliver`` said stop) is left for the next call.
+
+    One at a time (claim, read, send, let go), so memory holds one ring; a damaged ring,
+    or one the destination refuses, is moved aside (``RingClaims``) and affects no other.
+    ``claims`` remembers, from one call to the next, the rings not to read again yet."""
+    claims = claims or RingClaims()
     sent = 0
-    try:
-        while pending:
-            item = pending[0]
-            if isinstance(item, ClaimedSpool):
-                ok = await _send_spool(item, deliver)
-            else:
-                ok = await _send(item, deliver, f"{adopter}-{item.ring_id}"[:64])
-            pending.pop(0)
-            if isinstance(item, ClaimedSpool):
-                item.finish()  # sent records are gone; the rest stay for the next call
-            elif ok:
-                item.finish()
-            else:
-                item.release()
+    for root in roots:
+        seen: set[Path] = set()
+        while (spool := await asyncio.to_thread(_next_spool, root, seen)) is not None:
+            try:
+                ok = await _send_spool(spool, deliver)
+            finally:
+                spool.finish()  # sent records are gone; the rest stay for the next call
             if not ok:
-                break
+                return sent
             sent += 1
-    finally:
-        for item in pending:
-            if isinstance(item, ClaimedSpool):
-                item.finish()
-            else:
-                item.release()
+    for root in roots:
+        for d in claims.candidates(rings_root(root)):
+            # Reading a whole ring file: off the event loop.
+            ring = await asyncio.to_thread(claims.claim, d)
+            if ring is None:
+                continue
+            try:
+                ok = await _send(ring, deliver, f"{adopter}-{ring.ring_id}"[:64], claims)
+            except Exception as e:  # this ring only: the next is adopted
+                claims.failed(ring, e)
+                continue
+            except BaseException:
+                ring.release()
+                raise
+            if not ok:
+                return sent  # the destination is failing: the next poll tries again
+            sent += 1
     return sent
 
 
@@ -110,18 +119,32 @@ async def _send_spool(claim: ClaimedSpool, deliver: Deliver) -> bool:
     return True
 
 
-async def _send(ring: DeadRing, deliver: Deliver, agent_id: str) -> bool:
+async def _send(ring: DeadRing, deliver: Deliver, agent_id: str, claims: RingClaims) -> bool:
+    """Send ``ring`` and end it (finished, released, or moved aside); False: stop."""
     points = 0
+    refused: list[str] = []
     bodies = ring.bodies(agent_id)
     while True:
         # Encoding a batch of 100,000 points takes milliseconds: off the loop.
-        item = await asyncio.to_thread(next, bodies, None)
+        try:
+            item = await asyncio.to_thread(next, bodies, None)
+        except Exception as e:  # damage the checks on reading missed
+            ring.quarantine(f"reading it failed: {type(e).__name__}: {e}")
+            return True
         if item is None:
             break
         body, n = item
-        if not await deliver(body, n):
+        try:
+            ok = await deliver(body, n)
+        except Refused as e:
+            refused.append(str(e))  # the other batches may still be stored
+            continue
+        if not ok:
+            ring.release()
             return False
         points += n
+    if ring.dropped:
+        refused.append(f"{ring.dropped} record(s) name a series its ids table does not hold")
     log.warning(
         "stored %d point(s) left unsent in %s by process %d, which died; the runs it "
         "left open are ended FAILED",
@@ -129,6 +152,10 @@ async def _send(ring: DeadRing, deliver: Deliver, agent_id: str) -> bool:
         ring.directory,
         ring.pid,
     )
+    if refused:
+        claims.refused(ring, "; ".join(refused))
+    else:
+        ring.finish()
     return True
 
 
@@ -136,9 +163,10 @@ async def watch_rings(
     roots: Sequence[Path], deliver: Deliver, adopter: str, poll: float = POLL_SECONDS
 ) -> None:
     """Adopt dead processes' rings under ``roots`` every ``poll`` seconds, until cancelled."""
+    claims = RingClaims()
     while True:
         try:
-            await adopt_dead_rings(roots, deliver, adopter)
+            await adopt_dead_rings(roots, deliver, adopter, claims)
         except Exception:
             log.exception("adopting a dead process's metric ring failed; will retry")
         await asyncio.sleep(poll)
