@@ -309,7 +309,7 @@ def test_a_ring_that_cannot_be_moved_aside_is_not_read_again_until_it_changes(
 
     def spy(cls: Any, directory: Path, fd: int) -> DeadRing:
         opened.append(directory)
-        return real_open(cls, directory, fd)  # type: ignore[no-any-return]
+        return real_open(cls, directory, fd)
 
     monkeypatch.setattr(DeadRing, "open", classmethod(spy))
     claims = RingClaims()
