@@ -23,27 +23,27 @@ def send_dead_ring(ring: DeadRing, loop: DeliveryLoop, agent_id: str, claims: Ri
     when the collector is away (stop: the ring stays)."""
     points = 0
     refused: list[str] = []
-    try:
-        for body, n in ring.bodies(agent_id):
-            ack = loop.deliver(body)
-            if ack is None:
-                ring.release()
-                return False  # stopped or gave up: the ring stays for the next adopter
-            if ack.outcome == REJECTED:
-                refused.append(ack.message)  # the other batches may still be stored
-                continue
-            if ack.errors:
-                log.warning("flightlog: a dead process's ring batch had errors: %s", ack.errors[0])
-            points += n
-    except Exception as e:
-        ring.quarantine(f"reading it failed: {type(e).__name__}: {e}")
-        return True
-    if ring.dropped:
-        refused.append(f"{ring.dropped} record(s) name a series its ids table does not hold")
-    if refused:
-        claims.refused(ring, "; ".join(refused))
-    else:
-        ring.finish()
+    bodies = ring.bodies(agent_id)
+    while True:
+        try:
+            item = next(bodies, None)
+        except Exception as e:  # damage the checks on reading missed
+            ring.quarantine(f"reading it failed: {type(e).__name__}: {e}")
+            return True
+        if item is None:
+            break
+        body, n = item
+        ack = loop.deliver(body)
+        if ack is None:
+            ring.release()
+            return False  # stopped or gave up: the ring stays for the next adopter
+        if ack.outcome == REJECTED:
+            refused.append(ack.message)  # the other batches may still be stored
+            continue
+        if ack.errors:
+            log.warning("flightlog: a dead process's ring batch had errors: %s", ack.errors[0])
+        points += n
+    claims.sent(ring, refused)
     log.info(
         "flightlog: sent %d point(s) left in %s by process %d, which died",
         points,

@@ -106,12 +106,15 @@ async def _send_spool(claim: ClaimedSpool, deliver: Deliver) -> bool:
     points = 0
     for ref in list(claim.records):
         body = await asyncio.to_thread(claim.read, ref)
-        if body is None:
-            log.error("a damaged record in %s was skipped", ref.path)
-        elif not await deliver(body, ref.points):
-            return False
-        else:
-            points += ref.points
+        try:
+            if body is None:
+                log.error("a damaged record in %s was skipped", ref.path)
+            elif not await deliver(body, ref.points):
+                return False
+            else:
+                points += ref.points
+        except Refused as e:  # resending cannot help: as the agent's adopter does
+            log.error("a record in %s was refused and skipped: %s", ref.path, e)
         claim.done(ref)
     log.warning(
         "stored %d point(s) left in the spool %s by a process that ended", points, claim.directory
@@ -143,8 +146,6 @@ async def _send(ring: DeadRing, deliver: Deliver, agent_id: str, claims: RingCla
             ring.release()
             return False
         points += n
-    if ring.dropped:
-        refused.append(f"{ring.dropped} record(s) name a series its ids table does not hold")
     log.warning(
         "stored %d point(s) left unsent in %s by process %d, which died; the runs it "
         "left open are ended FAILED",
@@ -152,10 +153,7 @@ async def _send(ring: DeadRing, deliver: Deliver, agent_id: str, claims: RingCla
         ring.directory,
         ring.pid,
     )
-    if refused:
-        claims.refused(ring, "; ".join(refused))
-    else:
-        ring.finish()
+    claims.sent(ring, refused)
     return True
 
 

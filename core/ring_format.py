@@ -364,7 +364,7 @@ class DeadRing:
             ends.append([SET_TAGS, {"run_id": rid, "tags": {END_REASON_TAG: PROCESS_DIED}}])
             ends.append([UPDATE_RUN, {"run_id": rid, "status": "FAILED", "end_time": end}])
         if ends:
-            yield encode_raw_batch(f"ring-{self.ring_id}-end"[:64], agent_id, ends, None), 0
+            yield encode_raw_batch(f"ring-{self.ring_id}-end", agent_id, ends, None), 0
 
     def finish(self) -> None:
         """Delete the directory (everything was sent) and drop the lock."""
@@ -389,6 +389,8 @@ def quarantine(directory: Path, reason: str) -> Path | None:
     aside = directory.parent / DAMAGED
     try:
         aside.mkdir(exist_ok=True)
+        if aside.is_symlink():  # planted: nothing is moved out of the rings root
+            raise OSError(f"{aside} is a symlink")
         target = aside / directory.name
         n = 0
         while target.exists() or target.is_symlink():
@@ -553,6 +555,16 @@ class RingClaims:
             time.monotonic() + self.RETRY_SECONDS,
         )
         ring.release()
+
+    def sent(self, ring: DeadRing, refused: list[str]) -> None:
+        """Every batch of ``ring`` was answered: delete it, or, if some were refused (or
+        records were left out), move it aside."""
+        if ring.dropped:
+            refused = [*refused, f"{ring.dropped} record(s) name a series not in its ids"]
+        if refused:
+            self.refused(ring, "; ".join(refused))
+        else:
+            ring.finish()
 
     def refused(self, ring: DeadRing, reason: str) -> None:
         """The destination refused a batch of ``ring`` (resending cannot help): the rest

@@ -216,7 +216,7 @@ def test_records_of_an_unknown_series_are_left_out_and_the_ring_moved_aside(
     _adopt(spool, got)
     assert got.points == {run: 35}  # the rest is recovered
     assert run in got.ended
-    assert "5 record(s) name a series" in _reason(rings, "a-unknown")
+    assert "5 record(s) name a series not in its ids" in _reason(rings, "a-unknown")
     calls = got.calls
     _adopt(spool, got)  # a second poll: nothing is sent again
     assert got.calls == calls
