@@ -32,6 +32,7 @@ from test_reliability import wait_until
 from flightlog.agent.delivery import DeliveryLoop
 from flightlog.agent.ring_adopter import send_dead_ring
 from flightlog.agent.sender import OK, REJECTED, Ack
+from flightlog.agent.spool import Spool
 from flightlog.core import ring_format
 from flightlog.core.exceptions import WireError
 from flightlog.core.ring_adoption import Refused, adopt_dead_rings
@@ -46,7 +47,7 @@ from flightlog.core.ring_format import (
     RingClaims,
     rings_root,
 )
-from flightlog.core.wire import decode_batch
+from flightlog.core.wire import decode_batch, encode_raw_batch
 
 START = 12345  # a start time no process has: the owner is dead
 
@@ -393,3 +394,33 @@ def test_a_real_collector_adopts_around_damaged_rings_and_still_stops_on_sigterm
         assert time.monotonic() - began < 30
     finally:
         c.stop(signal.SIGKILL)
+
+
+def test_a_refused_spool_record_is_skipped_not_retried_every_poll(spool: Path) -> None:
+    """A dead process's spool whose one record the collector refuses (a 400): the others
+    are stored and the directory goes, as the agent's adopter does (``send_claim``)."""
+    mine = Spool(spool, owner="deadbeef" * 4, tracking_uri="http://127.0.0.1:1")
+    good = encode_raw_batch("b1", "a", [], None)
+    for seq, body in enumerate([good, b"\xc1 not msgpack", good], 1):
+        mine.append(seq, 1, body)
+    mine.close()
+    mine.directory.rename(spool / f"{_dead_pid()}-deadbeef")
+    got = Collected()
+    _adopt(spool, got)
+    assert got.calls == 3
+    assert not [p for p in spool.iterdir() if p.is_dir()]
+    _adopt(spool, got)
+    assert got.calls == 3
+
+
+def test_a_planted_damaged_symlink_moves_nothing_out_of_the_rings_root(
+    spool: Path, tmp_path: Path
+) -> None:
+    rings = rings_root(spool)
+    make_ring(rings, "a-lap", capacity=1, acked=1 << 40, n=0)
+    (tmp_path / "elsewhere").mkdir()
+    (rings / DAMAGED).symlink_to(tmp_path / "elsewhere")
+    _adopt(spool, Collected())
+    assert (rings / "a-lap").is_dir()
+    assert not list((tmp_path / "elsewhere").iterdir())
+    assert not _locked(rings)
