@@ -369,11 +369,11 @@ class DeadRing:
     def finish(self) -> None:
         """Delete the directory (everything was sent) and drop the lock."""
         remove_ring(self.directory)
-        with contextlib.suppress(OSError):
-            os.close(self.lock_fd)
+        self.release()
 
     def release(self) -> None:
         """Keep the directory for a later adopter (the collector is away)."""
+        self.data = b""  # memory holds one ring: this one's goes before the next is read
         with contextlib.suppress(OSError):
             os.close(self.lock_fd)
 
@@ -425,7 +425,7 @@ def read_file(path: Path, limit: int, *, prefix: bool = False) -> bytes:
         chunks = []
         left = min(limit, st.st_size)
         while left > 0:  # a file growing meanwhile is still read only to its bound
-            chunk = os.read(fd, min(left, 1 << 24))
+            chunk = os.read(fd, left)  # one read, one buffer, for a regular file
             if not chunk:
                 break
             chunks.append(chunk)
