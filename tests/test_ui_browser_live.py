@@ -5,7 +5,6 @@ ends, and stops polling once no run is RUNNING."""
 
 from __future__ import annotations
 
-import time
 import urllib.parse
 from typing import Any
 
@@ -41,7 +40,7 @@ def test_compare_follows_many_running_runs_with_few_requests_per_tick(
         client.log_metric(rid, "loss", float(i), step=100 + i)
     mlflow.flush()
     page.wait_for_selector(f'.chart[data-key="loss"][data-points="{total + RUNS}"]')
-    time.sleep(2.5)  # at least one more whole tick
+    page.wait_for_timeout(2_500)  # at least one more whole tick
     states = _ui_calls(calls, "run-states")
     metrics = _ui_calls(calls, "metrics")
     assert states, calls
@@ -63,7 +62,7 @@ def test_compare_follows_many_running_runs_with_few_requests_per_tick(
     page.wait_for_selector(f'.legend-runs li[data-run-id="{ids[1]}"] .status-failed')
     assert page.locator(f'.legend-runs li[data-run-id="{ids[2]}"] .status-running').count() == 1
     calls.clear()
-    time.sleep(4.5)  # two more ticks
+    page.wait_for_timeout(4_500)  # two more ticks
     states = _ui_calls(calls, "run-states")
     assert states and all(sorted(c.post_data_json["run"]) == sorted(ids[2:]) for c in states)
     for c in _ui_calls(calls, "metrics"):
@@ -74,8 +73,8 @@ def test_compare_follows_many_running_runs_with_few_requests_per_tick(
         client.set_terminated(rid, "FINISHED")
     mlflow.flush()
     page.wait_for_selector(f'.legend-runs li[data-run-id="{ids[-1]}"] .status-finished')
-    time.sleep(0.5)  # the last tick's final chart poll
+    page.wait_for_timeout(500)  # the last tick's final chart poll
     calls.clear()
-    time.sleep(4.5)
+    page.wait_for_timeout(4_500)
     assert not calls, [c.url for c in calls]
     assert page.locator(".legend-runs .status-running").count() == 0
