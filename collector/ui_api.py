@@ -323,7 +323,7 @@ def _series_args(
             # A run asked twice reads from the earlier of its steps.
             after[run_id] = None if step is None or before is None else min(step, before)
     else:
-        one = _int_arg(a, "after_step")
+        one = _int_arg({"after_step": raw_after}, "after_step")
         after = dict.fromkeys(run_ids, one)
     starts = {
         r: lo if s is None else (s + 1 if lo is None else max(lo, s + 1)) for r, s in after.items()

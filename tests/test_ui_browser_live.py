@@ -78,3 +78,32 @@ def test_compare_follows_many_running_runs_with_few_requests_per_tick(
     page.wait_for_timeout(4_500)
     assert not calls, [c.url for c in calls]
     assert page.locator(".legend-runs .status-running").count() == 0
+
+
+def test_run_page_adds_a_new_keys_chart_without_refetching_the_others(
+    tracking: CollectorProcess,
+    page: Any,  # noqa: F811  (the fixture imported above)
+) -> None:
+    run = mlflow.start_run(run_name="growing")
+    for s in range(40):
+        mlflow.log_metric("loss", 1 / (s + 1), step=s)
+    mlflow.flush()
+    page.goto(f"{tracking.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+    page.wait_for_selector('.chart[data-key="loss"][data-points="40"]')
+    calls: list[Any] = []
+    page.on("request", lambda r: calls.append(r) if "/api/flightlog/ui/" in r.url else None)
+    # A key the run had not logged: its chart appears; "loss" keeps its 40 points and
+    # asks only for the ones after step 39.
+    for s in range(40, 45):
+        mlflow.log_metrics({"loss": 1 / (s + 1), "acc": s / 100}, step=s)
+    mlflow.flush()
+    page.wait_for_selector('.chart[data-key="acc"][data-state="drawn"]')
+    page.wait_for_selector('.chart[data-key="loss"][data-points="45"]')
+    loss = []
+    for c in _ui_calls(calls, "metrics"):
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(c.url).query, keep_blank_values=True)
+        if q["key"] == ["loss"]:
+            loss.append(q)
+    assert loss and all(q["after_step"] != [""] and "after_step" in q for q in loss), loss
+    mlflow.end_run()
+    page.wait_for_selector(".run-head .status-finished")

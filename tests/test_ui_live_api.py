@@ -99,6 +99,9 @@ def test_metrics_after_each_runs_own_step(tracking: CollectorProcess) -> None:
     )
     assert status == 200
     assert {s["run_id"]: len(s["steps"]) for s in got["series"]} == {a: 52, b: 2}
+    # A GET for one run with one after_step.
+    status, got = call(f"{tracking.url}{UI}/metrics?run={c}&key=loss&after_step=17")
+    assert status == 200 and [s["steps"] for s in got["series"]] == [[18, 19]]
     # As many after_step values as runs, and integers.
     status, got = call(
         f"{tracking.url}{UI}/metrics", {"run": [a, b], "key": ["loss"], "after_step": [1, 2, 3]}

@@ -202,7 +202,13 @@ export class MetricChart {
    * (per RUNS_PER_CALL runs), whatever the steps: a chart of 1,000 RUNNING runs must not
    * send 1,000 requests every tick, and finished runs' lines send nothing.
    */
-  async poll(live = null) {
+  poll(live = null) {
+    // One poll at a time: two at once would both append the points after the same step.
+    if (!this.polling) this.polling = this.pollOnce(live).finally(() => { this.polling = null; });
+    return this.polling;
+  }
+
+  async pollOnce(live) {
     if (this.range) return; // zoomed in: the user is reading; pick up new points later
     const budget = this.pointsPerLine();
     if (this.data.some((d) => d.steps.length > 3 * budget)) return this.load(); // re-bucket
