@@ -734,17 +734,18 @@ def _history_page(
             return [], 0
         raise
     n = len(steps)
-    # Timestamps in ms, as an array and at C speed: a page of a million-point series
-    # must not cost a second of tuple comparisons.
-    ms = array("q", map(round, map(operator.mul, ts, itertools.repeat(1000.0))))
 
     def point(i: int) -> tuple[int, int, float]:
-        return (ms[i], steps[i], vals[i])
+        return (round(ts[i] * 1000), steps[i], vals[i])
 
     end = n if count is None else min(n, offset + count)
-    in_order = all(map(operator.lt, ms, ms[1:])) or all(
-        point(i) <= point(i + 1) for i in range(n - 1)
-    )
+    # The usual series (timestamps never going back, steps rising) is checked at C speed:
+    # a page of a million-point series must not cost a second of tuple comparisons.
+    # Rounding to ms keeps timestamps in order; where two round equal, steps decide.
+    in_order = (
+        all(map(operator.le, ts, itertools.islice(ts, 1, None)))
+        and all(map(operator.lt, steps, itertools.islice(steps, 1, None)))
+    ) or all(point(i) <= point(i + 1) for i in range(n - 1))
     if in_order:
         return [point(i) for i in range(offset, end)], n
     return sorted(point(i) for i in range(n))[offset:end], n
