@@ -14,11 +14,11 @@ from pathlib import Path
 
 from flightlog.agent.delivery import DeliveryLoop, send_claim
 from flightlog.agent.drops import DropLedger
-from flightlog.agent.ring import claim_dead_rings, rings_root
 from flightlog.agent.ring_adopter import send_dead_ring
 from flightlog.agent.sender import Ack, Sender
 from flightlog.agent.signals import keep_off_this_thread
 from flightlog.agent.spool import ClaimedSpool, RecordRef, claim_orphans
+from flightlog.core.ring_format import claim_dead_rings, rings_root
 
 log = logging.getLogger("flightlog.agent")
 

@@ -13,6 +13,9 @@ Trainers on the node talk to it over loopback exactly as to any collector:
   outages are ridden out with the agent's backoff and the upstream's Retry-After.
 * A restarted sidecar adopts what the previous process left in the buffer (its segments'
   lock died with it) and forwards that first: forwarding resumes where it stopped.
+* The metric rings (and spools) that trainers of this node left when they died
+  (SIGKILL, the OOM killer) are buffered and forwarded like ingest, and the runs they
+  left open are ended FAILED (:mod:`flightlog.core.ring_adoption`).
 * Every other request (run and experiment reads, MLflow's REST API, search, artifacts) is
   passed to the upstream, streaming both ways, with the upstream token. Before passing a
   request on, the sidecar waits (up to ``READ_BARRIER_SECONDS``) until every batch
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -52,7 +56,9 @@ from flightlog.core.exceptions import (
     MlflowException,
     SpoolFull,
 )
+from flightlog.core.ring_adoption import watch_rings
 from flightlog.core.serving import check_exposure, run_app, serve_until_stopped
+from flightlog.core.spool_paths import served_spool_roots
 from flightlog.core.uris import local_store
 from flightlog.core.version import __version__
 from flightlog.core.wire import decode_batch, pack
@@ -307,6 +313,9 @@ class SidecarConfig:
     port: int = 5055
     token: str | None = None  # required of local clients when set
     max_body_bytes: int = 256 * 1024 * 1024
+    #: Spool roots of the trainers that log here: what dead ones left (metric rings,
+    #: spools) is buffered and forwarded (flightlog.core.ring_adoption); empty: none.
+    ring_roots: tuple[Path, ...] = ()
 
 
 class Sidecar:
@@ -427,6 +436,20 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         )
 
 
+def _buffer_for(s: Sidecar) -> Callable[[bytes, int], Awaitable[bool]]:
+    async def deliver(body: bytes, points: int) -> bool:
+        # As an ingest request: durable in the buffer, then forwarded in order.
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                s.writer, s.buffer.append, body, points
+            )
+        except SpoolFull:
+            return False  # the ring or spool waits for the next poll
+        return True
+
+    return deliver
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     s = app[SIDECAR]
     # No overall timeout: artifact streams may take long; the connect must not.
@@ -435,7 +458,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,
     )
     s.forwarder.start()
+    watch = asyncio.create_task(watch_rings(s.config.ring_roots, _buffer_for(s), "sidecar"))
     yield
+    watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watch
     s.forwarder.stop()
     s.writer.shutdown(wait=True)
     s.buffer.close()
@@ -473,6 +500,7 @@ def sidecar_config_from_args(args: argparse.Namespace) -> SidecarConfig:
         port=args.port,
         token=args.token,
         max_body_bytes=args.ingest_max_body_bytes,
+        ring_roots=tuple(served_spool_roots(None, args.host, args.port)),
     )
 
 

@@ -19,7 +19,7 @@ owner's death is not taken). A slot never holds a later lap than the position a 
 looks for (a lap is written only once the one before it is acknowledged), so a stale
 slot from an earlier lap, a fresh zero slot and a slot reserved but not yet written all
 fail the test, and a block of one lap is checked with one bytes comparison of its laps
-column against the lap repeated (``_published_prefix``); a reader never takes half a
+column against the lap repeated (``published_prefix``); a reader never takes half a
 write (``pack_into`` writes the record in one C call, under the GIL).
 
 The hot path reserves a slot with one ``next()`` on ``Ring.slots``, a zip of C iterators
@@ -35,7 +35,20 @@ process that adopts a dead ring re-cuts the same batches with the same ids: a ba
 collector committed just before the owner died is deduplicated, not stored twice.
 
 Ids, ops and cuts are written with ``os.write`` before anything that depends on them is
-published: the kernel holds them across a SIGKILL of the writer.
+published: the kernel holds them across a SIGKILL of the writer. A node crash (kernel
+panic, power loss) loses what only the page cache held, so the sender fdatasyncs ids,
+ops and cuts (``sync_journal``) before it sends a batch: an adopter after the reboot
+then re-cuts the batches the collector may have committed with their own ids (were the
+cut lost, its first re-cut batch would carry the committed batch's id with more points
+in it, and the extra points would be dropped as a duplicate). That is at most one round
+of fdatasync per send, on the sender's thread, which waits for the collector's answer
+anyway; never on ``log_metric``'s path, nor on the packer's. The header's acked
+positions and the records are not synced: a stale ack after a crash only makes an
+adopter resend batches the collector deduplicates by id, and points nobody
+acknowledged are not promised across a node crash.
+
+The file format, and the one reader of a dead process's ring (``DeadRing``), live in
+``flightlog.core.ring_format``: the node's collector and sidecar adopt rings too.
 """
 
 from __future__ import annotations
@@ -45,47 +58,55 @@ import fcntl
 import itertools
 import mmap
 import os
-import struct
 import sys
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-MAGIC = b"FLRING02"
-# magic, capacity, acked ring position, acked ops index, owner pid
-HEADER_FORMAT = struct.Struct("<8sqqqq")
-HEADER = 64  # bytes before the first record
-RECORD_FORMAT = struct.Struct("<qddII")  # step, value, ts, series index, lap + 1
-RECORD = RECORD_FORMAT.size  # 32
-QWORDS = RECORD // 8
-LAP_AT = RECORD // 4 - 1  # the lap's position in the record as uint32 words
-_ACKED_AT = 16  # offset of the acked positions in the header
-_ACKED = struct.Struct("<qq")
-_CUT = struct.Struct("<qq")
-SERIES = 2  # kind of an ``ids`` entry: [SERIES, index, run id, key]
+from flightlog.core.ring_format import (
+    ACKED,
+    ACKED_AT,
+    CUT,
+    HEADER,
+    HEADER_FORMAT,
+    LAP_AT,
+    MAGIC,
+    RECORD,
+    RECORD_FORMAT,
+    SERIES,
+    batch_id,
+    own_start,
+    published_prefix,
+    remove_ring,
+    rings_root,
+)
+
+__all__ = [
+    "HEADER",
+    "RECORD",
+    "RECORD_FORMAT",
+    "Ring",
+    "batch_id",
+    "encode_points",
+    "record_runs",
+    "rings_root",
+]
 IDS_WHOLE = 256 * 1024  # up to this size a batch carries the whole ids table
 GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
-
-
-def rings_root(spool_root: Path) -> Path:
-    """Where the rings of the processes that log to one destination live (beside its
-    spool root, not in it: the spool adopter claims every directory in that one)."""
-    return spool_root.with_name(spool_root.name + "-rings")
-
-
-def batch_id(ring_id: str, ring_start: int, ops_start: int) -> str:
-    """The id of the batch that starts at these positions: the same in any process."""
-    return f"ring-{ring_id}-{ring_start}-{ops_start}"
 
 
 def _append(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _sync(fd: int) -> None:
+    fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+    with contextlib.suppress(OSError):  # closed (the agent closing): nothing to sync
+        fdatasync(fd)
 
 
 class Ring:
@@ -112,7 +133,7 @@ class Ring:
         finally:
             os.close(fd)
         self._fds = [self._ids_fd, self._ops_fd, self._cuts_fd, self._lock_fd]
-        HEADER_FORMAT.pack_into(self.mm, 0, MAGIC, capacity, 0, 0, os.getpid())
+        HEADER_FORMAT.pack_into(self.mm, 0, MAGIC, capacity, 0, 0, os.getpid(), own_start())
         self.pack_into = RECORD_FORMAT.pack_into
         self.counter = itertools.count()
         # The hot path's reservation: one next() yields (position, byte offset of its
@@ -138,6 +159,7 @@ class Ring:
         self._intern_lock = threading.Lock()
         self.ops_lock = threading.Lock()  # journal and queue take ops in one order
         self.ops_count = 0
+        self._unsynced = False  # cuts appended since the last sync_journal()
         # Reserved positions at or past ``limit`` take the slow path (``Agent.ring_full``):
         # the packer is woken, and past acked + capacity the point goes to ``overflow``.
         self.acked = 0
@@ -226,11 +248,23 @@ class Ring:
 
     def cut(self, ring_end: int, ops_end: int) -> None:
         """Record a batch boundary before the batch is sent (see the module docstring)."""
-        _append(self._cuts_fd, _CUT.pack(ring_end, ops_end))
+        _append(self._cuts_fd, CUT.pack(ring_end, ops_end))
+        self._unsynced = True
+
+    def sync_journal(self) -> None:
+        """Make ids, ops and cuts durable (the sender, before it sends a batch): a node
+        crash must not leave an adopter to re-cut a committed batch differently. One
+        call covers every cut made before it, so it costs at most one round of
+        fdatasync per send, and none when nothing was cut since the last."""
+        if not self._unsynced:
+            return
+        self._unsynced = False  # first: a cut appended meanwhile asks for the next round
+        for fd in (self._ids_fd, self._ops_fd, self._cuts_fd):
+            _sync(fd)
 
     def set_acked(self, ring_pos: int, ops_pos: int) -> None:
         """Everything before these positions is acknowledged or in the disk spool."""
-        _ACKED.pack_into(self.mm, _ACKED_AT, ring_pos, ops_pos)
+        ACKED.pack_into(self.mm, ACKED_AT, ring_pos, ops_pos)
         self.acked = ring_pos
         self.acked_ops = ops_pos
 
@@ -240,7 +274,7 @@ class Ring:
         slow path (``limit`` -1), which counts it as dropped."""
         self.limit = -1
         if remove:
-            _remove(self.directory)
+            remove_ring(self.directory)
         self._close_fds()
 
     def _close_fds(self) -> None:
@@ -274,7 +308,7 @@ def _take(
         slot = pos % cap
         n = min(end - pos, cap - slot)  # up to the end of the file, then wrap
         raw = view[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
-        good = _published_prefix(raw, pos // cap + 1, n)
+        good = published_prefix(raw, pos // cap + 1, n)
         if good:
             chunks.append(raw if good == n else raw[: good * RECORD])
             pos += good
@@ -285,27 +319,6 @@ def _take(
             extra.append(point)
             pos += 1
     return pos, chunks, extra
-
-
-def _published_prefix(raw: Any, lap: int, n: int) -> int:
-    """How many records from the start of ``raw`` (one lap's slots) carry ``lap``.
-
-    A slot holds at most its position's lap (a later lap is written only once this
-    one is acknowledged), so an unwritten slot shows an earlier lap or zero: the laps
-    column of a fully published block equals ``lap`` repeated, one bytes comparison.
-    """
-    laps = memoryview(raw).cast("I")[LAP_AT :: RECORD // 4].tobytes()
-    want = lap.to_bytes(4, sys.byteorder) * n
-    if laps == want:
-        return n
-    lo, hi = 0, n  # the first mismatch is in [lo, hi): bisect on equal prefixes
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if laps[: mid * 4] == want[: mid * 4]:
-            lo = mid
-        else:
-            hi = mid
-    return lo if laps[: hi * 4] != want[: hi * 4] else hi
 
 
 def encode_points(points: list[tuple[int, int, float, float]]) -> bytes:
@@ -320,171 +333,3 @@ def record_runs(chunks: list[Any], series: list[tuple[str, str]]) -> list[str]:
     for chunk in chunks:
         out += [series[i][0] for i in memoryview(chunk).cast("I")[LAP_AT - 1 :: RECORD // 4]]
     return out
-
-
-def _remove(directory: Path) -> None:
-    for name in ("ring", "ids", "ops", "cuts", "lock"):
-        with contextlib.suppress(OSError):
-            (directory / name).unlink()
-    with contextlib.suppress(OSError):
-        directory.rmdir()
-
-
-# -- a dead process's ring ---------------------------------------------------------------
-
-
-class DeadRing:
-    """A ring whose owner is gone, locked by us while we send what it holds."""
-
-    def __init__(self, directory: Path, lock_fd: int) -> None:
-        self.directory = directory
-        self.lock_fd = lock_fd
-        self.ring_id = directory.name
-        data = (directory / "ring").read_bytes()
-        magic, self.capacity, self.acked, self.acked_ops, self.pid = HEADER_FORMAT.unpack_from(data)
-        if magic != MAGIC:
-            raise ValueError(f"{directory}: not a flightlog ring")
-        self.data = data
-        # The ids table as it reached the file: its whole entries (a write cut short by
-        # the owner's death ends it), as a dict and as the bytes a batch carries.
-        entries, used = _unpack_prefix(_read(directory / "ids"))
-        self.series: dict[int, tuple[str, str]] = {
-            e[1]: (e[2], e[3]) for e in entries if len(e) == 4 and e[0] == SERIES
-        }
-        self.ids_blob = used
-        self.ops = [(i, name, args) for i, name, args in _unpack_all(directory / "ops")]
-        raw = _read(directory / "cuts")
-        raw = raw[: len(raw) - len(raw) % _CUT.size]
-        self.cuts = [c for c in _CUT.iter_unpack(raw)]
-
-    @classmethod
-    def claim(cls, directory: Path) -> DeadRing | None:
-        """Lock ``directory`` if its owner is gone (None if it lives or is claimed)."""
-        try:
-            fd = os.open(directory / "lock", os.O_RDWR | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        try:
-            return cls(directory, fd)
-        except (OSError, ValueError, struct.error):
-            os.close(fd)
-            return None
-
-    def end(self) -> int:
-        """The ring position after the last published record."""
-        pos = self.acked
-        end = self.acked + self.capacity
-        while pos < end:
-            slot = pos % self.capacity
-            n = min(end - pos, self.capacity - slot, 65536)
-            raw = self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
-            good = _published_prefix(raw, pos // self.capacity + 1, n)
-            pos += good
-            if good < n:
-                break
-        return pos
-
-    def batches(self, max_points: int) -> Iterator[tuple[str, int, int, int, int]]:
-        """(batch id, ring start, ring end, ops start, ops end) of what is unacknowledged:
-        first the cuts the owner made (same ids), then the rest in new cuts."""
-        ring_end = self.end()
-        ops_end = len(self.ops)
-        rpos, opos = self.acked, self.acked_ops
-        for r, o in self.cuts:
-            if r <= rpos and o <= opos:
-                continue
-            r, o = min(r, ring_end), min(o, ops_end)
-            yield batch_id(self.ring_id, rpos, opos), rpos, r, opos, o
-            rpos, opos = max(rpos, r), max(opos, o)
-        while rpos < ring_end or opos < ops_end:
-            r = min(ring_end, rpos + max_points)
-            yield batch_id(self.ring_id, rpos, opos), rpos, r, opos, ops_end
-            rpos, opos = r, ops_end
-
-    def records(self, start: int, end: int) -> list[bytes]:
-        """The raw records in [start, end)."""
-        chunks = []
-        pos = start
-        while pos < end:
-            slot = pos % self.capacity
-            n = min(end - pos, self.capacity - slot)
-            chunks.append(self.data[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD])
-            pos += n
-        return chunks
-
-    def open_runs(self) -> list[str]:
-        """Runs the owner created and did not end (no update_run with an end time)."""
-        open_: dict[str, None] = {}
-        for _, name, args in self.ops:
-            if name == "create_run":
-                open_[args["run_id"]] = None
-            elif name == "update_run" and args.get("end_time") is not None:
-                open_.pop(args.get("run_id"), None)
-        return list(open_)
-
-    def finish(self) -> None:
-        """Delete the directory (everything was sent) and drop the lock."""
-        _remove(self.directory)
-        with contextlib.suppress(OSError):
-            os.close(self.lock_fd)
-
-    def release(self) -> None:
-        """Keep the directory for a later adopter (the collector is away)."""
-        with contextlib.suppress(OSError):
-            os.close(self.lock_fd)
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def _unpack_prefix(data: bytes) -> tuple[list[Any], bytes]:
-    """The whole msgpack items at the start of ``data``, and the bytes they span."""
-    out = []
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    unpacker.feed(data)
-    used = 0
-    with contextlib.suppress(msgpack.OutOfData, ValueError):
-        for item in unpacker:
-            out.append(item)
-            used = unpacker.tell()
-    return out, data[:used]
-
-
-def _unpack_all(path: Path) -> list[Any]:
-    out = []
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    unpacker.feed(_read(path))
-    with contextlib.suppress(msgpack.OutOfData, ValueError):
-        for item in unpacker:  # a record torn by the owner's death ends the list
-            out.append(item)
-    return out
-
-
-def claim_dead_rings(root: Path, exclude: Path | None = None) -> list[DeadRing]:
-    """Lock every ring directory under ``root`` whose owner is gone."""
-    try:
-        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
-    except OSError:
-        return []
-    claimed = []
-    for d in dirs:
-        if d == exclude:
-            continue
-        c = DeadRing.claim(d)
-        if c is not None:
-            claimed.append(c)
-    return claimed
-
-
-def now_ms() -> int:
-    """Milliseconds since the epoch (the end time of a run a dead process left open)."""
-    return int(time.time() * 1000)

@@ -1,11 +1,9 @@
-"""Sending the rings that dead processes left (``flightlog.agent.ring``), exactly once.
+"""Sending the rings that dead processes left (``flightlog.core.ring_format``), exactly once.
 
-The owner's cuts are re-made with the same batch ids, so a batch the collector committed
-just before the owner died is deduplicated by its id; what follows the last cut goes in
-new batches whose ids also come from ring positions (a second adopter, after a crash of
-the first, makes the same ones). Runs the owner created and never ended are then ended
-FAILED: a process that left its ring died without running its exit (a SIGTERM or Ctrl-C
-ends its runs KILLED itself, and that update is in the ops journal).
+The batches come from :meth:`DeadRing.bodies`, the one recipe every adopter follows (the
+next agent here, the node's collector and the sidecar): the owner's cuts re-made with the
+same batch ids, the rest in cuts whose ids come from ring positions, then the runs the
+owner never ended, ended FAILED.
 """
 
 from __future__ import annotations
@@ -13,39 +11,25 @@ from __future__ import annotations
 import logging
 
 from flightlog.agent.delivery import DeliveryLoop
-from flightlog.agent.ring import DeadRing, now_ms
-from flightlog.core.wire import encode_raw_batch
+from flightlog.core.ring_format import DeadRing
 
 log = logging.getLogger("flightlog.agent")
-BATCH_POINTS = 100_000
 
 
 def send_dead_ring(ring: DeadRing, loop: DeliveryLoop, agent_id: str) -> bool:
     """Send what ``ring`` holds and end its open runs; True once all was acknowledged."""
     points = 0
-    for bid, r0, r1, o0, o1 in ring.batches(BATCH_POINTS):
-        ops = [[name, args] for _, name, args in ring.ops[o0:o1]]
-        records = b"".join(ring.records(r0, r1))
-        ack = loop.deliver(encode_raw_batch(bid, agent_id, ops, None, records, ring.ids_blob))
+    for body, n in ring.bodies(agent_id):
+        ack = loop.deliver(body)
         if ack is None:
             return False  # stopped or gave up: the ring stays for the next adopter
         if ack.errors:
             log.warning("flightlog: a dead process's ring batch had errors: %s", ack.errors[0])
-        points += r1 - r0
-    end = now_ms()
-    ends = [
-        ["update_run", {"run_id": rid, "status": "FAILED", "end_time": end}]
-        for rid in ring.open_runs()
-    ]
-    if ends:
-        ack = loop.deliver(encode_raw_batch(f"ring-{ring.ring_id}-end", agent_id, ends, None))
-        if ack is None:
-            return False
+        points += n
     log.info(
-        "flightlog: sent %d point(s) left in %s by process %d, which died; %d run(s) ended FAILED",
+        "flightlog: sent %d point(s) left in %s by process %d, which died",
         points,
         ring.directory,
         ring.pid,
-        len(ends),
     )
     return True

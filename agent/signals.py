@@ -28,6 +28,19 @@ lock of its own, for the flush timeout and a second more. If the helper is stuck
 behind the interrupted frame, the signal still takes its course when that wait ends
 (batches already in the outbox stay in the spool; points still in the queue are lost):
 the handler can never hang the process.
+
+A forked child (a ``multiprocessing`` Pool worker) has one more hole: a signal that
+lands just before the main thread blocks in a call that no signal of its own
+interrupts (the pool's queue lock, ``sem_wait``) is caught by Python's C-level handler,
+which only marks it pending; the main thread then blocks, never reaches the next
+bytecode that would run the handler, and the process lives on (``Pool.terminate()``
+waits for it forever; seen about once in 300 terminations under load). So in a forked
+child the C-level handler also writes the signal's number to a pipe
+(``signal.set_wakeup_fd``), and a watchdog thread that reads it sends the signal again
+to the main thread when the handler has not started within ``NUDGE_AFTER`` seconds:
+the blocked call is interrupted and the handler runs. That nudge never counts as the
+"second signal" that means die at once. Where the program has a wakeup fd of its own
+(asyncio), it is left alone and there is no watchdog.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -51,8 +65,17 @@ KILLED = "KILLED"
 # helper makes is already cut to that budget, so past it the helper is stuck.
 HELPER_GRACE = 1.0
 
+# Seconds a forked child's watchdog gives the handler to start before it sends the
+# signal again to the main thread (see the module docstring).
+NUDGE_AFTER = 0.5
+
 _previous: dict[int, Any] = {}  # signal -> the handler we stand in front of
 _handling = False
+_entered = 0  # times the handler was entered (the watchdog compares)
+_nudged = False  # the watchdog sent the signal again; the next delivery is that one
+_nudge_mark = 0  # ``_entered`` when it did
+_wakeup_w = -1  # our wakeup pipe's write end (a forked child's), or -1
+_fork_hook = False
 _end_runs: Callable[[str], None] | None = None
 _close_agents: Callable[[], None] | None = None
 _forget_ended: Callable[[], None] | None = None
@@ -89,7 +112,75 @@ def install(
             continue  # set outside Python, or ignored on purpose: not ours to change
         signal.signal(sig, _handle)
         _previous[sig] = current
+    global _fork_hook
+    if _previous and not _fork_hook and hasattr(os, "register_at_fork"):
+        _fork_hook = True
+        os.register_at_fork(after_in_child=_watch_in_child)
     return bool(_previous)
+
+
+def _watch_in_child() -> None:
+    """In a forked child: a wakeup pipe and the watchdog that reads it (see above)."""
+    global _wakeup_w, _handling, _nudged
+    _handling = _nudged = False  # the parent's state is not this process's
+    if not _previous or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return
+    try:
+        os.set_blocking(w, False)  # the C-level handler must never block on it
+        old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except (OSError, ValueError):
+        os.close(r)
+        os.close(w)
+        return
+    if old not in (-1, _wakeup_w):  # the program's own (an asyncio loop's): leave it
+        signal.set_wakeup_fd(old)
+        os.close(r)
+        os.close(w)
+        return
+    if _wakeup_w != -1:  # the parent's pipe (its watchdog reads it): not ours to write
+        with contextlib.suppress(OSError):
+            os.close(_wakeup_w)
+    _wakeup_w = w
+    try:
+        _thread.start_new_thread(_watchdog, (r, _thread.get_ident()))
+    except RuntimeError:
+        signal.set_wakeup_fd(-1)
+
+
+def _watchdog(r: int, main: int) -> None:
+    keep_off_this_thread()
+    watched = {int(s) for s in _previous}
+    while True:
+        try:
+            data = os.read(r, 64)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        mark = _entered
+        for signum in dict.fromkeys(b for b in data if b in watched):
+            _nudge_if_stuck(signum, mark, main)
+
+
+def _nudge_if_stuck(signum: int, mark: int, main: int) -> None:
+    """Send ``signum`` again to the main thread if its handler has not started."""
+    global _nudged, _nudge_mark
+    deadline = time.monotonic() + NUDGE_AFTER
+    while time.monotonic() < deadline:
+        if _handling or _entered != mark:
+            return
+        time.sleep(0.02)  # another thread's progress: nothing to wait on but time
+    if _handling or _entered != mark:
+        return
+    _nudge_mark, _nudged = mark, True
+    with contextlib.suppress(OSError, ValueError):
+        signal.pthread_kill(main, signum)
 
 
 def keep_off_this_thread() -> None:
@@ -128,7 +219,12 @@ def _die_of(signum: int) -> None:
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
-    global _handling
+    global _handling, _entered, _nudged
+    if _nudged:
+        _nudged = False
+        if _handling or _entered != _nudge_mark:
+            return  # the watchdog's nudge for a signal the handler already took
+    _entered += 1
     previous = _previous.get(signum, signal.SIG_DFL)
     if signum == signal.SIGINT and previous is signal.default_int_handler:
         # KeyboardInterrupt: runs end KILLED as it unwinds, unless the program catches it.

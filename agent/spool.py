@@ -27,67 +27,53 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import struct
-import urllib.parse
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
-from flightlog.core.uris import LocalStore
+from flightlog.core.spool_format import (
+    HEADER,
+    LOCK_NAME,
+    MAGIC,
+    SEGMENT_SUFFIX,
+    ClaimedSpool,
+    RecordRef,
+    agent_dirs,
+    claim_orphans,
+    open_lock,
+    scan_segment,
+)
+
+# The reader of a dead process's spool lives in the core (the node's collector sends
+# dead trainers' spools too); its names stay importable from here.
+__all__ = [
+    "HEADER",
+    "LOCK_NAME",
+    "MAGIC",
+    "SEGMENT_SUFFIX",
+    "TARGET_NAME",
+    "ClaimedSpool",
+    "RecordRef",
+    "Segment",
+    "Spool",
+    "agent_dirs",
+    "claim_orphans",
+    "read_target",
+    "scan_segment",
+    "spool_roots",
+]
 
 log = logging.getLogger("flightlog.agent")
 
-HEADER = struct.Struct("<4sIIIQ")  # magic, body length, crc32(body), points, seq
-MAGIC = b"FLS1"
-SEGMENT_SUFFIX = ".seg"
-LOCK_NAME = "lock"
 TARGET_NAME = "target.json"
-# FLIGHTLOG_SPOOL_DIR (settings.SPOOL_DIR): base directory of spools for collector URLs
-# (default $XDG_CACHE_HOME/flightlog/spool, i.e. ~/.cache/flightlog/spool); local stores
-# spool into <store>/spool unless it is set.
+# Where spools are (FLIGHTLOG_SPOOL_DIR ...): flightlog.core.spool_paths, since the node's
+# collector looks there too (for the metric rings of dead processes).
 DEFAULT_SPOOL_MAX_BYTES = settings.SPOOL_MAX_BYTES.default
 DEFAULT_SEGMENT_BYTES = 16 * 1024**2
-
-
-def default_spool_root(tracking_uri: str, store_dir: Path | LocalStore | None) -> Path:
-    """The spool directory for one collector URL or local store.
-
-    Spools are kept per destination, so a batch is only ever sent where it was meant to
-    go: another agent adopts a dead process's spool only for the same destination (for a
-    local store, its database file: two ``sqlite:///`` stores in a directory have two).
-    """
-    if store_dir is not None:
-        if isinstance(store_dir, LocalStore):
-            own = store_dir.spool_dir
-            key = store_dir.directory if store_dir.is_directory_store else store_dir.db_path
-        else:
-            own, key = store_dir / "spool", store_dir
-        if settings.SPOOL_DIR.get() is None:
-            return own
-        digest = hashlib.sha1(str(key).encode()).hexdigest()[:12]
-        return spool_base() / f"store-{key.name}-{digest}"
-    base = spool_base()
-    parts = urllib.parse.urlsplit(tracking_uri)
-    name = f"{parts.scheme}-{parts.hostname}-{parts.port or ''}"
-    if parts.path.strip("/"):
-        name += "-" + hashlib.sha1(parts.path.encode()).hexdigest()[:8]
-    return base / name
-
-
-def spool_base() -> Path:
-    """The base directory of spools: FLIGHTLOG_SPOOL_DIR, else the XDG cache's."""
-    configured = settings.SPOOL_DIR.get()
-    if configured is not None:
-        return Path(configured).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "flightlog" / "spool"
 
 
 def _write_target(root: Path, tracking_uri: str) -> None:
@@ -109,12 +95,6 @@ def read_target(root: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return uri if isinstance(uri, str) else None
-
-
-def _open_lock(directory: Path) -> int:
-    # O_NOFOLLOW: a symlink planted as the lock file must not make us lock (or create)
-    # some other file.
-    return os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -176,7 +156,7 @@ class Spool:
         # The new entries (target.json, this directory) must survive a power cut with
         # the segments that flush() reports as on disk.
         _fsync_dir(self.root)
-        fd = _open_lock(self.directory)
+        fd = open_lock(self.directory)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -297,156 +277,6 @@ class Spool:
 
 
 # -- reading a dead process's spool --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecordRef:
-    """Where one record of a claimed spool lies."""
-
-    seq: int
-    points: int
-    path: Path
-    offset: int  # of the body
-    length: int
-    crc: int
-
-
-def scan_segment(path: Path) -> Iterator[RecordRef]:
-    """The intact records of one segment file, in file order; stops at a torn record."""
-    try:
-        f = open(path, "rb")
-    except OSError:
-        return
-    with f:
-        end = os.fstat(f.fileno()).st_size
-        pos = 0
-        while pos + HEADER.size <= end:
-            header = f.read(HEADER.size)
-            if len(header) < HEADER.size:
-                return
-            magic, length, crc, points, seq = HEADER.unpack(header)
-            if magic != MAGIC or pos + HEADER.size + length > end:
-                return
-            yield RecordRef(seq, points, path, pos + HEADER.size, length, crc)
-            pos += HEADER.size + length
-            f.seek(pos)
-
-
-class ClaimedSpool:
-    """A dead process's spool directory, locked by us while we send it."""
-
-    def __init__(self, directory: Path, lock_fd: int) -> None:
-        self.directory = directory
-        self._lock_fd: int | None = lock_fd
-        self.records: list[RecordRef] = []
-        self._pending: dict[Path, int] = {}  # segment -> records not yet sent
-        self._scan()
-
-    @classmethod
-    def claim(cls, directory: Path) -> ClaimedSpool | None:
-        """Take the directory's lock if its owner is gone; None while it lives."""
-        try:
-            fd = _open_lock(directory)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return cls(directory, fd)
-
-    def _scan(self) -> None:
-        seen: set[int] = set()
-        records: list[RecordRef] = []
-        for path in sorted(self.directory.glob(f"*{SEGMENT_SUFFIX}")):
-            count = 0
-            for ref in scan_segment(path):
-                count += 1
-                # A seq written twice (cannot happen today) is sent once.
-                if ref.seq not in seen:
-                    seen.add(ref.seq)
-                    records.append(ref)
-            self._pending[path] = count
-        records.sort(key=lambda r: r.seq)
-        self.records = records
-
-    @property
-    def points(self) -> int:
-        """Points in the records still to send."""
-        return sum(r.points for r in self.records)
-
-    @property
-    def body_bytes(self) -> int:
-        """Body bytes still to send."""
-        return sum(r.length for r in self.records)
-
-    def read(self, ref: RecordRef) -> bytes | None:
-        """A record's body, or None if it is damaged (its CRC does not match)."""
-        try:
-            with open(ref.path, "rb") as f:
-                f.seek(ref.offset)
-                body = f.read(ref.length)
-        except OSError:
-            return None
-        if len(body) != ref.length or zlib.crc32(body) != ref.crc:
-            return None
-        return body
-
-    def done(self, ref: RecordRef) -> None:
-        """A record was delivered (or found damaged); drop its segment when empty."""
-        left = self._pending.get(ref.path, 0) - 1
-        self._pending[ref.path] = left
-        if left <= 0:
-            with contextlib.suppress(FileNotFoundError):
-                ref.path.unlink()
-
-    def finish(self) -> None:
-        """Remove the directory if everything was sent, and release the lock."""
-        if self._lock_fd is None:
-            return
-        if all(n <= 0 for n in self._pending.values()):
-            for path in self.directory.glob(f"*{SEGMENT_SUFFIX}"):
-                # Segments with no intact record (a crash mid-way through the first).
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            with contextlib.suppress(OSError):
-                (self.directory / LOCK_NAME).unlink()
-            with contextlib.suppress(OSError):
-                self.directory.rmdir()
-        os.close(self._lock_fd)
-        self._lock_fd = None
-
-    def forget_after_fork(self) -> None:
-        """In a forked child: close our copy of the lock, which stays the parent's."""
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._lock_fd)
-            self._lock_fd = None
-
-
-def agent_dirs(root: Path) -> list[Path]:
-    """The per-process directories under a spool root, oldest first by name order."""
-    try:
-        return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
-    except OSError:
-        return []
-
-
-def claim_orphans(root: Path, *, exclude: Path | None = None) -> list[ClaimedSpool]:
-    """Lock every directory under ``root`` whose owner is gone and that holds records."""
-    claimed: list[ClaimedSpool] = []
-    for d in agent_dirs(root):
-        if exclude is not None and d == exclude:
-            continue
-        c = ClaimedSpool.claim(d)
-        if c is None:
-            continue
-        if c.records:
-            claimed.append(c)
-        else:
-            c.finish()  # an empty leftover: tidy it away
-    return claimed
 
 
 def spool_roots(base: Path) -> list[Path]:

@@ -32,13 +32,12 @@ from flightlog.agent.spool import (
     ClaimedSpool,
     RecordRef,
     agent_dirs,
-    default_spool_root,
     read_target,
-    spool_base,
     spool_roots,
 )
 from flightlog.agent.transport import CollectorClient, HttpSender
 from flightlog.core import settings
+from flightlog.core.spool_paths import default_spool_root, spool_base
 from flightlog.core.uris import is_collector_uri, local_store
 
 DEFAULT_TIMEOUT = 60.0

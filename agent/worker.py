@@ -54,10 +54,11 @@ from flightlog.agent.reported_errors import ReportedErrors
 from flightlog.agent.ring import Ring, batch_id, encode_points, record_runs, rings_root
 from flightlog.agent.sender import REJECTED, Ack, Sender
 from flightlog.agent.signals import keep_off_this_thread
-from flightlog.agent.spool import Spool, default_spool_root
+from flightlog.agent.spool import Spool
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
 from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
+from flightlog.core.spool_paths import default_spool_root
 from flightlog.core.wire import MetricTuple, encode_batch, encode_raw_batch
 
 __all__ = ["Agent", "FlushMarker", "Op", "begin_exit", "time_budget"]
@@ -785,6 +786,9 @@ class Agent:
                     self.drops.count("spool_unreadable", entry.points)
                     self._settle(self.outbox.ack(entry), True)
                     continue
+                ring = self.ring
+                if ring is not None:
+                    ring.sync_journal()  # this batch's cut is durable before it is sent
                 ack = self.delivery.deliver(body)
                 if ack is None:
                     continue  # stopped

@@ -15,6 +15,7 @@ module                      what it adds
 ``artifact_api``            ``/api/flightlog/artifacts/...`` (the SDK's artifacts)
 ``rest``                    MLflow's REST API and artifact proxy, ``/version``
 ``liveness``                the heartbeat watch (RUNNING runs of dead agents end FAILED)
+``ring_watch``              the metric rings of dead trainers: stored, runs ended
 ``housekeeping``            pruning of old ingest batch ids
 ``ui``                      the web UI's page ``/`` and files ``/ui/...``
 ``ui_api``                  the web UI's JSON endpoints ``/api/flightlog/ui/...``
@@ -41,6 +42,7 @@ from flightlog.collector import (
     ingest,
     liveness,
     rest,
+    ring_watch,
     rpc,
     ui,
     ui_api,
@@ -127,5 +129,6 @@ def create_app(config: CollectorConfig, store: Store) -> web.Application:
     app.add_routes(ui_api.routes())
     run_in_background(app, _idle_watch)
     liveness.setup(app)
+    ring_watch.setup(app)
     housekeeping.setup(app)
     return app

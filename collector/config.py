@@ -55,3 +55,6 @@ class CollectorConfig:
     port_file: str | None = None
     #: Print the web UI's URL on stdout once listening (``flightlog ui``).
     announce_ui: bool = False
+    #: Spool roots of the agents on this node that log here: the metric rings dead
+    #: processes leave beside them are adopted (collector.ring_watch); empty: none.
+    ring_roots: tuple[str, ...] = ()

@@ -13,7 +13,7 @@ from aiohttp import web
 from flightlog.collector.batch_checks import check_batch
 from flightlog.collector.batch_slices import slice_batch, slice_id
 from flightlog.collector.bodies import read_body
-from flightlog.collector.state import COLLECTOR, MSGPACK
+from flightlog.collector.state import COLLECTOR, MSGPACK, Collector
 from flightlog.collector.store_api import Op, Series
 from flightlog.core.wire import decode_batch, pack
 
@@ -34,6 +34,16 @@ async def ingest(request: web.Request) -> web.Response:
     """
     c = request.app[COLLECTOR]
     data = await read_body(request, c.config.ingest_max_body_bytes, "Ingest batch")
+    duplicate, errors = await store_batch(c, data)
+    return web.Response(
+        body=pack({"ok": True, "duplicate": duplicate, "errors": errors}),
+        content_type=MSGPACK,
+    )
+
+
+async def store_batch(c: Collector, data: bytes) -> tuple[bool, list[dict[str, str]]]:
+    """Decode, check and store one batch (the ingest endpoint's body, or a batch of a
+    dead process's ring: ``collector.ring_watch``); returns (duplicate, errors)."""
     # Decoding and checking a big batch takes a while: off the event loop, so other
     # requests are answered meanwhile.
     batch_id, ops, series, problems = await asyncio.to_thread(_decode, data)
@@ -42,7 +52,7 @@ async def ingest(request: web.Request) -> web.Response:
     # queued meanwhile run between them (collector.batch_slices).
     slices = slice_batch(ops, series)
     duplicate = True
-    errors: list[dict[str, str]] = []
+    errors: list[dict[str, str]] = list(problems)
     for i, (slice_ops, slice_series) in enumerate(slices):
         dup, slice_errors = await c.write(
             c.store.apply_batch, slice_id(batch_id, i, len(slices)), slice_ops, slice_series
@@ -52,10 +62,7 @@ async def ingest(request: web.Request) -> web.Response:
         if not dup:
             c.ingested_points += sum(len(s[2]) for s in slice_series)
     c.limits.record_write(len(data), time.monotonic() - started)
-    return web.Response(
-        body=pack({"ok": True, "duplicate": duplicate, "errors": problems + errors}),
-        content_type=MSGPACK,
-    )
+    return duplicate, errors
 
 
 def routes() -> list[web.RouteDef]:

@@ -13,6 +13,7 @@ from flightlog.collector.store import SqliteStore
 from flightlog.collector.store_api import Store
 from flightlog.core import settings
 from flightlog.core.serving import check_exposure, run_app, serve_until_stopped
+from flightlog.core.spool_paths import served_spool_roots
 from flightlog.core.uris import DB_NAME, is_database_uri, local_store, redact_password
 
 log = logging.getLogger("flightlog.collector")
@@ -155,11 +156,13 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         "announce_ui": getattr(args, "announce_ui", False),
     }
     if is_database_uri(args.store):
+        roots = served_spool_roots(None, args.host, args.port)
         return CollectorConfig(
             store_uri=redact_password(args.store),
             database_uri=args.store,
             # MLflow's server default: ./mlartifacts beside where it runs.
             artifact_root=args.artifacts or Path("mlartifacts").resolve().as_uri(),
+            ring_roots=tuple(str(r) for r in roots),
             **common,
         )
     store = local_store(args.store, args.artifacts)
@@ -167,6 +170,7 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         store_uri=str(store.directory),
         artifact_root=store.artifact_root,
         db_path=str(store.db_path),
+        ring_roots=tuple(str(r) for r in served_spool_roots(store, args.host, args.port)),
         **common,
     )
 

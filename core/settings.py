@@ -247,8 +247,9 @@ METRIC_RING: Setting[bool] = Setting(
     _boolean,
     True,
     "Keep queued metric points in a memory-mapped file in the spool directory so that a "
-    "SIGKILLed or OOM-killed process loses none (the next flightlog process on the node "
-    "sends them). Off (or with an unwritable spool directory) they wait in memory.",
+    "SIGKILLed or OOM-killed process loses none (the node's collector, or the next flightlog "
+    "process on the node, sends them). Off (or with an unwritable spool directory) they "
+    "wait in memory.",
     "true or false",
 )
 EMBEDDED_IDLE_TIMEOUT: Setting[float] = Setting(

@@ -17,12 +17,12 @@ import threading
 from pathlib import Path
 
 from flightlog.agent.embedded import ensure_collector
-from flightlog.agent.spool import default_spool_root
 from flightlog.agent.transport import CollectorClient
 from flightlog.agent.worker import Agent
 from flightlog.core import settings
 from flightlog.core.entities import Experiment
 from flightlog.core.exceptions import RESOURCE_DOES_NOT_EXIST, MlflowException
+from flightlog.core.spool_paths import default_spool_root
 from flightlog.core.uris import LocalStore, absolute_uri, is_collector_uri, local_store
 
 DEFAULT_TRACKING_URI = "./flightlog"

@@ -18,6 +18,7 @@ import pytest
 
 import flightlog
 from flightlog import context, fluent
+from flightlog.agent import system
 from flightlog.agent.embedded import stop_collector
 
 # The pg_server fixture (a throwaway PostgreSQL cluster), for any test module.
@@ -40,7 +41,9 @@ class CollectorProcess:
     def stop(self, sig: int = 15) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
+            # A SIGTERM waits for requests in flight (aiohttp's 60 s shutdown timeout)
+            # and fsyncs the buffers: on a loaded 2-core machine that has passed 30 s.
+            self.proc.wait(timeout=90)
 
 
 def free_port() -> int:
@@ -120,7 +123,9 @@ def collector(tmp_path: Path) -> Iterator[CollectorProcess]:
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts with no tracking URI, no active run and its own working directory."""
+    """Each test starts with no tracking URI, no active run, system metrics off (as set by
+    ``enable_system_metrics_logging()``, which the tutorial calls) and its own working
+    directory."""
     for var in (
         "FLIGHTLOG_TRACKING_URI",
         "MLFLOW_TRACKING_URI",
@@ -128,8 +133,11 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         "MLFLOW_EXPERIMENT_ID",
         "FLIGHTLOG_EXPERIMENT_NAME",
         "FLIGHTLOG_EXPERIMENT_ID",
+        system.ENABLE_ENV,
+        system.MLFLOW_ENABLE_ENV,
     ):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(system, "_overrides", system._Overrides())
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from flightlog.agent import signals, spool, system
+from flightlog.agent import signals, system
 from flightlog.agent.sender import MemorySender
 from flightlog.agent.transport import CollectorClient
 from flightlog.agent.worker import Agent
-from flightlog.core import settings
+from flightlog.core import settings, spool_paths
 from flightlog.core.exceptions import SettingError
 
 
@@ -78,10 +78,10 @@ def test_spool_base_follows_flightlog_spool_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLIGHTLOG_SPOOL_DIR", str(tmp_path / "s"))
-    assert spool.spool_base() == tmp_path / "s"
-    root = spool.default_spool_root("http://host:5055", None)
+    assert spool_paths.spool_base() == tmp_path / "s"
+    root = spool_paths.default_spool_root("http://host:5055", None)
     assert root.parent == tmp_path / "s"
     monkeypatch.delenv("FLIGHTLOG_SPOOL_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert spool.spool_base() == tmp_path / "cache" / "flightlog" / "spool"
-    assert spool.default_spool_root("x", tmp_path / "store") == tmp_path / "store" / "spool"
+    assert spool_paths.spool_base() == tmp_path / "cache" / "flightlog" / "spool"
+    assert spool_paths.default_spool_root("x", tmp_path / "store") == tmp_path / "store" / "spool"

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import CollectorProcess
 from tests.helpers import run_script, run_status, stored_points
+from tests.test_reliability import wait_until
 
 N = 1000
 SCRIPT = """
@@ -59,11 +60,14 @@ if __name__ == "__main__":
             for p in procs:
                 p.join()
             assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-        else:
+        elif kind == "pool":
             with ctx.Pool(2) as pool:
                 assert pool.map(target, args) == [0, 1, 2, 3]
                 pool.close()  # workers exit on their own: their exit delivers
                 pool.join()
+        else:  # leaving the with block terminates the workers (SIGTERM)
+            with ctx.Pool(2) as pool:
+                assert pool.map(target, args) == [0, 1, 2, 3]
 """
 
 
@@ -72,11 +76,12 @@ if __name__ == "__main__":
     [
         ("fork", "process"),
         ("fork", "pool"),
-        # Not ("fork", "pool-terminate"): forked workers inherit the SDK's SIGTERM
-        # handler, which flushes, but Pool.terminate() is racy under load (a worker was
-        # seen to lose its points, or not to exit); the README calls it best-effort and
-        # says to close() and join() the pool. test_signal_handler_locks.py tests the
-        # handler itself.
+        # Forked workers inherit the SDK's SIGTERM handler, which flushes; a worker that
+        # gets the signal just before it blocks on the pool's queue lock is woken by the
+        # watchdog of flightlog.agent.signals. (Spawned workers do not have the handler:
+        # terminating them loses what they did not flush; the README says to close()
+        # and join() the pool, or flush() in the task.)
+        ("fork", "pool-terminate"),
         ("spawn", "process"),
         ("spawn", "pool"),
     ],
@@ -99,5 +104,60 @@ def test_children_that_never_flush_lose_nothing(
         timeout=180,
     )
     run_id = proc.stdout.split("run ", 1)[1].split()[0]
-    assert [stored_points(collector.db, run_id, f"child{i}") for i in range(4)] == [N] * 4
+
+    def stored() -> list[int]:
+        return [stored_points(collector.db, run_id, f"child{i}") for i in range(4)]
+
+    if kind == "pool-terminate":
+        # A terminated worker's handler delivers what it logged; one whose handler could
+        # not (the signal interrupted it holding a lock the delivery needs) leaves its
+        # metric ring, which the node's collector adopts within a second or so.
+        wait_until(lambda: stored() == [N] * 4, 15, "every worker's points")
+    assert stored() == [N] * 4
     assert run_status(collector.db, run_id) == "FINISHED"
+
+
+STUCK = """
+import multiprocessing as mp, os, signal, sys, threading, time
+import flightlog as mlflow
+
+mlflow.set_tracking_uri("{url}")
+with mlflow.start_run() as run:
+    print("run", run.info.run_id, flush=True)
+    sem = mp.get_context("fork").Semaphore(0)  # nobody ever releases it
+    pid = os.fork()
+    if pid == 0:
+        for s in range({n}):
+            mlflow.log_metric("child", float(s), step=s)
+        # The SIGTERM is caught by Python's C-level handler on another thread, so the
+        # main thread, blocked on the semaphore (as a Pool worker on its queue's lock),
+        # is not interrupted: the state a SIGTERM that lands just before the wait leaves.
+        def trip():
+            time.sleep(0.3)
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        threading.Thread(target=trip).start()
+        sem.acquire()
+        os._exit(3)  # not reached: the handler ends the process (SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("child", os.waitstatus_to_exitcode(status), flush=True)
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        print("child stuck", flush=True)
+"""
+
+
+def test_a_forked_child_blocked_when_its_sigterm_came_still_ends(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    """The watchdog of ``flightlog.agent.signals`` wakes the main thread of a forked child
+    whose SIGTERM was caught while it blocked in a wait no signal of its own interrupts;
+    the handler then delivers what the child logged and the child dies of SIGTERM."""
+    proc = run_script(tmp_path, STUCK.format(url=collector.url, n=N), timeout=120)
+    assert "child -15" in proc.stdout, proc.stdout + proc.stderr
+    run_id = proc.stdout.split("run ", 1)[1].split()[0]
+    assert stored_points(collector.db, run_id, "child") == N

@@ -116,6 +116,11 @@ class Child:
             self.proc.wait(timeout=30)
 
 
+def elsewhere(tmp_path: Path) -> dict[str, str]:
+    """The environment of a collector on another node: its spool directory is not ours."""
+    return {"FLIGHTLOG_SPOOL_DIR": str(tmp_path / "another-node-spool")}
+
+
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll real state until ``check()`` is truthy; fail with ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
@@ -465,7 +470,9 @@ def test_killed_offline_run_is_uploaded_by_flightlog_sync(tmp_path: Path, spool:
     child.proc.send_signal(signal.SIGKILL)
     child.wait()
     assert spool_files(spool)
-    c = start_collector(tmp_path / "store", port, "--run-timeout", "1")
+    # A collector on another node (it does not see this node's spools: one on the same
+    # node would adopt the dead process's spool and ring itself, test_ring_adopt.py).
+    c = start_collector(tmp_path / "store", port, "--run-timeout", "1", env=elsewhere(tmp_path))
     try:
         sync = subprocess.run(
             [sys.executable, "-m", "flightlog.cli", "sync", "--tracking-uri", url],
@@ -548,7 +555,8 @@ def test_spool_files_torn_or_damaged_records_and_live_owners(tmp_path: Path) -> 
 
 def test_flightlog_sync_into_a_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flightlog.agent.embedded import stop_collector
-    from flightlog.agent.spool import Spool, default_spool_root
+    from flightlog.agent.spool import Spool
+    from flightlog.core.spool_paths import default_spool_root
 
     monkeypatch.delenv("FLIGHTLOG_SPOOL_DIR")  # a local store's spool lives inside it
     store = tmp_path / "store"
@@ -666,7 +674,9 @@ while True:
 def test_sigkill_run_ends_failed_and_points_older_than_a_flush_interval_are_stored(
     tmp_path: Path,
 ) -> None:
-    c = start_collector(tmp_path / "store", None, "--run-timeout", "2")
+    # A collector on another node, which cannot see the process's ring: the heartbeat
+    # watch ends the run (on the same node the ring's adoption does: test_ring_adopt.py).
+    c = start_collector(tmp_path / "store", None, "--run-timeout", "2", env=elsewhere(tmp_path))
     env = {"FLIGHTLOG_FLUSH_INTERVAL": "0.2", "FLIGHTLOG_HEARTBEAT_INTERVAL": "0.3"}
     child = Child(tmp_path, TICKING_RUN.format(url=c.url, prelude="", points=50_000), env=env)
     try:
