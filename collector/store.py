@@ -35,11 +35,13 @@ from flightlog.collector.search import search_experiment_ids, search_run_ids
 from flightlog.collector.store_api import (
     DEFAULT_EXPERIMENT_ID,
     DEFAULT_EXPERIMENT_NAME,
+    RUN_STATE_COLUMNS,
     Op,
     Points,
     Row,
     RunSeries,
     Series,
+    run_state,
 )
 from flightlog.core import ops, settings
 from flightlog.core.entities import RunStatus
@@ -609,6 +611,22 @@ class SqliteStore:
                     {"dataset": json.loads(r[1]), "tags": json.loads(r[2])}
                 )
         return [out[i] for i in run_ids if i in out]
+
+    def run_states(self, run_ids: Sequence[str]) -> list[Row]:
+        """Runs' status, times and last step (the UI's live polling; see StoreAPI)."""
+        if not run_ids:
+            return []
+        # One query for the whole list: a JSON array parameter stands for the ids.
+        ids = (orjson.dumps(list(run_ids)).decode(),)
+        found = {
+            r[0]: run_state(r)
+            for r in self.reader().execute(
+                f"SELECT {RUN_STATE_COLUMNS} FROM runs r"
+                " WHERE r.run_uuid IN (SELECT value FROM json_each(?))",
+                ids,
+            )
+        }
+        return [found[i] for i in run_ids if i in found]
 
     def runs_json(
         self, run_ids: Sequence[str], artifact_uri: Callable[[str, str, str], str]
