@@ -39,11 +39,13 @@ from flightlog.collector.store import END_REASON_TAG, HEARTBEAT_TIMEOUT, latest_
 from flightlog.collector.store_api import (
     DEFAULT_EXPERIMENT_ID,
     DEFAULT_EXPERIMENT_NAME,
+    RUN_STATE_COLUMNS,
     Op,
     Points,
     Row,
     RunSeries,
     Series,
+    run_state,
 )
 from flightlog.core import ops
 from flightlog.core.entities import RunStatus
@@ -691,6 +693,19 @@ class PostgresStore:
         with self._read() as conn:
             out, _ = self._load_runs(conn, ids)
         return [out[i] for i in ids if i in out]
+
+    def run_states(self, run_ids: Sequence[str]) -> list[Row]:
+        """Runs' status, times and last step (the UI's live polling; see StoreAPI)."""
+        if not run_ids:
+            return []
+        ids = list(run_ids)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {RUN_STATE_COLUMNS} FROM runs r WHERE r.run_uuid = ANY(%s)",
+                (ids,),
+            ).fetchall()
+        found = {r[0]: run_state(r) for r in rows}
+        return [found[i] for i in ids if i in found]
 
     @staticmethod
     def _load_runs(

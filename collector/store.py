@@ -35,11 +35,13 @@ from flightlog.collector.search import search_experiment_ids, search_run_ids
 from flightlog.collector.store_api import (
     DEFAULT_EXPERIMENT_ID,
     DEFAULT_EXPERIMENT_NAME,
+    RUN_STATE_COLUMNS,
     Op,
     Points,
     Row,
     RunSeries,
     Series,
+    run_state,
 )
 from flightlog.core import ops, settings
 from flightlog.core.entities import RunStatus
@@ -610,6 +612,22 @@ class SqliteStore:
                 )
         return [out[i] for i in run_ids if i in out]
 
+    def run_states(self, run_ids: Sequence[str]) -> list[Row]:
+        """Runs' status, times and last step (the UI's live polling; see StoreAPI)."""
+        if not run_ids:
+            return []
+        # One query for the whole list: a JSON array parameter stands for the ids.
+        ids = (orjson.dumps(list(run_ids)).decode(),)
+        found = {
+            r[0]: run_state(r)
+            for r in self.reader().execute(
+                f"SELECT {RUN_STATE_COLUMNS} FROM runs r"
+                " WHERE r.run_uuid IN (SELECT value FROM json_each(?))",
+                ids,
+            )
+        }
+        return [found[i] for i in run_ids if i in found]
+
     def runs_json(
         self, run_ids: Sequence[str], artifact_uri: Callable[[str, str, str], str]
     ) -> list[str]:
@@ -804,22 +822,24 @@ class SqliteStore:
 
     def metric_chunks(self, run_id: str, key: str) -> list[tuple[bytes, bytes, bytes]]:
         """The packed (steps, values, timestamps) chunks of one series, in logged order."""
+        return list(self._chunk_rows(run_id, key))
+
+    def _chunk_rows(self, run_id: str, key: str) -> Iterator[tuple[bytes, bytes, bytes]]:
         conn = self.reader()
         if conn.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() is None:
             raise _missing(f"Run '{run_id}' not found")
-        return [
-            (r[0], r[1], r[2])
-            for r in conn.execute(
-                "SELECT steps, vals, ts FROM metric_chunks WHERE run_uuid = ? AND key = ?"
-                " ORDER BY chunk_id",
-                (run_id, key),
-            )
-        ]
+        for r in conn.execute(
+            "SELECT steps, vals, ts FROM metric_chunks WHERE run_uuid = ? AND key = ?"
+            " ORDER BY chunk_id",
+            (run_id, key),
+        ):
+            yield (r[0], r[1], r[2])
 
     def metric_history(self, run_id: str, key: str) -> Points:
         """A whole series as (steps, values, timestamps in seconds) arrays."""
         steps, vals, ts = array("q"), array("d"), array("d")
-        for s, v, t in self.metric_chunks(run_id, key):
+        # Chunk by chunk from the cursor: the packed rows are never all held beside the arrays.
+        for s, v, t in self._chunk_rows(run_id, key):
             steps.frombytes(s)
             vals.frombytes(v)
             ts.frombytes(t)

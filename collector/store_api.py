@@ -23,6 +23,20 @@ DEFAULT_EXPERIMENT_ID = 0
 DEFAULT_EXPERIMENT_NAME = "Default"
 
 Row = dict[str, Any]
+#: The columns both stores select for :meth:`StoreAPI.run_states`, in
+#: :func:`run_state` order (the last step: the largest step of the run's latest metrics).
+RUN_STATE_COLUMNS = (
+    "r.run_uuid, r.status, r.start_time, r.end_time, r.lifecycle_stage,"
+    " (SELECT MAX(m.step) FROM latest_metrics m WHERE m.run_uuid = r.run_uuid)"
+)
+
+
+def run_state(r: Sequence[Any]) -> Row:
+    """A :data:`RUN_STATE_COLUMNS` row as the dict :meth:`StoreAPI.run_states` returns."""
+    keys = ("run_id", "status", "start_time", "end_time", "lifecycle_stage", "last_step")
+    return dict(zip(keys, r, strict=True))
+
+
 #: One op of an ingest batch: (name from flightlog.core.ops, arguments).
 Op = tuple[str, dict[str, Any]]
 #: One column chunk of an ingest batch: (run_id, key, steps, values, timestamps in s).
@@ -104,6 +118,12 @@ class Store(Protocol):
 
     def get_runs(self, run_ids: Sequence[str]) -> list[Row]:
         """Runs by id in the given order; unknown ids skipped."""
+        ...
+
+    def run_states(self, run_ids: Sequence[str]) -> list[Row]:
+        """Each run's ``run_id``, ``status``, ``start_time``, ``end_time``,
+        ``lifecycle_stage`` and ``last_step`` (the largest step of its latest metrics, None
+        before any), in order; unknown ids skipped. Light: no params, tags or metrics."""
         ...
 
     def runs_json(

@@ -23,7 +23,8 @@
         point counts and step ranges
     GET /api/flightlog/ui/metrics
         ?run=ID (repeatable) &key=K (repeatable) &points=N (default 2000)
-        &min_step=A &max_step=B (a zoom range) | &after_step=S (live: only newer points)
+        &min_step=A &max_step=B (a zoom range) | &after_step=S (live: only newer points;
+        repeated once per run=, "" for none, each run's own last step)
     POST /api/flightlog/ui/metrics
         the same as a JSON object {"run": [...], "key": [...], "points": N, ...}, for
         more run ids than fit in a URL (1,000 runs on one chart: one request)
@@ -33,6 +34,14 @@
         Repeated runs and keys count once; at most MAX_SERIES series and
         MAX_REQUEST_POINTS series x points per request (a 400 names the limit). Values
         are numbers, NaN null, infinities "Infinity"/"-Infinity" (collector.ui_json).
+    GET /api/flightlog/ui/run-states?run=ID (repeatable)
+    POST /api/flightlog/ui/run-states
+        the same as a JSON object {"run": [...]}
+        live polling of many runs in one call: each run's {run_id, status, start_time,
+        end_time, lifecycle_stage, last_step} (last_step: the largest step of its
+        latest metrics, null before any) in the order asked, and the ids not found as
+        "missing". Repeated ids count once; at most MAX_STATE_RUNS per call (a 400
+        names the limit).
     GET /api/flightlog/ui/runs/{run_id}/artifacts?path=DIR
         the direct children of an artifact directory
     GET /api/flightlog/ui/runs/{run_id}/artifact?path=P[&download=1]
@@ -74,6 +83,8 @@ MAX_POINTS = 50_000
 #: downsample.READ_BATCH_POINTS the memory a call holds, stay bounded (the page asks for
 #: at most ~40 points per pixel column of a chart, about 150,000 for 1,000 runs).
 MAX_REQUEST_POINTS = 1_000_000
+#: The most runs one run-states call reports on (the compare page's 1,000 runs).
+MAX_STATE_RUNS = 1000
 #: Text previews are cut here; the page offers the download for the rest.
 TEXT_PREVIEW_BYTES = 2 << 20
 IMAGE_PREVIEW_BYTES = 32 << 20
@@ -243,9 +254,29 @@ async def run(request: web.Request) -> web.Response:
     return _json(await c.read(work))
 
 
-def _series_args(a: dict[str, Any]) -> tuple[list[str], list[str], int, int | None, int | None]:
-    """(runs, keys, points, min_step, max_step) of a metrics call, checked: repeated runs
-    and keys count once, and the call's size is capped (the module docstring)."""
+async def run_states(request: web.Request) -> web.Response:
+    """Status, times and last step of many runs at once (live pages poll this)."""
+    c = request.app[COLLECTOR]
+    args = await json_args(request, lists=("run",))
+    run_ids = list(dict.fromkeys(validate_run_id(r) for r in string_list_arg(args, "run")))
+    if not run_ids:
+        raise MlflowException("Give at least one run=ID", INVALID_PARAMETER_VALUE)
+    if len(run_ids) > MAX_STATE_RUNS:
+        raise MlflowException(
+            f"At most {MAX_STATE_RUNS} runs per run-states call, got {len(run_ids)}",
+            INVALID_PARAMETER_VALUE,
+        )
+    found = await c.read(c.store.run_states, run_ids)
+    seen = {r["run_id"] for r in found}
+    return _json({"runs": found, "missing": [r for r in run_ids if r not in seen]})
+
+
+def _series_args(
+    a: dict[str, Any],
+) -> tuple[list[str], list[str], int, dict[str, int | None], int | None]:
+    """(runs, keys, points, each run's first step, max_step) of a metrics call, checked:
+    repeated runs and keys count once, and the call's size is capped (the module
+    docstring)."""
     run_ids = list(dict.fromkeys(validate_run_id(r) for r in string_list_arg(a, "run")))
     keys = list(dict.fromkeys(string_list_arg(a, "key")))
     if not run_ids or not keys:
@@ -272,16 +303,44 @@ def _series_args(a: dict[str, Any]) -> tuple[list[str], list[str], int, int | No
         )
     lo = _int_arg(a, "min_step")
     hi = _int_arg(a, "max_step")
-    after = _int_arg(a, "after_step")
-    if after is not None:
-        lo = after + 1 if lo is None else max(lo, after + 1)
-    return run_ids, keys, points, lo, hi
+    raw_after = a.get("after_step")
+    if isinstance(raw_after, list) and len(raw_after) == 1:
+        raw_after = raw_after[0]  # a GET's single after_step
+    if isinstance(raw_after, list):
+        # One after_step per run= (null or "" for a run with no points yet): a live
+        # chart of runs at different steps asks for each one's new points in one call.
+        asked = string_list_arg(a, "run")
+        if len(raw_after) != len(asked):
+            raise MlflowException(
+                f"after_step has {len(raw_after)} values for {len(asked)} runs; give one "
+                "per run= or a single one",
+                INVALID_PARAMETER_VALUE,
+            )
+        after: dict[str, int | None] = {}
+        for run_id, value in zip(asked, raw_after, strict=True):
+            step = _int_arg({"after_step": value}, "after_step")
+            before = after.get(run_id, step)
+            # A run asked twice reads from the earlier of its steps.
+            after[run_id] = None if step is None or before is None else min(step, before)
+    else:
+        one = _int_arg({"after_step": raw_after}, "after_step")
+        after = dict.fromkeys(run_ids, one)
+    starts = {
+        r: lo if s is None else (s + 1 if lo is None else max(lo, s + 1)) for r, s in after.items()
+    }
+    return run_ids, keys, points, starts, hi
 
 
 async def metrics(request: web.Request) -> web.Response:
     """Chart-sized series for (run, key) pairs, over a step range or after a step."""
     c = request.app[COLLECTOR]
-    run_ids, keys, points, lo, hi = _series_args(await json_args(request, lists=("run", "key")))
+    run_ids, keys, points, starts, hi = _series_args(
+        await json_args(request, lists=("run", "key", "after_step"))
+    )
+    # Runs that start at the same step share one plan query (usually all of them).
+    by_start: dict[int | None, list[str]] = {}
+    for run_id in run_ids:
+        by_start.setdefault(starts[run_id], []).append(run_id)
 
     def work() -> bytes:
         # Series are encoded one by one as they are bucketed, so a call holds its answer's
@@ -289,7 +348,11 @@ async def metrics(request: web.Request) -> web.Response:
         # series' points as Python objects at once. Answers seen before come from the
         # cache (collector.series_cache) without a read.
         cache = cache_for(c.store)
-        plans = plan_many(c.store, run_ids, keys, points, lo, hi)
+        plans = [
+            p
+            for lo, runs in by_start.items()
+            for p in plan_many(c.store, runs, keys, points, lo, hi)
+        ]
         parts: list[bytes] = []
         todo = []
         for run_id, key, plan in plans:
@@ -409,6 +472,8 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{PREFIX}/runs/{{run_id}}", run),
         web.get(f"{PREFIX}/runs/{{run_id}}/artifacts", artifact_list),
         web.get(f"{PREFIX}/runs/{{run_id}}/artifact", artifact),
+        web.get(f"{PREFIX}/run-states", run_states),
+        web.post(f"{PREFIX}/run-states", run_states),
         web.get(f"{PREFIX}/metrics", metrics),
         web.post(f"{PREFIX}/metrics", metrics),
     ]

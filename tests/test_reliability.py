@@ -634,8 +634,9 @@ def test_collector_killed_three_times_during_a_run_stores_every_point_once(
                 "the agent to deliver to the restarted collector",
             )
         assert child.expect("flushed", timeout=240) == "True"
-        # The agent noticed each kill (a send failed, it spooled and retried).
-        assert int(child.expect("outages")) == 3
+        # The agent noticed the kills (a send failed, it spooled and retried); on a loaded
+        # machine a restart can come before the agent's next send, so not always all 3.
+        assert 1 <= int(child.expect("outages")) <= 3
         child.expect("done")
         assert child.wait() == 0
     finally:

@@ -22,12 +22,12 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from fake_nvml import NOT_SUPPORTED, FakeDevice, Refuse, fake_nvml
 
 from flightlog.agent import gpu as gpu_module
 from flightlog.agent import system
 from flightlog.agent.gpu import load_gpu_reader, parse_cuda_visible_devices
 from flightlog.agent.system import NodeSamplerLock, SystemSampler
+from tests.fake_nvml import NOT_SUPPORTED, FakeDevice, Refuse, fake_nvml
 
 GPU_IS_LOST = 15
 

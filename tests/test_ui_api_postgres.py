@@ -3,9 +3,9 @@
 The same tests as tests/test_ui_api.py (imported, so they are one piece of code), with
 ``tracking`` pointed at a collector on a fresh database of the session's PostgreSQL
 cluster (tests/pgserver.py): experiment summaries, columns, runs and filters, metric
-extremes, parents and children, the downsampled, zoomed and followed metric reads, and
-the many-series reads of tests/test_ui_metrics_api.py all come from the PostgreSQL
-store's own SQL.
+extremes, parents and children, the downsampled, zoomed and followed metric reads, the
+many-series reads of tests/test_ui_metrics_api.py and the live reads of
+tests/test_ui_live_api.py all come from the PostgreSQL store's own SQL.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from tests.test_ui_api import (  # noqa: F401  (collected here, on PostgreSQL)
     test_metric_extremes_per_run,
     test_metric_reads_keep_spikes_zoom_to_raw_and_follow_new_points,
     test_run_parent_children_and_metric_keys,
+)
+from tests.test_ui_live_api import (  # noqa: F401  (collected here, on PostgreSQL)
+    test_metrics_after_each_runs_own_step,
+    test_run_states_report_many_runs_in_one_call,
 )
 from tests.test_ui_metrics_api import (  # noqa: F401  (collected here, on PostgreSQL)
     test_a_cached_series_is_replaced_when_new_points_arrive,

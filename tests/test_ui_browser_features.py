@@ -20,7 +20,7 @@ import pytest
 
 import flightlog as mlflow
 from tests.conftest import CollectorProcess
-from tests.test_system_metrics import FakeDevice, fake_nvml
+from tests.fake_nvml import FakeDevice, fake_nvml
 from tests.test_ui_browser import (  # noqa: F401 (fixtures)
     BLUE,
     browser,
@@ -374,7 +374,7 @@ mlflow.end_run()
 
 _FAKE_PYNVML = """
 import sys
-from tests.test_system_metrics import FakeDevice, fake_nvml
+from tests.fake_nvml import FakeDevice, fake_nvml
 sys.modules[__name__] = fake_nvml(
     [FakeDevice(uuid=f"GPU-b{i}", util=70 + i, temp=50 + i) for i in range(2)]
 )

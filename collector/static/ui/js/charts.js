@@ -112,20 +112,24 @@ function withInfinite(s) {
  * Fetch series for lines [{runId, key}] over a step range; returns them in order. One
  * call per key and RUNS_PER_CALL runs, a POST past GET_RUNS (run ids no longer fit in a
  * URL): the collector reads every run's chunks in one query and buckets them in one pass.
+ * ``range.after`` (live): an array, each line's last step held (null: none yet); each
+ * line gets only its points after it.
  */
 export async function fetchSeries(lines, points, range = {}) {
   const byKey = new Map();
-  for (const l of lines) {
-    if (!byKey.has(l.key)) byKey.set(l.key, []);
-    byKey.get(l.key).push(l.runId);
-  }
+  lines.forEach((l, i) => {
+    if (!byKey.has(l.key)) byKey.set(l.key, { runs: [], after: [] });
+    const k = byKey.get(l.key);
+    k.runs.push(l.runId);
+    k.after.push(range.after ? range.after[i] ?? "" : "");
+  });
   const calls = [];
-  for (const [key, runs] of byKey) {
+  for (const [key, { runs, after }] of byKey) {
     for (let i = 0; i < runs.length; i += RUNS_PER_CALL) {
       const args = { run: runs.slice(i, i + RUNS_PER_CALL), key: [key], points };
       if (range.min != null) args.min_step = range.min;
       if (range.max != null) args.max_step = range.max;
-      if (range.after != null) args.after_step = range.after;
+      if (range.after) args.after_step = after.slice(i, i + RUNS_PER_CALL);
       // A GET while the run ids fit in a URL (readable in logs and dev tools).
       calls.push(args.run.length <= GET_RUNS ? getJSON("/metrics", args) : postJSON("/metrics", args));
     }
@@ -192,27 +196,32 @@ export class MetricChart {
     this.draw();
   }
 
-  /** Live: fetch each line's points after its last step and append them. */
-  async poll() {
+  /**
+   * Live: fetch the new points of the lines whose run is in ``live`` (every line when
+   * null), each after its own last step, and append them. One call for the whole chart
+   * (per RUNS_PER_CALL runs), whatever the steps: a chart of 1,000 RUNNING runs must not
+   * send 1,000 requests every tick, and finished runs' lines send nothing.
+   */
+  poll(live = null) {
+    // One poll at a time: two at once would both append the points after the same step.
+    if (!this.polling) this.polling = this.pollOnce(live).finally(() => { this.polling = null; });
+    return this.polling;
+  }
+
+  async pollOnce(live) {
     if (this.range) return; // zoomed in: the user is reading; pick up new points later
     const budget = this.pointsPerLine();
     if (this.data.some((d) => d.steps.length > 3 * budget)) return this.load(); // re-bucket
-    // One call per distinct last step (usually one for the whole chart), not per line:
-    // a chart of 1,000 RUNNING runs must not send 1,000 requests every tick.
-    const byAfter = new Map();
-    this.lines.forEach((l, i) => {
+    const idx = [];
+    this.lines.forEach((l, i) => { if (!live || live.has(l.runId)) idx.push(i); });
+    if (!idx.length) return;
+    const after = idx.map((i) => {
       const steps = this.data[i].steps;
-      const after = steps.length ? steps[steps.length - 1] : null;
-      if (!byAfter.has(after)) byAfter.set(after, []);
-      byAfter.get(after).push(i);
+      return steps.length ? steps[steps.length - 1] : null;
     });
+    const got = await fetchSeries(idx.map((i) => this.lines[i]), budget, { after });
     const fresh = new Array(this.lines.length);
-    await Promise.all(
-      [...byAfter].map(async ([after, idx]) => {
-        const got = await fetchSeries(idx.map((i) => this.lines[i]), budget, after === null ? {} : { after });
-        idx.forEach((i, j) => { fresh[i] = got[j]; });
-      }),
-    );
+    idx.forEach((i, j) => { fresh[i] = got[j]; });
     let grew = false;
     fresh.forEach((s, i) => {
       if (!s || !s.steps.length) return;
@@ -456,6 +465,11 @@ export class MetricChart {
   }
 }
 
+/** What makes two chart specs the same chart: its title, key and lines. */
+function specId(spec) {
+  return [spec.title, spec.timeAxis ? "t" : "s", ...spec.lines.map((l) => `${l.runId}\u0000${l.key}`)].join("\u0001");
+}
+
 /**
  * Small multiples that exist only on screen: each chart slot is a fixed-height
  * placeholder; a chart is created and fetched when its slot nears the viewport and
@@ -467,6 +481,7 @@ export class LazyCharts {
     this.mounted = new Map(); // slot -> MetricChart
     this.specs = new Map(); // slot -> spec
     this.observer = this.newObserver();
+    this.kept = new Map(); // specId -> a chart's data, across clear(true)
   }
 
   newObserver() {
@@ -506,8 +521,20 @@ export class LazyCharts {
   }
 
   mount(el) {
-    const c = new MetricChart(el, { ...this.specs.get(el), settings: this.settings });
+    const spec = this.specs.get(el);
+    const c = new MetricChart(el, { ...spec, settings: this.settings });
+    c.specId = specId(spec);
     this.mounted.set(el, c);
+    const held = this.kept.get(c.specId);
+    this.kept.delete(c.specId);
+    if (held) {
+      // The same chart before the page rebuilt its slots (a live run logged a new key):
+      // draw what was held and fetch only the points after it, not the whole series.
+      c.data = held;
+      c.draw();
+      c.poll().catch(() => {});
+      return;
+    }
     c.load().catch((err) => {
       c.status.textContent = err.message;
     });
@@ -528,13 +555,21 @@ export class LazyCharts {
     }
   }
 
-  /** Live updates for every chart on screen. */
-  async poll() {
-    await Promise.all([...this.mounted.values()].map((c) => c.poll().catch(() => {})));
+  /** Live updates for every chart on screen (of the runs in ``live``; all when null). */
+  async poll(live = null) {
+    await Promise.all([...this.mounted.values()].map((c) => c.poll(live).catch(() => {})));
   }
 
-  clear() {
-    for (const c of this.mounted.values()) c.destroy();
+  /**
+   * Remove every slot. With ``keep``, the data of charts drawn and not zoomed is held for
+   * slots of the same spec made next (see mount).
+   */
+  clear(keep = false) {
+    this.kept = new Map();
+    for (const c of this.mounted.values()) {
+      if (keep && !c.range && c.el.dataset.state === "drawn") this.kept.set(c.specId, c.data);
+      c.destroy();
+    }
     this.mounted.clear();
     this.specs.clear();
     this.observer.disconnect();

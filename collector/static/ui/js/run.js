@@ -109,8 +109,9 @@ export async function runPage(root, experimentId, runId, query) {
     const keys = data.metrics.map((m) => m.key).filter((k) => !q || k.toLowerCase().includes(q));
     const signature = `${q}\u0000${keys.join("\u0000")}`;
     if (signature === shownKeys) return;
+    // A new key of a live run rebuilds the slots; charts already drawn keep their points.
+    charts.clear(shownKeys !== "");
     shownKeys = signature;
-    charts.clear();
     const user = keys.filter((k) => !k.startsWith("system/"));
     const system = keys.filter((k) => k.startsWith("system/"));
     const searching = !!q;
