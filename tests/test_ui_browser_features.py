@@ -193,6 +193,37 @@ def test_x_axis_by_step_wall_time_and_relative_time(tracking: CollectorProcess, 
     assert "x=relative" in page.url
 
 
+def test_a_short_runs_charts_span_its_time_and_ticks_do_not_repeat(
+    tracking: CollectorProcess, page: Any
+) -> None:
+    client = mlflow.MlflowClient()
+    exp = mlflow.set_experiment("short").experiment_id
+    start = 1_800_000_000_000  # a run of 0.3 s: a key with four points, one with one
+    run_id = client.create_run(exp, start_time=start, run_name="short").info.run_id
+    for i in range(4):
+        client.log_metric(run_id, "loss", 1 / (i + 1), timestamp=start + 100 * i, step=i)
+    client.log_metric(run_id, "once", 0.5, timestamp=start + 150, step=0)
+    client.set_terminated(run_id, end_time=start + 300)
+    run = client.get_run(run_id)
+    page.goto(run_url(tracking, run) + "?x=wall")
+    for key in ("loss", "once"):
+        el = drawn(page, key)
+        span = [float(el.get_attribute(f"data-x-{e}") or "nan") for e in ("min", "max")]
+        # The run's start to its end, not a day-wide (or years-wide) axis for one point.
+        assert span == pytest.approx([start / 1000, start / 1000 + 0.3], abs=1e-3), (key, span)
+    page.get_by_label("x axis").select_option("relative")
+    page.wait_for_function(
+        "() => Number(document.querySelector('.chart[data-key=\"once\"]').dataset.xMin) < 1e9"
+    )
+    for key in ("loss", "once"):
+        el = drawn(page, key)
+        span = [float(el.get_attribute(f"data-x-{e}") or "nan") for e in ("min", "max")]
+        assert span == pytest.approx([0, 0.3], abs=1e-3), (key, span)
+        relative = ticks(el, "x")
+        assert len(relative) >= 3 and len(set(relative)) == len(relative), relative
+        assert all(re.fullmatch(r"\d\.\d+s", t) for t in relative), relative
+
+
 def test_json_and_yaml_artifacts_preview_as_text(tracking: CollectorProcess, page: Any) -> None:
     config = {"model": {"name": "<b>cnn</b>", "layers": [64, 32]}, "lr": 0.001}
     yaml_text = "model:\n  name: cnn\n  layers: [64, 32]\n# <script>alert(1)</script>\n"
