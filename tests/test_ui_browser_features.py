@@ -504,3 +504,62 @@ def test_system_metrics_of_two_nodes_show_per_node_and_per_gpu_on_the_training_t
 
 def gpu_key(gpu: int) -> str:
     return f"system/node-b/gpu_{gpu}_utilization_percentage"
+
+
+def _sweep(name: str, lrs: tuple[float, ...]) -> list[str]:
+    """Runs of a small sweep in a new experiment: param lr, tag opt, metrics loss and acc."""
+    exp_id = mlflow.create_experiment(name)
+    ids = []
+    for i, lr in enumerate(lrs):
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"{name}{i}") as run:
+            mlflow.log_param("lr", lr)
+            mlflow.set_tag("opt", "adam" if i % 2 else "sgd")
+            for s in range(50):
+                mlflow.log_metrics({"loss": (1 + i) / (s + 1), "acc": s / 50}, step=s)
+        ids.append(run.info.run_id)
+    mlflow.flush()
+    return ids
+
+
+def test_compare_keeps_its_state_in_the_address(tracking: CollectorProcess, page: Any) -> None:
+    ids = _sweep("kept", (0.1, 0.01, 0.001))
+    page.goto(f"{tracking.url}/#/compare-runs?runs={','.join(ids)}")
+    drawn(page, "loss")
+    page.get_by_label("x axis").select_option("relative")
+    page.get_by_label("log y").check()
+    page.get_by_label("smoothing").fill("0.5")
+    page.get_by_label("group by").select_option("tags.opt")
+    page.get_by_label("Search metric keys").fill("loss")
+    page.get_by_label("param", exact=True).select_option("lr")
+    page.get_by_label("metric", exact=True).select_option("acc")
+    page.wait_for_function("() => location.hash.includes('keys=loss')")
+    for part in ("x=relative", "log=1", "smooth=0.5", "group=tags.opt", "sy=acc", "runs="):
+        assert part in page.url, (part, page.url)
+
+    page.reload()
+    loss = drawn(page, "loss", y_log="true")
+    assert page.get_by_label("x axis").input_value() == "relative"
+    assert page.get_by_label("log y").is_checked()
+    assert page.get_by_label("smoothing").input_value() == "0.5"
+    assert page.get_by_label("group by").input_value() == "tags.opt"
+    assert page.get_by_label("Search metric keys").input_value() == "loss"
+    assert page.get_by_label("metric", exact=True).input_value() == "acc"
+    assert [s.get_attribute("data-key") for s in page.locator(".chart-slot").all()] == ["loss"]
+    # Relative time and two groups (adam, sgd), each a min, a max and a mean series.
+    assert float(loss.get_attribute("data-x-min") or "nan") < 1e9
+    assert loss.locator(".u-legend .u-series").count() == 1 + 2 * 3
+
+
+def test_compare_scatter_starts_on_a_param_and_metric_most_runs_have(
+    tracking: CollectorProcess, page: Any
+) -> None:
+    ids = _sweep("scatter", (0.1, 0.01, 0.001))
+    # One more run without lr, with a metric and a param of its own that sort first.
+    with mlflow.start_run(experiment_id=mlflow.get_run(ids[0]).info.experiment_id) as odd:
+        mlflow.log_param("a_seed", 7)
+        mlflow.log_metric("a_only", 1.0)
+    mlflow.flush()
+    page.goto(f"{tracking.url}/#/compare-runs?runs={','.join([*ids, odd.info.run_id])}")
+    drawn(page, "loss")
+    assert page.get_by_label("param", exact=True).input_value() == "lr"
+    assert page.get_by_label("metric", exact=True).input_value() in ("loss", "acc")
