@@ -222,6 +222,15 @@ def test_a_short_runs_charts_span_its_time_and_ticks_do_not_repeat(
         relative = ticks(el, "x")
         assert len(relative) >= 3 and len(set(relative)) == len(relative), relative
         assert all(re.fullmatch(r"\d\.\d+s", t) for t in relative), relative
+    # Compare (no page-wide span): a one-point chart by wall time spans its data, padded
+    # by half a second either side, never a day.
+    page.goto(f"{tracking.url}/#/compare-runs?runs={run_id}&x=wall")
+    page.wait_for_function(
+        "() => Number(document.querySelector('.chart[data-key=\"once\"]')?.dataset.xMin) > 1e9"
+    )
+    el = drawn(page, "once")
+    span = [float(el.get_attribute(f"data-x-{e}") or "nan") for e in ("min", "max")]
+    assert span == pytest.approx([start / 1000 - 0.35, start / 1000 + 0.65], abs=1e-3), span
 
 
 def test_json_and_yaml_artifacts_preview_as_text(tracking: CollectorProcess, page: Any) -> None:

@@ -417,14 +417,18 @@ export class MetricChart {
     d.yTicks = (u.axes[1]._values || []).join("|");
   }
 
-  /** The x range of a time axis over the page's span (none while zoomed or by step). */
+  /** The x range of a time axis over the page's span, or the data's own extent on a
+   * page without one (compare); none while zoomed or by step. */
   xRange(m) {
-    if (!this.span || m === "step" || this.range) return undefined;
+    if (m === "step" || this.range) return undefined;
     return (u) => {
-      const [a, b] = this.span();
-      const t0 = m === "wall" ? 0 : this.lines[0].start ?? a;
-      let lo = (a - t0) / 1000;
-      let hi = (b - t0) / 1000;
+      let lo = Infinity;
+      let hi = -Infinity;
+      if (this.span) {
+        const [a, b] = this.span();
+        const t0 = m === "wall" ? 0 : this.lines[0].start ?? a;
+        [lo, hi] = [(a - t0) / 1000, (b - t0) / 1000];
+      }
       // Widened to the data's own extent, read from the data: uPlot's min and max are
       // padded for a single point (a time axis by a day, 86,400 s read as ms: years).
       for (const x of u.data[0] || []) {
@@ -432,6 +436,7 @@ export class MetricChart {
         if (x < lo) lo = x;
         if (x > hi) hi = x;
       }
+      if (lo > hi) return [0, 1]; // nothing to show yet
       // A run that ended the moment it started still needs an axis of some width.
       if (!(hi - lo > 1e-3)) [lo, hi] = [lo - 0.5, hi + 0.5];
       return [lo, hi];
