@@ -29,13 +29,14 @@ behind the interrupted frame, the signal still takes its course when that wait e
 (batches already in the outbox stay in the spool; points still in the queue are lost):
 the handler can never hang the process.
 
-A forked child (a ``multiprocessing`` Pool worker) has one more hole: a signal that
-lands just before the main thread blocks in a call that no signal of its own
-interrupts (the pool's queue lock, ``sem_wait``) is caught by Python's C-level handler,
-which only marks it pending; the main thread then blocks, never reaches the next
-bytecode that would run the handler, and the process lives on (``Pool.terminate()``
-waits for it forever; seen about once in 300 terminations under load). So in a forked
-child the C-level handler also writes the signal's number to a pipe
+A ``multiprocessing`` child (a Pool worker, forked or spawned) has one more hole: a
+signal that lands just before the main thread blocks in a call that no signal of its
+own interrupts (the pool's queue lock, ``sem_wait``) is caught by Python's C-level
+handler, which only marks it pending; the main thread then blocks, never reaches the
+next bytecode that would run the handler, and the process lives on
+(``Pool.terminate()`` waits for it forever; seen about once in 300 terminations under
+load). So in such a child (set up after a fork, or when a spawned child installs the
+handlers) the C-level handler also writes the signal's number to a pipe
 (``signal.set_wakeup_fd``), and a watchdog thread that reads it sends the signal again
 to the main thread when the handler has not started within ``NUDGE_AFTER`` seconds:
 the blocked call is interrupted and the handler runs. That nudge never counts as the
@@ -116,11 +117,24 @@ def install(
     if _previous and not _fork_hook and hasattr(os, "register_at_fork"):
         _fork_hook = True
         os.register_at_fork(after_in_child=_watch_in_child)
+    if _previous and _wakeup_w == -1 and _multiprocessing_child():
+        # A spawn or forkserver worker (or a forked one whose parent never installed
+        # us) blocks on the pool's queue lock just the same: it gets the watchdog too.
+        _watch_in_child()
     return bool(_previous)
 
 
+def _multiprocessing_child() -> bool:
+    """Whether this process is a ``multiprocessing`` child (a Pool worker, say).
+
+    Only looked up when multiprocessing is already imported: a child has it, and the
+    SDK must not import it for a plain script."""
+    mp = sys.modules.get("multiprocessing")
+    return mp is not None and mp.parent_process() is not None
+
+
 def _watch_in_child() -> None:
-    """In a forked child: a wakeup pipe and the watchdog that reads it (see above)."""
+    """In a multiprocessing child: a wakeup pipe and the watchdog that reads it."""
     global _wakeup_w, _handling, _nudged
     _handling = _nudged = False  # the parent's state is not this process's
     if not _previous or threading.current_thread() is not threading.main_thread():

@@ -48,6 +48,8 @@ _ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "defla
 
 #: Bytes a second a streamed upload must average over each ``--body-timeout`` window.
 MIN_UPLOAD_RATE = 1024
+#: Seconds a gathered body may pause, while others are refused the budget it holds.
+STALL_SECONDS = 5.0
 
 
 class BodyTimeout(MlflowException):
@@ -65,6 +67,19 @@ class BodyTimeout(MlflowException):
 
     def http_status(self) -> int:
         return 408
+
+
+class BodyStalled(BodyTimeout):
+    """A gathered body that paused while the budget it holds was refused to others (408)."""
+
+    def __init__(self, seconds: float, held: int) -> None:
+        MlflowException.__init__(
+            self,
+            f"The request body paused for {seconds:g}s holding {held} bytes of the "
+            "collector's memory budget while other requests were refused for want of it; "
+            "the connection is closed.",
+            BAD_REQUEST,
+        )
 
 
 def _bad(message: str) -> MlflowException:
@@ -145,9 +160,17 @@ async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
 
     For streaming into storage (artifact uploads): memory held is one piece. A truncated
     compressed stream raises at the end, before the caller commits anything.
+
+    :raises BodyTooLarge: a gzip/deflate body inflating past the collector's
+        ``upload_max_decoded_bytes`` (FLIGHTLOG_UPLOAD_MAX_DECODED_BYTES); 413.
     """
-    timeout = request.app[COLLECTOR].config.body_timeout
+    config = request.app[COLLECTOR].config
+    timeout = config.body_timeout
     decoder = _Decoder(request.headers.get("Content-Encoding", ""))
+    # An identity body is stored as sent (its size is what the client paid to send); an
+    # encoded one is bounded once decoded, or a 500 KB bomb becomes a 512 MiB file.
+    limit = None if decoder.encoding in ("", "identity") else config.upload_max_decoded_bytes
+    decoded = 0
     # A per-piece deadline alone lets a client drip one byte just inside each timeout
     # and hold the upload (and its temp file) open forever: each window of ``timeout``
     # seconds must also bring MIN_UPLOAD_RATE bytes a second on average.
@@ -165,6 +188,15 @@ async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
                     raise BodyTimeout(timeout, window_bytes / timeout)
                 window_end, window_bytes = now + timeout, 0
             for piece in decoder.steps(raw):
+                decoded += len(piece)
+                if limit is not None and decoded > limit:
+                    raise BodyTooLarge(
+                        decoded,
+                        limit,
+                        f"Artifact upload ({decoder.encoding}-encoded)",
+                        "once decoded (FLIGHTLOG_UPLOAD_MAX_DECODED_BYTES); "
+                        "send it without Content-Encoding, as MLflow's clients do.",
+                    )
                 yield piece
         decoder.finish()
     except BaseException:
@@ -233,7 +265,7 @@ async def _gather(request: web.Request, limit: int, reservation: Reservation, wh
     buffer = io.BytesIO()
     total = 0
     while True:
-        raw = await _next_raw(request, deadline, timeout)
+        raw = await _next_gathered(request, deadline, timeout, reservation)
         if not raw:
             break
         for piece in decoder.steps(raw):
@@ -244,3 +276,31 @@ async def _gather(request: web.Request, limit: int, reservation: Reservation, wh
             buffer.write(piece)
     decoder.finish()
     return buffer.getvalue()
+
+
+async def _next_gathered(
+    request: web.Request, deadline: float, timeout: float, reservation: Reservation
+) -> bytes:
+    """The next raw bytes of a gathered body, within its deadline.
+
+    A body that sends most of its bytes and then stalls would hold its share of the
+    budget until the body timeout while every other writer is answered 503. So the wait
+    is cut into :data:`STALL_SECONDS` slices: a body that brought nothing for a whole
+    slice, while another request was refused for want of the budget, is dropped (408).
+    Alone, or with room for the others, it may pause until the body timeout.
+    """
+    budget = request.app[COLLECTOR].limits
+    quiet_since = time.monotonic()
+    stall = min(STALL_SECONDS, timeout)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BodyTimeout(timeout)
+        try:
+            # readany keeps what arrived in its buffer when the wait is cut short.
+            return await asyncio.wait_for(request.content.readany(), min(remaining, stall))
+        except asyncio.TimeoutError:
+            if time.monotonic() >= deadline:
+                raise BodyTimeout(timeout) from None
+            if budget.last_refused >= quiet_since:
+                raise BodyStalled(time.monotonic() - quiet_since, reservation.size) from None

@@ -38,6 +38,9 @@ class CollectorConfig:
     #: Seconds a gathered request body may take to arrive, and an upload may pause;
     #: past it, 408 and the connection is closed (collector.bodies).
     body_timeout: float = field(default_factory=settings.BODY_TIMEOUT.get)
+    #: The most bytes a gzip/deflate artifact upload may decode to (collector.bodies):
+    #: a few hundred KB of a bomb must not become a file of gigabytes.
+    upload_max_decoded_bytes: int = field(default_factory=settings.UPLOAD_MAX_DECODED_BYTES.get)
     #: S3-compatible endpoint for s3:// artifact locations; None: AWS itself.
     s3_endpoint_url: str | None = field(default_factory=settings.S3_ENDPOINT_URL.get)
     #: Days ingest batch ids are kept for deduplication; 0: forever (collector.housekeeping).

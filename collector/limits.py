@@ -21,6 +21,7 @@ one-point series, whose per-series Python objects dominate (bench/bench_hostile.
 from __future__ import annotations
 
 import math
+import time
 
 from flightlog.core.exceptions import Overloaded
 
@@ -48,6 +49,7 @@ class IngestLimits:
         self.pending = 0
         self.peak_pending = 0
         self.refused = 0  # requests answered 503
+        self.last_refused = -math.inf  # time.monotonic() of the latest 503
         self._rate = float(MIN_RATE)  # bytes written per second, smoothed
 
     def reserve_for(self, declared: int | None, initial: int) -> Reservation:
@@ -64,6 +66,7 @@ class IngestLimits:
         others = self.pending - held
         if others and self.pending + extra > self.max_pending_bytes:
             self.refused += 1
+            self.last_refused = time.monotonic()
             raise Overloaded(self.retry_after(), self.pending)
         self.pending += extra
         self.peak_pending = max(self.peak_pending, self.pending)

@@ -196,7 +196,10 @@ async def serve(config: CollectorConfig) -> None:
         # collector.bodies decodes gzip/deflate itself, in bounded steps, counting the
         # inflated bytes against the budget; aiohttp's decoder would inflate unbounded.
         auto_decompress=False,
-        # Idle keep-alive connections go after this long (a slow client holds no slot).
+        # Idle keep-alive connections go after this long (a slow client holds no slot);
+        # aiohttp's timer also closes a connection whose request headers are not
+        # complete this long after it opened or after its last answer (headers sent a
+        # byte at a time; tests/test_hardening_limits.py).
         keepalive_timeout=config.body_timeout,
     )
 

@@ -56,7 +56,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import math
+import operator
 import uuid
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
@@ -114,6 +116,9 @@ MAX_RESULTS_DEFAULT = 1000  # SearchRuns / SearchExperiments when max_results is
 MAX_RUNS_GET_METRIC_HISTORY_BULK = 100
 MAX_RESULTS_PER_RUN = 2500
 MAX_HISTORY_BULK_RESULTS = 25000  # metrics/get-history-bulk
+# metrics/get-history: the most points one answer holds (MLflow's client pages by 25,000,
+# GET_METRIC_HISTORY_MAX_RESULTS, and follows next_page_token).
+MAX_HISTORY_PAGE = 25000
 MAX_DATASET_NAME_SIZE = 500
 MAX_DATASET_DIGEST_SIZE = 36
 
@@ -711,16 +716,39 @@ def _history(store: Store, run_id: str, key: str) -> list[tuple[int, int, float]
 
     An unknown run has no history (MLflow answers it with an empty list, not an error).
     """
+    return _history_page(store, run_id, key, 0, None)[0]
+
+
+def _history_page(
+    store: Store, run_id: str, key: str, offset: int, count: int | None
+) -> tuple[list[tuple[int, int, float]], int]:
+    """Points ``offset`` to ``offset + count`` of :func:`_history`, and how many there are.
+
+    The series is read as compact arrays (24 bytes a point); only the page becomes
+    Python tuples, unless the points must be sorted first (timestamps out of step order).
+    """
     try:
         steps, vals, ts = store.metric_history(run_id, key)
     except MlflowException as e:
         if e.error_code == RESOURCE_DOES_NOT_EXIST:
-            return []
+            return [], 0
         raise
-    points = [(round(t * 1000), s, x) for s, x, t in zip(steps, vals, ts, strict=True)]
-    if any(points[i] > points[i + 1] for i in range(len(points) - 1)):
-        points.sort()
-    return points
+    n = len(steps)
+
+    def point(i: int) -> tuple[int, int, float]:
+        return (round(ts[i] * 1000), steps[i], vals[i])
+
+    end = n if count is None else min(n, offset + count)
+    # The usual series (timestamps never going back, steps rising) is checked at C speed:
+    # a page of a million-point series must not cost a second of tuple comparisons.
+    # Rounding to ms keeps timestamps in order; where two round equal, steps decide.
+    in_order = (
+        all(map(operator.le, ts, itertools.islice(ts, 1, None)))
+        and all(map(operator.lt, steps, itertools.islice(steps, 1, None)))
+    ) or all(point(i) <= point(i + 1) for i in range(n - 1))
+    if in_order:
+        return [point(i) for i in range(offset, end)], n
+    return sorted(point(i) for i in range(n))[offset:end], n
 
 
 def _history_token(offset: int) -> str:
@@ -763,14 +791,18 @@ async def get_metric_history(request: web.Request) -> web.Response:
         )
     offset = _history_offset(string_arg(a, "page_token"))
 
+    # At most MAX_HISTORY_PAGE points an answer, whatever max_results asks: the rest
+    # comes with a next_page_token, which MLflow's client follows (it asks for pages of
+    # 25,000 itself), so a whole series never sits in memory as one answer.
+    page_size = MAX_HISTORY_PAGE if max_results is None else min(max_results, MAX_HISTORY_PAGE)
+
     def work() -> bytes:
-        points = _history(c.store, run_id, key)
-        end = len(points) if max_results is None else min(len(points), offset + max_results)
+        page, total = _history_page(c.store, run_id, key, offset, page_size)
         out: dict[str, Any] = {}
-        page = points[offset:end]
         if page:
             out["metrics"] = [_metric_json(key, p) for p in page]
-        if end < len(points):
+        end = offset + len(page)
+        if end < total:
             out["next_page_token"] = _history_token(end)
         return orjson.dumps(out)
 

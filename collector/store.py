@@ -822,22 +822,24 @@ class SqliteStore:
 
     def metric_chunks(self, run_id: str, key: str) -> list[tuple[bytes, bytes, bytes]]:
         """The packed (steps, values, timestamps) chunks of one series, in logged order."""
+        return list(self._chunk_rows(run_id, key))
+
+    def _chunk_rows(self, run_id: str, key: str) -> Iterator[tuple[bytes, bytes, bytes]]:
         conn = self.reader()
         if conn.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() is None:
             raise _missing(f"Run '{run_id}' not found")
-        return [
-            (r[0], r[1], r[2])
-            for r in conn.execute(
-                "SELECT steps, vals, ts FROM metric_chunks WHERE run_uuid = ? AND key = ?"
-                " ORDER BY chunk_id",
-                (run_id, key),
-            )
-        ]
+        for r in conn.execute(
+            "SELECT steps, vals, ts FROM metric_chunks WHERE run_uuid = ? AND key = ?"
+            " ORDER BY chunk_id",
+            (run_id, key),
+        ):
+            yield (r[0], r[1], r[2])
 
     def metric_history(self, run_id: str, key: str) -> Points:
         """A whole series as (steps, values, timestamps in seconds) arrays."""
         steps, vals, ts = array("q"), array("d"), array("d")
-        for s, v, t in self.metric_chunks(run_id, key):
+        # Chunk by chunk from the cursor: the packed rows are never all held beside the arrays.
+        for s, v, t in self._chunk_rows(run_id, key):
             steps.frombytes(s)
             vals.frombytes(v)
             ts.frombytes(t)

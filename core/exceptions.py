@@ -105,12 +105,15 @@ class SpoolFull(Exception):
 class BodyTooLarge(MlflowException):
     """A request body over the configured maximum, once decoded (HTTP 413)."""
 
-    def __init__(self, size: int, limit: int, what: str = "Ingest batch") -> None:
-        hint = (
-            "(--ingest-max-body-bytes); send smaller batches (FLIGHTLOG_BATCH_POINTS)."
-            if what == "Ingest batch"
-            else "(decoded, whatever the Content-Encoding)."
-        )
+    def __init__(
+        self, size: int, limit: int, what: str = "Ingest batch", hint: str | None = None
+    ) -> None:
+        if hint is None:
+            hint = (
+                "(--ingest-max-body-bytes); send smaller batches (FLIGHTLOG_BATCH_POINTS)."
+                if what == "Ingest batch"
+                else "(decoded, whatever the Content-Encoding)."
+            )
         super().__init__(
             f"{what} of {size} bytes or more is larger than the collector's limit of "
             f"{limit} bytes {hint}",

@@ -319,6 +319,14 @@ BODY_TIMEOUT: Setting[float] = Setting(
     "a number of seconds > 0",
     side="collector",
 )
+UPLOAD_MAX_DECODED_BYTES: Setting[int] = Setting(
+    "FLIGHTLOG_UPLOAD_MAX_DECODED_BYTES",
+    _integer(1),
+    256 * 1024**2,
+    "Largest artifact upload sent gzip/deflate-encoded, once decoded (413 past it).",
+    "a number of bytes >= 1",
+    side="collector",
+)
 INGEST_MAX_BODY_BYTES: Setting[int] = Setting(
     "FLIGHTLOG_INGEST_MAX_BODY_BYTES",
     _integer(1),

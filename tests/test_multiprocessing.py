@@ -78,9 +78,7 @@ if __name__ == "__main__":
         ("fork", "pool"),
         # Forked workers inherit the SDK's SIGTERM handler, which flushes; a worker that
         # gets the signal just before it blocks on the pool's queue lock is woken by the
-        # watchdog of flightlog.agent.signals. (Spawned workers do not have the handler:
-        # terminating them loses what they did not flush; the README says to close()
-        # and join() the pool, or flush() in the task.)
+        # watchdog of flightlog.agent.signals.
         ("fork", "pool-terminate"),
         ("spawn", "process"),
         ("spawn", "pool"),
@@ -161,3 +159,62 @@ def test_a_forked_child_blocked_when_its_sigterm_came_still_ends(
     assert "child -15" in proc.stdout, proc.stdout + proc.stderr
     run_id = proc.stdout.split("run ", 1)[1].split()[0]
     assert stored_points(collector.db, run_id, "child") == N
+
+
+STUCK_SPAWNED = """
+import multiprocessing as mp, os, signal, sys, threading, time
+import flightlog as mlflow
+
+
+def worker(sem, n):
+    # A spawned worker that logs into a run of its own (as a Pool task would), then
+    # blocks on a semaphore with its SIGTERM already caught by the C-level handler.
+    with mlflow.start_run() as run:
+        print("run", run.info.run_id, flush=True)
+        for s in range(n):
+            mlflow.log_metric("child", float(s), step=s)
+
+        def trip():
+            # Delivered to this thread, not the main one: the main thread's wait is not
+            # interrupted, as when the signal lands just before it blocks.
+            time.sleep(0.3)
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+        threading.Thread(target=trip).start()
+        sem.acquire()
+    os._exit(3)  # not reached: the handler ends the process (SIGTERM)
+
+
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    sem = ctx.Semaphore(0)  # nobody ever releases it
+    p = ctx.Process(target=worker, args=(sem, {n}))
+    p.start()
+    p.join(60)
+    if p.exitcode is None:
+        p.kill()
+        print("child stuck", flush=True)
+    else:
+        print("child", p.exitcode, flush=True)
+"""
+
+
+def test_a_spawned_child_blocked_when_its_sigterm_came_still_ends(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    """The same watchdog in a spawned child: it is set up when the child's first run
+    installs the handlers (a spawned Pool worker that logs is such a child)."""
+    d = tmp_path / "scripts"
+    d.mkdir(exist_ok=True)
+    script = d / "stuck_spawned.py"
+    script.write_text(STUCK_SPAWNED.format(n=N))
+    proc = run_script(
+        tmp_path,
+        f"import runpy\nrunpy.run_path({str(script)!r}, run_name='__main__')\n",
+        env={"FLIGHTLOG_TRACKING_URI": collector.url},
+        timeout=120,
+    )
+    assert "child -15" in proc.stdout, proc.stdout + proc.stderr
+    run_id = proc.stdout.split("run ", 1)[1].split()[0]
+    wait_until(lambda: stored_points(collector.db, run_id, "child") == N, 15, "the points")
+    assert run_status(collector.db, run_id) == "KILLED"
