@@ -147,8 +147,10 @@ def _step_arg(args: Mapping[str, Any], name: str) -> int | None:
     """A step argument: an integer in int64's range (steps are stored as int64), or None."""
     raw = args.get(name)
     # A JSON number past int64 arrives as a float (orjson): out of range, not "not integer".
-    big = isinstance(raw, float) and raw.is_integer() and not INT64_MIN <= raw <= INT64_MAX
-    step = int(raw) if big else _int_arg(args, name)
+    if isinstance(raw, float) and raw.is_integer() and not INT64_MIN <= raw <= INT64_MAX:
+        step: int | None = int(raw)
+    else:
+        step = _int_arg(args, name)
     if step is not None and not INT64_MIN <= step <= INT64_MAX:
         raise MlflowException(
             f"Parameter {name!r} must be a 64-bit integer (between {INT64_MIN} and "
