@@ -64,7 +64,8 @@ async def health(request: web.Request) -> web.Response:
     """Liveness, and which store this collector serves (the SDK checks its ``store_id``).
 
     The store's path and the PID only go to a client that sent the collector's token:
-    /health needs none, and a collector without a token shows them to nobody.
+    /health needs none, and a collector without a token shows them to nobody. ``db`` is
+    the SQLite file, or a PostgreSQL store's URI with its password redacted.
     """
     c = request.app[COLLECTOR]
     db_path = c.config.db_path or str(Path(c.config.store_uri) / DB_NAME)
@@ -75,7 +76,9 @@ async def health(request: web.Request) -> web.Response:
     }
     token = c.config.token
     if token and authorized(request, token):
-        body.update(pid=os.getpid(), store=c.config.store_uri, db=db_path)
+        # store_uri is already redacted for a database (collector.main.config_from_args).
+        db = c.config.store_uri if c.config.database_uri else db_path
+        body.update(pid=os.getpid(), store=c.config.store_uri, db=db)
     return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
 

@@ -64,7 +64,7 @@ import orjson
 from aiohttp import web
 
 from flightlog.collector.artifact_api import run_repository
-from flightlog.collector.downsample import bucket_many, plan_many
+from flightlog.collector.downsample import RangePlan, bucket_many, plan_many
 from flightlog.collector.request_args import json_args, string_list_arg
 from flightlog.collector.search import ACTIVE_ONLY, ALL, DELETED_ONLY, MAX_RESULTS_LIMIT
 from flightlog.collector.series_cache import cache_for
@@ -138,6 +138,26 @@ def _int_arg(args: Mapping[str, Any], name: str, default: int | None = None) -> 
     raise MlflowException(
         f"Parameter {name!r} must be an integer, got {raw!r}", INVALID_PARAMETER_VALUE
     )
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _step_arg(args: Mapping[str, Any], name: str) -> int | None:
+    """A step argument: an integer in int64's range (steps are stored as int64), or None."""
+    raw = args.get(name)
+    # A JSON number past int64 arrives as a float (orjson): out of range, not "not integer".
+    if isinstance(raw, float) and raw.is_integer() and not INT64_MIN <= raw <= INT64_MAX:
+        step: int | None = int(raw)
+    else:
+        step = _int_arg(args, name)
+    if step is not None and not INT64_MIN <= step <= INT64_MAX:
+        raise MlflowException(
+            f"Parameter {name!r} must be a 64-bit integer (between {INT64_MIN} and "
+            f"{INT64_MAX}), got {step}",
+            INVALID_PARAMETER_VALUE,
+        )
+    return step
 
 
 async def experiments(request: web.Request) -> web.Response:
@@ -301,8 +321,8 @@ def _series_args(
             "call; ask for fewer runs, keys or points",
             INVALID_PARAMETER_VALUE,
         )
-    lo = _int_arg(a, "min_step")
-    hi = _int_arg(a, "max_step")
+    lo = _step_arg(a, "min_step")
+    hi = _step_arg(a, "max_step")
     raw_after = a.get("after_step")
     if isinstance(raw_after, list) and len(raw_after) == 1:
         raw_after = raw_after[0]  # a GET's single after_step
@@ -318,13 +338,15 @@ def _series_args(
             )
         after: dict[str, int | None] = {}
         for run_id, value in zip(asked, raw_after, strict=True):
-            step = _int_arg({"after_step": value}, "after_step")
+            step = _step_arg({"after_step": value}, "after_step")
             before = after.get(run_id, step)
             # A run asked twice reads from the earlier of its steps.
             after[run_id] = None if step is None or before is None else min(step, before)
     else:
-        one = _int_arg({"after_step": raw_after}, "after_step")
+        one = _step_arg({"after_step": raw_after}, "after_step")
         after = dict.fromkeys(run_ids, one)
+    # A run's first step is one past its after_step; past int64 (after_step = 2^63-1)
+    # nothing can follow, and metrics() answers an empty series without a read.
     starts = {
         r: lo if s is None else (s + 1 if lo is None else max(lo, s + 1)) for r, s in after.items()
     }
@@ -351,7 +373,11 @@ async def metrics(request: web.Request) -> web.Response:
         plans = [
             p
             for lo, runs in by_start.items()
-            for p in plan_many(c.store, runs, keys, points, lo, hi)
+            for p in (
+                plan_many(c.store, runs, keys, points, lo, hi)
+                if lo is None or lo <= INT64_MAX
+                else [(r, k, RangePlan([], points, INT64_MAX, hi)) for r in runs for k in keys]
+            )
         ]
         parts: list[bytes] = []
         todo = []

@@ -168,6 +168,17 @@ async def test_token_is_required_but_for_health(tmp_path: Path, aiohttp_client: 
         assert r.status == status, header
 
 
+async def test_health_shows_the_sqlite_file_only_with_the_token(
+    tmp_path: Path, aiohttp_client: MakeClient
+) -> None:
+    db = str(tmp_path / "flightlog.db")
+    client = await aiohttp_client(_app(tmp_path, token="s3cret", db_path=db))
+    assert "db" not in await (await client.get("/health")).json()
+    r = await client.get("/health", headers={"Authorization": "Bearer s3cret"})
+    got = await r.json()
+    assert got["db"] == db and got["store"] == str(tmp_path) and got["store_id"] == store_id(db)
+
+
 async def test_artifacts_round_trip_through_both_apis(
     tmp_path: Path, aiohttp_client: MakeClient
 ) -> None:

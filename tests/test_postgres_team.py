@@ -65,6 +65,9 @@ def test_two_collectors_share_a_database_and_a_batch_is_stored_once(
         # The password never shows in /health.
         health = CollectorClient(a.url, token=TOKEN).healthy()
         assert health is not None and pg_server.password not in health["store"]
+        # db is the database's redacted URI, not a file path made up from it.
+        assert health["db"] == health["store"] and health["db"].startswith("postgresql://")
+        assert pg_server.password not in health["db"] and "flightlog.db" not in health["db"]
         # The same batch reaches both collectors at once, many times over.
         run_id = "f" * 32
         body = one_point_batch(run_id)

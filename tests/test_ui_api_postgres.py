@@ -34,6 +34,7 @@ from tests.test_ui_metrics_api import (  # noqa: F401  (collected here, on Postg
     test_infinities_are_sent_as_strings_and_nan_as_null,
     test_many_runs_in_one_post_match_one_get_each,
     test_runs_page_size_is_capped_like_mlflow_search,
+    test_step_arguments_past_int64_are_refused_and_the_last_step_has_nothing_after,
 )
 
 

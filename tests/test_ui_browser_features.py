@@ -193,6 +193,46 @@ def test_x_axis_by_step_wall_time_and_relative_time(tracking: CollectorProcess, 
     assert "x=relative" in page.url
 
 
+def test_a_short_runs_charts_span_its_time_and_ticks_do_not_repeat(
+    tracking: CollectorProcess, page: Any
+) -> None:
+    client = mlflow.MlflowClient()
+    exp = mlflow.set_experiment("short").experiment_id
+    start = 1_800_000_000_000  # a run of 0.3 s: a key with four points, one with one
+    run_id = client.create_run(exp, start_time=start, run_name="short").info.run_id
+    for i in range(4):
+        client.log_metric(run_id, "loss", 1 / (i + 1), timestamp=start + 100 * i, step=i)
+    client.log_metric(run_id, "once", 0.5, timestamp=start + 150, step=0)
+    client.set_terminated(run_id, end_time=start + 300)
+    run = client.get_run(run_id)
+    page.goto(run_url(tracking, run) + "?x=wall")
+    for key in ("loss", "once"):
+        el = drawn(page, key)
+        span = [float(el.get_attribute(f"data-x-{e}") or "nan") for e in ("min", "max")]
+        # The run's start to its end, not a day-wide (or years-wide) axis for one point.
+        assert span == pytest.approx([start / 1000, start / 1000 + 0.3], abs=1e-3), (key, span)
+    page.get_by_label("x axis").select_option("relative")
+    page.wait_for_function(
+        "() => Number(document.querySelector('.chart[data-key=\"once\"]').dataset.xMin) < 1e9"
+    )
+    for key in ("loss", "once"):
+        el = drawn(page, key)
+        span = [float(el.get_attribute(f"data-x-{e}") or "nan") for e in ("min", "max")]
+        assert span == pytest.approx([0, 0.3], abs=1e-3), (key, span)
+        relative = ticks(el, "x")
+        assert len(relative) >= 3 and len(set(relative)) == len(relative), relative
+        assert all(re.fullmatch(r"\d\.\d+s", t) for t in relative), relative
+    # Compare (no page-wide span): a one-point chart by wall time spans its data, padded
+    # by half a second either side, never a day.
+    page.goto(f"{tracking.url}/#/compare-runs?runs={run_id}&x=wall")
+    page.wait_for_function(
+        "() => Number(document.querySelector('.chart[data-key=\"once\"]')?.dataset.xMin) > 1e9"
+    )
+    el = drawn(page, "once")
+    span = [float(el.get_attribute(f"data-x-{e}") or "nan") for e in ("min", "max")]
+    assert span == pytest.approx([start / 1000 - 0.35, start / 1000 + 0.65], abs=1e-3), span
+
+
 def test_json_and_yaml_artifacts_preview_as_text(tracking: CollectorProcess, page: Any) -> None:
     config = {"model": {"name": "<b>cnn</b>", "layers": [64, 32]}, "lr": 0.001}
     yaml_text = "model:\n  name: cnn\n  layers: [64, 32]\n# <script>alert(1)</script>\n"
@@ -473,3 +513,62 @@ def test_system_metrics_of_two_nodes_show_per_node_and_per_gpu_on_the_training_t
 
 def gpu_key(gpu: int) -> str:
     return f"system/node-b/gpu_{gpu}_utilization_percentage"
+
+
+def _sweep(name: str, lrs: tuple[float, ...]) -> list[str]:
+    """Runs of a small sweep in a new experiment: param lr, tag opt, metrics loss and acc."""
+    exp_id = mlflow.create_experiment(name)
+    ids = []
+    for i, lr in enumerate(lrs):
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"{name}{i}") as run:
+            mlflow.log_param("lr", lr)
+            mlflow.set_tag("opt", "adam" if i % 2 else "sgd")
+            for s in range(50):
+                mlflow.log_metrics({"loss": (1 + i) / (s + 1), "acc": s / 50}, step=s)
+        ids.append(run.info.run_id)
+    mlflow.flush()
+    return ids
+
+
+def test_compare_keeps_its_state_in_the_address(tracking: CollectorProcess, page: Any) -> None:
+    ids = _sweep("kept", (0.1, 0.01, 0.001))
+    page.goto(f"{tracking.url}/#/compare-runs?runs={','.join(ids)}")
+    drawn(page, "loss")
+    page.get_by_label("x axis").select_option("relative")
+    page.get_by_label("log y").check()
+    page.get_by_label("smoothing").fill("0.5")
+    page.get_by_label("group by").select_option("tags.opt")
+    page.get_by_label("Search metric keys").fill("loss")
+    page.get_by_label("param", exact=True).select_option("lr")
+    page.get_by_label("metric", exact=True).select_option("acc")
+    page.wait_for_function("() => location.hash.includes('keys=loss')")
+    for part in ("x=relative", "log=1", "smooth=0.5", "group=tags.opt", "sy=acc", "runs="):
+        assert part in page.url, (part, page.url)
+
+    page.reload()
+    loss = drawn(page, "loss", y_log="true")
+    assert page.get_by_label("x axis").input_value() == "relative"
+    assert page.get_by_label("log y").is_checked()
+    assert page.get_by_label("smoothing").input_value() == "0.5"
+    assert page.get_by_label("group by").input_value() == "tags.opt"
+    assert page.get_by_label("Search metric keys").input_value() == "loss"
+    assert page.get_by_label("metric", exact=True).input_value() == "acc"
+    assert [s.get_attribute("data-key") for s in page.locator(".chart-slot").all()] == ["loss"]
+    # Relative time and two groups (adam, sgd), each a min, a max and a mean series.
+    assert float(loss.get_attribute("data-x-min") or "nan") < 1e9
+    assert loss.locator(".u-legend .u-series").count() == 1 + 2 * 3
+
+
+def test_compare_scatter_starts_on_a_param_and_metric_most_runs_have(
+    tracking: CollectorProcess, page: Any
+) -> None:
+    ids = _sweep("scatter", (0.1, 0.01, 0.001))
+    # One more run without lr, with a metric and a param of its own that sort first.
+    with mlflow.start_run(experiment_id=mlflow.get_run(ids[0]).info.experiment_id) as odd:
+        mlflow.log_param("a_seed", 7)
+        mlflow.log_metric("a_only", 1.0)
+    mlflow.flush()
+    page.goto(f"{tracking.url}/#/compare-runs?runs={','.join([*ids, odd.info.run_id])}")
+    drawn(page, "loss")
+    assert page.get_by_label("param", exact=True).input_value() == "lr"
+    assert page.get_by_label("metric", exact=True).input_value() in ("loss", "acc")

@@ -177,3 +177,35 @@ def test_series_cache_stays_within_its_bytes() -> None:
 
     a, b = Store(), Store()
     assert cache_for(a) is cache_for(a) and cache_for(a) is not cache_for(b)
+
+
+def test_step_arguments_past_int64_are_refused_and_the_last_step_has_nothing_after(
+    tracking: CollectorProcess,
+) -> None:
+    (rid,) = _runs_with_curves(1, 50)
+    url = f"{tracking.url}{UI}/metrics"
+    big = 99999999999999999999999
+    for name, value in (
+        ("min_step", big),
+        ("min_step", -big),
+        ("max_step", big),
+        ("after_step", big),
+        ("after_step", 2**63),
+    ):
+        for body in ({"run": [rid], "key": ["loss"], name: value}, None):
+            q = urllib.parse.urlencode({"run": rid, "key": "loss", name: value})
+            status, got = call(url if body else f"{url}?{q}", body)
+            assert status == 400, (name, value, got)
+            assert got["error_code"] == "INVALID_PARAMETER_VALUE"
+            assert f"'{name}' must be a 64-bit integer" in got["message"]
+    # The largest int64 step: valid, and nothing can come after it.
+    last = 2**63 - 1
+    q = urllib.parse.urlencode({"run": rid, "key": "loss", "after_step": last})
+    status, got = call(f"{url}?{q}")
+    assert status == 200 and got["series"][0]["steps"] == [], got
+    status, got = call(url, {"run": [rid], "key": ["loss"], "after_step": [last]})
+    assert status == 200 and got["series"][0]["steps"] == [], got
+    # The extremes as a range are fine: every point.
+    q = urllib.parse.urlencode({"run": rid, "key": "loss", "min_step": -(2**63), "max_step": last})
+    status, got = call(f"{url}?{q}")
+    assert status == 200 and got["series"][0]["steps"] == list(range(50)), got

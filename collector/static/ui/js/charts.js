@@ -6,7 +6,7 @@
 import uPlot from "../vendor/uplot/uPlot.esm.js";
 import { getJSON, postJSON } from "./api.js";
 import { h, fill } from "./dom.js";
-import { num, duration } from "./format.js";
+import { num, duration, decimalsFor } from "./format.js";
 
 export const PALETTE = [
   "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
@@ -38,6 +38,24 @@ export class ChartSettings {
     this[key] = value;
     for (const fn of this.listeners) fn(key);
   }
+}
+
+/** A page's ChartSettings read from its address (?x=wall&log=1&smooth=0.9). */
+export function settingsFromQuery(query) {
+  return new ChartSettings({
+    xMode: query.get("x"),
+    logY: query.get("log") === "1",
+    smoothing: query.get("smooth"),
+  });
+}
+
+/** Write settings into query (defaults left out), so a reload or a shared link keeps them. */
+export function settingsToQuery(settings, query) {
+  const put = (name, on, value) => (on ? query.set(name, value) : query.delete(name));
+  put("x", settings.xMode !== "step", settings.xMode);
+  put("log", settings.logY, "1");
+  put("smooth", !!settings.smoothing, String(settings.smoothing));
+  return query;
 }
 
 /** The controls for a ChartSettings: x axis, log scale, smoothing. */
@@ -373,7 +391,8 @@ export class MetricChart {
           }))
         : undefined,
       axes: [
-        m === "relative" ? { values: (u, vals) => vals.map((v) => duration(v * 1000)) } : {},
+        // Ticks as precise as their spacing, so 0.05 s apart never both read "0.1s".
+        m === "relative" ? { values: (u, vals, _a, _s, incr) => vals.map((v) => duration(v * 1000, decimalsFor(incr))) } : {},
         // A log axis leaves minor ticks unlabelled (null), not "NaN".
         { size: 72, values: (u, vals) => vals.map((v) => (v == null ? "" : num(v))) },
       ],
@@ -398,15 +417,29 @@ export class MetricChart {
     d.yTicks = (u.axes[1]._values || []).join("|");
   }
 
-  /** The x range of a time axis over the page's span (none while zoomed or by step). */
+  /** The x range of a time axis over the page's span, or the data's own extent on a
+   * page without one (compare); none while zoomed or by step. */
   xRange(m) {
-    if (!this.span || m === "step" || this.range) return undefined;
-    return (u, min, max) => {
-      const [a, b] = this.span();
-      const t0 = m === "wall" ? 0 : this.lines[0].start ?? a;
-      const lo = (a - t0) / 1000;
-      const hi = (b - t0) / 1000;
-      return [min == null ? lo : Math.min(min, lo), max == null ? hi : Math.max(max, hi)];
+    if (m === "step" || this.range) return undefined;
+    return (u) => {
+      let lo = Infinity;
+      let hi = -Infinity;
+      if (this.span) {
+        const [a, b] = this.span();
+        const t0 = m === "wall" ? 0 : this.lines[0].start ?? a;
+        [lo, hi] = [(a - t0) / 1000, (b - t0) / 1000];
+      }
+      // Widened to the data's own extent, read from the data: uPlot's min and max are
+      // padded for a single point (a time axis by a day, 86,400 s read as ms: years).
+      for (const x of u.data[0] || []) {
+        if (x == null) continue;
+        if (x < lo) lo = x;
+        if (x > hi) hi = x;
+      }
+      if (lo > hi) return [0, 1]; // nothing to show yet
+      // A run that ended the moment it started still needs an axis of some width.
+      if (!(hi - lo > 1e-3)) [lo, hi] = [lo - 0.5, hi + 0.5];
+      return [lo, hi];
     };
   }
 

@@ -4,7 +4,8 @@ import uPlot from "../vendor/uplot/uPlot.esm.js";
 import { getJSON, postJSON } from "./api.js";
 import { h, fill, crumbs, debounce, statusBadge } from "./dom.js";
 import { num } from "./format.js";
-import { ChartSettings, LazyCharts, PALETTE, settingsBar } from "./charts.js";
+import { LazyCharts, PALETTE, settingsBar, settingsFromQuery, settingsToQuery } from "./charts.js";
+import { setQuery } from "./main.js";
 import { chartGroups, chartSections, systemGroups } from "./groups.js";
 
 function differs(values) {
@@ -70,8 +71,18 @@ export async function comparePage(root, query) {
   showAll.addEventListener("change", diffRows);
   diffRows();
 
+  // The page's state lives in its address beside the runs it compares (?runs= or
+  // ?experiment=&filter=): x=, log=, smooth= (as on a run's page), group= (params.K or
+  // tags.K), keys= (the key search), sx= and sy= (the scatter's param and metric).
+  const state = new URLSearchParams(query);
+  const save = (name, value) => {
+    if (name) value ? state.set(name, value) : state.delete(name);
+    setQuery(state);
+  };
+
   // -- curves -------------------------------------------------------------------------------
-  const settings = new ChartSettings();
+  const settings = settingsFromQuery(query);
+  settings.listeners.add(() => save(null, settingsToQuery(settings, state)));
   const charts = new LazyCharts(settings);
   const keyRuns = new Map();
   runs.forEach((r, i) => {
@@ -96,7 +107,10 @@ export async function comparePage(root, query) {
     });
   // The keys to chart: a search over the keys, and collapsible sections by prefix
   // (system/ split by node and GPU); closed sections and charts off screen fetch nothing.
-  const keySearch = h("input", { type: "search", class: "search", placeholder: "Search metric keys", "aria-label": "Search metric keys" });
+  const keySearch = h("input", {
+    type: "search", class: "search", placeholder: "Search metric keys", "aria-label": "Search metric keys",
+    value: query.get("keys") || "",
+  });
   const slots = h("div", { class: "chart-groups" });
   const closed = new Set();
   const renderCharts = () => {
@@ -114,7 +128,11 @@ export async function comparePage(root, query) {
         : h("p", { class: "muted" }, q ? "No metric key matches." : "No metrics logged."),
     );
   };
-  keySearch.addEventListener("input", debounce(renderCharts, 150));
+  keySearch.addEventListener("input", debounce(() => {
+    save("keys", keySearch.value.trim());
+    renderCharts();
+  }, 150));
+  const grouping = groupPicker(runs, settings, query.get("group"), (v) => save("group", v));
   renderCharts();
 
   fill(
@@ -133,8 +151,8 @@ export async function comparePage(root, query) {
         diffBody)),
       runs.length > shown.length ? h("p", { class: "muted" }, `The first ${shown.length} of ${runs.length} runs.`) : null,
     ),
-    h("section", {}, h("h2", {}, "Parameter vs. metric"), scatter(runs)),
-    h("section", {}, h("h2", {}, "Metrics"), h("div", { class: "toolbar" }, keySearch, settingsBar(settings), groupPicker(runs, settings)), slots),
+    h("section", {}, h("h2", {}, "Parameter vs. metric"), scatter(runs, query.get("sx"), query.get("sy"), save)),
+    h("section", {}, h("h2", {}, "Metrics"), h("div", { class: "toolbar" }, keySearch, settingsBar(settings), grouping), slots),
   );
   // Live: while any compared run is RUNNING, one run-states call (per MAX_STATE_RUNS
   // runs) reports which still are, and the charts on screen fetch those runs' new points,
@@ -174,39 +192,59 @@ export async function comparePage(root, query) {
   };
 }
 
-/** "Group by" a param or tag: each group drawn as its mean with a min-max band. */
-function groupPicker(runs, settings) {
+/** "Group by" a param or tag ("params.K", "tags.K"; initial: the address's, when the
+ * runs have it): each group drawn as its mean with a min-max band; ``onPick`` hears each
+ * choice ("" for none). */
+function groupPicker(runs, settings, initial, onPick) {
   const byId = new Map(runs.map((r) => [r.info.run_id, r]));
   const keys = (field) => [...new Set(runs.flatMap((r) => Object.keys(r.data[field])))]
     .filter((k) => !k.startsWith("mlflow."))
     .sort();
+  const groupOf = (v) => {
+    const [field, ...rest] = v.split(".");
+    const key = rest.join(".");
+    return v ? (line) => byId.get(line.runId)?.data[field][key] : null;
+  };
+  const options = [
+    ...keys("params").map((k) => [`params.${k}`, `param ${k}`]),
+    ...keys("tags").map((k) => [`tags.${k}`, `tag ${k}`]),
+  ];
+  const start = options.some(([v]) => v === initial) ? initial : "";
+  // Set before the first charts are drawn, without a redraw of charts not yet there.
+  settings.groupOf = start ? groupOf(start) : null;
   const select = h(
     "select",
     {
       "aria-label": "group by",
       onchange: (e) => {
-        const v = e.target.value;
-        const [field, ...rest] = v.split(".");
-        const key = rest.join(".");
-        settings.set("groupOf", v ? (line) => byId.get(line.runId)?.data[field][key] : null);
+        onPick(e.target.value);
+        settings.set("groupOf", groupOf(e.target.value));
       },
     },
     h("option", { value: "" }, "no grouping"),
-    keys("params").map((k) => h("option", { value: `params.${k}` }, `param ${k}`)),
-    keys("tags").map((k) => h("option", { value: `tags.${k}` }, `tag ${k}`)),
+    options.map(([v, label]) => h("option", { value: v, selected: v === start }, label)),
   );
   return h("label", {}, "group by ", select);
 }
 
-/** A scatter of one param (x) against one metric's latest value (y), a point per run. */
-function scatter(runs) {
+/** A scatter of one param (x) against one metric's latest value (y), a point per run;
+ * ``sx``, ``sy``: the address's choices (kept when the runs have them); ``save``
+ * (name, value) keeps each new choice there. */
+function scatter(runs, sx, sy, save) {
   const params = [...new Set(runs.flatMap((r) => Object.keys(r.data.params)))].sort();
   const metrics = [...new Set(runs.flatMap((r) => Object.keys(r.data.metrics)))].filter((k) => !k.startsWith("system/")).sort();
   if (!params.length || !metrics.length) return h("p", { class: "muted" }, "Needs at least one param and one metric.");
-  // Start with a param and a metric that differ between the runs (a sweep's knob and score).
+  // Start with a param and a metric that most runs have together (a sweep's knob and
+  // score), preferring ones that differ between the runs: a metric only one run logged
+  // would leave the scatter empty.
   const varying = (field) => (k) => differs(runs.map((r) => r.data[field][k]));
-  const x0 = params.find(varying("params")) || params[0];
-  const y0 = metrics.find((m) => m !== x0 && varying("metrics")(m)) || metrics[0];
+  const having = (field, k, among = runs) => among.filter((r) => r.data[field][k] !== undefined);
+  const best = (keys, score) => keys.reduce((a, k) => (score(k) > score(a) ? k : a), keys[0]);
+  const x0 = params.includes(sx) ? sx
+    : best(params, (k) => having("params", k).length * 2 + (varying("params")(k) ? 1 : 0));
+  const withX = having("params", x0);
+  const y0 = metrics.includes(sy) ? sy
+    : best(metrics, (m) => having("metrics", m, withX).length * 2 + (varying("metrics")(m) ? 1 : 0));
   const px = h("select", { "aria-label": "param" }, params.map((p) => h("option", { value: p, selected: p === x0 }, p)));
   const my = h("select", { "aria-label": "metric" }, metrics.map((m) => h("option", { value: m, selected: m === y0 }, m)));
   const box = h("div", { class: "scatter" });
@@ -241,8 +279,14 @@ function scatter(runs) {
       box,
     );
   };
-  px.addEventListener("change", draw);
-  my.addEventListener("change", draw);
+  px.addEventListener("change", () => {
+    save("sx", px.value);
+    draw();
+  });
+  my.addEventListener("change", () => {
+    save("sy", my.value);
+    draw();
+  });
   requestAnimationFrame(draw);
   return h("div", {}, h("div", { class: "toolbar" }, h("label", {}, "x: ", px), h("label", {}, "y: ", my)), box);
 }

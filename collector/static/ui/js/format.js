@@ -9,16 +9,22 @@ export function dateTime(ms) {
     `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
 }
 
-/** "1h 02m", "3.2s" from milliseconds. */
-export function duration(ms) {
+/** "1h 02m", "3.2s" from milliseconds; ``decimals``: of seconds under a minute. */
+export function duration(ms, decimals = 1) {
   if (ms == null || ms < 0) return "";
   const s = ms / 1000;
-  if (s < 60) return `${s.toFixed(1)}s`;
+  if (s < 60) return `${s.toFixed(decimals)}s`;
   const m = Math.floor(s / 60);
   if (m < 60) return `${m}m ${String(Math.floor(s % 60)).padStart(2, "0")}s`;
   const hh = Math.floor(m / 60);
   if (hh < 48) return `${hh}h ${String(m % 60).padStart(2, "0")}m`;
   return `${Math.floor(hh / 24)}d ${hh % 24}h`;
+}
+
+/** The decimals of seconds that tell ticks ``incr`` seconds apart (0 to 3). */
+export function decimalsFor(incr) {
+  if (!(incr > 0)) return 1;
+  return Math.min(3, Math.max(0, Math.ceil(-Math.log10(incr) - 1e-9)));
 }
 
 /** How long a run took (or has been running). */

@@ -6,7 +6,7 @@
 import { getJSON } from "./api.js";
 import { h, fill, crumbs, statusBadge, debounce } from "./dom.js";
 import { dateTime, runDuration } from "./format.js";
-import { ChartSettings, LazyCharts, PALETTE, settingsBar } from "./charts.js";
+import { LazyCharts, PALETTE, settingsBar, settingsFromQuery, settingsToQuery } from "./charts.js";
 import { artifactBrowser } from "./artifacts.js";
 import { setQuery } from "./main.js";
 import { chartGroups, chartSections, shortName, systemGroups } from "./groups.js";
@@ -42,18 +42,8 @@ export async function runPage(root, experimentId, runId, query) {
     [info.run_name || info.run_id, null],
   ]);
 
-  const settings = new ChartSettings({
-    xMode: query.get("x"),
-    logY: query.get("log") === "1",
-    smoothing: query.get("smooth"),
-  });
-  settings.listeners.add(() => {
-    const q = new URLSearchParams();
-    if (settings.xMode !== "step") q.set("x", settings.xMode);
-    if (settings.logY) q.set("log", "1");
-    if (settings.smoothing) q.set("smooth", String(settings.smoothing));
-    setQuery(q);
-  });
+  const settings = settingsFromQuery(query);
+  settings.listeners.add(() => setQuery(settingsToQuery(settings, new URLSearchParams())));
   const charts = new LazyCharts(settings);
 
   const status = h("span", {}, statusBadge(info.status));
