@@ -28,7 +28,6 @@ is published when its last field equals its position's lap + 1 (written last). S
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import stat
@@ -42,6 +41,7 @@ from typing import Any
 import msgpack
 
 from flightlog.core.ops import SET_TAGS, UPDATE_RUN
+from flightlog.core.spool_format import lock_or_close
 from flightlog.core.wire import encode_raw_batch
 
 log = logging.getLogger("flightlog.rings")
@@ -238,10 +238,7 @@ class DeadRing:
             fd = os.open(directory / "lock", os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+        if not lock_or_close(fd):
             return None
         return fd
 

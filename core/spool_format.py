@@ -31,6 +31,17 @@ def open_lock(directory: Path) -> int:
     return os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
 
+def lock_or_close(fd: int) -> bool:
+    """Take an exclusive flock on ``fd`` without waiting; when another process holds it
+    (its owner lives, or another adopter got there first) close ``fd`` and say so."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class RecordRef:
     """Where one record of a claimed spool lies."""
@@ -81,10 +92,7 @@ class ClaimedSpool:
             fd = open_lock(directory)
         except OSError:
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+        if not lock_or_close(fd):
             return None
         return cls(directory, fd)
 
