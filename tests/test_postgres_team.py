@@ -17,7 +17,7 @@ import pytest
 from conftest import CollectorProcess, start_collector
 from pgserver import PgServer
 from test_reliability import Child, wait_until
-from test_sidecar import TRAINER, backlog, one_point_batch, start_sidecar, stop_all
+from test_sidecar import backlog, one_point_batch, start_sidecar, start_trainer, stop_all
 
 import flightlog
 from flightlog import MlflowClient
@@ -108,13 +108,7 @@ def test_central_killed_and_postgres_restarted_mid_run_every_point_once(
     central = start_central(tmp_path, "central", uri)
     sidecar = start_sidecar(tmp_path / "node", central.url)
     n, pauses = 400_000, (100_000, 250_000)
-    child = Child(
-        tmp_path,
-        TRAINER.format(url=sidecar.url, n=n, every=50_000, pauses=pauses),
-        env={"FLIGHTLOG_FLUSH_INTERVAL": "0.2"},
-        stdin=True,
-    )
-    run_id = child.expect("run")
+    child, run_id = start_trainer(tmp_path, sidecar.url, n, pauses)
     try:
         while int(child.expect("at")) < pauses[0]:
             pass

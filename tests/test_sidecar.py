@@ -107,6 +107,18 @@ print("done", flush=True)
 """
 
 
+def start_trainer(tmp_path: Path, url: str, n: int, pauses: tuple[int, ...]) -> tuple[Child, str]:
+    """A trainer process logging ``n`` points through ``url`` that waits for a line on
+    its stdin at each step of ``pauses``; returned with its run id."""
+    child = Child(
+        tmp_path,
+        TRAINER.format(url=url, n=n, every=50_000, pauses=pauses),
+        env={"FLIGHTLOG_FLUSH_INTERVAL": "0.2"},
+        stdin=True,
+    )
+    return child, child.expect("run")
+
+
 def test_trainer_through_sidecar_with_central_killed_and_restarted_stores_every_point_once(
     tmp_path: Path,
 ) -> None:
@@ -114,13 +126,7 @@ def test_trainer_through_sidecar_with_central_killed_and_restarted_stores_every_
     central = start_collector(central_store, None, "--token", TOKEN)
     sidecar = start_sidecar(tmp_path / "node", central.url)
     n, pauses = 600_000, (200_000, 400_000)
-    child = Child(
-        tmp_path,
-        TRAINER.format(url=sidecar.url, n=n, every=50_000, pauses=pauses),
-        env={"FLIGHTLOG_FLUSH_INTERVAL": "0.2"},
-        stdin=True,
-    )
-    run_id = child.expect("run")
+    child, run_id = start_trainer(tmp_path, sidecar.url, n, pauses)
     try:
         for at in pauses:
             while int(child.expect("at")) < at:
@@ -154,13 +160,7 @@ def test_sidecar_restarted_mid_run_resumes_forwarding_where_it_stopped(
     sidecar = start_sidecar(tmp_path / "node", central.url)
     port = sidecar.port
     n, pauses = 400_000, (100_000,)
-    child = Child(
-        tmp_path,
-        TRAINER.format(url=sidecar.url, n=n, every=50_000, pauses=pauses),
-        env={"FLIGHTLOG_FLUSH_INTERVAL": "0.2"},
-        stdin=True,
-    )
-    run_id = child.expect("run")
+    child, run_id = start_trainer(tmp_path, sidecar.url, n, pauses)
     try:
         while int(child.expect("at")) < pauses[0]:
             pass
