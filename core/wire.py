@@ -25,6 +25,7 @@ A batch may hold both ``m`` and ``r``.
 
 from __future__ import annotations
 
+import re
 import sys
 from array import array
 from collections import defaultdict
@@ -274,26 +275,129 @@ def _by_code(
     vals: array[float],
     ts: array[float],
 ) -> list[Series]:
-    """Group points by series code: strided slices when the codes repeat with a period
-    (``_periodic_series``), else one index list per series."""
+    """Group points by series code, each series in record order, in order of first use.
+
+    Strided slices of the whole batch when its codes repeat with one period
+    (``_periodic_series``); else the batch is cut into periodic segments
+    (``_segments``) whose slices are joined per series; a batch whose codes are too
+    irregular for that is grouped point by point."""
     periodic = _periodic_series(name, codes, steps, vals, ts)
     if periodic is not None:
         return periodic
-    where: defaultdict[int, list[int]] = defaultdict(list)
-    for i, c in enumerate(codes):
-        where[c].append(i)
+    parts, done = _segments(codes)
+    tail: defaultdict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(codes[done:], done):
+        tail[c].append(i)
+    for c in tail:
+        parts.setdefault(c, [])
     out: list[Series] = []
-    get_s, get_v, get_t = steps.__getitem__, vals.__getitem__, ts.__getitem__
-    for c, idx in where.items():
-        out.append(
-            (
-                *name(c),
-                array("q", map(get_s, idx)),
-                array("d", map(get_v, idx)),
-                array("d", map(get_t, idx)),
-            )
-        )
+    columns = (steps, vals, ts)
+    for c, slices in parts.items():
+        idx = tail.get(c)
+        series: list[array[Any]] = []
+        for col in columns:
+            pieces: list[Any] = list(map(col.__getitem__, slices))
+            if idx:
+                pieces.append(array(col.typecode, map(col.__getitem__, idx)))
+            # One piece is already an array (a slice); several are joined as bytes.
+            series.append(pieces[0] if len(pieces) == 1 else array(col.typecode, b"".join(pieces)))
+        out.append((*name(c), series[0], series[1], series[2]))
     return out
+
+
+# A segment costs about as much as grouping 4 points one by one, and each of its slices
+# 2 more (measured with bench/bench_decode.py). Once the segments cut so far cost more
+# than the points they cover (random interleavings: a segment per point), the rest of
+# the batch is grouped point by point; the check waits for _BAIL_AFTER points.
+_SEGMENT_COST, _SLICE_COST, _BAIL_AFTER = 4, 2, 64
+# A run of one code (a thread logging a burst of one metric), as far as it goes: the
+# regular expression engine compares the codes' bytes in C, one match object per run.
+_RUNS = {w: re.compile(b"(?s)(.{%d})\\1*" % w) for w in (4, 8)}
+
+
+def _segments(codes: array[int]) -> tuple[dict[int, list[slice]], int]:
+    """Cut the codes into maximal segments that each repeat one pattern of distinct codes.
+
+    Segment by segment from the start: a run of one code (as a thread logging a burst
+    of one metric makes) is matched by ``_RUNS``; else the period p is the distance to
+    the next use of the segment's first code (p metrics logged each step), at most
+    ``distinct`` (the number of codes in the batch, or more), and the segment extends as
+    long as the codes repeat with it (``_common``, memcmp of the codes' bytes), ending
+    mid-pattern if it must. Each series gets one strided slice per segment, in record
+    order. Returns those slices, by code in order of first use, and how many points they
+    cover: the rest, from where segments cost more than they save (random
+    interleavings), is left to a per-point grouping.
+    """
+    n = len(codes)
+    w = codes.itemsize
+    raw = codes.tobytes()
+    view = memoryview(raw)
+    run = _RUNS[w].match
+    parts: dict[int, list[slice]] = {}
+    seen = len(set(codes[:4096]))
+    cost = 0
+    i = 0
+    while i < n:
+        end = run(raw, i * w).end() // w  # type: ignore[union-attr]  # .{w} always matches
+        p = 1
+        if end == i + 1:
+            # A pattern longer than twice the codes seen yet is not looked for: where
+            # an eval metric comes every N steps, its next use is far.
+            longest = 2 * max(seen, len(parts)) + 16
+            p = _next_use(raw, view, i, w, min(n, i + longest + 1)) - i
+            if p > 0 and _distinct(codes, raw, view, i, p, w):
+                end = i + p + _common(raw, view, i, i + p, n - i - p, w)
+            else:
+                p = 1  # the code's last use, or no pattern: one point
+        cost += _SEGMENT_COST + _SLICE_COST * p
+        if cost > end and end >= _BAIL_AFTER:
+            break
+        for j in range(i, i + p):
+            parts.setdefault(codes[j], []).append(slice(j, end, p))
+        i = end
+    return parts, i
+
+
+def _next_use(raw: bytes, view: memoryview, j: int, w: int, stop: int) -> int:
+    """The index of the next use of code j before index stop, or -1."""
+    first = view[j * w : (j + 1) * w]
+    at = raw.find(first, (j + 1) * w, stop * w)
+    while at > 0 and at % w:  # a match across two codes' bytes is not a use
+        at = raw.find(first, at + 1, stop * w)
+    return at // w if at > 0 else -1
+
+
+def _distinct(codes: array[int], raw: bytes, view: memoryview, i: int, p: int, w: int) -> bool:
+    """Whether the p codes from index i on are distinct: first a bounded search for the
+    next use of the second to fourth (where an eval metric starts a long pattern, one of
+    those repeats), then a set of all p, a cost paid once per segment of >= p points."""
+    for j in range(i + 1, min(i + p, i + 4)):
+        if _next_use(raw, view, j, w, i + p) >= 0:
+            return False
+    return len(set(codes[i : i + p])) == p
+
+
+def _common(raw: bytes, view: memoryview, a: int, b: int, limit: int, w: int) -> int:
+    """How many codes from index a on equal those from index b on (at most limit), found
+    by comparing ever larger windows, then halving the one that differs: C memcmp."""
+    ok, size = 0, 8
+    while ok < limit:
+        size = min(size, limit - ok)
+        if raw.startswith(view[(b + ok) * w : (b + ok + size) * w], (a + ok) * w):
+            ok += size
+            size *= 2
+        else:
+            break
+    else:
+        return ok
+    while size > 1:  # the window [ok, ok + size) holds the first difference
+        half = size // 2
+        if raw.startswith(view[(b + ok) * w : (b + ok + half) * w], (a + ok) * w):
+            ok += half
+            size -= half
+        else:
+            size = half
+    return ok
 
 
 def _group(
