@@ -30,7 +30,8 @@ import sys
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from operator import itemgetter
+from typing import Any, TypeAlias, cast
 
 import msgpack
 
@@ -284,58 +285,61 @@ def _by_code(
     periodic = _periodic_series(name, codes, steps, vals, ts)
     if periodic is not None:
         return periodic
-    parts, done = _segments(codes)
-    tail: defaultdict[int, list[int]] = defaultdict(list)
-    for i, c in enumerate(codes[done:], done):
-        tail[c].append(i)
-    for c in tail:
-        parts.setdefault(c, [])
+    parts, loose = _segments(codes)
     out: list[Series] = []
     columns = (steps, vals, ts)
-    for c, slices in parts.items():
-        idx = tail.get(c)
+    for c, pieces in parts.items():
         series: list[array[Any]] = []
         for col in columns:
-            pieces: list[Any] = list(map(col.__getitem__, slices))
-            if idx:
-                pieces.append(array(col.typecode, map(col.__getitem__, idx)))
+            if c in loose:  # some pieces are itemgetters, of points grouped one by one
+                cut = [
+                    col[s] if isinstance(s, slice) else array(col.typecode, s(col)) for s in pieces
+                ]
+            else:
+                cut = list(map(col.__getitem__, cast("list[slice]", pieces)))
             # One piece is already an array (a slice); several are joined as bytes.
-            series.append(pieces[0] if len(pieces) == 1 else array(col.typecode, b"".join(pieces)))
+            series.append(cut[0] if len(cut) == 1 else array(col.typecode, b"".join(cut)))
         out.append((*name(c), series[0], series[1], series[2]))
     return out
 
 
-# A segment costs about as much as grouping 4 points one by one, and each of its slices
-# 2 more (measured with bench/bench_decode.py). Once the segments cut so far cost more
-# than the points they cover (random interleavings: a segment per point), the rest of
-# the batch is grouped point by point; the check waits for _BAIL_AFTER points.
-_SEGMENT_COST, _SLICE_COST, _BAIL_AFTER = 4, 2, 64
-# A run of one code (a thread logging a burst of one metric), as far as it goes: the
-# regular expression engine compares the codes' bytes in C, one match object per run.
-_RUNS = {w: re.compile(b"(?s)(.{%d})\\1*" % w) for w in (4, 8)}
+# Costs in points grouped one by one (about 0.2 us each), measured with
+# bench/bench_decode.py: a run of one code, or one point where no pattern was found,
+# about 5; a pattern of p codes about 16 + 5 p (the search, then a slice per series).
+# Where segments cost more than the points they cover, by more than _DEBT (random
+# interleavings: a segment per point), the next _WINDOW points are grouped one by one,
+# twice as many after each such window that was not followed by segments worth their cost.
+_RUN_COST, _SEGMENT_COST, _SLICE_COST, _DEBT, _WINDOW = 5, 16, 5, 64, 256
 
 
-def _segments(codes: array[int]) -> tuple[dict[int, list[slice]], int]:
+# A slice of the columns, or the itemgetter of a series' points in a window grouped
+# point by point.
+_Piece: TypeAlias = "slice | itemgetter[Any]"
+
+
+def _segments(codes: array[int]) -> tuple[dict[int, list[_Piece]], set[int]]:
     """Cut the codes into maximal segments that each repeat one pattern of distinct codes.
 
-    Segment by segment from the start: a run of one code (as a thread logging a burst
-    of one metric makes) is matched by ``_RUNS``; else the period p is the distance to
-    the next use of the segment's first code (p metrics logged each step), at most
-    ``distinct`` (the number of codes in the batch, or more), and the segment extends as
-    long as the codes repeat with it (``_common``, memcmp of the codes' bytes), ending
-    mid-pattern if it must. Each series gets one strided slice per segment, in record
-    order. Returns those slices, by code in order of first use, and how many points they
-    cover: the rest, from where segments cost more than they save (random
-    interleavings), is left to a per-point grouping.
+    Segment by segment from the start: a run of one code (a thread logging a burst of
+    one metric) as far as it goes; else the period p is the distance to the next use of
+    the segment's first code (p metrics logged each step) and the segment extends as
+    long as the codes repeat with it, ending mid-pattern if it must. The regular
+    expression engine (``_periods``) and ``_common`` compare the codes' bytes in C, one
+    match object per segment. Each series gets one strided slice per segment, in record
+    order; where segments cost more than they save (random interleavings), a list of
+    indexes per series for a window of points. Returns the pieces, by code in order of
+    first use, and the codes that have lists among their pieces.
     """
     n = len(codes)
     w = codes.itemsize
     raw = codes.tobytes()
     view = memoryview(raw)
-    run = _RUNS[w].match
-    parts: dict[int, list[slice]] = {}
-    seen = len(set(codes[:4096]))
-    cost = 0
+    run = _periods(w)
+    parts: dict[int, list[_Piece]] = {}
+    loose: set[int] = set()
+    seen = len(set(codes[:512]))
+    debt = 0
+    window = _WINDOW
     i = 0
     while i < n:
         end = run(raw, i * w).end() // w  # type: ignore[union-attr]  # .{w} always matches
@@ -345,17 +349,46 @@ def _segments(codes: array[int]) -> tuple[dict[int, list[slice]], int]:
             # an eval metric comes every N steps, its next use is far.
             longest = 2 * max(seen, len(parts)) + 16
             p = _next_use(raw, view, i, w, min(n, i + longest + 1)) - i
-            if p > 0 and _distinct(codes, raw, view, i, p, w):
-                end = i + p + _common(raw, view, i, i + p, n - i - p, w)
+            if p > 0 and len(set(codes[i : i + p])) == p:
+                # Whole periods by the regular expression, then the part of one more.
+                end = _periods(p * w)(raw, i * w).end() // w  # type: ignore[union-attr]
+                end += _common(raw, view, end - p, end, min(p - 1, n - end), w)
             else:
                 p = 1  # the code's last use, or no pattern: one point
-        cost += _SEGMENT_COST + _SLICE_COST * p
-        if cost > end and end >= _BAIL_AFTER:
-            break
-        for j in range(i, i + p):
-            parts.setdefault(codes[j], []).append(slice(j, end, p))
+        cost = _RUN_COST if p == 1 else _SEGMENT_COST + _SLICE_COST * p
+        debt = max(0, debt + cost - (end - i))
+        if debt > _DEBT:
+            end = min(n, i + window)
+            where: defaultdict[int, list[int]] = defaultdict(list)
+            for j, c in enumerate(codes[i:end], i):
+                where[c].append(j)
+            for c, idx in where.items():
+                # itemgetter fetches all a series' points in one C call (a tuple).
+                piece = itemgetter(*idx) if len(idx) > 1 else slice(idx[0], idx[0] + 1)
+                parts.setdefault(c, []).append(piece)
+            loose.update(where)
+            debt = _DEBT // 2  # the next segment decides: worth its cost, or a longer window
+            window *= 2
+        else:
+            if debt == 0:
+                window = _WINDOW
+            for j in range(i, i + p):
+                parts.setdefault(codes[j], []).append(slice(j, end, p))
         i = end
-    return parts, i
+    return parts, loose
+
+
+_PERIODS: dict[int, Callable[[bytes, int], re.Match[bytes] | None]] = {}
+
+
+def _periods(width: int) -> Callable[[bytes, int], re.Match[bytes] | None]:
+    """The match of as many repeats of a pattern of width bytes as follow it."""
+    found = _PERIODS.get(width)
+    if found is None:
+        if len(_PERIODS) > 1024:
+            _PERIODS.clear()
+        found = _PERIODS[width] = re.compile(b"(?s)(.{%d})\\1*" % width).match
+    return found
 
 
 def _next_use(raw: bytes, view: memoryview, j: int, w: int, stop: int) -> int:
@@ -365,16 +398,6 @@ def _next_use(raw: bytes, view: memoryview, j: int, w: int, stop: int) -> int:
     while at > 0 and at % w:  # a match across two codes' bytes is not a use
         at = raw.find(first, at + 1, stop * w)
     return at // w if at > 0 else -1
-
-
-def _distinct(codes: array[int], raw: bytes, view: memoryview, i: int, p: int, w: int) -> bool:
-    """Whether the p codes from index i on are distinct: first a bounded search for the
-    next use of the second to fourth (where an eval metric starts a long pattern, one of
-    those repeats), then a set of all p, a cost paid once per segment of >= p points."""
-    for j in range(i + 1, min(i + p, i + 4)):
-        if _next_use(raw, view, j, w, i + p) >= 0:
-            return False
-    return len(set(codes[i : i + p])) == p
 
 
 def _common(raw: bytes, view: memoryview, a: int, b: int, limit: int, w: int) -> int:
