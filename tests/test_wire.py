@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from array import array
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -9,7 +12,7 @@ from hypothesis import strategies as st
 
 from flightlog.agent.ring import RECORD_FORMAT, SERIES
 from flightlog.core.exceptions import WireError
-from flightlog.core.wire import decode_batch, encode_batch, encode_raw_batch
+from flightlog.core.wire import _by_code, _segments, decode_batch, encode_batch, encode_raw_batch
 
 
 def _reference(points: list[tuple[str, str, float, int, float]]) -> dict[tuple[str, str], list]:
@@ -147,3 +150,107 @@ def test_ring_records_need_version_2() -> None:
     )
     with pytest.raises(WireError, match="needs version 2"):
         decode_batch(body)
+
+
+# Batches as the ring's records come in practice: the same metrics every step (periodic
+# segments, a key appearing or a run starting mid-batch changes the pattern), threads
+# logging in bursts (runs of one code) and anything else (random codes).
+periodic_segment = st.tuples(
+    st.just("periodic"),
+    st.lists(st.integers(0, 40), min_size=1, max_size=12, unique=True),
+    st.integers(1, 80),  # repeats
+    st.integers(0, 11),  # points of one more, partial, repeat
+)
+burst = st.tuples(st.just("burst"), st.integers(0, 40), st.integers(1, 120), st.just(0))
+scatter = st.tuples(
+    st.just("random"),
+    st.lists(st.integers(0, 40), min_size=1, max_size=400),
+    st.just(0),
+    st.just(0),
+)
+
+
+def _codes(segments: list) -> list[int]:
+    codes: list[int] = []
+    for kind, what, count, extra in segments:
+        if kind == "periodic":
+            codes += what * count + what[: extra % len(what)]
+        elif kind == "burst":
+            codes += [what] * count
+        else:
+            codes += what
+    return codes
+
+
+def _reference_series(codes: list[int]) -> list[tuple[str, str, list, list, list]]:
+    # Series in order of first use, points in record order: point i is (i, i / 2, i / 4).
+    out: dict[int, tuple[str, str, list, list, list]] = {}
+    for i, c in enumerate(codes):
+        s = out.setdefault(c, ("r" * 32, f"k{c}", [], [], []))
+        s[2].append(i)
+        s[3].append(i / 2)
+        s[4].append(i / 4)
+    return list(out.values())
+
+
+def _grouped(codes: list[int], typecode: str = "I") -> list[tuple[str, str, list, list, list]]:
+    n = len(codes)
+    series = _by_code(
+        lambda c: ("r" * 32, f"k{c}"),
+        array(typecode, codes),
+        array("q", range(n)),
+        array("d", (i / 2 for i in range(n))),
+        array("d", (i / 4 for i in range(n))),
+    )
+    return [(rid, key, list(s), list(v), list(t)) for rid, key, s, v, t in series]
+
+
+mixed_batch = st.lists(st.one_of(periodic_segment, burst, scatter), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mixed_batch, st.sampled_from("IQ"))
+def test_irregular_batches_group_as_the_reference(segments: list, typecode: str) -> None:
+    # One entry per series, in order of first use, each with its points in record order,
+    # whatever mix of segments, bursts and random codes (ring codes are uint32, the "m"
+    # form's combined codes uint64).
+    codes = _codes(segments)
+    assert _grouped(codes, typecode) == _reference_series(codes)
+
+
+@settings(max_examples=50, deadline=None)
+@given(mixed_batch)
+def test_irregular_ring_batches_decode_as_the_reference(segments: list) -> None:
+    codes = _codes(segments)
+    points = [("a" * 32, f"k{c}", i / 2, i, i / 4) for i, c in enumerate(codes)]
+    _, _, _, series = decode_batch(_ring_batch(points))
+    assert [(k, list(s), list(v), list(t)) for _, k, s, v, t in series] == [
+        (k, s, v, t) for _, k, s, v, t in _reference_series(codes)
+    ]
+
+
+def test_common_irregular_shapes_are_cut_into_slices() -> None:
+    # A key appearing mid-batch, an eval metric every 50 steps, threads in bursts: every
+    # point is in a strided slice, none grouped one by one.
+    mid = [i % 9 for i in range(4500)] + [i % 10 for i in range(5000)]
+    evals = ([*range(10)] * 50 + [10, 11]) * 20
+    bursts = [
+        t for t, n in zip([0, 1, 2, 3] * 100, range(1, 401), strict=True) for _ in range(n % 50 + 1)
+    ]
+    for codes in (mid, evals, bursts):
+        parts, loose = _segments(array("I", codes))
+        assert not loose and all(isinstance(s, slice) for p in parts.values() for s in p)
+    # Random codes are grouped point by point, past the first few tried as segments.
+    rng = random.Random(1)
+    parts, loose = _segments(array("I", [rng.randrange(10) for _ in range(5000)]))
+    assert loose == set(range(10))
+
+
+def test_unknown_series_in_an_irregular_batch_is_named() -> None:
+    points = [("a" * 32, f"k{i % 3 if i < 300 else i % 4}", 0.5, i, 1.0) for i in range(600)]
+    body = msgpack.unpackb(_ring_batch(points))
+    ids = msgpack.Unpacker()
+    ids.feed(body["r"]["ids"])
+    body["r"]["ids"] = b"".join(msgpack.packb(e) for e in ids if e[1] != 3)  # drop "k3"
+    with pytest.raises(WireError, match=r"names series 3, which 'r\.ids' does not hold"):
+        decode_batch(msgpack.packb(body, use_bin_type=True))
