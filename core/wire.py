@@ -31,7 +31,7 @@ from array import array
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias
 
 import msgpack
 
@@ -285,39 +285,58 @@ def _by_code(
     periodic = _periodic_series(name, codes, steps, vals, ts)
     if periodic is not None:
         return periodic
-    parts, loose = _segments(codes)
+    parts = _segments(codes)
     out: list[Series] = []
-    columns = (steps, vals, ts)
     for c, pieces in parts.items():
-        series: list[array[Any]] = []
-        for col in columns:
-            if c in loose:  # some pieces are itemgetters, of points grouped one by one
-                cut = [
-                    col[s] if isinstance(s, slice) else array(col.typecode, s(col)) for s in pieces
-                ]
+        if len(pieces) == 1:  # the commonest case, spelt out: one slice or one index list
+            one = pieces[0]
+            if isinstance(one, slice):
+                out.append((*name(c), steps[one], vals[one], ts[one]))
+            elif len(one) == 1:
+                i = one[0]
+                out.append((*name(c), steps[i : i + 1], vals[i : i + 1], ts[i : i + 1]))
             else:
-                cut = list(map(col.__getitem__, cast("list[slice]", pieces)))
-            # One piece is already an array (a slice); several are joined as bytes.
-            series.append(cut[0] if len(cut) == 1 else array(col.typecode, b"".join(cut)))
-        out.append((*name(c), series[0], series[1], series[2]))
+                get = itemgetter(*one)  # all the points in one C call (a tuple)
+                out.append(
+                    (*name(c), array("q", get(steps)), array("d", get(vals)), array("d", get(ts)))
+                )
+            continue
+        fetch = [p if isinstance(p, slice) else _gather(p) for p in pieces]
+        out.append((*name(c), _cut(steps, fetch), _cut(vals, fetch), _cut(ts, fetch)))
     return out
+
+
+def _gather(idx: list[int]) -> slice | itemgetter[Any]:
+    """What fetches the points at indexes idx of a column in one C call: for several, an
+    itemgetter (it returns a tuple), for one a slice."""
+    return itemgetter(*idx) if len(idx) > 1 else slice(idx[0], idx[0] + 1)
+
+
+def _cut(col: array[Any], fetch: list[slice | itemgetter[Any]]) -> array[Any]:
+    """The points of col that several pieces fetch, in order, joined as one array."""
+    tc = col.typecode
+    if all(isinstance(f, slice) for f in fetch):
+        return array(tc, b"".join(map(col.__getitem__, fetch)))  # type: ignore[arg-type]
+    return array(
+        tc, b"".join([col[f] if isinstance(f, slice) else array(tc, f(col)) for f in fetch])
+    )
 
 
 # Costs in points grouped one by one (about 0.2 us each), measured with
 # bench/bench_decode.py: a run of one code, or one point where no pattern was found,
-# about 5; a pattern of p codes about 16 + 5 p (the search, then a slice per series).
+# about 5; a pattern of p codes about 16 + 5 p (the search, then a slice per series);
+# searching codes for a pattern about 1 per _SCAN codes searched.
 # Where segments cost more than the points they cover, by more than _DEBT (random
 # interleavings: a segment per point), the next _WINDOW points are grouped one by one,
 # twice as many after each such window that was not followed by segments worth their cost.
-_RUN_COST, _SEGMENT_COST, _SLICE_COST, _DEBT, _WINDOW = 5, 16, 5, 64, 256
+_RUN_COST, _SEGMENT_COST, _SLICE_COST, _SCAN, _DEBT, _WINDOW = 5, 16, 5, 4, 64, 256
 
 
-# A slice of the columns, or the itemgetter of a series' points in a window grouped
-# point by point.
-_Piece: TypeAlias = "slice | itemgetter[Any]"
+# A slice of the columns, or the indexes of a series' points grouped point by point.
+_Piece: TypeAlias = "slice | list[int]"
 
 
-def _segments(codes: array[int]) -> tuple[dict[int, list[_Piece]], set[int]]:
+def _segments(codes: array[int]) -> dict[int, list[_Piece]]:
     """Cut the codes into maximal segments that each repeat one pattern of distinct codes.
 
     Segment by segment from the start: a run of one code (a thread logging a burst of
@@ -327,8 +346,8 @@ def _segments(codes: array[int]) -> tuple[dict[int, list[_Piece]], set[int]]:
     expression engine (``_periods``) and ``_common`` compare the codes' bytes in C, one
     match object per segment. Each series gets one strided slice per segment, in record
     order; where segments cost more than they save (random interleavings), a list of
-    indexes per series for a window of points. Returns the pieces, by code in order of
-    first use, and the codes that have lists among their pieces.
+    indexes per series for the points of windows grouped one by one. Returns the pieces
+    by code, in order of first use.
     """
     n = len(codes)
     w = codes.itemsize
@@ -336,46 +355,60 @@ def _segments(codes: array[int]) -> tuple[dict[int, list[_Piece]], set[int]]:
     view = memoryview(raw)
     run = _periods(w)
     parts: dict[int, list[_Piece]] = {}
-    loose: set[int] = set()
+    # Indexes by series of the points grouped one by one since the series' last slice:
+    # one list, one piece to fetch, however many windows it spans.
+    where: defaultdict[int, list[int]] = defaultdict(list)
     seen = len(set(codes[:512]))
     debt = 0
     window = _WINDOW
+    grouped = False
     i = 0
     while i < n:
         end = run(raw, i * w).end() // w  # type: ignore[union-attr]  # .{w} always matches
-        p = 1
+        p, cost = 1, _RUN_COST
         if end == i + 1:
             # A pattern longer than twice the codes seen yet is not looked for: where
             # an eval metric comes every N steps, its next use is far.
-            longest = 2 * max(seen, len(parts)) + 16
-            p = _next_use(raw, view, i, w, min(n, i + longest + 1)) - i
+            stop = min(n, i + 2 * max(seen, len(parts), len(where)) + 17)
+            p = _next_use(raw, view, i, w, stop) - i
+            # The search and the set cost about a point per _SCAN codes: counted, so
+            # that codes built to make every search long cannot make it quadratic.
+            cost += (p if p > 0 else stop - i) // _SCAN
             if p > 0 and len(set(codes[i : i + p])) == p:
                 # Whole periods by the regular expression, then the part of one more.
                 end = _periods(p * w)(raw, i * w).end() // w  # type: ignore[union-attr]
                 end += _common(raw, view, end - p, end, min(p - 1, n - end), w)
+                cost += _SEGMENT_COST + _SLICE_COST * p
             else:
                 p = 1  # the code's last use, or no pattern: one point
-        cost = _RUN_COST if p == 1 else _SEGMENT_COST + _SLICE_COST * p
         debt = max(0, debt + cost - (end - i))
         if debt > _DEBT:
             end = min(n, i + window)
-            where: defaultdict[int, list[int]] = defaultdict(list)
+            grouped = True
             for j, c in enumerate(codes[i:end], i):
                 where[c].append(j)
-            for c, idx in where.items():
-                # itemgetter fetches all a series' points in one C call (a tuple).
-                piece = itemgetter(*idx) if len(idx) > 1 else slice(idx[0], idx[0] + 1)
-                parts.setdefault(c, []).append(piece)
-            loose.update(where)
-            debt = _DEBT // 2  # the next segment decides: worth its cost, or a longer window
+            # What the window grouped pays for the search that led to it; then the next
+            # segment decides: worth its cost, or a longer window.
+            debt = max(_DEBT // 2, debt - (end - i))
             window *= 2
         else:
             if debt == 0:
                 window = _WINDOW
             for j in range(i, i + p):
-                parts.setdefault(codes[j], []).append(slice(j, end, p))
+                c = codes[j]
+                pieces = parts.setdefault(c, [])
+                if c in where:  # its points grouped one by one come before this slice
+                    pieces.append(where.pop(c))
+                pieces.append(slice(j, end, p))
         i = end
-    return parts, loose
+    if not grouped:
+        return parts  # only slices: already in order of first use
+    for c, idx in where.items():
+        parts.setdefault(c, []).append(idx)
+    # Series first used in a window were added when their list ended: put all in order
+    # of first use again.
+    first = {c: p[0].start if isinstance(p[0], slice) else p[0][0] for c, p in parts.items()}
+    return {c: parts[c] for c in sorted(parts, key=first.__getitem__)}
 
 
 _PERIODS: dict[int, Callable[[bytes, int], re.Match[bytes] | None]] = {}
