@@ -1,23 +1,26 @@
 """Benchmark of the collector's grouping of metric-ring records by series (issue 15).
 
 ``flightlog.core.wire._by_code`` cuts the columns of a ring batch into one series per
-(run, key). Prints ns per point, old code (a copy of the grouping before irregular batches
-were cut into periodic segments: an index list per series and a Python object per point
-unless the whole batch repeats one period) against this checkout's, for batch shapes:
+(run, key). Prints ns per point, the old code (a copy of the grouping before irregular
+batches were cut into segments: strided slices only when the whole batch repeats one
+period, else an index list per series and a Python object per point) against this
+checkout's, for batch shapes:
 
-  one series          one metric, every record
-  10 periodic         10 metrics logged every step
-  key mid-batch       9 metrics every step, a 10th from the middle of the batch on
-  eval every 50       10 metrics every step, 2 eval metrics every 50 steps
-  4 threads x 1 metric, bursts   4 threads, one metric each, taking turns in bursts
-                      of 1..50 records
-  4 threads x 10 metrics, bursts   the same, 10 metrics each (a burst ends mid-step)
-  random              codes drawn at random from 10 series
+  one series                      one metric, every record
+  10 periodic                     10 metrics logged every step
+  key mid-batch                   9 metrics every step, a 10th from mid-batch on
+  eval every 50                   10 metrics every step, 2 eval metrics every 50 steps
+  4 threads x 1 metric, bursts    4 threads, one metric each, taking turns in bursts
+                                  of 1..50 records
+  4 threads x 10 metrics, bursts  the same with 10 metrics per thread (a burst ends
+                                  mid-step, so a segment is 2.5 steps on average)
+  random                          codes drawn at random from 10 series
 
-Each figure is the median of --rounds timings of one decode of a batch of --points points
-(the ring ships batches of up to 65,536 records). Columns are cut beforehand, as
-``_ring_series`` does, so only the grouping is timed. The machine may be shared: the
-load average is printed with the figures.
+Each figure is the median of --rounds timings of one grouping of a batch of --points
+points (the agent ships up to FLIGHTLOG_BATCH_POINTS, 100,000 by default). The columns
+are cut beforehand, as ``_ring_series`` does, so only the grouping is timed; both sides
+are checked to give the same series first. The machine may be shared: the load average
+is printed with the figures.
 
 Run: python bench/bench_decode.py [--points 20000] [--rounds 21]
 """

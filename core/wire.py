@@ -19,8 +19,10 @@ timestamp in seconds, uint32 series index, uint32 lap, which the collector ignor
 used. Each batch is self-contained (no table kept between batches), so a batch can be
 resent, spooled, synced later or sent to another collector as it is. The collector cuts
 the columns with memoryview casts and strided slices: no Python object per point when
-the records repeat a pattern of series (one metric, or the same metrics every step).
-A batch may hold both ``m`` and ``r``.
+the records repeat a pattern of series (one metric, or the same metrics every step), nor
+when they do so in segments (a key added or a run started mid-batch, eval metrics every
+N steps, threads logging in bursts); only random interleavings are grouped point by
+point. A batch may hold both ``m`` and ``r``.
 """
 
 from __future__ import annotations
@@ -279,9 +281,10 @@ def _by_code(
     """Group points by series code, each series in record order, in order of first use.
 
     Strided slices of the whole batch when its codes repeat with one period
-    (``_periodic_series``); else the batch is cut into periodic segments
-    (``_segments``) whose slices are joined per series; a batch whose codes are too
-    irregular for that is grouped point by point."""
+    (``_periodic_series``); else the batch is cut into periodic segments and runs
+    (``_segments``) whose slices are joined per series as bytes; stretches of codes too
+    irregular for that (random interleavings) are grouped point by point, each series'
+    points then fetched by one itemgetter."""
     periodic = _periodic_series(name, codes, steps, vals, ts)
     if periodic is not None:
         return periodic
@@ -290,16 +293,11 @@ def _by_code(
     for c, pieces in parts.items():
         if len(pieces) == 1:  # the commonest case, spelt out: one slice or one index list
             one = pieces[0]
-            if isinstance(one, slice):
-                out.append((*name(c), steps[one], vals[one], ts[one]))
-            elif len(one) == 1:
-                i = one[0]
-                out.append((*name(c), steps[i : i + 1], vals[i : i + 1], ts[i : i + 1]))
+            f = one if isinstance(one, slice) else _gather(one)
+            if isinstance(f, slice):
+                out.append((*name(c), steps[f], vals[f], ts[f]))
             else:
-                get = itemgetter(*one)  # all the points in one C call (a tuple)
-                out.append(
-                    (*name(c), array("q", get(steps)), array("d", get(vals)), array("d", get(ts)))
-                )
+                out.append((*name(c), array("q", f(steps)), array("d", f(vals)), array("d", f(ts))))
             continue
         fetch = [p if isinstance(p, slice) else _gather(p) for p in pieces]
         out.append((*name(c), _cut(steps, fetch), _cut(vals, fetch), _cut(ts, fetch)))
