@@ -117,7 +117,7 @@ def main() -> None:
     columns = (array("q", range(n)), array("d", range(n)), array("d", range(n)))
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{n:,} points per batch, median of {args.rounds} rounds, ns per point")
-    print(f"| shape | old | new | old/new |\n|---|---:|---:|---:|")
+    print("| shape | old | new | old/new |\n|---|---:|---:|---:|")
     for shape, codes_list in shapes(n, rng).items():
         codes = array("I", codes_list)
         # Same result, series by series, before anything is timed.
