@@ -150,8 +150,9 @@ def _read_records(fd: int, ring_id: str, capacity: int, start: int, end: int) ->
         slot = pos % capacity
         n = min(end - pos, capacity - slot)
         raw = os.pread(fd, n * RECORD, HEADER + slot * RECORD)
-        if len(raw) != n * RECORD or published_prefix(raw, pos // capacity + 1, n) != n:
-            raise WireError(f"ring {ring_id} does not hold published records at [{pos}, {pos + n})")
+        good = published_prefix(raw, pos // capacity + 1, len(raw) // RECORD)
+        if good != n:
+            raise WireError(f"ring {ring_id} holds no published record at position {pos + good}")
         parts.append(raw)
         pos += n
     return parts[0] if len(parts) == 1 else b"".join(parts)
