@@ -15,6 +15,7 @@ checkout's, for batch shapes:
   4 threads x 10 metrics, bursts  the same with 10 metrics per thread (a burst ends
                                   mid-step, so a segment is 2.5 steps on average)
   random                          codes drawn at random from 10 series
+  random, 30,000 series           the same from 30,000 series (most with a point or two)
 
 Each figure is the median of --rounds timings of one grouping of a batch of --points
 points (the agent ships up to FLIGHTLOG_BATCH_POINTS, 100,000 by default). The columns
@@ -91,6 +92,7 @@ def shapes(n: int, rng: random.Random) -> dict[str, list[int]]:
                 steps_of[t] += 1
         out[f"4 threads x {metrics} metric{'s' * (metrics > 1)}, bursts"] = bursts[:n]
     out["random"] = [rng.randrange(10) for _ in range(n)]
+    out["random, 30,000 series"] = [rng.randrange(30_000) for _ in range(n)]
     return out
 
 
