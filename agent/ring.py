@@ -82,7 +82,7 @@ from flightlog.core.ring_format import (
     remove_ring,
     rings_root,
 )
-from flightlog.core.wire import RING_WIRE_VERSION, RingRef
+from flightlog.core.wire import RING_WIRE_VERSION, RingRef, ids_stream
 
 __all__ = [
     "HEADER",
@@ -207,11 +207,7 @@ class Ring:
         blob = self.ids_blob
         if len(blob) <= IDS_WHOLE:
             return blob
-        used: set[int] = set()
-        for chunk in chunks:
-            used.update(memoryview(chunk).cast("I")[LAP_AT - 1 :: RECORD // 4])
-        series = self.series
-        return b"".join(msgpack.packb([SERIES, i, *series[i]]) for i in sorted(used))
+        return ids_stream(chunks, self.series.__getitem__)
 
     # -- the hot path's helpers ----------------------------------------------------------
 

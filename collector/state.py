@@ -20,9 +20,9 @@ from aiohttp import web
 
 from flightlog.collector import limits
 from flightlog.collector.config import CollectorConfig
-from flightlog.collector.ring_refs import LocalRings
 from flightlog.collector.store_api import Store
 from flightlog.core.ring_format import RECORD, rings_root
+from flightlog.core.ring_refs import LocalRings
 
 T = TypeVar("T")
 MSGPACK = "application/msgpack"
@@ -38,7 +38,7 @@ class Collector:
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="flightlog-reader")
         self.last_activity = time.monotonic()
         self.ingested_points = 0
-        # Ring-reference batches of agents on this node (``collector.ring_refs``): at
+        # Ring-reference batches of agents on this node (``flightlog.core.ring_refs``): at
         # most as many records as the largest inline batch holds.
         self.rings = LocalRings(
             [rings_root(Path(r)) for r in config.ring_roots],

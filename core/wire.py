@@ -28,7 +28,7 @@ point. A batch may hold both ``m`` and ``r``.
 ``ref`` (version 3) is the form for a collector on the same node: the records stay in
 the ring file, and the batch names the ring (its id and its owner's pid and start time,
 as in the ring's header) and the positions [start, end). The collector reads them, and
-the series names, from the ring's files (``flightlog.collector.ring_refs``): the batch
+the series names, from the ring's files (``flightlog.core.ring_refs``): the batch
 is a few dozen bytes whatever the number of points, and the ids table travels as the
 file's new entries only. The records stay in place until the batch is acknowledged (the
 agent frees ring slots only then), so the collector reads what the agent cut; a batch
@@ -520,6 +520,43 @@ def _group(
     else:
         codes = array("Q", (r * width + k for r, k in zip(ri, ki, strict=True)))
     return _by_code(lambda c: (runs[c // width], keys[c % width]), codes, steps, vals, ts)
+
+
+def ids_stream(
+    chunks: Sequence[bytes | memoryview], name: Callable[[int], tuple[str, str]]
+) -> bytes:
+    """The ``r.ids`` stream naming the series that blocks of ring records use (``name``:
+    index -> (run id, key))."""
+    used: set[int] = set()
+    for chunk in chunks:
+        used.update(memoryview(chunk).cast("I")[RECORD_SIZE // 4 - 2 :: RECORD_SIZE // 4])
+    return b"".join(msgpack.packb([2, i, *name(i)]) for i in sorted(used))
+
+
+def with_records(data: bytes, rings: RingReader) -> bytes:
+    """A version 3 batch (``r.ref``) rewritten in version 2 form, with the records and
+    names read through ``rings``, for a store-and-forward hop (the node sidecar) whose
+    next hop cannot read the ring; any other batch as it is. Raises ``WireError``."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=1 << 30)
+    except Exception as e:
+        raise WireError(f"not valid msgpack ({type(e).__name__}: {e})") from None
+    if not isinstance(body, dict) or body.get("v") != RING_REF_WIRE_VERSION:
+        return data
+    r = body.get("r")
+    if not isinstance(r, dict):
+        raise WireError("'r' must be a map")
+    records, table = rings(_ring_ref(r.get("ref")))
+
+    def name(code: int) -> tuple[str, str]:
+        found = table.get(code)
+        if found is None:
+            raise WireError(f"r.rec names series {code}, which the ring's ids do not hold")
+        return found
+
+    body["v"] = RING_WIRE_VERSION
+    body["r"] = {"rec": records, "ids": ids_stream([records], name)}
+    return pack(body)
 
 
 def pack(obj: Any) -> bytes:

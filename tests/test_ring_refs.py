@@ -4,7 +4,7 @@ End to end with a real collector process and trainer: batches to a collector tha
 watches the trainer's rings directory are a few dozen bytes (wire version 3) and every
 point arrives once; a collector that cannot read the ring refuses the reference and the
 agent sends the records inline, losing and reporting nothing. Then the reader itself
-(``collector.ring_refs.LocalRings``) against references that must be refused, and the
+(``core.ring_refs.LocalRings``) against references that must be refused, and the
 outbox writing a reference's records to the disk spool.
 """
 
@@ -24,9 +24,9 @@ from helpers import stored_points
 from flightlog.agent.outbox import Outbox
 from flightlog.agent.ring import RECORD, Ring
 from flightlog.agent.spool import Spool
-from flightlog.collector.ring_refs import LocalRings
 from flightlog.core.exceptions import WireError
 from flightlog.core.ring_format import ACKED, ACKED_AT
+from flightlog.core.ring_refs import LocalRings
 from flightlog.core.wire import decode_batch, encode_raw_batch
 
 TRAINER = r"""
@@ -223,3 +223,30 @@ def test_a_spilled_reference_goes_to_the_spool_with_its_records(ring: Ring, tmp_
         ring.pack_into(ring.mm, offset, step, 0.0, 0.0, 0, lap)
     assert ring.materialize(body) is None  # the ring no longer holds them
     assert decode_batch(outbox.body(outbox.entries[0])[0])[3][0][2].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_node_sidecar_reads_the_references_and_forwards_the_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trainer -> sidecar on the node -> central collector: the trainer's batches name
+    their records (accepted by the sidecar), the sidecar buffers and forwards them with
+    the records (the central collector, another node's, could not read the ring)."""
+    from test_reliability import wait_until
+    from test_sidecar import start_sidecar
+
+    spool = tmp_path / "spool"
+    central = start_collector(
+        tmp_path / "central", env={**os.environ, "FLIGHTLOG_SPOOL_DIR": str(tmp_path / "x")}
+    )
+    monkeypatch.setenv("FLIGHTLOG_SPOOL_DIR", str(spool))  # the sidecar's, as the trainer's
+    sidecar = start_sidecar(tmp_path / "node", central.url, token=None)
+    try:
+        out = _train(sidecar.url, spool, 40_000)
+        sent = out["sent"]
+        assert isinstance(sent, list) and {(v, s) for v, _, s in sent} == {(3, 200)}
+        assert out["refs"] is True and out["dropped"] == {}
+        run_id = str(out["run_id"])
+        wait_until(lambda: stored_points(central.db, run_id) == 120_000, 60, "forwarding")
+    finally:
+        sidecar.stop()
+        central.stop()
