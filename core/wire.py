@@ -386,9 +386,8 @@ def _segments(codes: array[int]) -> dict[int, list[_Piece]]:
     Segment by segment from the start: a run of one code (a thread logging a burst of
     one metric) as far as it goes; else the period p is the distance to the next use of
     the segment's first code (p metrics logged each step) and the segment extends as
-    long as the codes repeat with it, ending mid-pattern if it must. The regular
-    expression engine (``_periods``) and ``_common`` compare the codes' bytes in C, one
-    match object per segment. Each series gets one strided slice per segment, in record
+    long as the codes repeat with it, ending mid-pattern if it must (``_extent``: the
+    codes' bytes compared in C). Each series gets one strided slice per segment, in record
     order; where segments cost more than they save (random interleavings), a list of
     indexes per series for the points of windows grouped one by one. Returns the pieces
     by code, in order of first use.
@@ -397,11 +396,11 @@ def _segments(codes: array[int]) -> dict[int, list[_Piece]]:
     w = codes.itemsize
     raw = codes.tobytes()
     view = memoryview(raw)
-    run = _periods(w)
     parts: dict[int, list[_Piece]] = {}
     # Indexes by series of the points grouped one by one since the series' last slice:
     # one list, one piece to fetch, however many windows it spans.
     where: defaultdict[int, list[int]] = defaultdict(list)
+    run = _periods(w)
     seen = len(set(codes[:512]))
     debt = 0
     window = _WINDOW
@@ -409,6 +408,8 @@ def _segments(codes: array[int]) -> dict[int, list[_Piece]]:
     i = 0
     while i < n:
         end = run(raw, i * w).end() // w  # type: ignore[union-attr]  # .{w} always matches
+        if end - i > _REPEATS:  # a long run: as in _extent, spelt out for the short ones
+            end += _common(raw, view, end - 1, end, n - end, w)
         p, cost = 1, _RUN_COST
         if end == i + 1:
             # A pattern longer than twice the codes seen yet is not looked for: where
@@ -419,9 +420,7 @@ def _segments(codes: array[int]) -> dict[int, list[_Piece]]:
             # that codes built to make every search long cannot make it quadratic.
             cost += (p if p > 0 else stop - i) // _SCAN
             if p > 0 and len(set(codes[i : i + p])) == p:
-                # Whole periods by the regular expression, then the part of one more.
-                end = _periods(p * w)(raw, i * w).end() // w  # type: ignore[union-attr]
-                end += _common(raw, view, end - p, end, min(p - 1, n - end), w)
+                end = _extent(raw, view, i, p, n, w)
                 cost += _SEGMENT_COST + _SLICE_COST * p
             else:
                 p = 1  # the code's last use, or no pattern: one point
@@ -455,16 +454,30 @@ def _segments(codes: array[int]) -> dict[int, list[_Piece]]:
     return {c: parts[c] for c in sorted(parts, key=first.__getitem__)}
 
 
+def _extent(raw: bytes, view: memoryview, i: int, p: int, n: int, w: int) -> int:
+    """The end of the segment from index i that repeats its first p codes, the last
+    repeat maybe cut short. Up to _REPEATS repeats by one regular expression match (short
+    segments: one C call); longer ones go on with ``_common``'s doubling windows (memcmp;
+    a logarithmic number of calls)."""
+    end = _periods(p * w)(raw, i * w).end() // w  # type: ignore[union-attr]  # .{w} matches
+    left = n - end if end - i > _REPEATS * p else min(p - 1, n - end)
+    return end + _common(raw, view, end - p, end, left, w) if left > 0 else end
+
+
+# Up to about this many repeats, the regular expression's ~30 ns a repeat costs less than
+# the ~10 calls of _common's search (measured with bench/bench_decode.py).
+_REPEATS = 64
 _PERIODS: dict[int, Callable[[bytes, int], re.Match[bytes] | None]] = {}
 
 
 def _periods(width: int) -> Callable[[bytes, int], re.Match[bytes] | None]:
-    """The match of as many repeats of a pattern of width bytes as follow it."""
+    """The match of a pattern of width bytes and of up to _REPEATS repeats of it."""
     found = _PERIODS.get(width)
     if found is None:
         if len(_PERIODS) > 1024:
             _PERIODS.clear()
-        found = _PERIODS[width] = re.compile(b"(?s)(.{%d})\\1*" % width).match
+        pattern = b"(?s)(.{%d})\\1{0,%d}" % (width, _REPEATS)
+        found = _PERIODS[width] = re.compile(pattern).match
     return found
 
 
