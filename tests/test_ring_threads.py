@@ -1,0 +1,136 @@
+"""Eight threads logging into one run through the metric ring: every point stored once.
+
+The ring's slots are reserved by one ``next()`` on C iterators, atomic under the GIL; a
+free-threaded build (PEP 703, ``python3.13t``) has no GIL, so the ring runs ``locked``
+there (``Ring.lock`` around reservation, write and the reader's take). The same script
+runs three ways, each in a real process against a real collector, and the test reads
+every stored step back from the SQLite file:
+
+- on this interpreter, the ring as it runs here (unlocked under the GIL, locked without);
+- on this interpreter with the ring forced into its locked mode, so the free-threaded
+  build's code path runs in every CI run;
+- on a free-threaded interpreter named by ``FLIGHTLOG_TEST_FREETHREADED_PYTHON`` (with
+  flightlog installed in it), under ``PYTHON_GIL=0``; skipped with a reason without one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from array import array
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import CollectorProcess
+from helpers import run_status
+from test_reliability import query
+
+THREADS = 8
+PER_THREAD = 100_000  # half with log_metric, half with log_metrics (two keys a call)
+FREETHREADED_ENV = "FLIGHTLOG_TEST_FREETHREADED_PYTHON"
+
+STRESS = r"""
+import sys, threading
+import flightlog as mlflow
+from flightlog.agent import ring as ring_module
+
+url, threads, per_thread, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+if mode == "locked":
+    ring_module.GIL = False  # the free-threaded build's mode, under the GIL
+gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+if mode == "freethreaded" and gil:
+    sys.exit(f"{sys.executable} runs with the GIL enabled")
+mlflow.set_tracking_uri(url)
+half = per_thread // 2
+start = threading.Barrier(threads)
+
+def work(t):
+    start.wait()
+    for i in range(half):
+        mlflow.log_metric(f"a{t}", i * 0.5, step=i)
+    for i in range(half // 2):
+        mlflow.log_metrics({f"b{t}": float(i), f"c{t}": -float(i)}, step=i)
+
+with mlflow.start_run() as run:
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    ring = mlflow.MlflowClient().ctx.agent.metric_ring()
+    print(run.info.run_id, ring is not None and ring.locked, gil, flush=True)
+mlflow.flush()
+"""
+
+
+def _stress(python: str, url: str, mode: str, tmp_path: Path) -> tuple[str, bool, bool]:
+    env = {
+        **os.environ,
+        "FLIGHTLOG_SPOOL_DIR": str(tmp_path / "spool"),
+        "FLIGHTLOG_METRIC_RING": "1",
+    }
+    if mode == "freethreaded":
+        env["PYTHON_GIL"] = "0"  # an extension that asks for the GIL must not get it
+    proc = subprocess.run(
+        [python, "-c", STRESS, url, str(THREADS), str(PER_THREAD), mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_id, locked, gil = proc.stdout.split()
+    return run_id, locked == "True", gil == "True"
+
+
+def _series_faults(db: Path, run_id: str, key: str, n: int) -> tuple[int, list[int], list[int]]:
+    """(points stored, first steps missing, first steps stored twice) of a series whose
+    steps were 0 .. n-1, each logged once."""
+    steps: array[int] = array("q")
+    for (blob,) in query(
+        db, "SELECT steps FROM metric_chunks WHERE run_uuid = ? AND key = ?", run_id, key
+    ):
+        steps.frombytes(blob)
+    seen = Counter(steps)
+    missing = [s for s in range(n) if s not in seen][:5]
+    twice = sorted(s for s, k in seen.items() if k > 1)[:5]
+    return len(steps), missing, twice
+
+
+def _check_every_point_once(c: CollectorProcess, run_id: str) -> None:
+    half = PER_THREAD // 2
+    for t in range(THREADS):
+        for key, n in ((f"a{t}", half), (f"b{t}", half // 2), (f"c{t}", half // 2)):
+            assert _series_faults(c.db, run_id, key, n) == (n, [], []), key
+    assert run_status(c.db, run_id) == "FINISHED"
+
+
+@pytest.mark.parametrize("mode", ["native", "locked"])
+def test_eight_threads_store_every_point_once(
+    collector: CollectorProcess, tmp_path: Path, mode: str
+) -> None:
+    run_id, locked, gil = _stress(sys.executable, collector.url, mode, tmp_path)
+    assert locked == (mode == "locked" or not gil)
+    _check_every_point_once(collector, run_id)
+
+
+def test_eight_threads_on_a_free_threaded_build(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    python = os.environ.get(FREETHREADED_ENV)
+    if not python:
+        pytest.skip(f"{FREETHREADED_ENV} names no free-threaded python (e.g. python3.13t)")
+    check = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_config_var('Py_GIL_DISABLED'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert check.stdout.strip() == "1", f"{python} is not a free-threaded build"
+    run_id, locked, gil = _stress(python, collector.url, "freethreaded", tmp_path)
+    assert locked and not gil
+    _check_every_point_once(collector, run_id)
