@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import struct
 import sys
 import threading
 import time
@@ -416,20 +415,18 @@ def log_metric(
     if sid is None or run_id is not None or timestamp is not None:
         _log_general(rid, agent, key, value, step, timestamp, run_id)
     else:
-        if value.__class__ is not float:
-            value = v.metric_value(key, value)
         if step is None:
             step = 0
         elif step.__class__ is not int:
             step = v.metric_step(key, step)
         seq, offset, lap = next(slots)
         if seq < ring.limit:
+            # pack_into checks the value itself (a float, or what converts to one):
+            # no check in Python on the way.
             try:
                 _pack_into(mm, offset, step, value, _time(), sid, lap)
-            except struct.error:
-                ring.overflow[seq] = None  # the reader passes this slot
-                v.metric_step(key, step)  # raises: a step out of the int64 range
-                raise
+            except Exception:
+                _write_checked(ring, seq, key, sid, step, value, _time())
         else:
             _ring_full(agent, ring, seq, rid, key, sid, step, value, _time())
     if synchronous:
@@ -481,6 +478,20 @@ def _refresh_route(agent: Any) -> None:
         _sync_top()
 
 
+def _write_checked(
+    ring: Any, seq: int, key: str, sid: int, step: int, value: Any, ts: float
+) -> None:
+    """The slot ``seq`` after ``pack_into`` refused the point: write it with the value
+    converted as MLflow would (a 0-d tensor, a numpy number), or raise the error that
+    names what was wrong (a string, None, a step out of the int64 range); the reader
+    then passes the slot."""
+    try:
+        ring.write_at(seq, sid, v.metric_step(key, step), v.metric_value(key, value), ts)
+    except BaseException:
+        ring.overflow[seq] = None
+        raise
+
+
 def _ring_full(
     agent: Any,
     ring: Any,
@@ -492,6 +503,13 @@ def _ring_full(
     value: float,
     ts: float,
 ) -> None:
+    if value.__class__ is not float:
+        try:
+            value = v.metric_value(key, value)
+        except MlflowException:
+            if ring is agent.ring:
+                ring.overflow[seq] = None  # the reader passes this slot
+            raise
     if ring is agent.ring:
         agent.ring_full(seq, sid, step, value, ts)
     else:  # a stale route (see _refresh_route): the position reserved is not used
@@ -528,16 +546,12 @@ def log_metrics(
             except KeyError:  # a key new to this run's ring: checked and interned
                 _log_general(rid, agent, key, value, step, None, None, ts)
                 continue
-            if value.__class__ is not float:
-                value = v.metric_value(key, value)
             seq, offset, lap = next(slots)
             if seq < ring.limit:
                 try:
                     _pack_into(mm, offset, step, value, ts, sid, lap)
-                except struct.error:
-                    ring.overflow[seq] = None
-                    v.metric_step(key, step)
-                    raise
+                except Exception:
+                    _write_checked(ring, seq, key, sid, step, value, ts)
             else:
                 _ring_full(agent, ring, seq, rid, key, sid, step, value, ts)
     if synchronous:

@@ -17,6 +17,8 @@ import pytest
 from conftest import CollectorProcess, start_collector
 from helpers import run_status, stored_points
 
+import flightlog
+from flightlog import MlflowClient
 from flightlog.agent import ring as ring_module
 from flightlog.agent.ring import RECORD, Ring
 from flightlog.core.wire import decode_batch, encode_raw_batch
@@ -272,3 +274,73 @@ def test_a_big_ids_table_ships_only_the_series_a_batch_uses(
     assert len(ids) < len(ring.ids_blob)
     _, _, _, series = decode_batch(encode_raw_batch("b", "a", [], None, b"".join(chunks), ids))
     assert sorted((s[1], list(s[2])) for s in series) == [("k3", [0, 2]), ("k7", [1])]
+
+
+VALUES = r"""
+import decimal, fractions, sys
+import numpy as np
+import torch
+import flightlog as mlflow
+from flightlog.core.exceptions import MlflowException
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run() as r:
+    print(r.info.run_id, flush=True)
+    mlflow.log_metric("v", 0.0, step=0)  # the key is interned: later calls take the hot path
+    good = [1, True, np.float32(2.5), np.int64(3), torch.tensor(4.5), decimal.Decimal("5.5"),
+            fractions.Fraction(13, 2), float("nan")]
+    for i, value in enumerate(good, start=1):
+        mlflow.log_metric("v", value, step=i)
+    for bad in ["7", None, b"8", 1j, torch.tensor([1.0, 2.0])]:
+        try:
+            mlflow.log_metric("v", bad, step=99)
+        except (MlflowException, ValueError, RuntimeError) as e:
+            print("refused:", type(e).__name__, str(e)[:60], flush=True)
+        try:
+            mlflow.log_metrics({"v": bad, "w": 1.0}, step=99)
+        except (MlflowException, ValueError, RuntimeError) as e:
+            print("refused:", type(e).__name__, str(e)[:60], flush=True)
+    for step in [2**63, -(2**63) - 1]:
+        try:
+            mlflow.log_metric("v", 1.0, step=step)
+        except MlflowException as e:
+            print("refused:", type(e).__name__, str(e)[:60], flush=True)
+    mlflow.log_metrics({"v": 9.0, "w": 2.0}, step=9)
+"""
+
+
+def test_the_hot_path_takes_what_converts_to_float_and_names_what_does_not(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    """pack_into checks values on the ring's hot path: what MLflow takes (numpy and 0-d
+    torch numbers, bools, Decimals) is stored; what it refuses raises the error naming
+    the key, the slot is passed over, and later points still arrive."""
+    proc = subprocess.run(
+        [sys.executable, "-c", VALUES, collector.url],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path / "spool"),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    run_id, *lines = proc.stdout.splitlines()
+    refused = [line for line in lines if line.startswith("refused:")]
+    # 5 bad values x (log_metric, log_metrics) + 2 steps out of the int64 range.
+    assert len(refused) == 12, lines
+    assert all("'v'" in line for line in refused if "MlflowException" in line)
+    flightlog.set_tracking_uri(collector.url)
+    history = MlflowClient().get_metric_history(run_id, "v")
+    got = sorted((m.step, m.value) for m in history if m.value == m.value)
+    assert got == [
+        (0, 0.0),
+        (1, 1.0),
+        (2, 1.0),
+        (3, 2.5),
+        (4, 3.0),
+        (5, 4.5),
+        (6, 5.5),
+        (7, 6.5),
+        (9, 9.0),
+    ]
+    assert [m.step for m in history if m.value != m.value] == [8]
+    w = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "w"))
+    assert w == [9]  # the call stopped at the refused point, before "w"
