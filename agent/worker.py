@@ -72,6 +72,17 @@ HEARTBEAT_TIMEOUT = 5.0  # a heartbeat is not worth a long wait; the next one fo
 SPILL_WAIT = 0.01  # seconds a logging call at the queue's cap waits for the packer's lock
 
 
+
+def _write_reserved(ring: Ring, seq: int, sid: int, step: int, value: float, ts: float) -> None:
+    """Write a slot reserved earlier (``Agent.ring_full``). A locked ring (a free-threaded
+    build: no GIL around ``pack_into``) writes under ``Ring.lock``, as its reservations
+    do: the packer's ``take`` holds it too, and must never find a record half written."""
+    if ring.locked:
+        with ring.lock:
+            ring.write_at(seq, sid, step, value, ts)
+    else:
+        ring.write_at(seq, sid, step, value, ts)
+
 class Agent:
     """One process's logging agent for one collector."""
 
@@ -313,7 +324,7 @@ class Agent:
         if self._closed:
             pass
         elif held * 4 < ring.capacity * 3:
-            ring.write_at(seq, sid, step, value, ts)
+            _write_reserved(ring, seq, sid, step, value, ts)
             # The packer is woken: until it has packed (it may wait for the GIL a
             # while), later calls go on at full speed, up to three quarters of the ring,
             # rather than each take this path. Never past acked + capacity.
@@ -342,7 +353,7 @@ class Agent:
                 finally:
                     self._pack_lock.release()
             if seq < ring.acked + ring.capacity:
-                ring.write_at(seq, sid, step, value, ts)
+                _write_reserved(ring, seq, sid, step, value, ts)
                 return
         ring.overflow[seq] = None
         self.drops.count_point(ring.series[sid][0], "closed" if self._closed else "queue_full")

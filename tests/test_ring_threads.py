@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from array import array
 from collections import Counter
 from pathlib import Path
@@ -26,6 +27,12 @@ import pytest
 from conftest import CollectorProcess
 from helpers import run_status
 from test_reliability import query
+
+from flightlog.agent import ring as ring_module
+from flightlog.agent.sender import MemorySender
+from flightlog.agent.transport import CollectorClient
+from flightlog.agent.worker import Agent
+from flightlog.core.ring_format import HEADER, LAP_AT, RECORD
 
 THREADS = 8
 PER_THREAD = 100_000  # half with log_metric, half with log_metrics (two keys a call)
@@ -134,3 +141,36 @@ def test_eight_threads_on_a_free_threaded_build(
     run_id, locked, gil = _stress(python, collector.url, "freethreaded", tmp_path)
     assert locked and not gil
     _check_every_point_once(collector, run_id)
+
+
+def test_a_locked_ring_writes_past_its_limit_under_its_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A point reserved at or past the ring's limit is written by Agent.ring_full; in the
+    # locked mode (no GIL) that write must hold Ring.lock as the packer's take does, or
+    # the take may find the record half written.
+    monkeypatch.setattr(ring_module, "GIL", False)
+    agent = Agent(
+        CollectorClient("http://127.0.0.1:9"),
+        sender=MemorySender(),
+        spool_root=tmp_path,
+        batch_points=10,
+        max_queue=100,
+    )
+    try:
+        ring = agent.metric_ring()
+        assert ring is not None and ring.locked
+        sid = ring.series_index("a" * 32, "loss")
+        with ring.lock:  # the packer's take, say
+            seq = ring.reserve()
+            ring.limit = seq  # this position takes ring_full's path
+            writer = threading.Thread(target=agent.ring_full, args=(seq, sid, 7, 0.5, 1e9))
+            writer.start()
+            writer.join(0.5)
+            lap = memoryview(ring.mm)[HEADER + seq * RECORD :].cast("I")[LAP_AT]
+            assert writer.is_alive() and lap == 0  # waits for the lock, writes nothing
+        writer.join(10)
+        lap = memoryview(ring.mm)[HEADER + seq * RECORD :].cast("I")[LAP_AT]
+        assert not writer.is_alive() and lap == 1
+    finally:
+        agent.close(timeout=5)
