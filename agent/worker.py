@@ -72,7 +72,6 @@ HEARTBEAT_TIMEOUT = 5.0  # a heartbeat is not worth a long wait; the next one fo
 SPILL_WAIT = 0.01  # seconds a logging call at the queue's cap waits for the packer's lock
 
 
-
 def _write_reserved(ring: Ring, seq: int, sid: int, step: int, value: float, ts: float) -> None:
     """Write a slot reserved earlier (``Agent.ring_full``). A locked ring (a free-threaded
     build: no GIL around ``pack_into``) writes under ``Ring.lock``, as its reservations
@@ -82,6 +81,7 @@ def _write_reserved(ring: Ring, seq: int, sid: int, step: int, value: float, ts:
             ring.write_at(seq, sid, step, value, ts)
     else:
         ring.write_at(seq, sid, step, value, ts)
+
 
 class Agent:
     """One process's logging agent for one collector."""

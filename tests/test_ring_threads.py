@@ -9,7 +9,7 @@ every stored step back from the SQLite file:
 - on this interpreter, the ring as it runs here (unlocked under the GIL, locked without);
 - on this interpreter with the ring forced into its locked mode, so the free-threaded
   build's code path runs in every CI run;
-- on a free-threaded interpreter named by ``FLIGHTLOG_TEST_FREETHREADED_PYTHON`` (with
+- on a free-threaded interpreter named by ``TEST_FREETHREADED_PYTHON`` (with
   flightlog installed in it), under ``PYTHON_GIL=0``; skipped with a reason without one.
 """
 
@@ -36,7 +36,8 @@ from flightlog.core.ring_format import HEADER, LAP_AT, RECORD
 
 THREADS = 8
 PER_THREAD = 100_000  # half with log_metric, half with log_metrics (two keys a call)
-FREETHREADED_ENV = "FLIGHTLOG_TEST_FREETHREADED_PYTHON"
+# Not a FLIGHTLOG_* variable: those are flightlog's settings (core/settings.py).
+FREETHREADED_ENV = "TEST_FREETHREADED_PYTHON"
 
 STRESS = r"""
 import sys, threading
