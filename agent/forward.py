@@ -57,11 +57,13 @@ from flightlog.core.exceptions import (
     SpoolFull,
 )
 from flightlog.core.ring_adoption import watch_rings
+from flightlog.core.ring_format import RECORD, rings_root
+from flightlog.core.ring_refs import LocalRings
 from flightlog.core.serving import check_exposure, run_app, serve_until_stopped
 from flightlog.core.spool_paths import served_spool_roots
 from flightlog.core.uris import local_store
 from flightlog.core.version import __version__
-from flightlog.core.wire import decode_batch, pack
+from flightlog.core.wire import decode_batch, pack, with_records
 
 log = logging.getLogger("flightlog.agent.forward")
 
@@ -328,6 +330,11 @@ class Sidecar:
         # One thread appends (and fsyncs) to the buffer, keeping arrival order.
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="flightlog-buffer")
         self.session: aiohttp.ClientSession | None = None
+        # The ring references of trainers on this node: read here, since the upstream
+        # cannot (``ingest`` buffers the batch with its records).
+        self.rings = LocalRings(
+            [rings_root(r) for r in config.ring_roots], config.max_body_bytes // RECORD
+        )
 
 
 SIDECAR = web.AppKey("sidecar", Sidecar)
@@ -386,6 +393,9 @@ async def ingest(request: web.Request) -> web.Response:
     s = request.app[SIDECAR]
     data = await request.read()
     try:
+        # A batch that names ring records is buffered with them (the upstream is on
+        # another node); they are read before the batch is acknowledged.
+        data = await asyncio.to_thread(with_records, data, s.rings)
         _batch_id, _agent, _ops, series = decode_batch(data)
     except MlflowException as e:
         return _error(400, BAD_REQUEST, e.message)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from flightlog.agent.spool import Segment, Spool
 from flightlog.core.exceptions import SpoolFull
@@ -43,12 +44,13 @@ class FlushMarker:
 class Entry:
     """One encoded batch waiting for acknowledgement: in memory or in the spool."""
 
-    __slots__ = ("body", "length", "offset", "points", "segment", "seq")
+    __slots__ = ("body", "length", "offset", "points", "ref", "segment", "seq")
 
-    def __init__(self, seq: int, points: int, body: bytes | None) -> None:
+    def __init__(self, seq: int, points: int, body: bytes | None, ref: bool = False) -> None:
         self.seq = seq
         self.points = points
         self.body = body
+        self.ref = ref  # the body names ring records (``r.ref``) instead of holding them
         self.segment: Segment | None = None
         self.offset = 0
         self.length = 0 if body is None else len(body)
@@ -63,6 +65,10 @@ class Outbox:
 
     def __init__(self, spool: Spool, max_memory: int) -> None:
         self.lock = threading.Lock()
+        # Copies a ring reference's records into its body (``Ring.materialize``): a
+        # batch goes to the spool with its records, since its ring slots are freed
+        # once it is there.
+        self.materialize: Callable[[bytes], bytes | None] | None = None
         self.spool = spool
         self.max_memory = max_memory
         self.entries: deque[Entry] = deque()
@@ -73,19 +79,19 @@ class Outbox:
         self.markers: deque[tuple[int, FlushMarker]] = deque()
         self.closed = False  # set at close(): the sender changes nothing any more
 
-    def add(self, points: int, body: bytes, *, must_keep: bool = False) -> int:
+    def add(self, points: int, body: bytes, *, must_keep: bool = False, ref: bool = False) -> int:
         """Append a batch; return its seq. Raises SpoolFull when it cannot be kept,
         unless ``must_keep``: then it stays in memory past the budget (small op batches
-        that must not be lost, such as a run's creation)."""
+        that must not be lost, such as a run's creation). ``ref``: the body names ring
+        records instead of holding them."""
         with self.lock:
             if self.closed:
                 raise SpoolFull("the agent is closed")
             seq = self.last_seq + 1
-            entry = Entry(seq, points, body)
+            entry = Entry(seq, points, body, ref)
             if self.outage or self.memory + len(body) > self.max_memory:
                 try:
-                    entry.segment, entry.offset = self.spool.append(seq, points, body)
-                    entry.body = None
+                    self._to_spool(entry)
                 except SpoolFull:
                     if not must_keep:
                         raise
@@ -99,14 +105,52 @@ class Outbox:
         with self.lock:
             return self.entries[0] if self.entries else None
 
-    def body(self, entry: Entry) -> bytes:
+    def _to_spool(self, entry: Entry) -> None:
+        """Write an in-memory entry to the spool (its records copied in first if it
+        names them in the ring); raises SpoolFull."""
+        body = entry.body
+        assert body is not None
+        if entry.ref:
+            body = self._inline(entry)
+        entry.segment, entry.offset = self.spool.append(entry.seq, entry.points, body)
+        entry.length = len(body)
+        entry.body = None
+        entry.ref = False
+
+    def _inline(self, entry: Entry) -> bytes:
+        assert entry.body is not None and self.materialize is not None
+        body = self.materialize(entry.body)
+        if body is None:  # cannot happen before the entry is acknowledged or spooled
+            raise SpoolFull("a ring reference's records are gone")
+        return body
+
+    def inline(self, entry: Entry) -> bytes | None:
+        """The body of ``entry`` with its records in it (a collector that cannot read
+        the ring): from the spool if it is there, else copied from the ring now and
+        kept in place of the reference. None once the entry is acknowledged."""
+        with self.lock:
+            if self.closed or entry not in self.entries:
+                return None
+            if entry.body is None:
+                assert entry.segment is not None
+                return self.spool.read(entry.segment, entry.offset, entry.length)
+            if not entry.ref:
+                return entry.body
+            body = self._inline(entry)
+            self.memory += len(body) - len(entry.body)
+            entry.body, entry.ref, entry.length = body, False, len(body)
+            return body
+
+    def body(self, entry: Entry) -> tuple[bytes, bool]:
+        """The body to send for ``entry``, and whether it is a ring reference (read
+        together: the entry may go to the spool, and lose its reference, meanwhile)."""
         with self.lock:
             if self.closed:
                 raise OSError("the outbox is closed")
             if entry.body is not None:
-                return entry.body
+                return entry.body, entry.ref
             assert entry.segment is not None
-            return self.spool.read(entry.segment, entry.offset, entry.length)
+            return self.spool.read(entry.segment, entry.offset, entry.length), False
 
     def ack(self, entry: Entry) -> list[FlushMarker]:
         """The head batch was acknowledged (or given up): drop it, settle its markers."""
@@ -142,16 +186,16 @@ class Outbox:
         """Move in-memory batches to the spool, in place; return what stayed in memory."""
         kept_batches = kept_points = 0
         for entry in self.entries:
-            if entry.body is None:
+            body = entry.body
+            if body is None:
                 continue
             try:
-                entry.segment, entry.offset = self.spool.append(entry.seq, entry.points, entry.body)
+                self._to_spool(entry)
             except SpoolFull:
                 kept_batches += 1
                 kept_points += entry.points
                 continue
-            self.memory -= len(entry.body)
-            entry.body = None
+            self.memory -= len(body)
         self.spool.sync()
         return kept_batches, kept_points
 

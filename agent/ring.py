@@ -82,6 +82,7 @@ from flightlog.core.ring_format import (
     remove_ring,
     rings_root,
 )
+from flightlog.core.wire import RING_WIRE_VERSION, RingRef, ids_stream
 
 __all__ = [
     "HEADER",
@@ -133,7 +134,8 @@ class Ring:
         finally:
             os.close(fd)
         self._fds = [self._ids_fd, self._ops_fd, self._cuts_fd, self._lock_fd]
-        HEADER_FORMAT.pack_into(self.mm, 0, MAGIC, capacity, 0, 0, os.getpid(), own_start())
+        self.pid, self.started = os.getpid(), own_start()
+        HEADER_FORMAT.pack_into(self.mm, 0, MAGIC, capacity, 0, 0, self.pid, self.started)
         self.pack_into = RECORD_FORMAT.pack_into
         self.counter = itertools.count()
         # The hot path's reservation: one next() yields (position, byte offset of its
@@ -159,7 +161,11 @@ class Ring:
         self._intern_lock = threading.Lock()
         self.ops_lock = threading.Lock()  # journal and queue take ops in one order
         self.ops_count = 0
-        self._unsynced = False  # cuts appended since the last sync_journal()
+        # Which journal files were appended to since the last sync_journal(): each is
+        # synced only when it changed (ids and ops rarely do), for each fdatasync costs
+        # the sender a wait for the GIL when it returns. Set after each append, cleared
+        # before each sync: an append racing a sync is covered by it or flags the next.
+        self._unsynced = {self._ids_fd: False, self._ops_fd: False, self._cuts_fd: False}
         # Reserved positions at or past ``limit`` take the slow path (``Agent.ring_full``):
         # the packer is woken, and past acked + capacity the point goes to ``overflow``.
         self.acked = 0
@@ -189,6 +195,7 @@ class Ring:
                 i = len(self.series)
                 entry = msgpack.packb([SERIES, i, run_id, key])
                 _append(self._ids_fd, entry)
+                self._unsynced[self._ids_fd] = True
                 self.series.append((run_id, key))
                 self.ids_blob += entry
                 kd[key] = i  # published last: a reader of the ring finds the name first
@@ -200,11 +207,7 @@ class Ring:
         blob = self.ids_blob
         if len(blob) <= IDS_WHOLE:
             return blob
-        used: set[int] = set()
-        for chunk in chunks:
-            used.update(memoryview(chunk).cast("I")[LAP_AT - 1 :: RECORD // 4])
-        series = self.series
-        return b"".join(msgpack.packb([SERIES, i, *series[i]]) for i in sorted(used))
+        return ids_stream(chunks, self.series.__getitem__)
 
     # -- the hot path's helpers ----------------------------------------------------------
 
@@ -229,6 +232,7 @@ class Ring:
         """Append an op to ``ops``; returns its index. The caller holds ``ops_lock``."""
         i = self.ops_count
         _append(self._ops_fd, msgpack.packb([i, name, args], use_bin_type=True))
+        self._unsynced[self._ops_fd] = True
         self.ops_count = i + 1
         return i
 
@@ -246,21 +250,57 @@ class Ring:
                 return _take(self.mm, self.capacity, start, end, self.overflow)
         return _take(self.mm, self.capacity, start, end, self.overflow)
 
+    def ref(self, start: int, end: int) -> RingRef:
+        """The wire's reference to records [start, end) of this ring (``r.ref``)."""
+        return (self.ring_id, self.pid, self.started, start, end)
+
+    def materialize(self, body: bytes) -> bytes | None:
+        """``body`` with the records its ``r.ref`` names copied in (the wire's ``rec``
+        form), for the disk spool or a collector that cannot read this ring; None if
+        it holds no reference, or its slots no longer hold its records (written over
+        once the batch was spooled: the spool's copy is the one to send)."""
+        batch = msgpack.unpackb(body, raw=False)
+        ref = batch.get("r", {}).get("ref")
+        if ref is None:
+            return None
+        _ring_id, _pid, _started, start, end = ref
+        chunks = self.records(start, end)
+        if chunks is None:
+            return None
+        batch["v"] = RING_WIRE_VERSION
+        batch["r"] = {"rec": b"".join(chunks), "ids": self.ids_for(chunks)}
+        packed: bytes = msgpack.packb(batch, use_bin_type=True)
+        return packed
+
+    def records(self, start: int, end: int) -> list[bytes] | None:
+        """Copies of the published records [start, end); None if one is not."""
+        cap = self.capacity
+        chunks = []
+        pos = start
+        while pos < end:
+            slot = pos % cap
+            n = min(end - pos, cap - slot)
+            raw = self.mm[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
+            if published_prefix(raw, pos // cap + 1, n) != n:
+                return None
+            chunks.append(raw)
+            pos += n
+        return chunks
+
     def cut(self, ring_end: int, ops_end: int) -> None:
         """Record a batch boundary before the batch is sent (see the module docstring)."""
         _append(self._cuts_fd, CUT.pack(ring_end, ops_end))
-        self._unsynced = True
+        self._unsynced[self._cuts_fd] = True
 
     def sync_journal(self) -> None:
         """Make ids, ops and cuts durable (the sender, before it sends a batch): a node
         crash must not leave an adopter to re-cut a committed batch differently. One
         call covers every cut made before it, so it costs at most one round of
         fdatasync per send, and none when nothing was cut since the last."""
-        if not self._unsynced:
-            return
-        self._unsynced = False  # first: a cut appended meanwhile asks for the next round
-        for fd in (self._ids_fd, self._ops_fd, self._cuts_fd):
-            _sync(fd)
+        for fd, dirty in self._unsynced.items():  # ids, ops, cuts: a reader's order
+            if dirty:
+                self._unsynced[fd] = False
+                _sync(fd)
 
     def set_acked(self, ring_pos: int, ops_pos: int) -> None:
         """Everything before these positions is acknowledged or in the disk spool."""

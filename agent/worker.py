@@ -48,7 +48,7 @@ from flightlog.agent.delivery import BACKOFF_MAX, DeliveryLoop
 from flightlog.agent.drops import DropLedger
 from flightlog.agent.exit_budget import begin_exit, bounded, time_budget
 from flightlog.agent.heartbeats import Heartbeats
-from flightlog.agent.outbox import FlushMarker, Outbox
+from flightlog.agent.outbox import Entry, FlushMarker, Outbox
 from flightlog.agent.records import OP, RECORD, Op, clean_points, split_records
 from flightlog.agent.reported_errors import ReportedErrors
 from flightlog.agent.ring import Ring, batch_id, encode_points, record_runs, rings_root
@@ -58,6 +58,7 @@ from flightlog.agent.spool import Spool
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
 from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
+from flightlog.core.serving import is_loopback
 from flightlog.core.spool_paths import default_spool_root
 from flightlog.core.wire import MetricTuple, encode_batch, encode_raw_batch
 
@@ -70,6 +71,7 @@ log = logging.getLogger("flightlog.agent")
 # HEARTBEAT_INTERVAL, SPOOL_MAX_BYTES.
 HEARTBEAT_TIMEOUT = 5.0  # a heartbeat is not worth a long wait; the next one follows
 SPILL_WAIT = 0.01  # seconds a logging call at the queue's cap waits for the packer's lock
+WAKE_POINTS = 16_384  # ring records that wake the packer (at most batch_points)
 
 
 def _write_reserved(ring: Ring, seq: int, sid: int, step: int, value: float, ts: float) -> None:
@@ -111,6 +113,9 @@ class Agent:
         self.tracking_uri = tracking_uri or client.base_url
         self.spool_root = spool_root or default_spool_root(client.base_url, None)
         self.wake_len = self.batch_points * RECORD  # queue slots that wake the packer early
+        # Ring records that wake the packer (a call past ``ring.limit`` takes the slow
+        # path, which wakes it): a fraction of a batch, so little waits at a flush.
+        self.wake_points = max(1, min(self.batch_points, WAKE_POINTS))
         # Past this many slots the logging call packs a batch itself; past the cap it drops.
         self._cap_len = max(self.max_queue, 2 * self.batch_points) * RECORD
         self._spill_len = self._cap_len // 2
@@ -141,6 +146,7 @@ class Agent:
         self._closing = False
         self._close_marker: FlushMarker | None = None  # close()'s, while it waits
         self._last_down = False  # did the last send get no answer at all?
+        self._sending_ref = False  # is the batch being sent a ring reference?
         self._closed = False
         self._close_finished = False
         self._ops_submitted = 0  # ops and flush markers appended (under _lock)
@@ -156,6 +162,14 @@ class Agent:
         self._ring_marks: dict[int, tuple[int, int]] = {}  # outbox seq -> positions
         self._ops_start = 0  # journal index where the next batch's ops start
         self._ring_lock = threading.Lock()  # _ring_marks and the ring's acked positions
+        # Batches name their ring records instead of copying them (the wire's ``r.ref``)
+        # when the collector is on this node's loopback: it reads them from the ring
+        # file. Turned off for good by a collector that cannot (``_send_inline``).
+        self.ring_refs = (
+            settings.RING_REFS.get()
+            and isinstance(self.sender, HttpSender)
+            and is_loopback(self.client.host)
+        )
         spool = Spool(
             self.spool_root,
             owner=self.agent_id,
@@ -163,6 +177,7 @@ class Agent:
             max_bytes=self.spool_max_bytes,
         )
         self.outbox = Outbox(spool, self.max_pending_bytes)
+        self.outbox.materialize = self._materialize
         self.delivery = DeliveryLoop(
             self.sender,
             wait=self._backoff,
@@ -253,6 +268,10 @@ class Agent:
             return None
         return ring
 
+    def _materialize(self, body: bytes) -> bytes | None:
+        ring = self.ring
+        return None if ring is None else ring.materialize(body)
+
     def _make_ring(self) -> None:
         capacity = self.max_queue
         try:
@@ -260,7 +279,7 @@ class Agent:
         except OSError as e:  # an unwritable spool: points take the in-memory queue
             log.warning("flightlog: no metric ring (%s); points are kept in memory", e)
             return
-        self.ring.limit = min(capacity, self.batch_points)
+        self.ring.limit = min(capacity, self.wake_points)
 
     def submit_metric(self, item: MetricTuple) -> None:
         """Log one (run_id, key, value, step, ts_seconds) point."""
@@ -371,7 +390,7 @@ class Agent:
                 for s in done[:-1]:
                     del marks[s]
                 ring.set_acked(*marks.pop(done[-1]))
-            ring.limit = min(ring.acked + ring.capacity, self._ring_taken + self.batch_points)
+            ring.limit = min(ring.acked + ring.capacity, self._ring_taken + self.wake_points)
 
     def submit_op(self, name: str, args: dict[str, Any]) -> None:
         """Queue a non-metric operation; it is shipped in order with the metrics."""
@@ -549,6 +568,8 @@ class Agent:
             self._wake.clear()
             try:
                 while (self.queue or self._ring_pending()) and not self._stop.is_set():
+                    if self._gathering():
+                        break  # the sender wakes the packer when the batch is answered
                     with self._pack_lock:
                         moved = self._pack_front()
                     self._packer_stuck = False
@@ -571,6 +592,22 @@ class Agent:
             if not self._closed:
                 self.outbox.spill()
                 self._advance_ring()
+
+    def _gathering(self) -> bool:
+        """Let ring records gather into a bigger batch: the sender is still busy with
+        an earlier one and fewer than ``batch_points`` are waiting. A batch costs the
+        collector a commit whatever its size, so while it is the bottleneck batches
+        grow toward ``batch_points``; while it keeps up, the packer cuts at every wake
+        (``WAKE_POINTS``), so a flush finds little left to send. Ops and flush markers
+        (the queue) are never held back."""
+        ring = self.ring
+        return (
+            ring is not None
+            and not self.queue
+            and not self._closing
+            and ring.reserved() - self._ring_taken < min(self.batch_points, ring.capacity // 4)
+            and self.outbox.head() is not None
+        )
 
     def _ring_pending(self) -> bool:
         ring = self.ring
@@ -644,11 +681,17 @@ class Agent:
             points = taken - start - sum(1 for e in extra if e is None)
             if taken > start or ops_end > self._ops_start:
                 bid = batch_id(ring.ring_id, start, self._ops_start)
-                body = self._encode_ring(bid, ops, chunks, extra)
+                ref = self.ring_refs and not extra and taken > start
+                if ref:
+                    body = encode_raw_batch(
+                        bid, self.agent_id, ops, None, ref=ring.ref(start, taken)
+                    )
+                else:
+                    body = self._encode_ring(bid, ops, chunks, extra)
                 self._ops_start = ops_end
                 ring.cut(taken, ops_end)
                 self._add_ring_batch(
-                    bid, points, body, ops, chunks, bool(markers), (taken, ops_end)
+                    bid, points, body, ops, chunks, bool(markers), (taken, ops_end), ref
                 )
             elif ops:  # only the drop counters' tags: nothing an adopter re-cuts
                 body = encode_raw_batch(uuid.uuid4().hex, self.agent_id, ops, None)
@@ -677,10 +720,11 @@ class Agent:
         chunks: list[Any],
         flushing: bool,
         mark: tuple[int, int],
+        ref: bool,
     ) -> None:
         try:
             with self._ring_lock:
-                seq = self.outbox.add(points, body, must_keep=not points)
+                seq = self.outbox.add(points, body, must_keep=not points, ref=ref)
                 self._ring_marks[seq] = mark
             self.shipped_points += points
         except SpoolFull:
@@ -789,7 +833,7 @@ class Agent:
                     self._send_wake.clear()
                     continue
                 try:
-                    body = self.outbox.body(entry)
+                    body, ref = self.outbox.body(entry)
                 except OSError as e:
                     if self._stop.is_set():
                         return
@@ -800,16 +844,39 @@ class Agent:
                 ring = self.ring
                 if ring is not None:
                     ring.sync_journal()  # this batch's cut is durable before it is sent
+                self._sending_ref = ref
                 ack = self.delivery.deliver(body)
+                if ack is not None and ack.outcome == REJECTED and ref:
+                    ack = self._send_inline(entry, ack)
                 if ack is None:
                     continue  # stopped
                 if ack.errors:
                     self.errors.record(ack.errors)
                 self._settle(self.outbox.ack(entry), True)
                 self._advance_ring()
+                if self.outbox.head() is None and self._ring_pending():
+                    self._wake.set()  # what gathered meanwhile (``_gathering``)
             except Exception:  # the thread must outlive any one failure
                 log.exception("flightlog agent: unexpected error while sending; will retry")
                 self._backoff(BACKOFF_MAX)
+
+    def _send_inline(self, entry: Entry, refused: Ack) -> Ack | None:
+        """A collector refused a batch that names ring records (one elsewhere, or
+        older, or one that cannot read this ring): send it with its records, and every
+        later batch too. The refusal counts as nothing dropped."""
+        self._sending_ref = False
+        body = self.outbox.inline(entry)
+        if body is None:
+            return refused
+        if self.ring_refs:
+            self.ring_refs = False
+            log.info(
+                "flightlog agent: the collector at %s does not read this process's metric "
+                "ring (%s); batches carry their records from now on",
+                self.client.base_url,
+                refused.message,
+            )
+        return self.delivery.deliver(body)
 
     @property
     def reachable(self) -> bool:
@@ -844,7 +911,7 @@ class Agent:
                 f"{TOKEN_HINT} Batches are kept in the spool until it accepts them.",
                 "UNAUTHENTICATED",
             )
-        elif ack.outcome == REJECTED:
+        elif ack.outcome == REJECTED and not self._sending_ref:  # (a ref is resent inline)
             self.drops.count(f"rejected_http_{ack.status}")
 
     @staticmethod

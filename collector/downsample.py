@@ -23,6 +23,8 @@ from functools import lru_cache
 from itertools import compress, islice, repeat
 from typing import Any, Protocol
 
+from flightlog.collector.float_bounds import below_power_of_two
+
 
 class SeriesSource(Protocol):
     """The store queries downsampling needs (collector.store_api.Store has them)."""
@@ -56,6 +58,7 @@ class SeriesSource(Protocol):
 
 BLOCK = 256
 _FIELDS = 10  # min v, min step, min ts, max v, max step, max ts, last v, last step, last ts, n
+SUMMABLE_POWER = 1000  # BLOCK values below 2**1000 sum to a finite float
 # Below this many points a series is bucketed from its raw points.
 RAW_LIMIT = 100_000
 
@@ -64,12 +67,15 @@ def block_summary(steps: array[int], vals: array[float], ts: array[float]) -> ar
     """The per-block summary stored beside a chunk (see the module docstring)."""
     out = array("d")
     n = len(vals)
+    # No NaN, no infinity and no sum of a block that overflows, in one C-level look at
+    # the whole chunk (the common case): then no block needs its sum.
+    clean = below_power_of_two(vals, SUMMABLE_POWER)
     for b in range(0, n, BLOCK):
         vs = vals[b : b + BLOCK]
         m = len(vs)
         # A plain sum never raises: an overflow or inf - inf gives inf or NaN, which only
         # sends the block to the careful path (math.fsum raised and lost the batch).
-        if math.isfinite(sum(vs)):
+        if clean or math.isfinite(sum(vs)):
             lo, hi = min(vs), max(vs)
             i_lo, i_hi = b + vs.index(lo), b + vs.index(hi)
         else:

@@ -15,11 +15,13 @@ from flightlog.collector.batch_slices import slice_batch, slice_id
 from flightlog.collector.bodies import read_body
 from flightlog.collector.state import COLLECTOR, MSGPACK, Collector
 from flightlog.collector.store_api import Op, Series
-from flightlog.core.wire import decode_batch, pack
+from flightlog.core.wire import RingReader, decode_batch, pack
 
 
-def _decode(data: bytes) -> tuple[str | None, list[Op], list[Series], list[dict[str, str]]]:
-    batch_id, _agent_id, ops, series = decode_batch(data)
+def _decode(
+    data: bytes, rings: RingReader | None
+) -> tuple[str | None, list[Op], list[Series], list[dict[str, str]]]:
+    batch_id, _agent_id, ops, series = decode_batch(data, rings=rings)
     ops, series, problems = check_batch(ops, series)
     return batch_id, list(ops), list(series), problems
 
@@ -46,7 +48,7 @@ async def store_batch(c: Collector, data: bytes) -> tuple[bool, list[dict[str, s
     dead process's ring: ``collector.ring_watch``); returns (duplicate, errors)."""
     # Decoding and checking a big batch takes a while: off the event loop, so other
     # requests are answered meanwhile.
-    batch_id, ops, series, problems = await asyncio.to_thread(_decode, data)
+    batch_id, ops, series, problems = await asyncio.to_thread(_decode, data, c.rings)
     started = time.monotonic()
     # Big batches go in slices, each its own job on the writer thread, so other writes
     # queued meanwhile run between them (collector.batch_slices).

@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -20,6 +21,8 @@ from aiohttp import web
 from flightlog.collector import limits
 from flightlog.collector.config import CollectorConfig
 from flightlog.collector.store_api import Store
+from flightlog.core.ring_format import RECORD, rings_root
+from flightlog.core.ring_refs import LocalRings
 
 T = TypeVar("T")
 MSGPACK = "application/msgpack"
@@ -35,6 +38,12 @@ class Collector:
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="flightlog-reader")
         self.last_activity = time.monotonic()
         self.ingested_points = 0
+        # Ring-reference batches of agents on this node (``flightlog.core.ring_refs``): at
+        # most as many records as the largest inline batch holds.
+        self.rings = LocalRings(
+            [rings_root(Path(r)) for r in config.ring_roots],
+            config.ingest_max_body_bytes // RECORD,
+        )
         self.limits = limits.IngestLimits(
             max_body_bytes=config.ingest_max_body_bytes,
             max_pending_bytes=config.ingest_max_pending_bytes,

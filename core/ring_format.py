@@ -214,7 +214,7 @@ class DeadRing:
         # The ids table as it reached the file: its whole entries (a write cut short by
         # the owner's death ends it), as a dict and as the bytes a batch carries.
         entries, used = _unpack_prefix(
-            read_file(directory / "ids", MAX_IDS_BYTES), _is_series, "ids", directory
+            read_file(directory / "ids", MAX_IDS_BYTES), is_series, "ids", directory
         )
         self.series: dict[int, tuple[str, str]] = {e[1]: (e[2], e[3]) for e in entries}
         self.ids_blob = used
@@ -434,7 +434,8 @@ def read_file(path: Path, limit: int, *, prefix: bool = False) -> bytes:
         os.close(fd)
 
 
-def _is_series(e: Any) -> bool:
+def is_series(e: Any) -> bool:
+    """Whether ``e`` is an ``ids`` entry as the agent writes it."""
     return (
         isinstance(e, list)
         and len(e) == 4
@@ -456,11 +457,10 @@ def _is_op(e: Any) -> bool:
     )
 
 
-def _unpack_prefix(
-    data: bytes, valid: Callable[[Any], bool], what: str, directory: Path
-) -> tuple[list[Any], bytes]:
+def whole_entries(data: bytes, valid: Callable[[Any], bool]) -> tuple[list[Any], int]:
     """The whole, valid msgpack items at the start of ``data`` and the bytes they span: a
-    torn write or a zero-filled tail (msgpack 0) ends them."""
+    torn write (or one still being written), an invalid item or a zero-filled tail
+    (msgpack 0) ends them."""
     out = []
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data) + 1)
     unpacker.feed(data)
@@ -471,6 +471,15 @@ def _unpack_prefix(
                 break
             out.append(item)
             used = unpacker.tell()
+    return out, used
+
+
+def _unpack_prefix(
+    data: bytes, valid: Callable[[Any], bool], what: str, directory: Path
+) -> tuple[list[Any], bytes]:
+    """``whole_entries`` of a dead ring's file, and the bytes they span; what follows is
+    ignored with a warning."""
+    out, used = whole_entries(data, valid)
     if used < len(data):
         log.warning(
             "%s/%s: %d byte(s) after its last whole entry are ignored",

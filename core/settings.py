@@ -252,6 +252,15 @@ METRIC_RING: Setting[bool] = Setting(
     "wait in memory.",
     "true or false",
 )
+RING_REFS: Setting[bool] = Setting(
+    "FLIGHTLOG_RING_REFS",
+    _boolean,
+    True,
+    "Send metric batches to a collector on this node (a loopback address) as references to "
+    "the metric ring, which the collector reads itself, instead of copying the records "
+    "into each request. Falls back to copies when the collector cannot read the ring.",
+    "true or false",
+)
 EMBEDDED_IDLE_TIMEOUT: Setting[float] = Setting(
     "FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT",
     _number(0.0, inclusive=False),

@@ -8,6 +8,7 @@ A batch is one msgpack map::
            "ri": bytes | None, "ki": bytes | None,     # uint32 indexes; None: all index 0
            "steps": bytes, "vals": bytes, "ts": bytes},  # int64, float64, float64 seconds
      "r": {"rec": bytes, "ids": bytes}}                # records, as the metric ring holds them
+         | {"ref": [ring id, pid, start ticks, start, end]}  # v 3: records left in the ring
 
 Metric points travel as columns so that both ends convert them with C-level array
 operations instead of a Python loop per point. Arrays are little-endian on the wire.
@@ -21,6 +22,17 @@ resent, spooled, synced later or sent to another collector as it is. The collect
 the columns with memoryview casts and strided slices: no Python object per point when
 the records repeat a pattern of series (one metric, or the same metrics every step).
 A batch may hold both ``m`` and ``r``.
+
+``ref`` (version 3) is the form for a collector on the same node: the records stay in
+the ring file, and the batch names the ring (its id and its owner's pid and start time,
+as in the ring's header) and the positions [start, end). The collector reads them, and
+the series names, from the ring's files (``flightlog.core.ring_refs``): the batch
+is a few dozen bytes whatever the number of points, and the ids table travels as the
+file's new entries only. The records stay in place until the batch is acknowledged (the
+agent frees ring slots only then), so the collector reads what the agent cut; a batch
+that goes to the disk spool is first rewritten with its records (``rec``), since the
+spool outlives the ring's slots. A collector that cannot read the ring answers 400
+(an older one refuses version 3), and the agent sends the records inline from then on.
 """
 
 from __future__ import annotations
@@ -40,10 +52,16 @@ WIRE_VERSION = 1
 # refuses it (400, counted and reported by the agent) instead of storing its ops and
 # silently ignoring its points.
 RING_WIRE_VERSION = 2
+RING_REF_WIRE_VERSION = 3  # "r" names records in a ring file on the collector's node
+VERSIONS = (WIRE_VERSION, RING_WIRE_VERSION, RING_REF_WIRE_VERSION)
 _SWAP = sys.byteorder != "little"
 
 MetricTuple = tuple[str, str, float, int, float]  # run_id, key, value, step, ts (seconds)
 Series = tuple[str, str, "array[int]", "array[float]", "array[float]"]
+#: A batch's reference to ring records: (ring id, owner pid, owner start ticks, start, end).
+RingRef = tuple[str, int, int, int, int]
+#: What reads a reference: its raw records and the ids table naming their series.
+RingReader = Callable[[RingRef], tuple[bytes, dict[int, tuple[str, str]]]]
 
 
 def _le(a: array[Any]) -> bytes:
@@ -88,18 +106,23 @@ def encode_raw_batch(
     m: dict[str, Any] | None,
     records: bytes | memoryview | None = None,
     ids: bytes = b"",
+    ref: RingRef | None = None,
 ) -> bytes:
     """Pack ops, an already columnar ``m`` map (little-endian array bytes, as in the
-    module docstring) and ring ``records`` named by the ``ids`` stream into a batch."""
+    module docstring) and ring ``records`` named by the ``ids`` stream into a batch; or,
+    with ``ref``, the ring positions whose records the collector reads itself."""
+    version = RING_REF_WIRE_VERSION if ref else RING_WIRE_VERSION if records else WIRE_VERSION
     body: dict[str, Any] = {
-        "v": RING_WIRE_VERSION if records else WIRE_VERSION,
+        "v": version,
         "batch_id": batch_id,
         "agent_id": agent_id,
         "ops": ops,
     }
     if m is not None:
         body["m"] = m
-    if records:
+    if ref:
+        body["r"] = {"ref": list(ref)}
+    elif records:
         body["r"] = {"rec": records, "ids": ids}
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
@@ -124,9 +147,12 @@ def _str_list(raw: Any, name: str) -> list[str]:
 
 
 def decode_batch(
-    data: bytes, *, max_ops: int = 100_000
+    data: bytes, *, max_ops: int = 100_000, rings: RingReader | None = None
 ) -> tuple[str | None, str, list[tuple[str, dict[str, Any]]], list[Series]]:
-    """Unpack and check a batch: (batch_id, agent_id, ops, series grouped by run and key)."""
+    """Unpack and check a batch: (batch_id, agent_id, ops, series grouped by run and key).
+
+    ``rings`` reads the records of a ``ref`` batch (a collector on the agent's node);
+    without it such a batch is refused (``WireError``)."""
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=1 << 30)
     except Exception as e:  # msgpack raises a handful of types for bad frames
@@ -134,8 +160,8 @@ def decode_batch(
     if not isinstance(body, dict):
         raise WireError("the top level must be a map")
     version = body.get("v")
-    if version not in (WIRE_VERSION, RING_WIRE_VERSION) or version is True:
-        raise WireError(f"unsupported version {version!r} (this collector speaks 1 and 2)")
+    if version not in VERSIONS or version is True:
+        raise WireError(f"unsupported version {version!r} (this collector speaks 1, 2 and 3)")
     batch_id = body.get("batch_id")
     if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64):
         raise WireError("'batch_id' must be a string of 1 to 64 characters")
@@ -179,9 +205,9 @@ def decode_batch(
         series = _group(runs, keys, ri, ki, steps, vals, ts)
     r = body.get("r")
     if r is not None:
-        if version != RING_WIRE_VERSION:
+        if version == WIRE_VERSION:
             raise WireError(f"'r' (ring records) needs version {RING_WIRE_VERSION}")
-        series += _ring_series(r)
+        series += _ring_series(r, rings if version == RING_REF_WIRE_VERSION else None)
     return batch_id, agent_id, ops, series
 
 
@@ -213,14 +239,34 @@ def _ids_table(raw: Any) -> dict[int, tuple[str, str]]:
     return table
 
 
-def _ring_series(r: Any) -> list[Series]:
-    """The series of ring records: columns cut with memoryview casts and strides."""
+def _ring_ref(raw: Any) -> RingRef:
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 5
+        or not isinstance(raw[0], str)
+        or not all(type(x) is int for x in raw[1:])
+    ):
+        raise WireError("'r.ref' must be [ring id, pid, start ticks, start, end]")
+    ring_id, pid, started, start, end = raw
+    if not 0 <= start <= end:
+        raise WireError(f"'r.ref' positions [{start}, {end}) are not a range")
+    return ring_id, pid, started, start, end
+
+
+def _ring_series(r: Any, rings: RingReader | None = None) -> list[Series]:
+    """The series of ring records (inline, or read by ``rings`` for a version 3
+    reference): columns cut with memoryview casts and strides."""
     if not isinstance(r, dict):
         raise WireError("'r' must be a map")
-    rec = r.get("rec")
-    if not isinstance(rec, bytes) or len(rec) % RECORD_SIZE:
-        raise WireError(f"'r.rec' must be bytes, a multiple of {RECORD_SIZE} long")
-    table = _ids_table(r.get("ids"))
+    if rings is not None:
+        rec, table = rings(_ring_ref(r.get("ref")))
+    elif "ref" in r:
+        raise WireError("this endpoint does not read ring records by reference ('r.ref')")
+    else:
+        raw = r.get("rec")
+        if not isinstance(raw, bytes) or len(raw) % RECORD_SIZE:
+            raise WireError(f"'r.rec' must be bytes, a multiple of {RECORD_SIZE} long")
+        rec, table = raw, _ids_table(r.get("ids"))
     if not rec:
         return []
     view = memoryview(rec)
@@ -316,6 +362,43 @@ def _group(
     else:
         codes = array("Q", (r * width + k for r, k in zip(ri, ki, strict=True)))
     return _by_code(lambda c: (runs[c // width], keys[c % width]), codes, steps, vals, ts)
+
+
+def ids_stream(
+    chunks: Sequence[bytes | memoryview], name: Callable[[int], tuple[str, str]]
+) -> bytes:
+    """The ``r.ids`` stream naming the series that blocks of ring records use (``name``:
+    index -> (run id, key))."""
+    used: set[int] = set()
+    for chunk in chunks:
+        used.update(memoryview(chunk).cast("I")[RECORD_SIZE // 4 - 2 :: RECORD_SIZE // 4])
+    return b"".join(msgpack.packb([2, i, *name(i)]) for i in sorted(used))
+
+
+def with_records(data: bytes, rings: RingReader) -> bytes:
+    """A version 3 batch (``r.ref``) rewritten in version 2 form, with the records and
+    names read through ``rings``, for a store-and-forward hop (the node sidecar) whose
+    next hop cannot read the ring; any other batch as it is. Raises ``WireError``."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=1 << 30)
+    except Exception as e:
+        raise WireError(f"not valid msgpack ({type(e).__name__}: {e})") from None
+    if not isinstance(body, dict) or body.get("v") != RING_REF_WIRE_VERSION:
+        return data
+    r = body.get("r")
+    if not isinstance(r, dict):
+        raise WireError("'r' must be a map")
+    records, table = rings(_ring_ref(r.get("ref")))
+
+    def name(code: int) -> tuple[str, str]:
+        found = table.get(code)
+        if found is None:
+            raise WireError(f"r.rec names series {code}, which the ring's ids do not hold")
+        return found
+
+    body["v"] = RING_WIRE_VERSION
+    body["r"] = {"rec": records, "ids": ids_stream([records], name)}
+    return pack(body)
 
 
 def pack(obj: Any) -> bytes:

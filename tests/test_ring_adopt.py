@@ -284,21 +284,29 @@ def test_the_journal_is_synced_before_a_send_once_per_new_cut(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ids, ops and cuts reach the disk (fdatasync) before a batch whose cut they hold is
-    sent, once for any number of cuts, and not at all when nothing was cut since."""
+    sent, once for any number of cuts, each file only when it changed, and not at all
+    when nothing was appended since."""
     synced: list[int] = []
     monkeypatch.setattr(os, "fdatasync", synced.append)
     ring = Ring(tmp_path / "r-rings", "sync", 16)
+    ids, ops, cuts = ring._ids_fd, ring._ops_fd, ring._cuts_fd
     try:
         ring.series_index("run", "k")
         ring.cut(0, 0)
         ring.cut(0, 0)
         assert synced == []  # cutting (the packer) never syncs
         ring.sync_journal()
-        assert len(synced) == 3  # ids, ops, cuts
+        assert synced == [ids, cuts]  # ops unchanged
         ring.sync_journal()
-        assert len(synced) == 3
+        assert synced == [ids, cuts]
         ring.cut(1, 0)
         ring.sync_journal()
-        assert len(synced) == 6
+        assert synced == [ids, cuts, cuts]
+        with ring.ops_lock:
+            ring.journal_op("set_tags", {"run_id": "run", "tags": {}})
+        ring.series_index("run", "k2")
+        ring.cut(2, 1)
+        ring.sync_journal()
+        assert synced == [ids, cuts, cuts, ids, ops, cuts]  # in the order a reader needs
     finally:
         ring.close(remove=True)

@@ -48,7 +48,7 @@ def test_grouping_matches_reference(points: list, repeat: int) -> None:
     [
         (b"\xc1", "not valid msgpack"),
         (msgpack.packb([1, 2]), "top level must be a map"),
-        (msgpack.packb({"v": 3}), "unsupported version 3"),
+        (msgpack.packb({"v": 4}), "unsupported version 4"),
         (msgpack.packb({"v": 1, "ops": [["x"]]}), "op 0 must be"),
         (
             msgpack.packb(
