@@ -1,6 +1,8 @@
 """Benchmark of the metric ring (issue 15), the default metric path, beside the queue.
 
-Prints, for this checkout with the default ring ("ring"), this checkout with
+Prints, for this checkout with the default ring ("ring": batches name their records in
+the ring, which the embedded collector reads), the ring with FLIGHTLOG_RING_REFS=0
+("ring inline": records copied into each batch, as to a collector on another node),
 FLIGHTLOG_METRIC_RING=0 (the in-memory queue, kept as the fallback: "queue") and
 (``--baseline PYTHON``: an interpreter whose flightlog is another checkout, e.g. main's
 virtualenv, "baseline") the previous code, each in fresh processes with their own store
@@ -87,8 +89,10 @@ with mlflow.start_run() as run:
             x = work(work_n)
             if logging:
                 log_metrics({k: 0.001 * i for k in names}, step=i)
+        loop_s = time.perf_counter() - t0
         mlflow.flush()
-        out.update(total_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, steps=n)
+        out.update(total_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, steps=n,
+                   loop_s=loop_s)
     elif case == "sigkill":
         for i in range(n):
             log("loss", 0.5, step=i)
@@ -125,7 +129,7 @@ def _stop_collector(store: str) -> None:
         pass
 
 
-def run(python: str, case: str, n: int, ring: bool, *extra: str) -> dict[str, float]:
+def run(python: str, case: str, n: int, ring: bool | str, *extra: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="flightlog-bench-") as d:
         store = os.path.join(d, "store")
         env = dict(
@@ -133,6 +137,8 @@ def run(python: str, case: str, n: int, ring: bool, *extra: str) -> dict[str, fl
             FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT="60",
             FLIGHTLOG_SPOOL_DIR=os.path.join(d, "spool"),
             FLIGHTLOG_METRIC_RING="1" if ring else "0",  # (main's default is off)
+            # "inline": the ring, its records copied into each batch (no references)
+            FLIGHTLOG_RING_REFS="0" if ring == "inline" else "1",
         )
         proc = subprocess.run(
             [python, "-c", CHILD, case, str(n), store, *extra],
@@ -176,11 +182,15 @@ def _median(xs: list[float]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--points", type=int, default=2_000_000)
-    p.add_argument("--steps", type=int, default=20_000, help="steps of the training loop (c)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the training loop (c)")
+    p.add_argument("--steps", type=int, default=50_000, help="steps of the training loop (c)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the training loop (c)")
     p.add_argument("--baseline", help="python of a checkout to compare with (previous code)")
     args = p.parse_args()
-    sides = [("ring", sys.executable, True), ("queue", sys.executable, False)]
+    sides: list[tuple[str, str, bool | str]] = [
+        ("ring", sys.executable, True),
+        ("ring inline", sys.executable, "inline"),
+        ("queue", sys.executable, False),
+    ]
     if args.baseline:
         sides.append(("baseline", args.baseline, False))
     print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
@@ -202,25 +212,30 @@ def main() -> None:
         )
     work_n = _work_per_step(54.0)
     wall: dict[str, list[float]] = {}
+    loop: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for name, python, ring in [("no logging", sys.executable, True), *sides]:
             logging = "0" if name == "no logging" else "1"
             r = run(python, "loop", args.steps, ring, str(work_n), logging)
             wall.setdefault(name, []).append(r["total_s"] / r["steps"] * 1e6)
+            loop.setdefault(name, []).append(r["loop_s"] / r["steps"] * 1e6)
             cpu.setdefault(name, []).append(r["cpu_s"] / r["steps"] * 1e6)
     bare_wall, bare_cpu = _median(wall.pop("no logging")), _median(cpu.pop("no logging"))
+    bare_loop = _median(loop.pop("no logging"))
     print(
         f"(c) training loop, {args.steps:,} steps x 10 metrics (log_metrics), median of "
-        f"{args.rounds} rounds; wall time, and CPU time of the training process (all its "
-        "threads: steadier on a busy machine):"
+        f"{args.rounds} rounds; wall time until flush() returned (every point durable), "
+        "the loop alone without that last flush, and CPU time of the training process "
+        "(all its threads: steadier on a busy machine):"
     )
     print(f"    no logging: {bare_wall:.1f} us/step wall, {bare_cpu:.1f} us/step CPU", flush=True)
     for name in wall:
-        w, c = _median(wall[name]), _median(cpu[name])
+        w, c, lp = _median(wall[name]), _median(cpu[name]), _median(loop[name])
         print(
             f"[{name}] (c) wall {w:.1f} us/step, slowed by {(w / bare_wall - 1) * 100:.1f}% "
-            f"(rounds {', '.join(f'{x:.0f}' for x in wall[name])}); CPU {c:.1f} us/step, "
+            f"(rounds {', '.join(f'{x:.0f}' for x in wall[name])}); loop alone slowed by "
+            f"{(lp / bare_loop - 1) * 100:.1f}%; CPU {c:.1f} us/step, "
             f"+{c - bare_cpu:.1f} us = {(c / bare_cpu - 1) * 100:.1f}% "
             f"(rounds {', '.join(f'{x:.1f}' for x in cpu[name])})",
             flush=True,
