@@ -175,3 +175,63 @@ def test_a_locked_ring_writes_past_its_limit_under_its_lock(
         assert not writer.is_alive() and lap == 1
     finally:
         agent.close(timeout=5)
+
+
+BORROWER = r"""
+import sys, threading
+import flightlog as mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+go, step_done = threading.Event(), threading.Event()
+stop = False
+logged = {}
+
+def loader():  # a thread with no run of its own logs into the process's newest run
+    i = 0
+    while True:
+        go.wait()
+        if stop:
+            return
+        mlflow.log_metric("loader", 1.0, step=i)
+        logged.setdefault(mlflow.fluent._tls.top[0], []).append(i)
+        i += 1
+        if i % 1000 == 0:
+            go.clear()
+            step_done.set()
+
+t = threading.Thread(target=loader)
+t.start()
+ids = []
+for n in range(3):
+    with mlflow.start_run() as run:
+        ids.append(run.info.run_id)
+        step_done.clear()
+        go.set()
+        step_done.wait(60)
+stop = True
+go.set()
+t.join()
+mlflow.flush()
+print(" ".join(ids))
+print(" ".join(str(len(logged.get(r, []))) for r in ids))
+"""
+
+
+def test_a_thread_without_a_run_keeps_the_route_until_the_process_runs_change(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    """A loader thread logging into the main thread's run keeps that route between calls
+    (no lookup per call), and follows each new run: 1,000 points in each of 3 runs."""
+    env = {**os.environ, "FLIGHTLOG_SPOOL_DIR": str(tmp_path / "spool")}
+    proc = subprocess.run(
+        [sys.executable, "-c", BORROWER, collector.url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ids, counts = (line.split() for line in proc.stdout.splitlines()[-2:])
+    assert counts == ["1000", "1000", "1000"]  # the route it kept named the run in force
+    for run_id in ids:
+        sql = "SELECT SUM(n) FROM metric_chunks WHERE run_uuid = ?"
+        assert query(collector.db, sql, run_id) == [(1000,)]
