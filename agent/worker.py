@@ -598,8 +598,10 @@ class Agent:
         an earlier one and fewer than ``batch_points`` are waiting. A batch costs the
         collector a commit whatever its size, so while it is the bottleneck batches
         grow toward ``batch_points``; while it keeps up, the packer cuts at every wake
-        (``WAKE_POINTS``), so a flush finds little left to send. Ops and flush markers
-        (the queue) are never held back."""
+        (``WAKE_POINTS`` records, or ``flush_interval``), so a flush finds little left
+        to send. Ops and flush markers (the queue) are never held back. Once the sender
+        is done, ``_advance_ring`` puts ``ring.limit`` a wake's worth past what was
+        packed, so the next logging call past it wakes the packer."""
         ring = self.ring
         return (
             ring is not None
@@ -853,9 +855,9 @@ class Agent:
                 if ack.errors:
                     self.errors.record(ack.errors)
                 self._settle(self.outbox.ack(entry), True)
+                # (Moves ``ring.limit`` to a wake's worth past what was packed: the
+                # next logging call past it wakes the packer for what gathered.)
                 self._advance_ring()
-                if self.outbox.head() is None and self._ring_pending():
-                    self._wake.set()  # what gathered meanwhile (``_gathering``)
             except Exception:  # the thread must outlive any one failure
                 log.exception("flightlog agent: unexpected error while sending; will retry")
                 self._backoff(BACKOFF_MAX)
