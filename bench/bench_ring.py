@@ -92,7 +92,8 @@ with mlflow.start_run() as run:
             import itertools, mmap, struct
             ring = mmap.mmap(-1, 32 * 10 * n)
             slots = zip(itertools.count(), range(0, 32 * 10 * n, 32), itertools.repeat(1))
-            pack_into, kd, clock = struct.Struct("<qddII").pack_into, {k: i for i, k in enumerate(names)}, time.time
+            pack_into, clock = struct.Struct("<qddII").pack_into, time.time
+            kd = {k: i for i, k in enumerate(names)}
             def log_metrics(metrics, step):
                 ts = clock()
                 for key, value in metrics.items():
