@@ -1,0 +1,72 @@
+"""Ring references count against the collector's memory budget.
+
+A reference is a few dozen bytes, but the collector reads (and decodes) as many records
+as it names, up to a whole body's worth: those bytes are held against
+``FLIGHTLOG_INGEST_MAX_PENDING_BYTES`` as an inline batch's would be, so concurrent
+references are answered 503 past the budget instead of growing the collector's memory
+without bound (24 of 2M records each held ~1.9 GB at once before)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import start_collector
+
+from flightlog.agent.ring import Ring
+from flightlog.core.ring_format import RECORD, rings_root
+from flightlog.core.spool_paths import default_spool_root
+from flightlog.core.wire import encode_raw_batch, referenced_records
+
+BUDGET = 1 << 20
+
+
+def _post(port: int, body: bytes) -> int:
+    h = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        h.request("POST", "/api/flightlog/ingest", body, {"Content-Type": "application/msgpack"})
+        response = h.getresponse()
+        response.read()
+        return response.status
+    finally:
+        h.close()
+
+
+def test_a_reference_is_refused_503_while_others_hold_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("FLIGHTLOG_SPOOL_DIR", str(spool))
+    env = {
+        **os.environ,
+        "FLIGHTLOG_INGEST_MAX_BODY_BYTES": str(BUDGET),
+        "FLIGHTLOG_INGEST_MAX_PENDING_BYTES": str(BUDGET),
+    }
+    c = start_collector(tmp_path / "store", env=env)
+    points = BUDGET // RECORD  # the most one batch may name
+    ring = Ring(rings_root(default_spool_root(c.url, None)), uuid.uuid4().hex, points)
+    sid = ring.series_index("f" * 32, "loss")
+    for step in range(points):
+        _seq, offset, lap = next(ring.slots)
+        ring.pack_into(ring.mm, offset, step, 0.5, 1.7e9, sid, lap)
+    body = encode_raw_batch(uuid.uuid4().hex, "a", [], None, ref=ring.ref(0, points))
+    assert referenced_records(body) == points
+    try:
+        assert _post(c.port, body) == 200  # alone, a reference may use the whole budget
+        # Another request holds most of the budget: a body on its way (600 KB of 900).
+        with socket.create_connection(("127.0.0.1", c.port)) as slow:
+            slow.sendall(
+                b"POST /api/flightlog/ingest HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/msgpack\r\nContent-Length: 900000\r\n\r\n"
+                + b"\0"
+                * 600_000
+            )
+            assert _post(c.port, body) == 503  # its records do not fit beside it
+        assert _post(c.port, body) == 200  # and once the other is gone, they do
+    finally:
+        ring.close(remove=True)
+        c.stop()
