@@ -4,7 +4,8 @@ A reference is a few dozen bytes, but the collector reads (and decodes) as many 
 as it names, up to a whole body's worth: those bytes are held against
 ``FLIGHTLOG_INGEST_MAX_PENDING_BYTES`` as an inline batch's would be, so concurrent
 references are answered 503 past the budget instead of growing the collector's memory
-without bound (24 of 2M records each held ~1.9 GB at once before)."""
+without bound (24 of 2M records each held ~1.9 GB at once before); and the ids tables
+the reader keeps between batches are bounded in bytes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from conftest import start_collector
 
 from flightlog.agent.ring import Ring
+from flightlog.core import ring_refs
 from flightlog.core.ring_format import RECORD, rings_root
 from flightlog.core.spool_paths import default_spool_root
 from flightlog.core.wire import encode_raw_batch, referenced_records
@@ -70,3 +72,31 @@ def test_a_reference_is_refused_503_while_others_hold_the_budget(
     finally:
         ring.close(remove=True)
         c.stop()
+
+
+def test_the_ids_tables_kept_between_batches_are_bounded_in_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ring's ids file may be up to MAX_IDS_BYTES; the reader keeps parsed tables for
+    the next batches only up to MAX_TABLE_BYTES of them (the least recent go first), so
+    rings with big ids files cannot make the collector hold 256 of them (~330 MB each,
+    measured for a 64 MB file). An evicted ring's table is read anew when next named."""
+    monkeypatch.setattr(ring_refs, "MAX_TABLE_BYTES", 12_000)
+    root = tmp_path / "rings"
+    reader = ring_refs.LocalRings([root], 100)
+    rings = []
+    for n in range(3):
+        ring = Ring(root, uuid.uuid4().hex, 8)
+        for i in range(100):  # about 5 KB of ids entries each
+            sid = ring.series_index("c" * 32, f"ring{n}/key{i:04d}")
+        _seq, offset, lap = next(ring.slots)
+        ring.pack_into(ring.mm, offset, 0, 1.0, 1e9, sid, lap)
+        rings.append(ring)
+        _records, table = reader(ring.ref(0, 1))
+        assert table[sid] == ("c" * 32, f"ring{n}/key0099")
+    held = list(reader._tables)
+    assert held == [rings[1].ring_id, rings[2].ring_id]  # the first went over the bound
+    assert reader(rings[0].ref(0, 1))[1][99] == ("c" * 32, "ring0/key0099")  # read anew
+    assert list(reader._tables) == [rings[2].ring_id, rings[0].ring_id]
+    for ring in rings:
+        ring.close(remove=True)
