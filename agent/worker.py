@@ -58,7 +58,7 @@ from flightlog.agent.spool import Spool
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
 from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
-from flightlog.core.serving import is_loopback
+from flightlog.core.loopback import is_loopback
 from flightlog.core.spool_paths import default_spool_root
 from flightlog.core.wire import MetricTuple, encode_batch, encode_raw_batch
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import json
 import logging
 import os
@@ -21,19 +20,12 @@ from typing import Any
 
 from aiohttp import web
 
+from flightlog.core.loopback import is_loopback
+
 log = logging.getLogger("flightlog.collector")
 #: Set it to stop the application (SIGTERM/SIGINT do; so does the collector's idle watch).
 STOP = web.AppKey("stop", asyncio.Event)
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_REQUEST_LINE = 1024 * 1024  # bytes of a request line or header; past it aiohttp answers 400
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps a server on this machine (all of 127.0.0.0/8)."""
-    try:
-        return host in LOOPBACK or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(host: str, token: str | None) -> None:
