@@ -68,7 +68,10 @@ async def store_batch(c: Collector, data: bytes) -> tuple[bool, list[dict[str, s
         errors += slice_errors
         if not dup:
             c.ingested_points += sum(len(s[2]) for s in slice_series)
-    c.limits.record_write(len(data), time.monotonic() - started)
+    # The bytes written, the records a ring reference names included: the rate learnt
+    # sets Retry-After for the budget those records hold (``ingest``).
+    size = len(data) + referenced_records(data) * RECORD
+    c.limits.record_write(size, time.monotonic() - started)
     return duplicate, errors
 
 

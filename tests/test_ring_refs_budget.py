@@ -25,6 +25,7 @@ from flightlog.core.spool_paths import default_spool_root
 from flightlog.core.wire import encode_raw_batch, referenced_records
 
 BUDGET = 1 << 20
+MSGPACK = "application/msgpack"
 
 
 def _post(port: int, body: bytes) -> int:
@@ -100,3 +101,43 @@ def test_the_ids_tables_kept_between_batches_are_bounded_in_bytes(
     assert list(reader._tables) == [rings[2].ring_id, rings[0].ring_id]
     for ring in rings:
         ring.close(remove=True)
+
+
+def test_the_retry_after_for_references_follows_the_records_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write rate that sets Retry-After is learnt from the records a reference made
+    the collector write, not from its few dozen bytes (which taught it ~1 KB/s: every
+    503 said 30 s while the budget was held by references)."""
+    monkeypatch.setenv("FLIGHTLOG_SPOOL_DIR", str(tmp_path / "spool"))
+    c = start_collector(tmp_path / "store", env=dict(os.environ))
+    points = (64 << 20) // RECORD  # the default body limit's worth
+    ring = Ring(rings_root(default_spool_root(c.url, None)), uuid.uuid4().hex, points)
+    sid = ring.series_index("f" * 32, "loss")
+    for step in range(points):
+        _seq, offset, lap = next(ring.slots)
+        ring.pack_into(ring.mm, offset, step, 0.5, 1.7e9, sid, lap)
+    try:
+        for _ in range(3):  # the rate is learnt from these
+            body = encode_raw_batch(uuid.uuid4().hex, "a", [], None, ref=ring.ref(0, points))
+            assert _post(c.port, body) == 200
+        with socket.create_connection(("127.0.0.1", c.port)) as slow:
+            slow.sendall(
+                b"POST /api/flightlog/ingest HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/msgpack\r\nContent-Length: 50000000\r\n\r\n"
+                + b"\0"
+                * 40_000_000
+            )
+            h = http.client.HTTPConnection("127.0.0.1", c.port, timeout=60)
+            h.request(
+                "POST", "/api/flightlog/ingest", body, {"Content-Type": "application/msgpack"}
+            )
+            response = h.getresponse()
+            response.read()
+            assert response.status == 503
+            # 40 MB held, written at tens of MB/s: seconds, not MAX_RETRY_AFTER (30).
+            assert int(response.headers["Retry-After"]) < 30
+            h.close()
+    finally:
+        ring.close(remove=True)
+        c.stop()
