@@ -58,8 +58,8 @@ from flightlog.agent.spool import Spool
 from flightlog.agent.transport import TOKEN_HINT, CollectorClient, HttpSender
 from flightlog.core import settings
 from flightlog.core.exceptions import SpoolFull
-from flightlog.core.loopback import is_loopback
 from flightlog.core.spool_paths import default_spool_root
+from flightlog.core.uris import is_loopback
 from flightlog.core.wire import MetricTuple, encode_batch, encode_raw_batch
 
 __all__ = ["Agent", "FlushMarker", "Op", "begin_exit", "time_budget"]
@@ -72,6 +72,17 @@ log = logging.getLogger("flightlog.agent")
 HEARTBEAT_TIMEOUT = 5.0  # a heartbeat is not worth a long wait; the next one follows
 SPILL_WAIT = 0.01  # seconds a logging call at the queue's cap waits for the packer's lock
 WAKE_POINTS = 16_384  # ring records that wake the packer (at most batch_points)
+
+
+def _write_reserved(ring: Ring, seq: int, sid: int, step: int, value: float, ts: float) -> None:
+    """Write a slot reserved earlier (``Agent.ring_full``). A locked ring (a free-threaded
+    build: no GIL around ``pack_into``) writes under ``Ring.lock``, as its reservations
+    do: the packer's ``take`` holds it too, and must never find a record half written."""
+    if ring.locked:
+        with ring.lock:
+            ring.write_at(seq, sid, step, value, ts)
+    else:
+        ring.write_at(seq, sid, step, value, ts)
 
 
 class Agent:
@@ -332,7 +343,7 @@ class Agent:
         if self._closed:
             pass
         elif held * 4 < ring.capacity * 3:
-            ring.write_at(seq, sid, step, value, ts)
+            _write_reserved(ring, seq, sid, step, value, ts)
             # The packer is woken: until it has packed (it may wait for the GIL a
             # while), later calls go on at full speed, up to three quarters of the ring,
             # rather than each take this path. Never past acked + capacity.
@@ -361,7 +372,7 @@ class Agent:
                 finally:
                     self._pack_lock.release()
             if seq < ring.acked + ring.capacity:
-                ring.write_at(seq, sid, step, value, ts)
+                _write_reserved(ring, seq, sid, step, value, ts)
                 return
         ring.overflow[seq] = None
         self.drops.count_point(ring.series[sid][0], "closed" if self._closed else "queue_full")

@@ -43,8 +43,10 @@ def slice_batch(ops: Sequence[Op], series: Sequence[Series]) -> list[tuple[list[
         current.append(s)
         points += n
     if current:
-        if len(slices) == 1:
-            # The common small batch: its ops and its series in one transaction.
+        if len(slices) == 1 and not slices[0][1]:
+            # The common small batch: its ops and its series in one transaction. (Only
+            # into a slice of ops alone: a batch without ops whose series were cut once
+            # has its first series slice there, which must not be replaced.)
             slices[0] = (slices[0][0], current)
         else:
             slices.append(([], current))

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from flightlog.core.loopback import is_loopback
+from flightlog.core.uris import is_loopback
 
 log = logging.getLogger("flightlog.collector")
 #: Set it to stop the application (SIGTERM/SIGINT do; so does the collector's idle watch).

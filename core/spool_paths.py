@@ -15,9 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 from flightlog.core import settings
-from flightlog.core.uris import LocalStore
-
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+from flightlog.core.uris import LOOPBACK_NAMES, LocalStore
 
 
 def default_spool_root(tracking_uri: str, store_dir: Path | LocalStore | None) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import urllib.parse
@@ -10,6 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flightlog.core.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+#: The names of this machine's loopback interface (all of 127.0.0.0/8 is, too).
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback (all of 127.0.0.0/8): a server
+    bound there stays on this machine, a collector reached there runs on it."""
+    try:
+        return host in LOOPBACK_NAMES or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 DB_NAME = "flightlog.db"
 

@@ -130,8 +130,30 @@ def _route(run_id: str, agent: Any) -> Route:
     return (run_id, agent, ring.keys_of(run_id), ring.slots, ring.mm, ring)
 
 
+# The thread-local dicts of threads that log into another thread's run (a data loader,
+# a callback thread) and keep its route (``_top_route``): dropped whenever the process's
+# runs change, so such a thread pays the route lookup once per change, not per call.
+_borrowers: list[dict[str, Any]] = []
+
+
 def _top_route() -> Route:
-    return _route(*_top_or_autostart())
+    route = _route(*_top_or_autostart())
+    if not getattr(_tls, "stack", None):
+        with _state_lock:
+            # Kept only if it is still the process's newest run (one may have ended
+            # since it was looked up); under the lock that changes drop it.
+            if _process_top and _process_top[-1].info.run_id == route[0]:
+                _tls.top = route
+                _borrowers.append(_tls.__dict__)
+    return route
+
+
+def _process_runs_changed() -> None:
+    """The process's newest run changed: threads that borrowed a route look it up again
+    (called with ``_state_lock`` held)."""
+    for d in _borrowers:
+        d.pop("top", None)
+    _borrowers.clear()
 
 
 def _current() -> ActiveRun | None:
@@ -320,6 +342,7 @@ def start_run(
     stack.append(active)
     with _state_lock:
         _process_top.append(active)
+        _process_runs_changed()
     _sync_top()
     _last_active_run_id = active.info.run_id
     _start_system_metrics(active, log_system_metrics)
@@ -354,6 +377,7 @@ def end_run(status: str = RunStatus.FINISHED, *, _run: ActiveRun | None = None) 
     with _state_lock:
         if run in _process_top:
             _process_top.remove(run)
+            _process_runs_changed()
     _sync_top()
     for sampler in run._samplers:
         sampler.stop()
@@ -696,6 +720,7 @@ def _reset_for_tests() -> None:
     _tls.__dict__.clear()
     with _state_lock:
         _process_top.clear()
+        _process_runs_changed()
     _active_experiment_id = None
     _last_active_run_id = None
 

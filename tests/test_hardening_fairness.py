@@ -11,10 +11,16 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from array import array
 from pathlib import Path
 
 from flightlog.collector.batch_checks import check_batch
-from flightlog.collector.batch_slices import MAX_SLICE_SERIES, slice_batch, slice_id
+from flightlog.collector.batch_slices import (
+    MAX_SLICE_POINTS,
+    MAX_SLICE_SERIES,
+    slice_batch,
+    slice_id,
+)
 from flightlog.collector.store import SqliteStore
 from flightlog.core.wire import decode_batch, encode_batch
 from tests.conftest import CollectorProcess, start_collector
@@ -105,3 +111,16 @@ def test_a_half_applied_sliced_batch_is_completed_once_when_resent(tmp_path: Pat
         assert stored_points(c.db, run_id) == n
     finally:
         c.stop()
+
+
+def test_a_batch_without_ops_cut_once_keeps_every_series() -> None:
+    # One point of one series, then a series that fills a slice alone: two slices, and
+    # no ops (a ring batch logged after the run's creation). The first slice was once
+    # replaced by the second, losing the point (found by bench/bench_freethread.py:
+    # the first point of a run, then 100,000 more, stored 100,000).
+    one = ("r", "warm", array("q", [0]), array("d", [0.0]), array("d", [1.7e9]))
+    n = MAX_SLICE_POINTS
+    big = ("r", "loss", array("q", range(n)), array("d", [0.5] * n), array("d", [1.7e9] * n))
+    slices = slice_batch([], [one, big])
+    assert [[s[1] for s in series] for ops, series in slices] == [["warm"], ["loss"]]
+    assert all(not ops for ops, _ in slices)

@@ -163,3 +163,18 @@ def test_import_flightlog_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(["flightlog", "flightlog.core", "flightlog.core.version"])
+
+
+def test_a_training_process_loads_no_event_loop_or_server() -> None:
+    """Logging a metric loads the SDK and the agent, but neither asyncio nor aiohttp (the
+    collector's): the training process pays for neither, and a user's own module named
+    like one of asyncio's (concurrent.py, say) does not break it."""
+    code = (
+        "import sys, flightlog\n"
+        "flightlog.set_tracking_uri('http://127.0.0.1:9')\n"
+        "from flightlog.fluent import log_metric\n"
+        "import flightlog.agent.worker, flightlog.agent.ring\n"
+        "print(sorted(m for m in ('asyncio', 'aiohttp') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
