@@ -63,7 +63,7 @@ from flightlog.core.serving import check_exposure, run_app, serve_until_stopped
 from flightlog.core.spool_paths import served_spool_roots
 from flightlog.core.uris import local_store
 from flightlog.core.version import __version__
-from flightlog.core.wire import decode_batch, pack, with_records
+from flightlog.core.wire import decode_batch, pack, referenced_records, with_records
 
 log = logging.getLogger("flightlog.agent.forward")
 
@@ -395,7 +395,8 @@ async def ingest(request: web.Request) -> web.Response:
     try:
         # A batch that names ring records is buffered with them (the upstream is on
         # another node); they are read before the batch is acknowledged.
-        data = await asyncio.to_thread(with_records, data, s.rings)
+        if referenced_records(data):  # (a cheap look: an inline batch is not unpacked twice)
+            data = await asyncio.to_thread(with_records, data, s.rings)
         _batch_id, _agent, _ops, series = decode_batch(data)
     except MlflowException as e:
         return _error(400, BAD_REQUEST, e.message)

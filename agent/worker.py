@@ -865,12 +865,17 @@ class Agent:
     def _send_inline(self, entry: Entry, refused: Ack) -> Ack | None:
         """A collector refused a batch that names ring records (one elsewhere, or
         older, or one that cannot read this ring): send it with its records, and every
-        later batch too. The refusal counts as nothing dropped."""
+        later batch too. The refusal counts as nothing dropped.
+
+        Unless the batch went to the disk spool while its reference was out (an outage
+        long enough to spill): its slots were freed, which is why it was refused; that
+        says nothing about the collector, so later batches still name their records."""
         self._sending_ref = False
+        spooled = not entry.ref  # cleared by ``Outbox._to_spool``
         body = self.outbox.inline(entry)
         if body is None:
             return refused
-        if self.ring_refs:
+        if self.ring_refs and not spooled:
             self.ring_refs = False
             log.info(
                 "flightlog agent: the collector at %s does not read this process's metric "

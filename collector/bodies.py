@@ -251,6 +251,17 @@ async def read_body(
     return body
 
 
+def hold_more(request: web.Request, extra: int) -> None:
+    """Count ``extra`` more bytes against the budget for this request, until its response
+    (what a small body makes the collector read: the records a ring reference names).
+
+    :raises Overloaded: others hold the budget and these bytes do not fit; 503.
+    """
+    reservation = request.get(_RESERVATION)
+    if reservation is not None and extra > 0:
+        reservation.grow_to(reservation.size + extra)
+
+
 def release_body(request: web.Request) -> None:
     """Give the request body's bytes back to the budget (once the response is made)."""
     reservation = request.pop(_RESERVATION, None)

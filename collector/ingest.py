@@ -12,10 +12,11 @@ from aiohttp import web
 
 from flightlog.collector.batch_checks import check_batch
 from flightlog.collector.batch_slices import slice_batch, slice_id
-from flightlog.collector.bodies import read_body
+from flightlog.collector.bodies import hold_more, read_body
 from flightlog.collector.state import COLLECTOR, MSGPACK, Collector
 from flightlog.collector.store_api import Op, Series
-from flightlog.core.wire import RingReader, decode_batch, pack
+from flightlog.core.ring_format import RECORD
+from flightlog.core.wire import RingReader, decode_batch, pack, referenced_records
 
 
 def _decode(
@@ -36,6 +37,10 @@ async def ingest(request: web.Request) -> web.Response:
     """
     c = request.app[COLLECTOR]
     data = await read_body(request, c.config.ingest_max_body_bytes, "Ingest batch")
+    # A ring reference is a few dozen bytes that make the collector read up to a whole
+    # body's worth of records: they count against the budget as an inline batch would
+    # (else concurrent references hold memory without bound, never answered 503).
+    hold_more(request, referenced_records(data) * RECORD)
     duplicate, errors = await store_batch(c, data)
     return web.Response(
         body=pack({"ok": True, "duplicate": duplicate, "errors": errors}),
@@ -63,7 +68,10 @@ async def store_batch(c: Collector, data: bytes) -> tuple[bool, list[dict[str, s
         errors += slice_errors
         if not dup:
             c.ingested_points += sum(len(s[2]) for s in slice_series)
-    c.limits.record_write(len(data), time.monotonic() - started)
+    # The bytes written, the records a ring reference names included: the rate learnt
+    # sets Retry-After for the budget those records hold (``ingest``).
+    size = len(data) + referenced_records(data) * RECORD
+    c.limits.record_write(size, time.monotonic() - started)
     return duplicate, errors
 
 

@@ -16,7 +16,8 @@ lap (a slot written over since the batch was cut fails that test). A refusal is 
 ``WireError`` (the endpoint answers 400; the agent then sends the records inline).
 
 The ids file only grows, so each ring's table is read once and then only its new bytes
-(an LRU of ``MAX_TABLES`` rings): batches carry no ids table at all.
+(an LRU of ``MAX_TABLES`` rings, ``MAX_TABLE_BYTES`` of ids files): batches carry no
+ids table at all.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from flightlog.core.wire import RingRef
 
 _RING_ID = re.compile(r"[0-9a-f]{32}")
 MAX_TABLES = 256  # rings whose ids tables are kept between batches
+# ... and the ids file bytes they hold at most (about 5 times that in memory): one ring's
+# ids file may be MAX_IDS_BYTES, and 256 of them kept parsed would be tens of GB.
+MAX_TABLE_BYTES = 64 << 20
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -125,6 +129,9 @@ class LocalRings:
                     if st.st_size > MAX_IDS_BYTES:
                         raise WireError(f"ring {ring_id}'s ids file is over {MAX_IDS_BYTES} bytes")
                     _read_entries(table, os.pread(fd, st.st_size - table.offset, table.offset))
+                held = sum(t.offset for t in self._tables.values())
+                while held > MAX_TABLE_BYTES and len(self._tables) > 1:
+                    held -= self._tables.popitem(last=False)[1].offset  # never this one
                 return table.series  # only grows; lookups meanwhile are safe
         finally:
             os.close(fd)

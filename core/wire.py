@@ -39,6 +39,7 @@ spool outlives the ring's slots. A collector that cannot read the ring answers 4
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 from array import array
@@ -533,6 +534,36 @@ def _group(
     else:
         codes = array("Q", (r * width + k for r, k in zip(ri, ki, strict=True)))
     return _by_code(lambda c: (runs[c // width], keys[c % width]), codes, steps, vals, ts)
+
+
+def referenced_records(data: bytes) -> int:
+    """How many ring records a version 3 batch names (``r.ref``), for the collector to
+    count them against its memory budget before it reads them; 0 for any other batch
+    and for one whose reference is malformed (``decode_batch`` says why). Reads the
+    ``r`` map only, as the agent puts ``v`` first, a batch of another version costs a
+    few bytes read: nothing of a big inline batch is copied."""
+    unpacker = msgpack.Unpacker(
+        io.BytesIO(data), raw=False, read_size=256, max_buffer_size=max(256, len(data) + 1)
+    )
+    try:
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == "v" and unpacker.unpack() != RING_REF_WIRE_VERSION:
+                return 0
+            if key != "r":
+                if key != "v":
+                    unpacker.skip()
+                continue
+            for _ in range(unpacker.read_map_header()):
+                if unpacker.unpack() != "ref":
+                    unpacker.skip()
+                    continue
+                ref = _ring_ref(unpacker.unpack())
+                return ref[4] - ref[3]
+            return 0
+    except Exception:  # not msgpack, not maps, not a reference: the decoder refuses it
+        return 0
+    return 0
 
 
 def ids_stream(
