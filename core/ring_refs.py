@@ -108,7 +108,8 @@ class LocalRings:
     def _find(self, ring_id: str) -> Path:
         for root in self.roots:
             directory = root / ring_id
-            if directory.is_dir():
+            # A ring directory, not a link to one elsewhere (the agent makes real ones).
+            if directory.is_dir() and not directory.is_symlink():
                 return directory
         raise WireError(f"ring {ring_id} is not under a rings directory this collector reads")
 

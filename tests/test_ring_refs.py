@@ -190,6 +190,15 @@ def test_the_reader_refuses_freed_slots_too_many_records_and_odd_files(
     os.mkfifo(ring.directory / "ring")
     with pytest.raises(WireError, match="not a regular file"):
         _read(ring, 0, 5)
+    # A link named like a ring, to a ring directory elsewhere, is not followed.
+    (ring.directory / "ring").unlink()
+    os.replace(target, ring.directory / "ring")
+    elsewhere = tmp_path / "elsewhere-rings"
+    elsewhere.mkdir()
+    os.replace(ring.directory, elsewhere / RING_ID)
+    ring.directory.symlink_to(elsewhere / RING_ID)
+    with pytest.raises(WireError, match="not under a rings directory"):
+        _read(ring, 0, 5)
 
 
 def test_the_ids_table_is_read_as_it_grows_and_a_torn_entry_waits(ring: Ring) -> None:
