@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench_ring import _median, _stop_collector, _stored
+from bench_ring import _median, _stop_collector, _stored, child_env
 
 CHILD = r"""
 import json, sys, threading, time
@@ -94,12 +94,7 @@ def run(
     one, the main thread, which started the run)."""
     with tempfile.TemporaryDirectory(prefix="flightlog-bench-") as d:
         store = os.path.join(d, "store")
-        env = dict(
-            os.environ,
-            FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT="60",
-            FLIGHTLOG_SPOOL_DIR=os.path.join(d, "spool"),
-            FLIGHTLOG_METRIC_RING="1",
-        )
+        env = child_env(d, FLIGHTLOG_METRIC_RING="1")
         if _free_threaded(python):
             env["PYTHON_GIL"] = "0"
         args = [str(threads), str(per_thread), store, str(int(locked)), str(int(on_main))]

@@ -146,13 +146,22 @@ def _stop_collector(store: str) -> None:
         pass
 
 
+def child_env(d: str, **settings: str) -> dict[str, str]:
+    """The environment of a benchmark's child: its own spool under ``d``, an embedded
+    collector that outlives a pause, and ``settings``."""
+    return dict(
+        os.environ,
+        FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT="60",
+        FLIGHTLOG_SPOOL_DIR=os.path.join(d, "spool"),
+        **settings,
+    )
+
+
 def run(python: str, case: str, n: int, ring: bool | str, *extra: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="flightlog-bench-") as d:
         store = os.path.join(d, "store")
-        env = dict(
-            os.environ,
-            FLIGHTLOG_EMBEDDED_IDLE_TIMEOUT="60",
-            FLIGHTLOG_SPOOL_DIR=os.path.join(d, "spool"),
+        env = child_env(
+            d,
             FLIGHTLOG_METRIC_RING="1" if ring else "0",  # (main's default is off)
             # "inline": the ring, its records copied into each batch (no references)
             FLIGHTLOG_RING_REFS="0" if ring == "inline" else "1",
