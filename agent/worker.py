@@ -569,7 +569,7 @@ class Agent:
             try:
                 while (self.queue or self._ring_pending()) and not self._stop.is_set():
                     if self._gathering():
-                        break  # the sender wakes the packer when the batch is answered
+                        break  # the next call past ring.limit wakes it (_advance_ring)
                     with self._pack_lock:
                         moved = self._pack_front()
                     self._packer_stuck = False
