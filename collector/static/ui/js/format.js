@@ -33,14 +33,15 @@ export function runDuration(info) {
   return duration((info.end_time ?? Date.now()) - info.start_time);
 }
 
-/** A metric value: null is NaN (JSON has no NaN), 4 significant digits otherwise. */
+/** A metric value: null is NaN (JSON has no NaN), else up to 6 significant digits
+ * (49999.5 stays 49999.5, not 50000: a rounded value must not read as another one). */
 export function num(v) {
   if (v == null) return "NaN";
   if (typeof v !== "number") return String(v);
   if (Number.isInteger(v) && Math.abs(v) < 1e15) return String(v);
   const a = Math.abs(v);
   if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(3);
-  return String(Number(v.toPrecision(5)));
+  return String(Number(v.toPrecision(6)));
 }
 
 /** "3 minutes ago" style relative time from epoch ms. */
