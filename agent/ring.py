@@ -79,6 +79,7 @@ from flightlog.core.ring_format import (
     batch_id,
     own_start,
     published_prefix,
+    read_published,
     remove_ring,
     rings_root,
 )
@@ -274,18 +275,11 @@ class Ring:
 
     def records(self, start: int, end: int) -> list[bytes] | None:
         """Copies of the published records [start, end); None if one is not."""
-        cap = self.capacity
-        chunks = []
-        pos = start
-        while pos < end:
-            slot = pos % cap
-            n = min(end - pos, cap - slot)
-            raw = self.mm[HEADER + slot * RECORD : HEADER + (slot + n) * RECORD]
-            if published_prefix(raw, pos // cap + 1, n) != n:
-                return None
-            chunks.append(raw)
-            pos += n
-        return chunks
+        mm = self.mm
+        parts, upto = read_published(
+            lambda offset, n: mm[offset : offset + n], self.capacity, start, end
+        )
+        return parts if upto == end else None
 
     def cut(self, ring_end: int, ops_end: int) -> None:
         """Record a batch boundary before the batch is sent (see the module docstring)."""

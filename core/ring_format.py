@@ -157,6 +157,26 @@ def published_prefix(raw: Any, lap: int, n: int) -> int:
     return lo if laps[: hi * 4] != want[: hi * 4] else hi
 
 
+def read_published(
+    read: Callable[[int, int], bytes], capacity: int, start: int, end: int
+) -> tuple[list[bytes], int]:
+    """The records [start, end) of a ring, read as ``read(byte offset, length)`` one
+    contiguous part at a time (a span wraps at most once), each part checked published
+    for its lap: (the parts, the first position not published, ``end`` if all are)."""
+    parts: list[bytes] = []
+    pos = start
+    while pos < end:
+        slot = pos % capacity
+        n = min(end - pos, capacity - slot)
+        raw = read(HEADER + slot * RECORD, n * RECORD)
+        good = published_prefix(raw, pos // capacity + 1, len(raw) // RECORD)
+        if good != n:
+            return parts, pos + good
+        parts.append(raw)
+        pos += n
+    return parts, end
+
+
 def remove_ring(directory: Path) -> None:
     """Delete a ring directory and its files."""
     for name in FILES:

@@ -31,14 +31,12 @@ from pathlib import Path
 
 from flightlog.core.exceptions import WireError
 from flightlog.core.ring_format import (
-    HEADER,
     HEADER_FORMAT,
     MAGIC,
     MAX_CAPACITY,
     MAX_IDS_BYTES,
-    RECORD,
     is_series,
-    published_prefix,
+    read_published,
     whole_entries,
 )
 from flightlog.core.wire import RingRef
@@ -150,19 +148,10 @@ def _open_regular(path: Path) -> int:
 
 
 def _read_records(fd: int, ring_id: str, capacity: int, start: int, end: int) -> bytes:
-    """Records [start, end), each checked published for its lap (one bytes comparison
-    per contiguous part: ``published_prefix``)."""
-    parts: list[bytes] = []
-    pos = start
-    while pos < end:
-        slot = pos % capacity
-        n = min(end - pos, capacity - slot)
-        raw = os.pread(fd, n * RECORD, HEADER + slot * RECORD)
-        good = published_prefix(raw, pos // capacity + 1, len(raw) // RECORD)
-        if good != n:
-            raise WireError(f"ring {ring_id} holds no published record at position {pos + good}")
-        parts.append(raw)
-        pos += n
+    """Records [start, end), each checked published for its lap."""
+    parts, upto = read_published(lambda offset, n: os.pread(fd, n, offset), capacity, start, end)
+    if upto != end:
+        raise WireError(f"ring {ring_id} holds no published record at position {upto}")
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
